@@ -1,0 +1,92 @@
+"""The `pgguard` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from pgguard import __version__
+from pgguard.config import ConfigError, load
+from pgguard.identity.tokens import TokenError, TokenService, parse_duration
+from pgguard.runtime import run_gateway, setup_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    setup_logging()
+    trio.run(run_gateway, config)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    TokenService(config.identity)
+    print(f"{config.path}: ok")
+    for name, target in config.targets.items():
+        print(f"target {name}: {target.host}:{target.port}/{target.dbname} sslmode={target.sslmode}")
+    for name, role in config.roles.items():
+        print(f"role {name}: groups {', '.join(role.groups) or '-'}; login {role.login}")
+    return 0
+
+
+def _token_issue(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    if args.target is not None and args.target not in config.targets:
+        raise ConfigError(f"no target named {args.target!r}")
+    token = TokenService(config.identity).issue(args.sub, args.group, parse_duration(args.ttl), args.target)
+    print(token)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pgguard.demo.runner import run_demo
+
+    return run_demo(port=args.port, as_json=args.json)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="pgguard", description="Identity-aware PostgreSQL gateway.")
+    top.add_argument("--version", action="version", version=f"pgguard {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("-c", "--config", required=True, help="path to pgguard.toml")
+        return sub
+
+    with_config("serve", "run the gateway").set_defaults(func=_serve)
+    with_config("check", "validate a config and print its roles").set_defaults(func=_check)
+
+    demo = commands.add_parser("demo", help="private PostgreSQL + sample data + gateway, all in one")
+    demo.add_argument("--port", type=int, default=6432, help="gateway port (0 picks free ports)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object once ready")
+    demo.set_defaults(func=_demo)
+
+    token = commands.add_parser("token", help="service-account tokens signed by the gateway")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    issue = token_commands.add_parser("issue", help="issue a token")
+    issue.add_argument("-c", "--config", required=True)
+    issue.add_argument("--sub", required=True, help="the user name the token is for")
+    issue.add_argument("--group", action="append", default=[], help="a group (repeatable)")
+    issue.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d")
+    issue.add_argument("--target", help="restrict the token to one target")
+    issue.set_defaults(func=_token_issue)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, TokenError, ValueError) as exc:
+        print(f"pgguard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What `pgguard demo` and the tests set up for themselves: PostgreSQL, certificates, data."""

@@ -1,0 +1,150 @@
+"""Service-account tokens the gateway signs itself, and their verification.
+
+Tokens are JWTs signed with Ed25519 (`EdDSA`). Several keys may be configured,
+each under its `kid`: the first signs, all verify, so a key can be rotated by
+adding a new one first and removing the old one once its tokens expired.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pgguard.config import IdentityConfig
+
+
+class TokenError(Exception):
+    """The token is not acceptable; the message is safe to show the client."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    issuer: str
+    subject: str
+    username: str
+    groups: tuple[str, ...]
+    jti: str | None
+    expires_at: float
+    # A service-account token may be restricted to one target.
+    target: str | None = None
+
+
+def generate_signing_key(path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '7d' or plain seconds -> seconds."""
+    match = re.fullmatch(r"(\d+)\s*([smhd]?)", text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h, 7d)")
+    number, unit = match.groups()
+    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+class TokenService:
+    """Signs and verifies the gateway's own tokens."""
+
+    def __init__(self, config: IdentityConfig) -> None:
+        self.config = config
+        self._private: dict[str, Ed25519PrivateKey] = {}
+        for key in config.signing_keys:
+            loaded = serialization.load_pem_private_key(key.private_key_file.read_bytes(), password=None)
+            if not isinstance(loaded, Ed25519PrivateKey):
+                raise TokenError(f"signing key {key.kid!r} is not an Ed25519 key")
+            self._private[key.kid] = loaded
+        self._public: dict[str, Ed25519PublicKey] = {
+            kid: key.public_key() for kid, key in self._private.items()
+        }
+
+    def issue(self, subject: str, groups: list[str], ttl: int, target: str | None = None) -> str:
+        if not self._private:
+            raise TokenError("no signing key is configured ([identity] signing_keys)")
+        kid, key = next(iter(self._private.items()))
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.config.issuer,
+            "aud": self.config.audience,
+            "sub": subject,
+            self.config.groups_claim: list(groups),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        if self.config.username_claim != "sub":
+            claims[self.config.username_claim] = subject
+        if target is not None:
+            claims["pgguard_target"] = target
+        return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+
+    def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise TokenError("malformed token") from exc
+        key = self._public.get(header.get("kid", ""))
+        if key is None:
+            raise TokenError("token signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["EdDSA"],
+                audience=self.config.audience,
+                issuer=self.config.issuer,
+                leeway=self.config.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenError("token has expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise TokenError("token is not valid yet") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise TokenError("token is for another audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenError("token is from an untrusted issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.PyJWTError as exc:
+            raise TokenError("token signature is invalid") from exc
+        return self._identity(claims)
+
+    def _identity(self, claims: dict[str, Any]) -> Identity:
+        username = claims.get(self.config.username_claim)
+        groups = claims.get(self.config.groups_claim)
+        if not isinstance(username, str) or not username:
+            raise TokenError(f"token lacks the {self.config.username_claim!r} claim")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise TokenError(f"token lacks the {self.config.groups_claim!r} claim")
+        return Identity(
+            issuer=claims["iss"],
+            subject=claims["sub"],
+            username=username,
+            groups=tuple(groups),
+            jti=claims.get("jti"),
+            expires_at=float(claims["exp"]),
+            target=claims.get("pgguard_target"),
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys, as served at /.well-known/jwks.json."""
+        keys = []
+        for kid, key in self._public.items():
+            jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key))
+            keys.append({**jwk, "kid": kid, "use": "sig", "alg": "EdDSA"})
+        return {"keys": keys}

@@ -1,0 +1,132 @@
+"""Session fixtures: one test CA and one real PostgreSQL server for the whole run.
+
+Starting PostgreSQL takes a second or two, so every test shares one server
+with the demo data loaded; tests that write must clean up after themselves
+(or roll back).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgguard.demo import data
+from pgguard.demo.certs import CA, CertifiedKey, issue_server_cert, make_ca
+from pgguard.demo.cluster import PostgresCluster
+
+DATABASE = data.DATABASE
+
+# Extra users for the upstream-auth tests: the pg_hba.conf line deciding how
+# each logs in, and the password_encryption its password is stored with
+# (md5 auth needs an md5 verifier; with a SCRAM one the server upgrades to SCRAM).
+AUTH_TEST_USERS: dict[str, tuple[str, str]] = {
+    "md5_user": ("host all md5_user 127.0.0.1/32 md5", "md5"),
+    "plain_user": ("host all plain_user 127.0.0.1/32 password", "scram-sha-256"),
+    "trust_user": ("host all trust_user 127.0.0.1/32 trust", "scram-sha-256"),
+    # Rejected without TLS; over TLS the default hostssl scram line applies.
+    "nossl_user": ("hostnossl all nossl_user 127.0.0.1/32 reject", "scram-sha-256"),
+}
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The test CA and a server certificate it signed for localhost, 127.0.0.1 and ::1."""
+
+    ca: CA
+    server: CertifiedKey
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """The shared PostgreSQL server, with database `demo` loaded and every password it knows."""
+
+    cluster: PostgresCluster
+    host: str
+    port: int
+    superuser: str
+    superuser_password: str
+    ca_cert: Path
+    login_passwords: dict[str, str]  # the gateway's upstream logins, data.LOGINS
+    user_passwords: dict[str, str]  # AUTH_TEST_USERS
+    database: str = DATABASE
+
+    def password_for(self, user: str) -> str | None:
+        known = {self.superuser: self.superuser_password, **self.login_passwords, **self.user_passwords}
+        return known.get(user)
+
+    def dsn(
+        self,
+        dbname: str = DATABASE,
+        user: str = "postgres",
+        password: str | None = None,
+        sslmode: str = "disable",
+        **params: str | int,
+    ) -> str:
+        """A libpq URI; the user's own password unless one is given, the test CA for verify-* modes."""
+        if sslmode.startswith("verify"):
+            params = {"sslrootcert": str(self.ca_cert), **params}
+        chosen = password if password is not None else self.password_for(user)
+        return self.cluster.dsn(dbname, user, chosen, sslmode=sslmode, **params)
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    directory = tmp_path_factory.mktemp("tls")
+    ca = make_ca("pgguard test CA")
+    server = issue_server_cert(ca)
+    server_files = server.write(directory, "server")
+    return TLSFiles(
+        ca=ca,
+        server=server,
+        ca_cert=ca.write(directory, "ca").cert,
+        cert=server_files.cert,
+        key=server_files.key,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres(test_ca: TLSFiles) -> Iterator[PostgresServer]:
+    # The cluster makes its own temp dir: pytest's are 0700 root-owned, which
+    # the `postgres` OS user could not enter when we run as root.
+    cluster = PostgresCluster(
+        ssl_cert=test_ca.cert,
+        ssl_key=test_ca.key,
+        hba_extra=[hba for hba, _ in AUTH_TEST_USERS.values()],
+    )
+    try:
+        cluster.start()
+        login_passwords = {name: secrets.token_urlsafe(16) for name in data.LOGINS}
+        user_passwords = {name: secrets.token_urlsafe(16) for name in AUTH_TEST_USERS}
+        cluster.psql(f"CREATE DATABASE {DATABASE}")
+        setup = data.demo_data_sql() + data.logins_sql(login_passwords) + _auth_users_sql(user_passwords)
+        cluster.load(setup, DATABASE)
+        yield PostgresServer(
+            cluster=cluster,
+            host=cluster.host,
+            port=cluster.port,
+            superuser=cluster.superuser,
+            superuser_password=cluster.superuser_password,
+            ca_cert=test_ca.ca_cert,
+            login_passwords=login_passwords,
+            user_passwords=user_passwords,
+        )
+    finally:
+        cluster.remove()
+
+
+def _auth_users_sql(passwords: dict[str, str]) -> str:
+    return "".join(
+        f"SET password_encryption = '{stored_as}';\n"
+        f"CREATE ROLE {user} LOGIN PASSWORD '{passwords[user]}';\n"
+        f"GRANT CONNECT ON DATABASE {DATABASE} TO {user};\n"
+        f"GRANT USAGE ON SCHEMA public TO {user};\n"
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user};\n"
+        for user, (_, stored_as) in AUTH_TEST_USERS.items()
+    ) + "RESET password_encryption;\n"
