@@ -8,15 +8,21 @@ with the demo data loaded; tests that write must clean up after themselves
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pytest
 
 from pgguard.demo import data
 from pgguard.demo.certs import CA, CertifiedKey, issue_server_cert, make_ca
-from pgguard.demo.cluster import PostgresCluster
+from pgguard.demo.cluster import PostgresCluster, free_port
+from pgguard.demo.gateway_config import DemoIdentity, issue_tokens, write_config
 
 DATABASE = data.DATABASE
 
@@ -130,3 +136,92 @@ def _auth_users_sql(passwords: dict[str, str]) -> str:
         f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user};\n"
         for user, (_, stored_as) in AUTH_TEST_USERS.items()
     ) + "RESET password_encryption;\n"
+
+
+@dataclass
+class RunningGateway:
+    """A `pgguard serve` process in front of the shared PostgreSQL."""
+
+    host: str
+    port: int
+    config_path: Path
+    log_path: Path
+    ca_cert: Path
+    identities: dict[str, DemoIdentity]
+    process: subprocess.Popen[bytes]
+
+    def dsn(self, identity: str = "analyst", *, sslmode: str = "verify-full", token: str | None = None,
+            user: str | None = None, dbname: str = DATABASE, **params: str | int) -> str:
+        ident = self.identities[identity]
+        query = {"sslmode": sslmode, **params}
+        if sslmode.startswith("verify"):
+            query["sslrootcert"] = str(self.ca_cert)
+        auth = f"{quote(user or ident.user, safe='')}:{quote(token or ident.token, safe='')}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}?{urlencode(query)}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TestCertificates,
+                  edit: Callable[[str], str] = lambda text: text) -> RunningGateway:
+    """Write the demo's config for the shared server (optionally edited) and serve it."""
+    port = free_port()
+    config_path = write_config(
+        directory, host="127.0.0.1", port=port, admin_port=free_port(),
+        tls_cert=test_ca.cert, tls_key=test_ca.key, pg_host=postgres.host, pg_port=postgres.port,
+        pg_ca=test_ca.ca_cert, database=DATABASE, login_passwords=postgres.login_passwords,
+    )
+    config_path.write_text(edit(config_path.read_text()))
+    log_path = directory / "gateway.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+    return RunningGateway("127.0.0.1", port, config_path, log_path, test_ca.ca_cert,
+                          issue_tokens(config_path), process)
+
+
+def stop_gateway(gateway: RunningGateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(10)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        gateway.process.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer,
+            test_ca: TestCertificates) -> Iterator[RunningGateway]:
+    """The demo's configuration served in front of the shared PostgreSQL."""
+    running = start_gateway(tmp_path_factory.mktemp("gateway"), postgres, test_ca)
+    yield running
+    stop_gateway(running)
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path, postgres: PostgresServer,
+                    test_ca: TestCertificates) -> Iterator[Callable[..., RunningGateway]]:
+    """Start extra gateways with an edited config; stopped after the test."""
+    started: list[RunningGateway] = []
+
+    def start(edit: Callable[[str], str] = lambda text: text) -> RunningGateway:
+        running = start_gateway(tmp_path / f"gw{len(started)}", postgres, test_ca, edit)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        stop_gateway(running)

@@ -82,6 +82,7 @@ class PostgresCluster:
             raise ValueError("ssl_cert and ssl_key must be given together")
         self.bin_dir = Path(bin_dir) if bin_dir is not None else find_bin_dir()
         self.psql_path = _find_psql(self.bin_dir)
+        self._os_user = _server_os_user()  # checked before a temp dir exists to leak
         if directory is None:
             directory = tempfile.mkdtemp(prefix="pgguard-pg-")
         self.directory = Path(directory)
@@ -95,7 +96,6 @@ class PostgresCluster:
         self.ssl_key = Path(ssl_key) if ssl_key is not None else None
         defaults = [LOCAL_HBA, HOSTSSL_HBA, HOST_HBA] if self.ssl else [LOCAL_HBA, HOST_HBA]
         self.hba_lines = [*hba_extra, *defaults]
-        self._os_user = _server_os_user()
 
     @property
     def ssl(self) -> bool:
