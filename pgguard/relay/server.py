@@ -18,6 +18,7 @@ from pgguard.identity.tokens import TokenService
 from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import CancelAsk, ClientConnection, authenticate, negotiate
 from pgguard.relay.session import Session
+from pgguard.relay.socket_stream import SocketStream
 from pgguard.relay.streams import PeerClosed, close_quietly
 from pgguard.relay.upstream import tls_context
 from pgguard.wire import backend
@@ -39,7 +40,10 @@ def _peer_host(stream: trio.abc.Stream) -> str:
     sock = getattr(stream, "socket", None)
     if sock is None:
         return "unknown"
-    address = sock.getpeername()
+    try:
+        address = sock.getpeername()
+    except OSError:  # already reset by the peer
+        return "unknown"
     return address[0] if isinstance(address, tuple) else "local"
 
 
@@ -68,10 +72,11 @@ class Gateway:
         await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, raw_stream: trio.SocketStream) -> None:
-        connection = ClientConnection(raw_stream, _peer_host(raw_stream))
-        peer = connection.peer
+        peer = _peer_host(raw_stream)
+        connection = ClientConnection(raw_stream, peer)
         self.connections += 1
         try:
+            connection.stream = SocketStream.adopt(raw_stream)
             if self.connections > self.config.gateway.max_connections:
                 raise fatal("53300", "too many connections to the gateway")
             await self._handle(connection)

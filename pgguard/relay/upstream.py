@@ -16,6 +16,7 @@ import trio
 
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError, fatal
+from pgguard.relay.socket_stream import SocketStream
 from pgguard.relay.streams import close_quietly, receive_exactly, receive_frames
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -55,7 +56,7 @@ def tls_context(target: TargetConfig) -> ssl.SSLContext | None:
 async def open_transport(target: TargetConfig, context: ssl.SSLContext | None) -> tuple[trio.abc.Stream, bool]:
     """TCP to the target, then TLS as its sslmode says. Returns (stream, is_tls)."""
     try:
-        stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
+        stream: trio.abc.Stream = SocketStream.adopt(await trio.open_tcp_stream(target.host, target.port))
     except OSError as exc:
         raise fatal("08001", f"cannot reach target {target.name!r}") from exc
     if context is None:

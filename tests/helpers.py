@@ -1,0 +1,50 @@
+"""Small helpers shared by the client-compatibility tests (tests/integration/test_clients_*.py).
+
+Scratch tables are created and dropped over a direct superuser connection and
+owned by the engineer's upstream login, so the tests can write into them
+through the gateway (as `engineer` or `dba`) without needing DDL rights there,
+and every test leaves the shared database as it found it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from pgguard.demo import data
+
+
+def unique_name(prefix: str = "scratch") -> str:
+    """A table name no other test uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@contextmanager
+def scratch_table(direct_dsn: str, columns: str, prefix: str = "scratch") -> Iterator[str]:
+    """A fresh `public` table with `columns`, owned by the engineer login, dropped afterwards."""
+    name = unique_name(prefix)
+    with psycopg.connect(direct_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE public.{name} ({columns})")
+        conn.execute(f"ALTER TABLE public.{name} OWNER TO {data.ENGINEER}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(direct_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS public.{name}")
+
+
+def fetch_all(dsn: str, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Every row of one query on a fresh connection."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def fetch_value(dsn: str, sql: str, params: Sequence[Any] | None = None) -> Any:
+    """The first column of the first row of one query on a fresh connection."""
+    rows = fetch_all(dsn, sql, params)
+    assert rows, f"no rows from {sql!r}"
+    return rows[0][0]
