@@ -23,6 +23,9 @@ from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
 from pgguard.wire.scram import MECHANISM, ScramClient, ScramError
 
 CONNECT_TIMEOUT = 10.0
+# The server is trusted to frame correctly, but a single row may legitimately
+# approach PostgreSQL's 1 GB value limit.
+UPSTREAM_MAX_MESSAGE = (1 << 30) + (1 << 20)
 
 
 @dataclass
@@ -97,7 +100,7 @@ async def _login(stream: trio.abc.Stream, tls: bool, target: TargetConfig,
                  login: Login, params: dict[str, str]) -> Upstream:
     startup = {**params, "user": login.user, "database": target.dbname}
     await stream.send_all(frontend.StartupMessage(196608, startup).encode())
-    framer = MessageFramer()
+    framer = MessageFramer(UPSTREAM_MAX_MESSAGE)
     auth = _Authenticator(login)
     greeting: list[Frame] = []
     key: backend.BackendKeyData | None = None

@@ -1,0 +1,60 @@
+"""examples/pgguard.toml is complete, and valid once its secrets exist."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pgguard.config import load
+from pgguard.demo.certs import issue_server_cert, make_ca
+from pgguard.identity.tokens import generate_signing_key
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "pgguard.toml"
+
+
+def _materialise(directory: Path) -> Path:
+    """Copy the example next to the files it names, as an operator would lay them out."""
+    config = directory / "pgguard.toml"
+    shutil.copy(EXAMPLE, config)
+    (directory / "secrets").mkdir()
+    generate_signing_key(directory / "secrets" / "signing-2026-11.pem")
+    for name in ("pgguard_reader", "pgguard_admin"):
+        (directory / "secrets" / f"{name}.password").write_text("s3cret\n")
+    ca = make_ca("example CA")
+    ca.write(directory / "tls", "db-ca")
+    issue_server_cert(ca).write(directory / "tls", "gateway")
+    return config
+
+
+def test_example_config_loads_with_every_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGGUARD_WRITER_PASSWORD", "from-env")
+    config = load(_materialise(tmp_path))
+    target = config.targets["analytics"]
+    assert target.sslmode == "verify-full"
+    assert target.logins["writer"].password == "from-env"
+    assert target.logins["reader"].password == "s3cret"
+    assert [role.name for role in config.roles.values()] == ["analysts", "writers", "dba"]
+    assert config.roles_for_groups(["data-agents"])[0].login == "reader"
+    assert not config.gateway.allow_plaintext_loopback
+
+
+def test_pgguard_check_prints_roles(tmp_path):
+    config = _materialise(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgguard.cli", "check", "-c", str(config)],
+        capture_output=True, text=True, env={"PGGUARD_WRITER_PASSWORD": "x", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "role analysts: groups analysts, data-agents; login reader" in result.stdout
+
+
+def test_pgguard_check_names_a_missing_secret(tmp_path):
+    config = _materialise(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgguard.cli", "check", "-c", str(config)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "PGGUARD_WRITER_PASSWORD" in result.stderr
