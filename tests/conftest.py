@@ -157,7 +157,7 @@ class RunningGateway:
         if sslmode.startswith("verify"):
             query["sslrootcert"] = str(self.ca_cert)
         auth = f"{quote(user or ident.user, safe='')}:{quote(token or ident.token, safe='')}"
-        return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}?{urlencode(query)}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}?{urlencode(query, quote_via=quote)}"
 
     def log_text(self) -> str:
         return self.log_path.read_text()

@@ -177,12 +177,12 @@ class RawConnection:
         self.startup(user, database, **params)
         return self.authenticate(token)
 
-    def query(self, sql: str) -> tuple[list[Message], backend.ReadyForQuery]:
+    def query(self, sql: str, timeout: float = TIMEOUT) -> tuple[list[Message], backend.ReadyForQuery]:
         """A simple Query; everything up to ReadyForQuery (errors included, not raised)."""
         self.send(frontend.Query(sql))
         seen: list[Message] = []
         while True:
-            message = self.receive()
+            message = self.receive(timeout)
             if isinstance(message, backend.ReadyForQuery):
                 return seen, message
             seen.append(message)

@@ -16,6 +16,7 @@ import trio
 from pgguard.config import Config, RoleConfig, TargetConfig, is_loopback
 from pgguard.errors import fatal
 from pgguard.identity.tokens import Identity, TokenError, TokenService
+from pgguard.relay.socket_stream import SocketStream
 from pgguard.relay.streams import receive_frames, receive_packet
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
@@ -30,7 +31,7 @@ _RESERVED_PARAMS = {"user", "database", "replication"}
 class ClientHello:
     """What the startup phase learned: a verified caller and where it goes."""
 
-    stream: trio.abc.Stream
+    stream: SocketStream
     framer: MessageFramer
     params: dict[str, str]
     identity: Identity
@@ -56,16 +57,11 @@ class CancelAsk:
 
 
 class ClientConnection:
-    """A client connection whose stream becomes a TLS stream mid-way.
+    """A client connection, and where it comes from."""
 
-    Errors are reported on `stream` as it is at the time, so that a refusal
-    after the TLS handshake goes out encrypted.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, stream: SocketStream, peer: str) -> None:
         self.stream = stream
         self.peer = peer
-        self.tls = False
 
 
 async def negotiate(connection: ClientConnection, ssl_context: ssl.SSLContext | None
@@ -82,7 +78,7 @@ async def negotiate(connection: ClientConnection, ssl_context: ssl.SSLContext | 
             await connection.stream.send_all(b"N")
             continue
         # SSLRequest
-        if connection.tls:
+        if connection.stream.tls:
             raise ProtocolViolation("SSLRequest inside TLS")
         if ssl_context is None:
             await connection.stream.send_all(b"N")
@@ -92,18 +88,16 @@ async def negotiate(connection: ClientConnection, ssl_context: ssl.SSLContext | 
             # on the path; PostgreSQL refuses them too (CVE-2021-23214).
             raise ProtocolViolation("data received after SSLRequest before TLS")
         await connection.stream.send_all(b"S")
-        tls_stream = trio.SSLStream(connection.stream, ssl_context, server_side=True)
         try:
-            await tls_stream.do_handshake()
+            await connection.stream.start_tls(ssl_context, server_side=True)
         except trio.BrokenResourceError as exc:
-            raise ProtocolViolation(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
-        connection.stream, connection.tls = tls_stream, True
+            raise ProtocolViolation(str(exc)) from exc
 
 
 async def authenticate(connection: ClientConnection, framer: StartupFramer, startup: frontend.StartupMessage,
                        config: Config, tokens: TokenService) -> ClientHello:
     """Check the startup packet, ask for the token and verify it."""
-    stream, tls = connection.stream, connection.tls
+    stream, tls = connection.stream, connection.stream.tls
     if startup.protocol_version >> 16 != 3:
         raise fatal("0A000", f"unsupported frontend protocol {startup.protocol_version >> 16}."
                     f"{startup.protocol_version & 0xFFFF}: pgguard speaks 3.0")

@@ -19,7 +19,8 @@ from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import CancelAsk, ClientConnection, authenticate, negotiate
 from pgguard.relay.session import Session
 from pgguard.relay.socket_stream import SocketStream
-from pgguard.relay.streams import PeerClosed, close_quietly
+from pgguard.relay.reactor import Reactor
+from pgguard.relay.streams import PeerClosed
 from pgguard.relay.upstream import tls_context
 from pgguard.wire import backend
 from pgguard.wire.framing import ProtocolViolation
@@ -57,6 +58,7 @@ class Gateway:
             name: tls_context(target) for name, target in config.targets.items()
         }
         self.connections = 0
+        self.reactor = Reactor()
 
     def upstream_tls(self, target: TargetConfig) -> ssl.SSLContext | None:
         return self._upstream_tls[target.name]
@@ -68,15 +70,16 @@ class Gateway:
             listeners.extend(await trio.open_tcp_listeners(address.port, host=address.host))
         for listener in listeners:
             log.info("listening on %s", listener.socket.getsockname()[:2])
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.reactor.run)
+            task_status.started(listeners)
+            await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, raw_stream: trio.SocketStream) -> None:
         peer = _peer_host(raw_stream)
-        connection = ClientConnection(raw_stream, peer)
+        connection = ClientConnection(SocketStream.adopt(raw_stream), peer)
         self.connections += 1
         try:
-            connection.stream = SocketStream.adopt(raw_stream)
             if self.connections > self.config.gateway.max_connections:
                 raise fatal("53300", "too many connections to the gateway")
             await self._handle(connection)
@@ -95,7 +98,7 @@ class Gateway:
             log.exception("connection from %s failed", peer)
         finally:
             self.connections -= 1
-            await close_quietly(connection.stream)
+            connection.stream.close()
 
     async def _handle(self, connection: ClientConnection) -> None:
         with trio.fail_after(self.config.gateway.login_timeout):
@@ -104,7 +107,7 @@ class Gateway:
                 await self.cancels.cancel(hello.process_id, hello.secret_key)
                 return
             client = await authenticate(connection, framer, hello, self.config, self.tokens)
-        await Session(client, connection.peer, self.cancels, self.upstream_tls(client.target)).run()
+        await Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target)).run()
 
 
 async def _report(stream: trio.abc.SendStream, error: GatewayError) -> None:

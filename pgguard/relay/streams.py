@@ -1,4 +1,4 @@
-"""Reading whole messages off trio streams, and closing streams without fuss."""
+"""Reading whole messages off a stream during the startup phases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import trio
 
 from pgguard.wire.framing import Frame, MessageFramer, StartupFramer
 
-RECEIVE_SIZE = 256 * 1024
 
 
 class PeerClosed(Exception):
@@ -16,7 +15,7 @@ class PeerClosed(Exception):
 async def receive_frames(stream: trio.abc.ReceiveStream, framer: MessageFramer) -> list[Frame]:
     """At least one complete tagged message, however many reads that takes."""
     while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
+        data = await stream.receive_some()
         if not data:
             raise PeerClosed()
         _, frames = framer.feed(data)
@@ -28,7 +27,7 @@ async def receive_packet(stream: trio.abc.ReceiveStream, framer: StartupFramer) 
     """One complete startup-phase packet."""
     packet = framer.feed(b"")
     while packet is None:
-        data = await stream.receive_some(RECEIVE_SIZE)
+        data = await stream.receive_some()
         if not data:
             raise PeerClosed()
         packet = framer.feed(data)
@@ -43,9 +42,3 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
             raise PeerClosed()
         data += chunk
     return data
-
-
-async def close_quietly(stream: trio.abc.AsyncResource | None) -> None:
-    """Close without waiting on a peer that may be gone (no TLS close_notify wait)."""
-    if stream is not None:
-        await trio.aclose_forcefully(stream)

@@ -17,7 +17,7 @@ import trio
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError, fatal
 from pgguard.relay.socket_stream import SocketStream
-from pgguard.relay.streams import close_quietly, receive_exactly, receive_frames
+from pgguard.relay.streams import PeerClosed, receive_exactly, receive_frames
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
 from pgguard.wire.scram import MECHANISM, ScramClient, ScramError
@@ -32,13 +32,14 @@ UPSTREAM_MAX_MESSAGE = (1 << 30) + (1 << 20)
 class Upstream:
     """An authenticated upstream connection, ready for the client's first query."""
 
-    stream: trio.abc.Stream
+    stream: SocketStream
     framer: MessageFramer
     process_id: int
     secret_key: int
     # ParameterStatus and friends as received, to pass on to the client.
     greeting: list[Frame]
-    tls: bool
+    # Anything the server sent after ReadyForQuery in the same read.
+    trailing: list[Frame]
 
 
 def tls_context(target: TargetConfig) -> ssl.SSLContext | None:
@@ -56,47 +57,47 @@ def tls_context(target: TargetConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def open_transport(target: TargetConfig, context: ssl.SSLContext | None) -> tuple[trio.abc.Stream, bool]:
-    """TCP to the target, then TLS as its sslmode says. Returns (stream, is_tls)."""
+async def open_transport(target: TargetConfig, context: ssl.SSLContext | None) -> SocketStream:
+    """TCP to the target, then TLS as its sslmode says."""
     try:
-        stream: trio.abc.Stream = SocketStream.adopt(await trio.open_tcp_stream(target.host, target.port))
+        stream = SocketStream.adopt(await trio.open_tcp_stream(target.host, target.port))
     except OSError as exc:
         raise fatal("08001", f"cannot reach target {target.name!r}") from exc
     if context is None:
-        return stream, False
+        return stream
     try:
         await stream.send_all(frontend.SSLRequest().encode())
         answer = await receive_exactly(stream, 1)
         if answer == b"N":
             if target.sslmode != "prefer":
                 raise fatal("08001", f"target {target.name!r} does not offer TLS (sslmode={target.sslmode})")
-            return stream, False
+            return stream
         if answer != b"S":
             raise fatal("08P01", f"target {target.name!r} answered the TLS request with {answer!r}")
         server_hostname = target.host if target.sslmode == "verify-full" else None
-        tls_stream = trio.SSLStream(stream, context, server_hostname=server_hostname)
-        await tls_stream.do_handshake()
-        return tls_stream, True
-    except (GatewayError, trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
-        await close_quietly(stream)
-        if isinstance(exc, GatewayError):
-            raise
+        await stream.start_tls(context, server_side=False, server_hostname=server_hostname)
+        return stream
+    except (trio.BrokenResourceError, PeerClosed) as exc:
+        stream.close()
         raise fatal("08001", f"TLS with target {target.name!r} failed: {exc}") from exc
+    except GatewayError:
+        stream.close()
+        raise
 
 
 async def connect(target: TargetConfig, login: Login, params: dict[str, str],
                   context: ssl.SSLContext | None) -> Upstream:
     """Connect, log in as `login` and collect the server's greeting."""
     with trio.fail_after(CONNECT_TIMEOUT):
-        stream, tls = await open_transport(target, context)
+        stream = await open_transport(target, context)
         try:
-            return await _login(stream, tls, target, login, params)
+            return await _login(stream, target, login, params)
         except BaseException:
-            await close_quietly(stream)
+            stream.close()
             raise
 
 
-async def _login(stream: trio.abc.Stream, tls: bool, target: TargetConfig,
+async def _login(stream: SocketStream, target: TargetConfig,
                  login: Login, params: dict[str, str]) -> Upstream:
     startup = {**params, "user": login.user, "database": target.dbname}
     await stream.send_all(frontend.StartupMessage(196608, startup).encode())
@@ -105,12 +106,13 @@ async def _login(stream: trio.abc.Stream, tls: bool, target: TargetConfig,
     greeting: list[Frame] = []
     key: backend.BackendKeyData | None = None
     while True:
-        for frame in await receive_frames(stream, framer):
+        frames = await receive_frames(stream, framer)
+        for index, frame in enumerate(frames):
             message = backend.decode_backend(frame)
             if isinstance(message, backend.ErrorResponse):
                 raise _login_refused(target, login, message)
             if frame.tag == ord("R"):
-                reply = auth.answer(message)
+                reply = await auth.answer(message)
                 if reply is not None:
                     await stream.send_all(reply)
             elif isinstance(message, backend.BackendKeyData):
@@ -118,15 +120,18 @@ async def _login(stream: trio.abc.Stream, tls: bool, target: TargetConfig,
             elif isinstance(message, backend.ReadyForQuery):
                 if not auth.done or key is None:
                     raise fatal("08P01", f"target {target.name!r} skipped authentication")
-                return Upstream(stream, framer, key.process_id, key.secret_key, greeting, tls)
+                return Upstream(stream, framer, key.process_id, key.secret_key, greeting, frames[index + 1:])
             else:
                 greeting.append(frame)
 
 
 def _login_refused(target: TargetConfig, login: Login, error: backend.ErrorResponse) -> GatewayError:
     # The client learns that the gateway's login failed, not the login's name.
+    # An authentication failure upstream is the gateway's, not the client's
+    # token's: it is reported as 08004 so that no one goes hunting a bad token.
+    code = error.code or "08006"
     return fatal(
-        error.code or "08006",
+        "08004" if code.startswith("28") else code,
         f"target {target.name!r} refused the gateway's login: {error.message}".replace(login.user, "<login>"),
     )
 
@@ -141,14 +146,19 @@ class _Authenticator:
 
     def _password(self) -> str:
         if self.login.password is None:
-            raise fatal("28P01", "the target asks for a password the gateway has not been given")
+            raise fatal("08004", "the target asks for a password the gateway has not been given")
         return self.login.password
 
-    def answer(self, message: object) -> bytes | None:
+    async def answer(self, message: object) -> bytes | None:
         try:
+            if isinstance(message, backend.AuthenticationSASLContinue) and self._scram is not None:
+                # PBKDF2 is the costly step: a thread keeps the other sessions moving.
+                proof = await trio.to_thread.run_sync(self._scram.client_final, message.data,
+                                                      abandon_on_cancel=True)
+                return frontend.SASLResponse(proof).encode()
             return self._answer(message)
         except ScramError as exc:
-            raise fatal("28000", f"SCRAM with the target failed: {exc}") from exc
+            raise fatal("08004", f"SCRAM with the target failed: {exc}") from exc
 
     def _answer(self, message: object) -> bytes | None:
         if isinstance(message, backend.AuthenticationOk):
@@ -162,16 +172,14 @@ class _Authenticator:
             return frontend.PasswordMessage(_md5(self._password(), self.login.user, message.salt)).encode()
         if isinstance(message, backend.AuthenticationSASL):
             if MECHANISM not in message.mechanisms:
-                raise fatal("28000", f"target offers no supported SASL mechanism ({', '.join(message.mechanisms)})")
+                raise fatal("08004", f"target offers no supported SASL mechanism ({', '.join(message.mechanisms)})")
             self._scram = ScramClient(self._password())
             return frontend.SASLInitialResponse(MECHANISM, self._scram.client_first()).encode()
-        if isinstance(message, backend.AuthenticationSASLContinue) and self._scram is not None:
-            return frontend.SASLResponse(self._scram.client_final(message.data)).encode()
         if isinstance(message, backend.AuthenticationSASLFinal) and self._scram is not None:
             self._scram.verify_server_final(message.data)
             self._scram = None
             return None
-        raise fatal("28000", f"target asks for an unsupported authentication method ({type(message).__name__})")
+        raise fatal("08004", f"target asks for an unsupported authentication method ({type(message).__name__})")
 
 
 def _md5(password: str, user: str, salt: bytes) -> str:
@@ -183,14 +191,14 @@ async def send_cancel(target: TargetConfig, context: ssl.SSLContext | None, proc
     """Forward a CancelRequest to the upstream backend; failures are silent, as in PostgreSQL."""
     with trio.move_on_after(CONNECT_TIMEOUT):
         try:
-            stream, _ = await open_transport(target, context)
+            stream = await open_transport(target, context)
         except GatewayError:
             return
         try:
             await stream.send_all(frontend.CancelRequest(process_id, secret_key).encode())
             # The server closes the connection once it has read the request.
             await stream.receive_some(1)
-        except (trio.BrokenResourceError, ProtocolViolation, OSError, ssl.SSLError):
+        except (trio.BrokenResourceError, ProtocolViolation):
             pass
         finally:
-            await close_quietly(stream)
+            stream.close()

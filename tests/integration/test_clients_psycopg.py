@@ -339,7 +339,8 @@ def test_error_in_pipeline_skips_the_rest_and_commits_nothing(gateway: RunningGa
 # --- cancel --------------------------------------------------------------------------------------
 
 
-def run_with_timer(action: Callable[[], object], delay: float) -> tuple[threading.Thread, list[float], list[BaseException]]:
+def run_with_timer(action: Callable[[], object], delay: float
+                   ) -> tuple[threading.Thread, list[float], list[BaseException]]:
     """Start `action` in a thread after `delay`; the lists get the time it was called and what it raised."""
     called: list[float] = []
     raised: list[BaseException] = []

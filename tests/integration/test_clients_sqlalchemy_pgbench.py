@@ -8,10 +8,11 @@ import subprocess
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
-from helpers import fetch_all, fetch_value
+from helpers import fetch_value
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -117,7 +118,8 @@ def pgbench_tables(gateway: RunningGateway, postgres: PostgresServer) -> Iterato
         pgbench(gateway, "dba", "-i", "-s", "1", "-I", "dtgvp", "-q")
         yield
     finally:
-        fetch_all(direct, "SELECT 1; DROP TABLE IF EXISTS " + ", ".join(PGBENCH_TABLES))
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS " + ", ".join(PGBENCH_TABLES))
 
 
 def test_pgbench_init_through_the_gateway(pgbench_tables: None, postgres: PostgresServer) -> None:

@@ -1,0 +1,599 @@
+"""pgguard's throughput next to PostgreSQL direct and PgBouncer, on this machine, in one run.
+
+A number for pgguard alone says little: it depends on the CPU, the kernel and
+PostgreSQL's own speed. So every run builds the three paths side by side from
+the same private PostgreSQL, and reports pgguard relative to the other two:
+
+    direct     pgbench -> PostgreSQL
+    pgbouncer  pgbench -> PgBouncer (session pooling) -> PostgreSQL
+    pgguard    pgbench -> pgguard (demo config, `dba` identity) -> PostgreSQL
+
+All three speak plaintext over loopback (pgguard's upstream `sslmode` is set
+to `disable`, as PgBouncer's is), and all three reach PostgreSQL as the same
+database role (`pgguard_admin`, the role pgguard uses for `dba`), so the only
+difference is the proxy in the middle. Runs are interleaved per setting so
+that drift (thermal, noisy neighbours) hits every target alike.
+
+    .venv/bin/python bench/run.py [--duration S] [--clients 1,8] [--modes simple,prepared]
+                                  [--rounds N] [--json FILE] [--markdown]
+
+Everything started (PostgreSQL, PgBouncer, the gateway, temp dirs) is removed
+on exit, on failure and on Ctrl-C alike.
+
+Adding a benchmark: write a function taking an `Environment` (its `targets`
+carry address, credentials and the proxy PID to charge CPU to) that calls
+`measure(target, pgbench_args)`; see `select_only`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pgguard.demo import data
+from pgguard.demo.certs import issue_server_cert, make_ca
+from pgguard.demo.cluster import HOST, PostgresCluster, PostgresError, free_port
+from pgguard.demo.gateway_config import IDENTITIES, issue_tokens, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+PGBOUNCER_CANDIDATES = ("/usr/sbin/pgbouncer", "pgbouncer")
+SERVER_OS_USER = "postgres"  # PgBouncer, like PostgreSQL, refuses to run as root
+BENCH_IDENTITY = "dba"  # unmasked, every statement allowed: the policy path without masking work
+UPSTREAM_ROLE = data.ADMIN  # the role pgguard logs in with for `dba`; direct and pgbouncer use it too
+PGBENCH_SCALE = 10  # 1M rows in pgbench_accounts
+START_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 10
+PGBENCH_GRACE_SECONDS = 120  # beyond -T: connection setup, a slow shutdown
+TARGET_NAMES = ("direct", "pgbouncer", "pgguard")
+
+
+class BenchError(RuntimeError):
+    """Something the benchmark needs did not work; the message says what and where to look."""
+
+
+# --- targets and pgbench ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way for a client to reach the database, and the process to charge its CPU to.
+
+    `pid` is None when no proxy sits in between (direct to PostgreSQL).
+    """
+
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str = data.DATABASE
+    pid: int | None = None
+
+    def conninfo(self, **extra: str) -> str:
+        """A libpq key=value string without the password (that goes in PGPASSWORD, off argv)."""
+        params = {"host": self.host, "port": str(self.port), "user": self.user,
+                  "dbname": self.dbname, "sslmode": "disable", **extra}
+        return " ".join(f"{key}={_conninfo_quote(value)}" for key, value in params.items())
+
+    def env(self) -> dict[str, str]:
+        """The caller's environment minus PG* (which could redirect libpq), plus the password."""
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        return {**clean, "PGPASSWORD": self.password}
+
+
+def _conninfo_quote(value: str) -> str:
+    if value and not re.search(r"[\s'\\]", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def pgbench(target: Target, *args: str, timeout: float | None = None) -> str:
+    """Run pgbench against a target and return its stdout; raise with its output if it fails."""
+    cmd = ["pgbench", *args, target.conninfo()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=target.env(), timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"pgbench {' '.join(args)} against {target.name} timed out after {timeout}s") from exc
+    if proc.returncode != 0:
+        raise BenchError(f"pgbench {' '.join(args)} against {target.name} exited {proc.returncode}:\n"
+                         f"{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pgbench run: its throughput and what the proxy spent on it."""
+
+    tps: float
+    transactions: int
+    cpu_seconds: float | None  # of the target's proxy process; None when direct
+
+    @property
+    def cpu_us_per_txn(self) -> float | None:
+        if self.cpu_seconds is None or self.transactions == 0:
+            return None
+        return self.cpu_seconds * 1e6 / self.transactions
+
+
+def measure(target: Target, args: Sequence[str], duration: int) -> Run:
+    """Run pgbench for a timed run (`args` includes -T) and charge the proxy's CPU time to it.
+
+    TPS is pgbench's figure "without initial connection time", so login cost
+    (token validation, SCRAM) does not blur the per-statement overhead.
+    """
+    before = process_cpu_seconds(target.pid) if target.pid is not None else None
+    output = pgbench(target, *args, timeout=duration + PGBENCH_GRACE_SECONDS)
+    after = process_cpu_seconds(target.pid) if target.pid is not None else None
+    tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", output, re.MULTILINE)
+    processed = re.search(r"^number of transactions actually processed: (\d+)", output, re.MULTILINE)
+    if tps is None or processed is None:
+        raise BenchError(f"could not read tps from pgbench's output against {target.name}:\n{output}")
+    failed = re.search(r"^number of failed transactions: (\d+)", output, re.MULTILINE)
+    if failed is not None and int(failed.group(1)) > 0:
+        raise BenchError(f"{failed.group(1)} transactions failed against {target.name}:\n{output}")
+    cpu = after - before if before is not None and after is not None else None
+    return Run(float(tps.group(1)), int(processed.group(1)), cpu)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after "(comm)"; comm may contain spaces, hence rpartition. utime, stime are fields 14, 15.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- background processes -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def background(cmd: Sequence[str], log_path: Path, *, cwd: Path | None = None,
+               env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-lived process with its output in a log file; make sure it is gone on exit.
+
+    It gets a session of its own so that Ctrl-C reaches only us: we then stop
+    it in order (proxies before PostgreSQL) instead of everything dying at once.
+    """
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                env=dict(env) if env is not None else None, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], pid: int | None = None, sig: int = signal.SIGTERM) -> None:
+    """Signal `pid` (default: the process itself), wait for `proc` to exit, kill it if it will not."""
+    with contextlib.suppress(ProcessLookupError):
+        if proc.poll() is None:  # once proc has exited, `pid` may already belong to someone else
+            os.kill(pid if pid is not None else proc.pid, sig)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        for victim in {proc.pid, pid or proc.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    """Poll `ready` until true; fail early, with the log's tail, if the process exits first."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode}:\n{_tail(log_path)}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{what} not ready after {START_TIMEOUT_SECONDS}s:\n{_tail(log_path)}")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} not written)"
+
+
+# --- the three targets --------------------------------------------------------------------------
+
+
+@dataclass
+class Environment:
+    """Everything a benchmark may use: the server (for superuser SQL) and the three targets."""
+
+    cluster: PostgresCluster
+    superuser: Target
+    direct: Target
+    pgbouncer: Target
+    pgguard: Target
+    gateway_config: Path
+    gateway_log: Path
+    passwords: dict[str, str] = field(repr=False)
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return (self.direct, self.pgbouncer, self.pgguard)
+
+
+@contextlib.contextmanager
+def environment(base: Path, *, scale: int = PGBENCH_SCALE, log: Callable[[str], None] = print
+                ) -> Iterator[Environment]:
+    """PostgreSQL with the demo data and pgbench's tables, PgBouncer and pgguard in front of it."""
+    with contextlib.ExitStack() as stack:
+        log("starting PostgreSQL ...")
+        cluster = stack.enter_context(private_postgres(base / "postgres"))
+        superuser = Target("superuser", cluster.host, cluster.port, cluster.superuser, cluster.superuser_password)
+        passwords = {login: secrets.token_urlsafe(18) for login in data.LOGINS}
+        log(f"loading demo data and pgbench -i -s {scale} ...")
+        load_data(cluster, superuser, passwords, scale)
+        direct = Target("direct", cluster.host, cluster.port, UPSTREAM_ROLE, passwords[UPSTREAM_ROLE])
+        log("starting PgBouncer ...")
+        bouncer = stack.enter_context(pgbouncer(base / "pgbouncer", cluster, {UPSTREAM_ROLE: passwords[UPSTREAM_ROLE]}))
+        log("starting pgguard ...")
+        gateway, config_path, gateway_log = stack.enter_context(pgguard(base / "gateway", cluster, passwords))
+        yield Environment(cluster, superuser, direct, bouncer, gateway, config_path, gateway_log, passwords)
+
+
+@contextlib.contextmanager
+def private_postgres(directory: Path) -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL without TLS: the clients and both proxies talk plaintext over loopback."""
+    cluster = PostgresCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        try:
+            cluster.remove()
+        except Exception as exc:  # noqa: BLE001 - cleanup must go on; say why it could not
+            print(f"bench: stopping PostgreSQL: {exc}", file=sys.stderr)
+
+
+def load_data(cluster: PostgresCluster, superuser: Target, passwords: Mapping[str, str], scale: int) -> None:
+    """The demo's tables and logins (what pgguard's config expects), then pgbench's tables."""
+    cluster.psql(f"CREATE DATABASE {data.DATABASE}")
+    cluster.load(data.demo_data_sql() + data.logins_sql(dict(passwords)), data.DATABASE)
+    pgbench(superuser, "-i", "-s", str(scale), "-q", timeout=600)
+    tables = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
+    cluster.psql(f"GRANT SELECT ON {tables} TO {', '.join(data.LOGINS)}", data.DATABASE)
+
+
+@contextlib.contextmanager
+def pgbouncer(directory: Path, cluster: PostgresCluster, users: Mapping[str, str]) -> Iterator[Target]:
+    """PgBouncer in session mode, SCRAM with a plaintext auth_file, as `postgres` when we are root."""
+    binary = next((path for name in PGBOUNCER_CANDIDATES if (path := shutil.which(name))), None)
+    if binary is None:
+        raise BenchError("pgbouncer not found: install the apt package `pgbouncer` (./dev bench does)")
+    os_user = pwd.getpwnam(SERVER_OS_USER) if os.geteuid() == 0 else None
+    directory.mkdir(parents=True)
+    port = free_port(HOST)
+    pidfile, log_path = directory / "pgbouncer.pid", directory / "pgbouncer.log"
+    ini = directory / "pgbouncer.ini"
+    userlist = directory / "userlist.txt"
+    userlist.write_text("".join(f'"{user}" "{password}"\n' for user, password in users.items()))
+    ini.write_text(f"""\
+[databases]
+{data.DATABASE} = host={cluster.host} port={cluster.port} dbname={data.DATABASE}
+
+[pgbouncer]
+listen_addr = {HOST}
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {userlist}
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = {log_path}
+pidfile = {pidfile}
+""")
+    for path, mode in ((directory, 0o700), (ini, 0o600), (userlist, 0o600)):
+        path.chmod(mode)
+        if os_user is not None:
+            os.chown(path, os_user.pw_uid, os_user.pw_gid)
+    cmd = [binary, str(ini)]
+    if os_user is not None:
+        cmd = ["runuser", "-u", os_user.pw_name, "--", *cmd]
+    # Its stdout/stderr (startup errors before the logfile opens) go next to the logfile.
+    with background(cmd, directory / "stderr.log", cwd=directory) as proc:
+        wait_until(lambda: port_open(HOST, port) and pidfile.exists(), proc, "pgbouncer",
+                   directory / "stderr.log")
+        # Under runuser, proc is runuser; the CPU and the signal belong to pgbouncer itself.
+        pid = int(pidfile.read_text().strip())
+        try:
+            user = next(iter(users))
+            yield Target("pgbouncer", HOST, port, user, users[user], pid=pid)
+        finally:
+            stop(proc, pid=pid, sig=signal.SIGTERM)  # SIGTERM: immediate shutdown
+
+
+@contextlib.contextmanager
+def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, str]
+            ) -> Iterator[tuple[Target, Path, Path]]:
+    """The demo gateway with plaintext upstream, as a subprocess; a token for `dba` as the password.
+
+    The gateway needs a TLS certificate even though the clients use the
+    loopback plaintext allowance, so a throwaway CA signs one.
+    """
+    tls = make_ca("pgguard bench CA")
+    ca_files = tls.write(directory / "tls", "ca")
+    server_files = issue_server_cert(tls).write(directory / "tls", "server")
+    port, admin_port = free_port(HOST), free_port(HOST)
+    config_path = write_config(
+        directory, host=HOST, port=port, admin_port=admin_port,
+        tls_cert=server_files.cert, tls_key=server_files.key,
+        pg_host=cluster.host, pg_port=cluster.port, pg_ca=ca_files.cert,
+        database=data.DATABASE, login_passwords=dict(passwords),
+    )
+    text = config_path.read_text()
+    if text.count('sslmode = "verify-full"') != 1:
+        raise BenchError(f"expected one `sslmode = \"verify-full\"` in {config_path} to replace")
+    config_path.write_text(text.replace('sslmode = "verify-full"', 'sslmode = "disable"'))
+    identity = issue_tokens(config_path)[BENCH_IDENTITY]
+    log_path = directory / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    cmd = [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)]
+    with background(cmd, log_path, cwd=REPO, env=env) as proc:
+        wait_until(lambda: _http_ok(f"http://{HOST}:{admin_port}/healthz"), proc, "pgguard", log_path)
+        try:
+            yield Target("pgguard", HOST, port, identity.user, identity.token, pid=proc.pid), config_path, log_path
+        finally:
+            stop(proc, sig=signal.SIGINT)  # what the gateway handles as "stop"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# --- benchmarks -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of a sweep: how pgbench sends its queries and how many clients it runs."""
+
+    mode: str
+    clients: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode}, {self.clients} client{'s' if self.clients != 1 else ''}"
+
+
+@dataclass
+class Result:
+    """All runs of one setting, per target; medians are what gets reported."""
+
+    setting: Setting
+    runs: dict[str, list[Run]] = field(default_factory=lambda: {name: [] for name in TARGET_NAMES})
+
+    def tps(self, target: str) -> float:
+        return statistics.median(run.tps for run in self.runs[target])
+
+    def cpu_us_per_txn(self, target: str) -> float | None:
+        values = [v for run in self.runs[target] if (v := run.cpu_us_per_txn) is not None]
+        return statistics.median(values) if values else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "mode": self.setting.mode,
+            "clients": self.setting.clients,
+            "targets": {
+                name: {
+                    "tps_median": self.tps(name),
+                    "cpu_us_per_txn_median": self.cpu_us_per_txn(name),
+                    "runs": [asdict(run) | {"cpu_us_per_txn": run.cpu_us_per_txn} for run in runs],
+                }
+                for name, runs in self.runs.items()
+            },
+            "pgguard_vs_direct": self.tps("pgguard") / self.tps("direct"),
+            "pgguard_vs_pgbouncer": self.tps("pgguard") / self.tps("pgbouncer"),
+        }
+
+
+def select_only_args(setting: Setting, duration: int) -> list[str]:
+    """pgbench's built-in SELECT-only script: one indexed point read per transaction.
+
+    -n: no vacuum before the run (done once after `pgbench -i`); -j: pgbench
+    threads, capped at 2 so the client does not eat the cores the proxies need.
+    """
+    return ["-n", "-S", "-M", setting.mode, "-c", str(setting.clients), "-j", str(min(setting.clients, 2)),
+            "-T", str(duration)]
+
+
+def warm_up(env: Environment, seconds: int) -> None:
+    """One short unrecorded run per target: page cache, PostgreSQL's buffers, Python's first paths."""
+    if seconds <= 0:
+        return
+    for target in env.targets:
+        measure(target, select_only_args(Setting("prepared", 1), seconds), seconds)
+
+
+def select_only(env: Environment, settings: Sequence[Setting], duration: int, rounds: int,
+                log: Callable[[str], None] = print) -> list[Result]:
+    """The SELECT-only sweep: every setting on every target, interleaved, `rounds` times over."""
+    results = [Result(setting) for setting in settings]
+    for round_no in range(1, rounds + 1):
+        for result in results:
+            for target in env.targets:
+                run = measure(target, select_only_args(result.setting, duration), duration)
+                result.runs[target.name].append(run)
+                cpu = f", proxy CPU {run.cpu_us_per_txn:.1f} µs/txn" if run.cpu_us_per_txn is not None else ""
+                log(f"round {round_no}/{rounds} {result.setting.label:<22} {target.name:<10} "
+                    f"{run.tps:>10.0f} tps{cpu}")
+    return results
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+COLUMNS = ("setting", "direct TPS", "pgbouncer TPS", "pgguard TPS", "pgguard/direct",
+           "pgguard/pgbouncer", "pgguard CPU µs/txn", "pgbouncer CPU µs/txn")
+
+
+def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    def us(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    return [
+        [r.setting.label, f"{r.tps('direct'):.0f}", f"{r.tps('pgbouncer'):.0f}", f"{r.tps('pgguard'):.0f}",
+         f"{r.tps('pgguard') / r.tps('direct'):.2f}×", f"{r.tps('pgguard') / r.tps('pgbouncer'):.2f}×",
+         us(r.cpu_us_per_txn("pgguard")), us(r.cpu_us_per_txn("pgbouncer"))]
+        for r in results
+    ]
+
+
+def print_table(results: Sequence[Result], markdown: bool) -> None:
+    rows = table_rows(results)
+    if markdown:
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*COLUMNS, title="pgbench -S: median TPS per target")
+    for column in table.columns[1:]:
+        column.justify = "right"
+    for row in rows:
+        table.add_row(*row)
+    # Not a terminal (piped, CI): rich would assume 80 columns and squeeze the table.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def machine_info(env: Environment) -> dict[str, str]:
+    """What the numbers depend on, for whoever compares them with another run."""
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kib = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    return {
+        "cpus": str(len(os.sched_getaffinity(0))),
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": env.cluster.psql("SHOW server_version"),
+        "pgbench": _first_line(["pgbench", "--version"]),
+        "pgbouncer": _first_line([next(p for n in PGBOUNCER_CANDIDATES if (p := shutil.which(n))), "--version"]),
+        "pgguard_source": _first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+        # Other work on the machine skews everything; this says whether there was any.
+        "loadavg_at_start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
+    }
+
+
+def _first_line(cmd: Sequence[str]) -> str:
+    """A tool's first line of output, or "?" (machine info must never fail a finished benchmark)."""
+    try:
+        lines = subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()
+    except OSError:
+        return "?"
+    return lines[0].strip() if lines else "?"
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds per pgbench run (default 10)")
+    parser.add_argument("--clients", default="1,8", help="comma-separated client counts (default 1,8)")
+    parser.add_argument("--modes", default="simple,prepared",
+                        help="comma-separated pgbench query modes: simple, extended, prepared")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; medians are reported")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded warm-up per target (0: none)")
+    parser.add_argument("--scale", type=int, default=PGBENCH_SCALE, help="pgbench -i scale (default 10)")
+    parser.add_argument("--json", type=Path, help="also write the numbers (every run) to this file")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--keep-logs", type=Path, help="copy the gateway's and PgBouncer's logs here")
+    args = parser.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",") if c]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if bad := set(args.modes) - {"simple", "extended", "prepared"}:
+        parser.error(f"unknown mode(s): {', '.join(sorted(bad))}")
+    if args.rounds < 1 or args.duration <= 0 or not args.clients:
+        parser.error("--rounds, --duration and --clients must be positive")
+    return args
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    # Unwinds through every `finally`, so SIGTERM cleans up exactly as Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    settings = [Setting(mode, clients) for mode in args.modes for clients in args.clients]
+    base = Path(tempfile.mkdtemp(prefix="pgguard-bench-"))
+    base.chmod(0o755)  # PostgreSQL and PgBouncer run as another OS user when we are root
+
+    def log(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    try:
+        with environment(base, scale=args.scale, log=log) as env:
+            machine = machine_info(env)
+            log(f"warming up ({args.warmup:g}s per target) ...")
+            warm_up(env, args.warmup)
+            log(f"{len(settings)} settings × 3 targets × {args.rounds} round(s) × {args.duration:g}s")
+            results = select_only(env, settings, args.duration, args.rounds, log)
+            if args.keep_logs is not None:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(env.gateway_log, args.keep_logs / "gateway.log")
+                shutil.copy(base / "pgbouncer" / "pgbouncer.log", args.keep_logs / "pgbouncer.log")
+        print_table(results, args.markdown)
+        print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+        if args.json is not None:
+            args.json.write_text(json.dumps({
+                "benchmark": "pgbench -S (select only)",
+                "machine": machine,
+                "duration_seconds": args.duration,
+                "rounds": args.rounds,
+                "scale": args.scale,
+                "identity": {"name": BENCH_IDENTITY, "user": IDENTITIES[BENCH_IDENTITY][0]},
+                "results": [r.to_json() for r in results],
+            }, indent=2) + "\n")
+        return 0
+    except (BenchError, PostgresError) as exc:
+        log(f"failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted; everything started has been stopped")
+        return 130
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

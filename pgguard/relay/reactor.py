@@ -1,0 +1,176 @@
+"""The reactor: one trio task that moves bytes for every established session.
+
+A trio task per direction per session costs a scheduler round trip for each
+message, and that round trip, not the relaying, dominated the gateway's CPU
+time (`bench/RESULTS.md`). Here the sockets of all established sessions sit
+in one epoll set; the reactor task waits for that set to become readable,
+then serves every ready socket without yielding in between. Each session
+still lives in its own task and nursery: it attaches its pipe, waits for
+`finished`, and on the way out (normal end, error or cancellation) detaches
+and closes its sockets.
+
+Back-pressure: when a socket cannot take all that is sent to it, the rest is
+kept and the reactor stops reading from the other side until it drains.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+from collections.abc import Callable
+
+import trio
+
+from pgguard.relay.protocol import Output, SessionProtocol
+from pgguard.relay.socket_stream import RECEIVE_SIZE
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_HANGUP = select.EPOLLHUP | select.EPOLLERR
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# Events served per wake-up before giving other tasks a turn.
+_BATCH = 128
+
+
+class _End:
+    """One side of a pipe: a socket, what is waiting to be sent to it, and whether it is read."""
+
+    __slots__ = ("pipe", "sock", "fd", "peer", "pending", "reading", "mask", "receive")
+
+    def __init__(self, pipe: Pipe, sock: socket.socket,
+                 receive: Callable[[bytes], Output]) -> None:
+        self.pipe = pipe
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer: _End = self
+        self.pending = bytearray()
+        self.reading = True
+        self.mask = 0
+        self.receive = receive
+
+
+class Pipe:
+    """An established session as the reactor sees it."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, protocol: SessionProtocol) -> None:
+        self.protocol = protocol
+        self.client = _End(self, client, protocol.client_bytes)
+        self.upstream = _End(self, upstream, protocol.upstream_bytes)
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        self.finished = trio.Event()
+        self.end_reason = "closed"
+
+    def closed_output(self, end: _End) -> Output:
+        if end is self.client:
+            return self.protocol.client_closed()
+        return self.protocol.upstream_closed()
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._ends: dict[int, _End] = {}
+
+    def attach(self, pipe: Pipe) -> None:
+        for end in (pipe.client, pipe.upstream):
+            self._ends[end.fd] = end
+            end.mask = _IN
+            self._epoll.register(end.fd, _IN)
+        for end in (pipe.client, pipe.upstream):
+            # TLS may hold decrypted bytes that epoll cannot see.
+            if isinstance(end.sock, ssl.SSLSocket) and end.sock.pending() and not pipe.finished.is_set():
+                self._read(end)
+
+    def detach(self, pipe: Pipe) -> None:
+        for end in (pipe.client, pipe.upstream):
+            if self._ends.pop(end.fd, None) is end:
+                self._epoll.unregister(end.fd)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll)
+                for fd, events in self._epoll.poll(0, _BATCH):
+                    end = self._ends.get(fd)
+                    if end is None:
+                        continue  # its pipe finished earlier in this batch
+                    if events & _OUT:
+                        self._flush(end)
+                    if events & (_IN | _HANGUP) and not end.pipe.finished.is_set():
+                        self._read(end)
+        finally:
+            self._epoll.close()
+
+    def _read(self, end: _End) -> None:
+        try:
+            data = end.sock.recv(RECEIVE_SIZE)
+            if data and isinstance(end.sock, ssl.SSLSocket):
+                while end.sock.pending():
+                    data += end.sock.recv(RECEIVE_SIZE)
+        except _WOULD_BLOCK:
+            return
+        except ssl.SSLZeroReturnError:
+            data = b""
+        except OSError:
+            self._finish(end.pipe, "connection lost")
+            return
+        output = end.receive(data) if data else end.pipe.closed_output(end)
+        pipe = end.pipe
+        if output.to_upstream:
+            self._send(pipe.upstream, output.to_upstream)
+        if output.to_client:
+            self._send(pipe.client, output.to_client)
+        if output.close is not None:
+            self._finish(pipe, output.close)
+
+    def _send(self, end: _End, data: bytes) -> None:
+        if end.pending:
+            end.pending += data
+            return
+        try:
+            sent = end.sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError:
+            self._finish(end.pipe, "connection lost")
+            return
+        if sent < len(data):
+            end.pending += memoryview(data)[sent:]
+            end.peer.reading = False
+            self._update(end.peer)
+            self._update(end)
+
+    def _flush(self, end: _End) -> None:
+        try:
+            sent = end.sock.send(end.pending)
+        except _WOULD_BLOCK:
+            return
+        except OSError:
+            self._finish(end.pipe, "connection lost")
+            return
+        del end.pending[:sent]
+        if not end.pending:
+            end.peer.reading = True
+            self._update(end.peer)
+            self._update(end)
+
+    def _update(self, end: _End) -> None:
+        mask = (_IN if end.reading else 0) | (_OUT if end.pending else 0)
+        if mask != end.mask and self._ends.get(end.fd) is end:
+            end.mask = mask
+            self._epoll.modify(end.fd, mask)
+
+    def _finish(self, pipe: Pipe, reason: str) -> None:
+        """End the pipe: bytes already queued get one last chance to go out."""
+        if pipe.finished.is_set():
+            return
+        pipe.end_reason = reason
+        for end in (pipe.client, pipe.upstream):
+            if end.pending:
+                try:
+                    end.sock.send(end.pending)
+                except (OSError, ValueError):
+                    pass
+        self.detach(pipe)
+        pipe.finished.set()
