@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -72,7 +73,7 @@ class RawConnection:
 
     def reset(self) -> None:
         """Close with a TCP RST rather than a FIN: the rudest way to vanish."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
     # -- sending ---------------------------------------------------------------

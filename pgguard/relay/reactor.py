@@ -40,6 +40,7 @@ class _End:
 
     def __init__(self, pipe: Pipe, sock: socket.socket,
                  receive: Callable[[bytes], Output]) -> None:
+        sock.setblocking(False)
         self.pipe = pipe
         self.sock = sock
         self.fd = sock.fileno()

@@ -190,7 +190,8 @@ class HostileTarget:
             f'\n[targets.hostile.logins.{name}]\nuser = "{name}"\npassword_file = "{password_file}"\n'
             for name in ("reader", "support", "engineer", "admin")
         )
-        return f'\n[targets.hostile]\nhost = "127.0.0.1"\nport = {self.port}\ndbname = "demo"\nsslmode = "disable"\n{logins}'
+        target = f'\n[targets.hostile]\nhost = "127.0.0.1"\nport = {self.port}\ndbname = "demo"\nsslmode = "disable"\n'
+        return target + logins
 
 
 @pytest.fixture
