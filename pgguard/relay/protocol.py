@@ -25,6 +25,9 @@ class Output(NamedTuple):
     close: str | None = None
 
 
+_NOTHING = Output()
+
+
 def _fatal(message: str) -> bytes:
     return backend.ErrorResponse.build("FATAL", "08P01", f"pgguard: {message}").encode()
 
@@ -41,13 +44,13 @@ class SessionProtocol:
             return Output(to_client=_fatal(f"protocol violation: {exc}"),
                           close=f"client protocol violation: {exc}")
         if not frames:
-            return Output()
+            return _NOTHING
         for index, frame in enumerate(frames):
             if frame.tag == _TERMINATE:
                 # Anything after Terminate is not the protocol; drop it.
                 forwarded = b"".join(f.data for f in frames[: index + 1])
                 return Output(to_upstream=forwarded, close="client terminated")
-        return Output(to_upstream=raw)
+        return Output(raw)
 
     def client_closed(self) -> Output:
         # Let the backend end cleanly rather than log an unexpected EOF.
@@ -59,7 +62,7 @@ class SessionProtocol:
         except ProtocolViolation as exc:
             return Output(to_client=_fatal("the target database sent an invalid message"),
                           close=f"target protocol violation: {exc}")
-        return Output(to_client=raw) if frames else Output()
+        return Output(b"", raw) if frames else _NOTHING
 
     def upstream_closed(self) -> Output:
         return Output(close="target closed the connection")

@@ -29,8 +29,11 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _HANGUP = select.EPOLLHUP | select.EPOLLERR
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-# Events served per wake-up before giving other tasks a turn.
+# Events taken per poll, and polls served back to back before other tasks get
+# a turn: serving what is ready without a trip through trio's scheduler is
+# where the reactor's speed comes from.
 _BATCH = 128
+_BATCHES_PER_YIELD = 8
 
 
 class _End:
@@ -89,17 +92,27 @@ class Reactor:
                 self._epoll.unregister(end.fd)
 
     async def run(self) -> None:
+        served_without_yield = 0
         try:
             while True:
-                await trio.lowlevel.wait_readable(self._epoll)
-                for fd, events in self._epoll.poll(0, _BATCH):
+                events = self._epoll.poll(0, _BATCH)
+                if not events:
+                    served_without_yield = 0
+                    await trio.lowlevel.wait_readable(self._epoll)
+                    continue
+                for fd, mask in events:
                     end = self._ends.get(fd)
                     if end is None:
                         continue  # its pipe finished earlier in this batch
-                    if events & _OUT:
+                    if mask & _OUT:
                         self._flush(end)
-                    if events & (_IN | _HANGUP) and not end.pipe.finished.is_set():
+                    if mask & (_IN | _HANGUP) and not end.pipe.finished.is_set():
                         self._read(end)
+                served_without_yield += 1
+                if served_without_yield >= _BATCHES_PER_YIELD:
+                    # Busy for a while: let handshakes and other tasks run.
+                    served_without_yield = 0
+                    await trio.lowlevel.checkpoint()
         finally:
             self._epoll.close()
 

@@ -90,10 +90,13 @@ class MessageFramer:
         The first element is every complete message exactly as received, for
         the pass-through path; the second the same messages framed one by one.
         """
-        self._pending.add(data)
-        if len(self._pending) < self._need:
-            return b"", []
-        buf = self._pending.take()
+        if self._pending:
+            self._pending.add(data)
+            if len(self._pending) < self._need:
+                return b"", []
+            buf = self._pending.take()
+        else:
+            buf = data
         frames: list[Frame] = []
         pos = 0
         size = len(buf)
@@ -115,7 +118,7 @@ class MessageFramer:
         else:
             self._need = 5
         if pos < size:
-            self._pending.add(buf[pos:])
+            self._pending.add(buf[pos:] if pos else buf)
         return (buf if pos == size else buf[:pos]), frames
 
 
