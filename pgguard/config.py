@@ -41,10 +41,15 @@ class Listen:
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[Listen, ...]
+    # A directory for a Unix-domain socket named as PostgreSQL names its
+    # own (.s.PGSQL.PORT, PORT from the first listen address), so that
+    # `psql -h DIR` works unchanged.
+    unix_socket_dir: Path | None
     admin_listen: Listen | None
     tls_cert: Path | None
     tls_key: Path | None
-    # Cleartext tokens are accepted without TLS only from loopback when set.
+    # Cleartext tokens are accepted without TLS only from loopback or the
+    # Unix socket, and only when this is set.
     allow_plaintext_loopback: bool
     session_dir: Path
     max_message_size: int
@@ -175,7 +180,7 @@ def _path(table: dict[str, Any], key: str, where: str, base: Path) -> Path | Non
 def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
     where = "gateway"
     _known(table, where, {
-        "listen", "admin_listen", "tls_cert", "tls_key", "allow_plaintext_loopback",
+        "listen", "unix_socket_dir", "admin_listen", "tls_cert", "tls_key", "allow_plaintext_loopback",
         "session_dir", "max_message_size", "max_connections", "login_timeout",
     })
     listen = tuple(Listen.parse(item, f"[{where}] listen") for item in _get(table, "listen", where, list))
@@ -191,6 +196,7 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
             raise ConfigError(f"[{where}] no such file: {file}")
     return GatewayConfig(
         listen=listen,
+        unix_socket_dir=_path(table, "unix_socket_dir", where, base),
         admin_listen=Listen.parse(admin, f"[{where}] admin_listen") if admin else None,
         tls_cert=tls_cert,
         tls_key=tls_key,

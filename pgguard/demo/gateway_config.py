@@ -32,6 +32,7 @@ TEMPLATE = """\
 
 [gateway]
 listen = ["{host}:{port}"]
+unix_socket_dir = "{directory}"
 admin_listen = "{host}:{admin_port}"
 tls_cert = "{tls_cert}"
 tls_key = "{tls_key}"
@@ -128,7 +129,7 @@ def write_config(directory: Path, *, host: str, port: int, admin_port: int, tls_
         logins.append(LOGIN_TEMPLATE.format(database=database, name=name, user=user, password_file=password_file))
     path = directory / "pgguard.toml"
     path.write_text(TEMPLATE.format(
-        host=host, port=port, admin_port=admin_port, tls_cert=tls_cert, tls_key=tls_key,
+        host=host, port=port, directory=directory, admin_port=admin_port, tls_cert=tls_cert, tls_key=tls_key,
         session_dir=directory / "sessions", signing_key=signing_key, database=database,
         pg_host=pg_host, pg_port=pg_port, pg_ca=pg_ca, logins="".join(logins),
     ))

@@ -21,7 +21,8 @@ from pgguard.relay.streams import receive_frames, receive_packet
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import MessageFramer, ProtocolViolation, StartupFramer
 
-PROTOCOL_3_0 = 3 << 16
+# The peer name of a client on the Unix-domain socket.
+LOCAL = "[local]"
 # Parameters the gateway sets itself, or that would change what the
 # connection is (replication), are never passed upstream from the client.
 _RESERVED_PARAMS = {"user", "database", "replication"}
@@ -63,6 +64,11 @@ class ClientConnection:
         self.stream = stream
         self.peer = peer
 
+    @property
+    def local(self) -> bool:
+        """On this machine: loopback TCP or the Unix-domain socket."""
+        return self.peer == LOCAL or is_loopback(self.peer)
+
 
 async def negotiate(connection: ClientConnection, ssl_context: ssl.SSLContext | None
                     ) -> tuple[StartupFramer, frontend.StartupMessage | CancelAsk]:
@@ -103,14 +109,14 @@ async def authenticate(connection: ClientConnection, framer: StartupFramer, star
                     f"{startup.protocol_version & 0xFFFF}: pgguard speaks 3.0")
     params = dict(startup.params)
     unknown_options = sorted(name for name in params if name.startswith("_pq_."))
-    if startup.protocol_version != PROTOCOL_3_0 or unknown_options:
+    if startup.protocol_version != frontend.PROTOCOL_3_0 or unknown_options:
         await stream.send_all(backend.NegotiateProtocolVersion(0, unknown_options).encode())
     if "replication" in params and params["replication"].lower() not in ("false", "off", "no", "0"):
         raise fatal("0A000", "replication connections are not supported")
     user = params.get("user", "")
     if not user:
         raise fatal("28000", "no user name given")
-    if not tls and not (config.gateway.allow_plaintext_loopback and is_loopback(connection.peer)):
+    if not tls and not (config.gateway.allow_plaintext_loopback and connection.local):
         raise fatal("28000", "TLS is required", hint="connect with sslmode=require")
     dbname = params.get("database") or user
     target = config.targets.get(dbname)

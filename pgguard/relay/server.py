@@ -7,8 +7,10 @@ ends in a log line and a closed connection, never in the accept loop.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -16,7 +18,7 @@ from pgguard.config import Config, TargetConfig
 from pgguard.errors import GatewayError, fatal
 from pgguard.identity.tokens import TokenService
 from pgguard.relay.cancel import CancelRegistry
-from pgguard.relay.handshake import CancelAsk, ClientConnection, authenticate, negotiate
+from pgguard.relay.handshake import LOCAL, CancelAsk, ClientConnection, authenticate, negotiate
 from pgguard.relay.session import Session
 from pgguard.relay.socket_stream import SocketStream
 from pgguard.relay.reactor import Reactor
@@ -37,6 +39,15 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+async def _unix_listener(path: Path) -> trio.SocketListener:
+    path.unlink(missing_ok=True)  # left behind by a gateway that was killed
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    path.chmod(0o777)  # as PostgreSQL's default unix_socket_permissions
+    sock.listen()
+    return trio.SocketListener(sock)
+
+
 def _peer_host(stream: trio.abc.Stream) -> str:
     sock = getattr(stream, "socket", None)
     if sock is None:
@@ -45,7 +56,7 @@ def _peer_host(stream: trio.abc.Stream) -> str:
         address = sock.getpeername()
     except OSError:  # already reset by the peer
         return "unknown"
-    return address[0] if isinstance(address, tuple) else "local"
+    return address[0] if isinstance(address, tuple) else LOCAL
 
 
 class Gateway:
@@ -68,8 +79,11 @@ class Gateway:
         listeners: list[trio.SocketListener] = []
         for address in self.config.gateway.listen:
             listeners.extend(await trio.open_tcp_listeners(address.port, host=address.host))
+        if self.config.gateway.unix_socket_dir is not None:
+            port = listeners[0].socket.getsockname()[1]
+            listeners.append(await _unix_listener(self.config.gateway.unix_socket_dir / f".s.PGSQL.{port}"))
         for listener in listeners:
-            log.info("listening on %s", listener.socket.getsockname()[:2])
+            log.info("listening on %s", listener.socket.getsockname())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.reactor.run)
             task_status.started(listeners)
@@ -104,7 +118,9 @@ class Gateway:
         with trio.fail_after(self.config.gateway.login_timeout):
             framer, hello = await negotiate(connection, self.ssl_context)
             if isinstance(hello, CancelAsk):
-                await self.cancels.cancel(hello.process_id, hello.secret_key)
+                forwarded = await self.cancels.cancel(hello.process_id, hello.secret_key)
+                log.info("cancel request from %s for session %d %s", connection.peer, hello.process_id,
+                         "forwarded" if forwarded else "ignored: no such session or wrong key")
                 return
             client = await authenticate(connection, framer, hello, self.config, self.tokens)
         await Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target)).run()

@@ -100,7 +100,7 @@ async def connect(target: TargetConfig, login: Login, params: dict[str, str],
 async def _login(stream: SocketStream, target: TargetConfig,
                  login: Login, params: dict[str, str]) -> Upstream:
     startup = {**params, "user": login.user, "database": target.dbname}
-    await stream.send_all(frontend.StartupMessage(196608, startup).encode())
+    await stream.send_all(frontend.StartupMessage(frontend.PROTOCOL_3_0, startup).encode())
     framer = MessageFramer(UPSTREAM_MAX_MESSAGE)
     auth = _Authenticator(login)
     greeting: list[Frame] = []

@@ -1,0 +1,1 @@
+"""pgguard-replay: reading, playing back and verifying pgguard's session logs."""
