@@ -79,6 +79,9 @@ class Login:
 
     user: str
     password: str | None = field(repr=False)
+    # Defence in depth: sessions on this login run with
+    # default_transaction_read_only=on, which pgguard never lets them turn off.
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,8 +265,9 @@ def _target(name: str, table: dict[str, Any], base: Path) -> TargetConfig:
         login_where = f"{where}.logins.{login_name}"
         if not isinstance(login, dict):
             raise ConfigError(f"[{login_where}] must be a table")
-        _known(login, login_where, {"user", "password", "password_file", "password_env"})
-        logins[login_name] = Login(_get(login, "user", login_where, str), _secret(login, login_where, base))
+        _known(login, login_where, {"user", "password", "password_file", "password_env", "read_only"})
+        logins[login_name] = Login(_get(login, "user", login_where, str), _secret(login, login_where, base),
+                                   _get(login, "read_only", login_where, bool, False))
     if not logins:
         raise ConfigError(f"[{where}.logins] at least one login is required")
     return TargetConfig(

@@ -104,6 +104,7 @@ LOGIN_TEMPLATE = """
 [targets.{database}.logins.{name}]
 user = "{user}"
 password_file = "{password_file}"
+read_only = {read_only}
 """
 
 
@@ -126,7 +127,8 @@ def write_config(directory: Path, *, host: str, port: int, admin_port: int, tls_
         password_file = secrets_dir / f"{user}.password"
         password_file.write_text(login_passwords[user])
         password_file.chmod(0o600)
-        logins.append(LOGIN_TEMPLATE.format(database=database, name=name, user=user, password_file=password_file))
+        logins.append(LOGIN_TEMPLATE.format(database=database, name=name, user=user, password_file=password_file,
+                                            read_only=str(name == "reader").lower()))
     path = directory / "pgguard.toml"
     path.write_text(TEMPLATE.format(
         host=host, port=port, directory=directory, admin_port=admin_port, tls_cert=tls_cert, tls_key=tls_key,

@@ -4,17 +4,30 @@ The reactor feeds bytes in as they arrive from either side and sends out what
 comes back; nothing here touches a socket, so every decision can be tested
 with plain bytes. Messages are framed on the way through, and a batch that
 needs no change is forwarded as the very bytes that arrived.
+
+Refusals keep PostgreSQL's own semantics by letting PostgreSQL produce them:
+a refused statement is replaced, upstream, by one that fails harmlessly at
+parse time (`SELECT 'pgguard-refusal:ID'::pg_catalog.int4`). The server then
+does what it always does after an error (fails the transaction block, skips
+the rest of an extended-protocol batch up to Sync, commits nothing of it)
+and its error, recognised by the ID on the way back, is replaced by
+pgguard's own 42501.
 """
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from typing import NamedTuple
 
+from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.wire import backend, frontend
-from pgguard.wire.framing import MessageFramer, ProtocolViolation
+from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
 
-_TERMINATE = ord("X")
+_QUERY, _PARSE, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c in "QPFSCX")
+_READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
+_MARKER = "pgguard-refusal:"
 
 
 class Output(NamedTuple):
@@ -28,14 +41,41 @@ class Output(NamedTuple):
 _NOTHING = Output()
 
 
+# PostgreSQL's client_encoding names, as Python's codecs know them.
+_CODECS = {"UTF8": "utf-8", "SQL_ASCII": "ascii", "LATIN1": "latin-1", "LATIN9": "iso8859-15",
+           "WIN1252": "cp1252", "WIN1251": "cp1251", "EUC_JP": "euc_jp", "SJIS": "shift_jis",
+           "GBK": "gbk", "BIG5": "big5", "EUC_KR": "euc_kr", "KOI8R": "koi8-r"}
+
+
+def python_codec(client_encoding: str) -> str:
+    """The codec for a client_encoding; one pgguard does not know decodes nothing (fail closed)."""
+    return _CODECS.get(client_encoding.upper(), f"unknown {client_encoding}")
+
+
 def _fatal(message: str) -> bytes:
     return backend.ErrorResponse.build("FATAL", "08P01", f"pgguard: {message}").encode()
 
 
+@dataclass
+class _Refusal:
+    decision: Decision
+    # The ReadyForQuery count after which the refusal's cycle is over.
+    cycle: int
+
+
 class SessionProtocol:
-    def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer) -> None:
+    def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer,
+                 guard: SessionGuard | None = None, encoding: str = "utf-8") -> None:
         self._client = client_framer
         self._upstream = upstream_framer
+        self.guard = guard
+        self.encoding = encoding
+        self._refusals: dict[str, _Refusal] = {}
+        # Messages sent upstream that end in ReadyForQuery, and those seen back.
+        self._cycles_sent = 0
+        self._cycles_done = 0
+
+    # -- from the client -----------------------------------------------------
 
     def client_bytes(self, data: bytes) -> Output:
         try:
@@ -45,16 +85,94 @@ class SessionProtocol:
                           close=f"client protocol violation: {exc}")
         if not frames:
             return _NOTHING
+        parts: list[bytes] | None = None
         for index, frame in enumerate(frames):
-            if frame.tag == _TERMINATE:
+            tag = frame.tag
+            replacement: bytes | None = None
+            if tag == _QUERY or tag == _SYNC or tag == _FUNCTION_CALL:
+                self._cycles_sent += 1
+            if self.guard is not None:
+                if tag == _QUERY:
+                    replacement = self._guard_query(frame)
+                elif tag == _PARSE:
+                    replacement = self._guard_parse(frame)
+                elif tag == _FUNCTION_CALL:
+                    replacement = self._guard_function_call()
+                elif tag == _CLOSE:
+                    self._forget(frame)
+            if tag == _TERMINATE:
                 # Anything after Terminate is not the protocol; drop it.
-                forwarded = b"".join(f.data for f in frames[: index + 1])
-                return Output(to_upstream=forwarded, close="client terminated")
-        return Output(raw)
+                kept = parts if parts is not None else [f.data for f in frames[:index]]
+                return Output(to_upstream=b"".join(kept) + frame.data, close="client terminated")
+            if replacement is not None and parts is None:
+                parts = [f.data for f in frames[:index]]
+            if parts is not None:
+                parts.append(replacement if replacement is not None else frame.data)
+        return Output(b"".join(parts)) if parts is not None else Output(raw)
 
     def client_closed(self) -> Output:
         # Let the backend end cleanly rather than log an unexpected EOF.
         return Output(to_upstream=_TERMINATE_MESSAGE, close="client disconnected")
+
+    def _text(self, data: bytes) -> str | None:
+        try:
+            return data.decode(self.encoding)
+        except (UnicodeDecodeError, LookupError):
+            return None
+
+    def _refuse(self, decision: Decision, before_sync: bool = False) -> str:
+        """Register a refusal; returns the statement that stands in for it upstream.
+
+        A Parse is answered within the cycle that its Sync, still to come, ends.
+        """
+        token = secrets.token_hex(8)
+        self._refusals[token] = _Refusal(decision, self._cycles_sent + before_sync)
+        return f"SELECT '{_MARKER}{token}'::pg_catalog.int4"
+
+    def _guard_query(self, frame: Frame) -> bytes | None:
+        assert self.guard is not None
+        body = frame.data[5:-1]  # the query string without its NUL
+        sql = self._text(body)
+        if sql is None:
+            return self._refused_query(b"", self.guard.undecodable(self.encoding))
+        decisions = self.guard.check_query(sql)
+        refused = decisions[-1] if decisions and not decisions[-1].allowed else None
+        if refused is None:
+            return None
+        # Statements before the refused one still run, as PostgreSQL would
+        # have run them before failing on it.
+        location = refused.statement.location if refused.statement is not None else 0
+        prefix = sql.encode()[:location].decode().encode(self.encoding)
+        return self._refused_query(prefix, refused)
+
+    def _refused_query(self, prefix: bytes, decision: Decision) -> bytes:
+        stand_in = self._refuse(decision).encode()
+        return frontend.Query((prefix + stand_in).decode(self.encoding)).encode()
+
+    def _guard_parse(self, frame: Frame) -> bytes | None:
+        assert self.guard is not None
+        message = frontend.Parse.decode(frame.body)
+        decision = self.guard.check_parse(message.name, message.query)
+        if decision.allowed:
+            return None
+        return frontend.Parse(message.name, self._refuse(decision, before_sync=True), []).encode()
+
+    def _guard_function_call(self) -> bytes | None:
+        assert self.guard is not None
+        if self.guard.unrestricted:
+            return None
+        # The FunctionCall message names a function by OID only; pgguard
+        # allows it to roles that may run anything.
+        decision = self.guard.refuse_function_call()
+        return frontend.Query(self._refuse(decision)).encode()
+
+    def _forget(self, frame: Frame) -> None:
+        assert self.guard is not None
+        message = frontend.Close.decode(frame.body)
+        if message.kind == "S":
+            self.guard.forget(message.name)
+
+    # -- from the upstream ----------------------------------------------------
 
     def upstream_bytes(self, data: bytes) -> Output:
         try:
@@ -62,7 +180,50 @@ class SessionProtocol:
         except ProtocolViolation as exc:
             return Output(to_client=_fatal("the target database sent an invalid message"),
                           close=f"target protocol violation: {exc}")
-        return Output(b"", raw) if frames else _NOTHING
+        if not frames:
+            return _NOTHING
+        if not self._refusals:
+            for frame in frames:
+                if frame.tag == _READY:
+                    self._cycles_done += 1
+                elif frame.tag == _PARAMETER_STATUS:
+                    self._parameter(frame)
+            return Output(b"", raw)
+        parts = []
+        for frame in frames:
+            if frame.tag == _ERROR:
+                parts.append(self._rewrite_error(frame))
+                continue
+            if frame.tag == _READY:
+                self._cycles_done += 1
+                self._expire()
+            elif frame.tag == _PARAMETER_STATUS:
+                self._parameter(frame)
+            parts.append(frame.data)
+        return Output(b"", b"".join(parts))
+
+    def _parameter(self, frame: Frame) -> None:
+        status = backend.ParameterStatus.decode(frame.body)
+        if status.name == "client_encoding":
+            self.encoding = python_codec(status.value)
+
+    def _rewrite_error(self, frame: Frame) -> bytes:
+        error = backend.ErrorResponse.decode(frame.body)
+        start = error.message.find(_MARKER)
+        if start < 0:
+            return frame.data
+        token = error.message[start + len(_MARKER):start + len(_MARKER) + 16]
+        refusal = self._refusals.pop(token, None)
+        if refusal is None:
+            return frame.data
+        decision = refusal.decision
+        return backend.ErrorResponse.build("ERROR", "42501", decision.message, hint=decision.hint).encode()
+
+    def _expire(self) -> None:
+        """Forget refusals whose cycle ended without their error (e.g. in a failed transaction)."""
+        for token, refusal in list(self._refusals.items()):
+            if refusal.cycle <= self._cycles_done:
+                del self._refusals[token]
 
     def upstream_closed(self) -> Output:
         return Output(close="target closed the connection")

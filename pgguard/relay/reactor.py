@@ -15,6 +15,7 @@ kept and the reactor stops reading from the other side until it drains.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import ssl
@@ -24,7 +25,12 @@ import trio
 
 from pgguard.relay.protocol import Output, SessionProtocol
 from pgguard.relay.socket_stream import RECEIVE_SIZE
+from pgguard.wire import backend
 
+log = logging.getLogger("pgguard.reactor")
+
+_INTERNAL_ERROR = backend.ErrorResponse.build(
+    "FATAL", "XX000", "pgguard: internal error; the session was closed and its last message not forwarded").encode()
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _HANGUP = select.EPOLLHUP | select.EPOLLERR
@@ -129,8 +135,14 @@ class Reactor:
         except OSError:
             self._finish(end.pipe, "connection lost")
             return
-        output = end.receive(data) if data else end.pipe.closed_output(end)
         pipe = end.pipe
+        try:
+            output = end.receive(data) if data else pipe.closed_output(end)
+        except Exception:
+            # A bug in one session's processing ends that session, closed:
+            # nothing of what it was given is forwarded.
+            log.exception("session failed while processing a message")
+            output = Output(to_client=_INTERNAL_ERROR, close="internal error")
         if output.to_upstream:
             self._send(pipe.upstream, output.to_upstream)
         if output.to_client:

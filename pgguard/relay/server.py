@@ -17,6 +17,8 @@ import trio
 from pgguard.config import Config, TargetConfig
 from pgguard.errors import GatewayError, fatal
 from pgguard.identity.tokens import TokenService
+from pgguard.policy.catalog import Catalogs
+from pgguard.policy.guard import Policy
 from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import LOCAL, CancelAsk, ClientConnection, authenticate, negotiate
 from pgguard.relay.session import Session
@@ -70,6 +72,8 @@ class Gateway:
         }
         self.connections = 0
         self.reactor = Reactor()
+        self.policy = Policy(config)
+        self.catalogs = Catalogs()
 
     def upstream_tls(self, target: TargetConfig) -> ssl.SSLContext | None:
         return self._upstream_tls[target.name]
@@ -86,6 +90,7 @@ class Gateway:
             log.info("listening on %s", listener.socket.getsockname())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.reactor.run)
+            nursery.start_soon(self.catalogs.keep_fresh)
             task_status.started(listeners)
             await trio.serve_listeners(self.handle, listeners)
 
@@ -123,7 +128,8 @@ class Gateway:
                          "forwarded" if forwarded else "ignored: no such session or wrong key")
                 return
             client = await authenticate(connection, framer, hello, self.config, self.tokens)
-        await Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target)).run()
+        await Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
+                      self.policy, self.catalogs).run()
 
 
 async def _report(stream: trio.abc.SendStream, error: GatewayError) -> None:

@@ -16,12 +16,35 @@ from functools import partial
 from pgguard.config import Login
 from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import ClientHello
-from pgguard.relay.protocol import SessionProtocol
+from pgguard.errors import fatal
+from pgguard.policy.catalog import Catalogs
+from pgguard.policy.classify import Unsupported
+from pgguard.policy.guard import Policy, SessionGuard, startup_settings
+from pgguard.relay.protocol import SessionProtocol, python_codec
 from pgguard.relay.reactor import Pipe, Reactor
 from pgguard.relay.upstream import Upstream, connect, send_cancel
 from pgguard.wire import backend
+from pgguard.wire.framing import Frame
 
 log = logging.getLogger("pgguard.session")
+
+
+def upstream_params(params: dict[str, str], login: Login) -> dict[str, str]:
+    """The client's startup parameters, plus read-only mode for a read-only login."""
+    if not login.read_only:
+        return params
+    options = " ".join(filter(None, [params.get("options", ""), "-c default_transaction_read_only=on"]))
+    return {**params, "options": options}
+
+
+def client_codec(greeting: list[Frame]) -> str:
+    """The Python codec of the session's client_encoding, from the server's greeting."""
+    for frame in greeting:
+        if frame.tag == ord("S"):
+            status = backend.ParameterStatus.decode(frame.body)
+            if status.name == "client_encoding":
+                return python_codec(status.value)
+    return "utf-8"
 
 
 def choose_login(hello: ClientHello) -> Login:
@@ -35,12 +58,14 @@ def choose_login(hello: ClientHello) -> Login:
 
 class Session:
     def __init__(self, hello: ClientHello, peer: str, cancels: CancelRegistry, reactor: Reactor,
-                 upstream_tls: ssl.SSLContext | None) -> None:
+                 upstream_tls: ssl.SSLContext | None, policy: Policy, catalogs: Catalogs) -> None:
         self.hello = hello
         self.peer = peer
         self.cancels = cancels
         self.reactor = reactor
         self.upstream_tls = upstream_tls
+        self.policy = policy
+        self.catalogs = catalogs
 
     @property
     def user(self) -> str:
@@ -49,11 +74,15 @@ class Session:
     async def run(self) -> None:
         hello = self.hello
         started = time.monotonic()
-        upstream = await connect(hello.target, choose_login(hello), hello.upstream_params, self.upstream_tls)
+        login = choose_login(hello)
+        guard = await self._guard(login)
+        upstream = await connect(hello.target, login, upstream_params(hello.upstream_params, login),
+                                 self.upstream_tls)
         process_id, secret_key = self.cancels.register(
             partial(send_cancel, hello.target, self.upstream_tls, upstream.process_id, upstream.secret_key)
         )
-        pipe = Pipe(hello.stream.socket, upstream.stream.socket, SessionProtocol(hello.framer, upstream.framer))
+        protocol = SessionProtocol(hello.framer, upstream.framer, guard, client_codec(upstream.greeting))
+        pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
         try:
             await self._greet(upstream, process_id, secret_key)
             log.info("session %d: %s (%s) -> %s as %s", process_id, self.user, self.peer,
@@ -65,6 +94,22 @@ class Session:
             self.cancels.unregister(process_id)
             upstream.stream.close()
             log.info("session %d ended: %s after %.1fs", process_id, pipe.end_reason, time.monotonic() - started)
+
+    async def _guard(self, login: Login) -> SessionGuard:
+        """The session's policy guard, once the startup packet's settings passed it."""
+        hello = self.hello
+        target = hello.target.name
+        await self.catalogs.ensure(hello.target, login, self.upstream_tls)
+        guard = SessionGuard(self.policy, [role.name for role in hello.roles], login.user,
+                             lambda: self.catalogs.current(target),
+                             on_ddl=lambda: self.catalogs.mark_stale(target))
+        try:
+            decision = guard.check_startup(startup_settings(hello.upstream_params))
+        except Unsupported as exc:
+            raise fatal("42501", f"pgguard: {exc}") from exc
+        if not decision.allowed:
+            raise fatal("42501", decision.message, decision.hint)
+        return guard
 
     async def _greet(self, upstream: Upstream, process_id: int, secret_key: int) -> None:
         parts = [backend.AuthenticationOk().encode()]

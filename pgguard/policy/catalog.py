@@ -1,0 +1,137 @@
+"""What exists in a target database, as far as name resolution needs it.
+
+Whether an unqualified `lower(x)` is PostgreSQL's or a user-defined
+function, or whether `customers` could be a system catalog, depends on what
+the database holds. The gateway reads that once per target with its own
+login and keeps it as a `Catalog` snapshot: schemas, the system relations,
+and which schemas define each function and operator name. It is read again
+after DDL passes through the gateway and at least every `MAX_AGE` seconds.
+A name the snapshot does not know is treated as unknown, and refused where
+that matters: a stale snapshot can make pgguard stricter, never looser.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import trio
+
+from pgguard.config import Login, TargetConfig
+from pgguard.errors import GatewayError
+from pgguard.relay.streams import receive_frames
+from pgguard.relay.upstream import connect
+from pgguard.wire import backend, frontend
+
+log = logging.getLogger("pgguard.catalog")
+
+MAX_AGE = 60.0
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+_QUERY = """\
+SELECT 'f', n.nspname, p.proname FROM pg_catalog.pg_proc p
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+UNION ALL
+SELECT 'o', n.nspname, o.oprname FROM pg_catalog.pg_operator o
+  JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+UNION ALL
+SELECT 's', nspname, '' FROM pg_catalog.pg_namespace
+UNION ALL
+SELECT 'r', 'pg_catalog', relname FROM pg_catalog.pg_class
+  WHERE relnamespace = 'pg_catalog'::pg_catalog.regnamespace"""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    schemas: frozenset[str]
+    system_relations: frozenset[str]
+    # name -> schemas defining a function (or operator) of that name
+    functions: dict[str, frozenset[str]]
+    operators: dict[str, frozenset[str]]
+    loaded_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[str, str, str]]) -> Catalog:
+        functions: dict[str, set[str]] = defaultdict(set)
+        operators: dict[str, set[str]] = defaultdict(set)
+        schemas: set[str] = set()
+        relations: set[str] = set()
+        for kind, schema, name in rows:
+            if kind == "f":
+                functions[name].add(schema)
+            elif kind == "o":
+                operators[name].add(schema)
+            elif kind == "s":
+                schemas.add(schema)
+            else:
+                relations.add(name)
+        return cls(frozenset(schemas), frozenset(relations),
+                   {k: frozenset(v) for k, v in functions.items()},
+                   {k: frozenset(v) for k, v in operators.items()})
+
+
+EMPTY = Catalog(frozenset(SYSTEM_SCHEMAS), frozenset(), {}, {})
+
+
+async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
+    """Run the catalog query over a connection of the gateway's own."""
+    upstream = await connect(target, login, {"application_name": "pgguard catalog"}, context)
+    try:
+        await upstream.stream.send_all(frontend.Query(_QUERY).encode())
+        rows: list[tuple[str, str, str]] = []
+        while True:
+            for frame in await receive_frames(upstream.stream, upstream.framer):
+                message = backend.decode_backend(frame)
+                if isinstance(message, backend.DataRow):
+                    kind, schema, name = (value.decode() if value is not None else "" for value in message.values)
+                    rows.append((kind, schema, name))
+                elif isinstance(message, backend.ErrorResponse):
+                    raise RuntimeError(f"catalog query failed: {message.message}")
+                elif isinstance(message, backend.ReadyForQuery):
+                    return Catalog.from_rows(rows)
+    finally:
+        upstream.stream.close()
+
+
+class Catalogs:
+    """The current snapshot of every target, read on first use and refreshed."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, Catalog] = {}
+        self._stale: set[str] = set()
+        self._sources: dict[str, tuple[TargetConfig, Login, ssl.SSLContext | None]] = {}
+        self._lock = trio.Lock()
+
+    def current(self, target: str) -> Catalog:
+        return self._current.get(target, EMPTY)
+
+    def mark_stale(self, target: str) -> None:
+        self._stale.add(target)
+
+    async def ensure(self, target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
+        """A snapshot no older than MAX_AGE and not marked stale; read it if need be."""
+        self._sources[target.name] = (target, login, context)
+        async with self._lock:
+            catalog = self._current.get(target.name)
+            if catalog is None or target.name in self._stale or \
+                    time.monotonic() - catalog.loaded_at > MAX_AGE:
+                self._stale.discard(target.name)
+                try:
+                    catalog = await read_catalog(target, login, context)
+                except (GatewayError, OSError, RuntimeError, trio.TooSlowError) as exc:
+                    log.warning("catalog of %s not refreshed: %s", target.name, exc)
+                    return self._current.get(target.name, EMPTY)
+                self._current[target.name] = catalog
+            return catalog
+
+    async def keep_fresh(self) -> None:
+        """Re-read snapshots marked stale (after DDL) or too old, for long sessions' sake."""
+        while True:
+            await trio.sleep(1)
+            for name, source in list(self._sources.items()):
+                catalog = self._current.get(name)
+                if name in self._stale or catalog is None or time.monotonic() - catalog.loaded_at > MAX_AGE:
+                    await self.ensure(*source)

@@ -1,0 +1,421 @@
+"""What a statement does, read off PostgreSQL's own parse tree.
+
+pglast gives the parse tree as JSON (`parse_sql_json`, several times faster
+than building its Python AST). A statement's effect is found by walking the
+whole tree, not by looking at its first keyword, so a write hidden anywhere
+(a data-modifying CTE, EXPLAIN ANALYZE, a PREPARE, a locking clause, a
+sequence function) still counts as a write. A node type this module does
+not know makes the statement class `other`, which only a role allowed every
+class may run: what cannot be classified is refused, never guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import parser
+
+Node = dict[str, Any]
+
+# Statement classes, as roles name them in `statements`.
+READ, WRITE, DDL, DCL = "read", "write", "ddl", "dcl"
+SESSION, TRANSACTION, MAINTENANCE, PROCEDURAL, ADMIN, OTHER = (
+    "session", "transaction", "maintenance", "procedural", "admin", "other")
+CLASSES = (READ, WRITE, DDL, DCL, SESSION, TRANSACTION, MAINTENANCE, PROCEDURAL, ADMIN, OTHER)
+
+_FIXED_CLASS = {
+    "VariableShowStmt": READ, "FetchStmt": READ, "ClosePortalStmt": SESSION,
+    "ListenStmt": SESSION, "UnlistenStmt": SESSION, "DiscardStmt": SESSION,
+    "DeallocateStmt": SESSION, "ConstraintsSetStmt": TRANSACTION,
+    "VacuumStmt": MAINTENANCE, "ClusterStmt": MAINTENANCE, "ReindexStmt": MAINTENANCE,
+    "RefreshMatViewStmt": MAINTENANCE,
+    "DoStmt": PROCEDURAL, "CallStmt": PROCEDURAL,
+    "GrantStmt": DCL, "GrantRoleStmt": DCL, "CreateRoleStmt": DCL, "AlterRoleStmt": DCL,
+    "AlterRoleSetStmt": DCL, "DropRoleStmt": DCL, "AlterDefaultPrivilegesStmt": DCL,
+    "ReassignOwnedStmt": DCL, "DropOwnedStmt": DCL,
+    "AlterSystemStmt": ADMIN, "LoadStmt": ADMIN, "CheckPointStmt": ADMIN,
+    "CreatedbStmt": ADMIN, "DropdbStmt": ADMIN, "AlterDatabaseStmt": ADMIN,
+    "AlterDatabaseSetStmt": ADMIN, "AlterDatabaseRefreshCollStmt": ADMIN,
+    "CreateTableSpaceStmt": ADMIN, "DropTableSpaceStmt": ADMIN, "AlterTableSpaceOptionsStmt": ADMIN,
+    "CreateSubscriptionStmt": ADMIN, "AlterSubscriptionStmt": ADMIN, "DropSubscriptionStmt": ADMIN,
+    "CreateEventTrigStmt": ADMIN, "AlterEventTrigStmt": ADMIN, "AlterSystemSetStmt": ADMIN,
+    "NotifyStmt": WRITE,
+}
+_DDL_PREFIXES = ("Create", "Alter", "Drop", "Rename", "Comment", "SecLabel", "Define", "Index",
+                 "View", "Rule", "CompositeType", "ImportForeignSchema", "AlterObject")
+_DML = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+
+# Settings that change who the session is or whether it may write.
+IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
+READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+
+# Functions that change state although they are called from a SELECT.
+SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
+NOTIFIERS = frozenset({"pg_notify"})
+
+
+class Unsupported(Exception):
+    """The statement cannot be analysed; it is refused."""
+
+
+@dataclass(frozen=True)
+class Name:
+    """A possibly schema-qualified name, exactly as written (quotes resolved)."""
+
+    schema: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+@dataclass
+class Statement:
+    """What one statement does."""
+
+    kind: str  # the parse node's name, e.g. "SelectStmt"
+    text: str
+    location: int  # byte offset in the query string
+    classes: set[str] = field(default_factory=set)
+    reads: set[Name] = field(default_factory=set)
+    # relation -> kinds of write (insert, update, delete, merge, truncate, lock, copy, ddl, sequence)
+    writes: dict[Name, set[str]] = field(default_factory=dict)
+    functions: set[Name] = field(default_factory=set)
+    operators: set[Name] = field(default_factory=set)
+    # SET/RESET: (name, values); values None for RESET.
+    settings: list[tuple[str, list[str] | None]] = field(default_factory=list)
+    # True when the statement asks for a read-write transaction.
+    read_write: bool = False
+    # UPDATE or DELETE with no WHERE clause (for approval rules).
+    unfiltered: bool = False
+    # PREPARE/EXECUTE/DEALLOCATE of a named statement.
+    prepares: str | None = None
+    executes: str | None = None
+    deallocates: str | None = None  # "*" for ALL
+    inner: Statement | None = None  # the statement a PREPARE holds
+
+    def write(self, relation: Name, kind: str) -> None:
+        self.writes.setdefault(relation, set()).add(kind)
+
+    @property
+    def verb(self) -> str:
+        return self.text.split(None, 1)[0].upper() if self.text.strip() else self.kind
+
+
+def parse(sql: str) -> list[Statement]:
+    """Classify every statement of `sql`; raises Unsupported if it does not parse."""
+    try:
+        tree = json.loads(parser.parse_sql_json(sql))
+    except parser.ParseError as exc:
+        raise Unsupported(f"the statement does not parse: {exc}") from exc
+    encoded = sql.encode()
+    statements = []
+    for raw in tree.get("stmts", []):
+        location = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len") or len(encoded) - location
+        text = encoded[location:location + length].decode(errors="replace").strip()
+        (kind, node), = raw["stmt"].items()
+        statement = Statement(kind, text, location)
+        _Walker(statement).statement(kind, node)
+        statements.append(statement)
+    return statements
+
+
+def setting(name: str, value: str) -> Statement:
+    """A startup-packet setting, classified as the SET that would make it."""
+    statement = Statement("VariableSetStmt", f"SET {name} = {value}", 0)
+    _Walker(statement).statement("VariableSetStmt", {
+        "kind": "VAR_SET_VALUE", "name": name, "args": [{"A_Const": {"sval": {"sval": value}}}]})
+    return statement
+
+
+def _name(items: list[Node]) -> Name:
+    parts = [item["String"]["sval"] for item in items if "String" in item]
+    if not parts or len(parts) > 3:
+        raise Unsupported("unexpected qualified name")
+    return Name(parts[-2] if len(parts) >= 2 else None, parts[-1])
+
+
+def _relation(range_var: Node) -> Name:
+    return Name(range_var.get("schemaname"), range_var["relname"])
+
+
+def _constant(node: Node) -> str | None:
+    """The text of a string or number constant, or None if `node` is not one."""
+    const = node.get("A_Const")
+    if const is None:
+        return None
+    for key in ("sval", "ival", "fval", "boolval"):
+        if key in const:
+            value = const[key]
+            inner = value.get(key, 0 if key == "ival" else False) if isinstance(value, dict) else value
+            return str(inner)
+    return None  # NULL
+
+
+class _Walker:
+    def __init__(self, statement: Statement) -> None:
+        self.out = statement
+        self.ctes: list[set[str]] = []
+
+    # -- statements -------------------------------------------------------
+
+    def statement(self, kind: str, node: Node) -> None:
+        handler = getattr(self, f"_stmt_{kind}", None)
+        if handler is not None:
+            handler(node)
+            return
+        if kind in _FIXED_CLASS:
+            self.out.classes.add(_FIXED_CLASS[kind])
+        elif kind.startswith(_DDL_PREFIXES):
+            self.out.classes.add(DDL)
+            self._ddl_targets(kind, node)
+        else:
+            self.out.classes.add(OTHER)
+        self.walk(node)
+
+    def _with(self, node: Node) -> set[str]:
+        names = {cte["CommonTableExpr"]["ctename"] for cte in node.get("withClause", {}).get("ctes", [])}
+        self.ctes.append(names)
+        return names
+
+    def _stmt_SelectStmt(self, node: Node) -> None:
+        self.out.classes.add(READ)
+        self._with(node)
+        try:
+            if node.get("intoClause"):
+                self.out.classes.add(DDL)
+                self.out.write(_relation(node["intoClause"]["rel"]), "ddl")
+            before = set(self.out.reads)
+            self.walk({k: v for k, v in node.items() if k != "intoClause"})
+            if node.get("lockingClause"):
+                # FOR UPDATE/SHARE takes row locks: a write on what it reads.
+                self.out.classes.add(WRITE)
+                for relation in self.out.reads - before:
+                    self.out.write(relation, "lock")
+        finally:
+            self.ctes.pop()
+
+    def _dml(self, node: Node, kind: str, reads_target: bool) -> None:
+        self.out.classes.add(WRITE)
+        self._with(node)
+        try:
+            target = _relation(node["relation"])
+            self.out.write(target, kind)
+            if reads_target or node.get("returningList"):
+                self.out.reads.add(target)
+            self.walk({k: v for k, v in node.items() if k not in ("relation", "withClause")})
+            self.walk(node.get("withClause", {}))
+        finally:
+            self.ctes.pop()
+
+    def _stmt_InsertStmt(self, node: Node) -> None:
+        self._dml(node, "insert", reads_target=False)
+
+    def _stmt_UpdateStmt(self, node: Node) -> None:
+        self.out.unfiltered |= "whereClause" not in node
+        self._dml(node, "update", reads_target=True)
+
+    def _stmt_DeleteStmt(self, node: Node) -> None:
+        self.out.unfiltered |= "whereClause" not in node
+        self._dml(node, "delete", reads_target=True)
+
+    def _stmt_MergeStmt(self, node: Node) -> None:
+        self._dml(node, "merge", reads_target=True)
+
+    def _stmt_TruncateStmt(self, node: Node) -> None:
+        self.out.classes.add(WRITE)
+        self.out.unfiltered = True
+        for item in node.get("relations", []):
+            self.out.write(_relation(item["RangeVar"]), "truncate")
+
+    def _stmt_LockStmt(self, node: Node) -> None:
+        self.out.classes.add(WRITE)
+        for item in node.get("relations", []):
+            self.out.write(_relation(item["RangeVar"]), "lock")
+
+    def _stmt_CopyStmt(self, node: Node) -> None:
+        if node.get("filename") is not None or node.get("is_program"):
+            # Server-side files and programs: the database server's OS access.
+            self.out.classes.add(ADMIN)
+        if "relation" in node:
+            relation = _relation(node["relation"])
+            if node.get("is_from"):
+                self.out.classes.add(WRITE)
+                self.out.write(relation, "copy")
+            else:
+                self.out.classes.add(READ)
+                self.out.reads.add(relation)
+        self.walk({k: v for k, v in node.items() if k != "relation"})
+
+    def _stmt_ExplainStmt(self, node: Node) -> None:
+        (kind, inner), = node["query"].items()
+        analyze = any(
+            opt["DefElem"]["defname"] == "analyze"
+            and _constant(opt["DefElem"].get("arg", {})) not in ("false", "False", "0", "off")
+            for opt in node.get("options", [])
+        )
+        if analyze:
+            self.statement(kind, inner)  # it runs: it is what it explains
+            return
+        # Planning only: what it would touch counts as read, but functions the
+        # planner may fold still count as calls.
+        planned = Statement(kind, self.out.text, self.out.location)
+        _Walker(planned).statement(kind, inner)
+        self.out.classes.add(READ)
+        self.out.reads |= planned.reads | set(planned.writes)
+        self.out.functions |= planned.functions
+        self.out.operators |= planned.operators
+
+    def _stmt_PrepareStmt(self, node: Node) -> None:
+        (kind, inner), = node["query"].items()
+        self.out.prepares = node["name"]
+        held = Statement(kind, self.out.text, self.out.location)
+        _Walker(held).statement(kind, inner)
+        self.out.inner = held
+        # Preparing is harmless, but only statements the role could run may be
+        # prepared: EXECUTE is then decided by what was prepared.
+        self._absorb(held)
+
+    def _stmt_ExecuteStmt(self, node: Node) -> None:
+        self.out.executes = node["name"]
+        self.walk(node.get("params", []))
+
+    def _stmt_DeallocateStmt(self, node: Node) -> None:
+        self.out.classes.add(SESSION)
+        self.out.deallocates = "*" if node.get("isall") else node.get("name")
+
+    def _stmt_DeclareCursorStmt(self, node: Node) -> None:
+        (kind, inner), = node["query"].items()
+        self.statement(kind, inner)
+
+    def _stmt_TransactionStmt(self, node: Node) -> None:
+        if node.get("kind") in ("TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED",
+                                "TRANS_STMT_ROLLBACK_PREPARED"):
+            self.out.classes.add(ADMIN)  # two-phase commit outlives the session
+            return
+        self.out.classes.add(TRANSACTION)
+        self._transaction_options(node.get("options", []))
+
+    def _transaction_options(self, options: list[Node]) -> None:
+        for option in options:
+            element = option.get("DefElem", {})
+            if element.get("defname") == "transaction_read_only" and \
+                    _constant(element.get("arg", {})) in ("0", "False", "false"):
+                self.out.read_write = True
+
+    def _stmt_VariableSetStmt(self, node: Node) -> None:
+        self.out.classes.add(SESSION)
+        kind, name = node.get("kind"), node.get("name", "")
+        if kind == "VAR_SET_MULTI":
+            self._transaction_options(node.get("args", []))
+            return
+        if kind in ("VAR_RESET", "VAR_RESET_ALL"):
+            self.out.settings.append((name or "all", None))
+            return
+        values = []
+        for arg in node.get("args", []):
+            value = _constant(arg)
+            if value is None:
+                raise Unsupported(f"SET {name} with a value that is not a constant")
+            values.append(value)
+        self.out.settings.append((name.lower(), values))
+        if name.lower() in READ_ONLY_SETTINGS and values and \
+                values[0].lower() in ("off", "false", "0", "no"):
+            self.out.read_write = True
+
+    def _ddl_targets(self, kind: str, node: Node) -> None:
+        """Relations a DDL statement changes, where the tree names them."""
+        if kind == "DropStmt" and node.get("removeType") in (
+                "OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE",
+                "OBJECT_INDEX", "OBJECT_FOREIGN_TABLE"):
+            for item in node.get("objects", []):
+                self.out.write(_name(item["List"]["items"]), "ddl")
+        for key in ("relation", "view", "sequence"):
+            if isinstance(node.get(key), dict) and "relname" in node[key]:
+                self.out.write(_relation(node[key]), "ddl")
+        if kind == "CreateTableAsStmt":
+            self.out.write(_relation(node["into"]["IntoClause"]["rel"]
+                                     if "IntoClause" in node["into"] else node["into"]["rel"]), "ddl")
+
+    def _absorb(self, other: Statement) -> None:
+        out = self.out
+        out.classes |= other.classes
+        out.reads |= other.reads
+        for relation, kinds in other.writes.items():
+            out.writes.setdefault(relation, set()).update(kinds)
+        out.functions |= other.functions
+        out.operators |= other.operators
+        out.read_write |= other.read_write
+        out.unfiltered |= other.unfiltered
+
+    # -- expressions and everything else ------------------------------------
+
+    def walk(self, value: Any) -> None:
+        if isinstance(value, list):
+            for item in value:
+                self.walk(item)
+            return
+        if not isinstance(value, dict):
+            return
+        for key, child in value.items():
+            if key in _DML or key == "SelectStmt":
+                # A statement nested in an expression or a CTE.
+                self.statement(key, child)
+            elif key == "RangeVar":
+                self._range_var(child)
+            elif key == "FuncCall":
+                self._function(child)
+                self.walk(child)
+            elif key == "A_Expr":
+                self._operator(child)
+                self.walk(child)
+            elif key[0].isupper() and key.endswith("Stmt"):
+                self.statement(key, child)  # node types are CamelCase; fields are not
+            else:
+                self.walk(child)
+
+    def _range_var(self, node: Node) -> None:
+        name = _relation(node)
+        if name.schema is None and any(name.name in scope for scope in self.ctes):
+            return  # a CTE, not a relation
+        self.out.reads.add(name)
+
+    def _function(self, node: Node) -> None:
+        name = _name(node["funcname"])
+        self.out.functions.add(name)
+        if name.schema in (None, "pg_catalog"):
+            if name.name in SEQUENCE_WRITERS:
+                self.out.classes.add(WRITE)
+                args = node.get("args", [])
+                sequence = _constant(args[0]) if args else None
+                if sequence is None:
+                    raise Unsupported(f"{name.name}() of a sequence that is not a constant")
+                parts = [part.strip('"') for part in sequence.split(".")]
+                self.out.write(Name(parts[-2] if len(parts) > 1 else None, parts[-1]), "sequence")
+            elif name.name in NOTIFIERS:
+                self.out.classes.add(WRITE)
+            elif name.name == "set_config":
+                self._set_config(node.get("args", []))
+
+    def _set_config(self, args: list[Node]) -> None:
+        """set_config(name, value, is_local) is a SET, and is judged as one."""
+        setting = _constant(args[0]) if args else None
+        if setting is None:
+            raise Unsupported("set_config() of a setting that is not a constant")
+        setting = setting.lower()
+        value = _constant(args[1]) if len(args) > 1 else None
+        if value is None and setting == "search_path":
+            raise Unsupported("set_config() of search_path to a value that is not a constant")
+        self.out.settings.append((setting, [value] if value is not None else []))
+        if setting in READ_ONLY_SETTINGS and (value is None or value.lower() in ("off", "false", "0", "no")):
+            self.out.read_write = True
+
+    def _operator(self, node: Node) -> None:
+        if node.get("kind") in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM",
+                                "AEXPR_NOT_BETWEEN_SYM"):
+            return  # a keyword; the comparisons it implies are built in
+        name = _name(node.get("name", []))
+        self.out.operators.add(name)

@@ -1,0 +1,326 @@
+"""Deciding each statement of a session against its roles' scopes.
+
+`Policy` holds what every session shares: the compiled scopes and a cache
+of classifications keyed by exact statement text (a classification depends
+on nothing else, so no constant can reuse another's). `SessionGuard` holds
+what one session has done that changes later decisions: the search paths it
+may be using, and the statements it has prepared.
+
+Names resolve conservatively. An unqualified relation is checked in every
+schema the session's search path could resolve it to, and the search path
+is the union of every value the session has set (a SET rolled back or made
+LOCAL cannot widen anything this way).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pgguard.config import Config
+from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
+from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, OTHER, WRITE, Name, Statement, Unsupported,
+                                     parse, setting)
+from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope
+
+DEFAULT_SEARCH_PATH = ('"$user"', "public")
+_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    statement: Statement | None
+    rule: str = ""
+    reason: str = ""
+    hint: str | None = None
+
+    @property
+    def message(self) -> str:
+        what = self.statement.verb if self.statement else "statement"
+        return f"pgguard: {what} refused: {self.reason}" + (f" (rule {self.rule})" if self.rule else "")
+
+
+class Policy:
+    def __init__(self, config: Config) -> None:
+        self.scopes = {name: compile_scope(role) for name, role in config.roles.items()}
+        self._parsed: OrderedDict[str, list[Statement]] = OrderedDict()
+
+    def classify(self, sql: str) -> list[Statement]:
+        cached = self._parsed.get(sql)
+        if cached is not None:
+            self._parsed.move_to_end(sql)
+            return cached
+        statements = parse(sql)
+        self._parsed[sql] = statements
+        if len(self._parsed) > _CACHE_SIZE:
+            self._parsed.popitem(last=False)
+        return statements
+
+
+def startup_settings(params: dict[str, str]) -> list[tuple[str, str]]:
+    """The settings a startup packet makes: its parameters and its `options`.
+
+    `options` may only hold `-c name=value` and `--name=value`, as libpq
+    writes them; any other server switch is refused.
+    """
+    settings = [(name.lower(), value) for name, value in params.items()
+                if name not in ("user", "database", "options", "replication", "application_name",
+                                "client_encoding")]
+    words, word, escaped = [], "", False
+    for char in params.get("options", ""):
+        if escaped:
+            word, escaped = word + char, False
+        elif char == "\\":
+            escaped = True
+        elif char.isspace():
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += char
+    if word:
+        words.append(word)
+    items = iter(words)
+    for item in items:
+        if item == "-c":
+            item = "--" + next(items, "")
+        elif item.startswith("-c"):
+            item = "--" + item[2:]
+        name, sep, value = item[2:].partition("=")
+        if not item.startswith("--") or not sep or not name:
+            raise Unsupported(f"startup option {item!r} is not supported (use -c name=value)")
+        settings.append((name.replace("-", "_").lower(), value))
+    return settings
+
+
+def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
+    """Schemas of a search_path value, folded as PostgreSQL folds identifiers."""
+    schemas = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            schemas.append(item if item == '"$user"' or item == "$user" else
+                           item[1:-1].replace('""', '"') if item.startswith('"') else item.lower())
+    return tuple("$user" if schema == '"$user"' else schema for schema in schemas)
+
+
+class SessionGuard:
+    def __init__(self, policy: Policy, roles: list[str], login_user: str, catalog: Callable[[], Catalog],
+                 search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH, *, assume_builtin: bool = False,
+                 on_ddl: Callable[[], None] = lambda: None) -> None:
+        self.policy = policy
+        self.scopes: list[Scope] = [policy.scopes[name] for name in roles]
+        self.roles_label = ", ".join(roles)
+        self.login_user = login_user
+        # The target's current snapshot, which a refresh may replace mid-session.
+        self._catalog = catalog
+        self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
+        self.prepared: dict[str, Statement] = {}
+        # Without a catalog (pgguard explain --offline), unqualified functions
+        # and operators are taken to be PostgreSQL's own.
+        self.assume_builtin = assume_builtin
+        # Told when DDL is let through, so the catalog snapshot is re-read.
+        self.on_ddl = on_ddl
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog()
+
+    @property
+    def unrestricted(self) -> bool:
+        return any(scope.unrestricted for scope in self.scopes)
+
+    # -- entry points ---------------------------------------------------------
+
+    def check_query(self, sql: str) -> list[Decision]:
+        """Decisions for the statements of a simple Query, stopping at the first refusal."""
+        try:
+            statements = self.policy.classify(sql)
+        except Unsupported as exc:
+            return [self._refuse(None, str(exc), "", "pgguard cannot analyse it, so it is not forwarded")]
+        decisions = []
+        for statement in statements:
+            decision = self.decide(statement)
+            decisions.append(decision)
+            if not decision.allowed:
+                break
+            self.apply(statement)
+        return decisions
+
+    def check_parse(self, name: str, sql: str) -> Decision:
+        """The decision for an extended-protocol Parse; remembers the statement by name."""
+        decisions = self.check_query(sql)
+        refused = next((d for d in decisions if not d.allowed), None)
+        if refused is not None:
+            return refused
+        if name and len(decisions) == 1 and decisions[0].statement is not None:
+            self.prepared[name] = decisions[0].statement
+        return decisions[0] if decisions else Decision(True, None)
+
+    def forget(self, name: str) -> None:
+        self.prepared.pop(name, None)
+
+    def undecodable(self, encoding: str) -> Decision:
+        return self._refuse(None, f"the statement is not valid {encoding}", "",
+                            "pgguard reads statements in the session's client_encoding")
+
+    def refuse_function_call(self) -> Decision:
+        return self._refuse(None, "the FunctionCall message is reserved to roles that may run anything",
+                            "statements", "call the function from a SELECT instead")
+
+    def check_startup(self, settings: list[tuple[str, str]]) -> Decision:
+        """Settings from the startup packet get the rules of the same SET."""
+        for name, value in settings:
+            statement = setting(name, value)
+            decision = self.decide(statement)
+            if not decision.allowed:
+                return decision
+            self.apply(statement)
+        return Decision(True, None)
+
+    # -- deciding --------------------------------------------------------------
+
+    def decide(self, statement: Statement) -> Decision:
+        if statement.executes is not None:
+            held = self.prepared.get(statement.executes)
+            if held is None:
+                return self._refuse(statement, f"EXECUTE of {statement.executes!r}, which pgguard did not see"
+                                    " prepared", "", None)
+            decision = self.decide(held)
+            if not decision.allowed:
+                return decision
+        if self.unrestricted:
+            return Decision(True, statement)
+        return self._check(statement) or Decision(True, statement)
+
+    def _check(self, st: Statement) -> Decision | None:
+        for cls in sorted(st.classes):
+            if not any(cls in scope.statements for scope in self.scopes):
+                what = "statements pgguard cannot classify" if cls == OTHER else f"{cls} statements"
+                return self._refuse(st, f"role {self.roles_label} may not run {what}", "statements",
+                                    f"allowed classes: {', '.join(sorted(self._classes()))}")
+        for relation in sorted(st.reads, key=str):
+            for qualified in self.resolve(relation):
+                if not any(scope.may_read(qualified) for scope in self.scopes):
+                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}", "read", None)
+        for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
+            for qualified in self.resolve(relation):
+                if not any(scope.may_write(qualified) for scope in self.scopes):
+                    kind = "/".join(sorted(kinds))
+                    return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}",
+                                        "write", None)
+        if (WRITE in st.classes and not st.writes or st.read_write) and \
+                not any(scope.writes_anything for scope in self.scopes):
+            return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
+        for setting, _ in st.settings:
+            if setting in IDENTITY_SETTINGS:
+                return self._refuse(st, f"setting {setting} is reserved", "statements",
+                                    "the gateway decides who the session is")
+        for function in sorted(st.functions, key=str):
+            problem = self._function_problem(function)
+            if problem:
+                return self._refuse(st, problem, "functions", None)
+        for operator in sorted(st.operators, key=str):
+            problem = self._operator_problem(operator)
+            if problem:
+                return self._refuse(st, problem, "functions", None)
+        return None
+
+    def _classes(self) -> set[str]:
+        return set().union(*(scope.statements for scope in self.scopes))
+
+    def _refuse(self, st: Statement | None, reason: str, rule_key: str, hint: str | None) -> Decision:
+        rule = f"roles.{self.roles_label}.{rule_key}" if rule_key else ""
+        return Decision(False, st, rule, reason, hint)
+
+    # -- names -------------------------------------------------------------------
+
+    def _path_schemas(self) -> list[tuple[str, ...]]:
+        paths = []
+        for path in self.search_paths:
+            schemas = []
+            for schema in path:
+                if schema == "$user":
+                    if self.login_user in self.catalog.schemas:
+                        schemas.append(self.login_user)
+                elif schema != "pg_temp":  # the session's own temporary objects
+                    schemas.append(schema)
+            if "pg_catalog" not in schemas:
+                schemas.insert(0, "pg_catalog")
+            paths.append(tuple(schemas))
+        return paths
+
+    def resolve(self, name: Name) -> list[str]:
+        """Every schema-qualified relation `name` might be."""
+        if name.schema is not None:
+            return [] if name.schema == "pg_temp" else [f"{name.schema}.{name.name}"]
+        system = f"pg_catalog.{name.name}"
+        known_system = name.name in self.catalog.system_relations
+        candidates: list[str] = []
+        if not self.catalog.system_relations or system in STATISTICS_RELATIONS:
+            candidates.append(system)  # no catalog to rule it out
+        for path in self._path_schemas():
+            for schema in path:
+                if schema == "pg_catalog":
+                    if known_system:
+                        candidates.append(system)
+                        break
+                    continue
+                candidates.append(f"{schema}.{name.name}")
+        return list(dict.fromkeys(candidates))
+
+    def _path_set(self) -> set[str]:
+        return {schema for path in self._path_schemas() for schema in path}
+
+    def _user_defined(self, name: Name, defined: dict[str, frozenset[str]]) -> list[str] | None:
+        """Qualified user-defined candidates for a function or operator; None if unknown."""
+        if name.schema is not None:
+            return [] if name.schema in SYSTEM_SCHEMAS else [f"{name.schema}.{name.name}"]
+        schemas = defined.get(name.name)
+        if schemas is None:
+            return [] if self.assume_builtin else None
+        path = self._path_set()
+        return [f"{schema}.{name.name}" for schema in sorted(schemas - SYSTEM_SCHEMAS) if schema in path]
+
+    def _function_problem(self, function: Name) -> str | None:
+        if function.schema in (None, *SYSTEM_SCHEMAS) and \
+                any(scope.function_denied(function.name) for scope in self.scopes):
+            return f"function {function.name}() is denied"
+        candidates = self._user_defined(function, self.catalog.functions)
+        if candidates is None:
+            return f"function {function}() is unknown to pgguard"
+        for qualified in candidates:
+            if not any(scope.function_allowed(qualified) for scope in self.scopes):
+                return f"user-defined function {qualified}() is not listed as safe"
+        return None
+
+    def _operator_problem(self, operator: Name) -> str | None:
+        candidates = self._user_defined(operator, self.catalog.operators)
+        if candidates is None:
+            return f"operator {operator} is unknown to pgguard"
+        for qualified in candidates:
+            if not any(scope.function_allowed(qualified) for scope in self.scopes):
+                return f"user-defined operator {qualified} is not listed as safe"
+        return None
+
+    # -- session state ---------------------------------------------------------------
+
+    def apply(self, statement: Statement) -> None:
+        """Record what an allowed statement changes for later decisions."""
+        if DDL in statement.classes:
+            self.on_ddl()
+        for setting, values in statement.settings:
+            if setting == "search_path":
+                self.search_paths.add(parse_search_path(values) if values else DEFAULT_SEARCH_PATH)
+            elif setting == "all" and values is None:
+                self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
+        if statement.prepares is not None and statement.inner is not None:
+            self.prepared[statement.prepares] = statement.inner
+        if statement.deallocates == "*":
+            self.prepared.clear()
+        elif statement.deallocates is not None:
+            self.prepared.pop(statement.deallocates, None)

@@ -1,0 +1,122 @@
+"""What each role may do, compiled from its `[roles.NAME]` table.
+
+Patterns are shell-style (`public.*`, `public.orders`, `*`) over
+`schema.name`, matched case-sensitively against names as PostgreSQL resolves
+them (quoted identifiers keep their case). A caller with several roles gets
+the union of their grants: each thing a statement needs must be granted by
+some role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from pgguard.config import ConfigError, RoleConfig
+from pgguard.policy.classify import CLASSES, READ, SESSION, TRANSACTION, WRITE
+
+DEFAULT_STATEMENTS = (READ, WRITE, SESSION, TRANSACTION)
+
+# System catalogs are readable by every role, as they are in PostgreSQL, so
+# that psql's \d and ORM reflection work; except these, which hold sampled
+# column values.
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+STATISTICS_RELATIONS = (
+    "pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data", "pg_catalog.pg_stats",
+    "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
+)
+
+# Built-in functions no role may call unless it allows every statement
+# class: server files, large objects, other connections, backend signalling,
+# configuration, advisory locks, replication and WAL control, and SQL run
+# from a string. (set_config is judged as the SET it makes.)
+DENIED_FUNCTIONS = (
+    "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
+    "pg_file_*", "lo_*", "loread", "lowrite",
+    "dblink*", "pg_cancel_backend", "pg_terminate_backend", "pg_signal_backend",
+    "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
+    "pg_switch_wal", "pg_create_restore_point", "pg_backup_*", "pg_start_backup", "pg_stop_backup",
+    "pg_promote", "pg_wal_replay_*", "pg_logical_*", "pg_replication_*", "pg_create_*_replication_slot",
+    "pg_drop_replication_slot", "pg_copy_*_replication_slot", "pg_stat_reset*",
+    "pg_log_backend_memory_contexts", "pg_import_system_collations", "binary_upgrade_*",
+    "pg_nextoid", "pg_current_logfile",
+    # These run SQL handed to them as text, out of the gateway's sight.
+    "query_to_xml*", "table_to_xml*", "cursor_to_xml*", "schema_to_xml*", "database_to_xml*",
+    "ts_stat", "ts_rewrite",
+)
+
+_KNOWN_KEYS = {
+    "read", "write", "statements", "allow_functions", "deny_functions",
+    # Enforced by other parts of pgguard; accepted here.
+    "unmasked", "detectors", "strict_inference", "approval",
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    role: str
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    statements: frozenset[str]
+    allow_functions: tuple[str, ...]
+    deny_functions: tuple[str, ...]
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.statements == frozenset(CLASSES)
+
+    def may_read(self, qualified: str) -> bool:
+        if _matches(self.read, qualified):
+            return True
+        schema = qualified.split(".", 1)[0]
+        return schema in SYSTEM_SCHEMAS and qualified not in STATISTICS_RELATIONS
+
+    def may_write(self, qualified: str) -> bool:
+        return _matches(self.write, qualified)
+
+    @property
+    def writes_anything(self) -> bool:
+        return bool(self.write)
+
+    def function_denied(self, name: str) -> bool:
+        return not self.unrestricted and (
+            _matches(DENIED_FUNCTIONS, name) or _matches(self.deny_functions, name))
+
+    def function_allowed(self, qualified: str) -> bool:
+        return self.unrestricted or _matches(self.allow_functions, qualified)
+
+
+def _matches(patterns: tuple[str, ...], name: str) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _strings(rules: dict[str, Any], key: str, where: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    value = rules.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"[{where}] {key} must be a list of strings")
+    return tuple(value)
+
+
+def compile_scope(role: RoleConfig) -> Scope:
+    where = f"roles.{role.name}"
+    unknown = sorted(set(role.rules) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(unknown)}")
+    statements = _strings(role.rules, "statements", where, DEFAULT_STATEMENTS)
+    if "*" in statements:
+        classes = frozenset(CLASSES)
+    else:
+        bad = sorted(set(statements) - set(CLASSES))
+        if bad:
+            raise ConfigError(f"[{where}] statements: unknown class(es) {', '.join(bad)}"
+                              f" (known: {', '.join(CLASSES)}, or *)")
+        classes = frozenset(statements)
+    return Scope(
+        role=role.name,
+        read=_strings(role.rules, "read", where),
+        write=_strings(role.rules, "write", where),
+        statements=classes,
+        allow_functions=_strings(role.rules, "allow_functions", where),
+        deny_functions=_strings(role.rules, "deny_functions", where),
+    )
