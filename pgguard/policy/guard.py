@@ -47,6 +47,10 @@ class Policy:
         self.scopes = {name: compile_scope(role) for name, role in config.roles.items()}
         self._parsed: OrderedDict[str, list[Statement]] = OrderedDict()
 
+    def unrestricted(self, roles: Iterable[str]) -> bool:
+        """True when one of `roles` may run every class of statement: nothing to check."""
+        return any(self.scopes[name].unrestricted for name in roles)
+
     def classify(self, sql: str) -> list[Statement]:
         cached = self._parsed.get(sql)
         if cached is not None:
@@ -261,8 +265,6 @@ class SessionGuard:
         system = f"pg_catalog.{name.name}"
         known_system = name.name in self.catalog.system_relations
         candidates: list[str] = []
-        if not self.catalog.system_relations or system in STATISTICS_RELATIONS:
-            candidates.append(system)  # no catalog to rule it out
         for path in self._path_schemas():
             for schema in path:
                 if schema == "pg_catalog":
@@ -271,6 +273,8 @@ class SessionGuard:
                         break
                     continue
                 candidates.append(f"{schema}.{name.name}")
+        if system in STATISTICS_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
+            candidates.append(system)  # no catalog to rule it out
         return list(dict.fromkeys(candidates))
 
     def _path_set(self) -> set[str]:

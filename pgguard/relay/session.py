@@ -95,9 +95,15 @@ class Session:
             upstream.stream.close()
             log.info("session %d ended: %s after %.1fs", process_id, pipe.end_reason, time.monotonic() - started)
 
-    async def _guard(self, login: Login) -> SessionGuard:
-        """The session's policy guard, once the startup packet's settings passed it."""
+    async def _guard(self, login: Login) -> SessionGuard | None:
+        """The session's policy guard, once the startup packet's settings passed it.
+
+        A role allowed everything has no guard: there is nothing to decide,
+        and its statements are relayed without being analysed.
+        """
         hello = self.hello
+        if self.policy.unrestricted(role.name for role in hello.roles):
+            return None
         target = hello.target.name
         await self.catalogs.ensure(hello.target, login, self.upstream_tls)
         guard = SessionGuard(self.policy, [role.name for role in hello.roles], login.user,
