@@ -1,18 +1,28 @@
 """pgguard's throughput next to PostgreSQL direct and PgBouncer, on this machine, in one run.
 
 A number for pgguard alone says little: it depends on the CPU, the kernel and
-PostgreSQL's own speed. So every run builds the three paths side by side from
-the same private PostgreSQL, and reports pgguard relative to the other two:
+PostgreSQL's own speed. So every run builds four paths side by side from the
+same private PostgreSQL, and reports pgguard relative to the others:
 
-    direct     pgbench -> PostgreSQL
-    pgbouncer  pgbench -> PgBouncer (session pooling) -> PostgreSQL
-    pgguard    pgbench -> pgguard (demo config, `dba` identity) -> PostgreSQL
+    direct          pgbench -> PostgreSQL
+    pgbouncer       pgbench -> PgBouncer (session pooling) -> PostgreSQL
+    pgguard         pgbench -> pgguard (demo config, `dba` identity) -> PostgreSQL
+    pgguard+policy  pgbench -> the same pgguard process, `analyst` identity -> PostgreSQL
 
-All three speak plaintext over loopback (pgguard's upstream `sslmode` is set
-to `disable`, as PgBouncer's is), and all three reach PostgreSQL as the same
-database role (`pgguard_admin`, the role pgguard uses for `dba`), so the only
-difference is the proxy in the middle. Runs are interleaved per setting so
-that drift (thermal, noisy neighbours) hits every target alike.
+`dba` is allowed every statement class, so pgguard relays its statements
+without analysing them (policy off). `analyst` (role `analysts`, read
+public.*) has every statement parsed with pglast and checked (policy on).
+Comparing the two gateway targets isolates what the policy costs.
+
+All four speak plaintext over loopback (pgguard's upstream `sslmode` is set
+to `disable`, as PgBouncer's is). direct, pgbouncer and pgguard reach
+PostgreSQL as the same database role (`pgguard_admin`, the role pgguard uses
+for `dba`), so the only difference between them is the proxy in the middle.
+pgguard+policy reaches it as `pgguard_reader`, the analysts' read-only
+login. That role is not a superuser, so PostgreSQL checks its privileges.
+policy-on/policy-off therefore includes that check as well as pgguard's.
+Runs are interleaved per setting so that drift (thermal, noisy neighbours)
+hits every target alike.
 
     .venv/bin/python bench/run.py [--duration S] [--clients 1,8] [--modes simple,prepared]
                                   [--rounds N] [--json FILE] [--markdown]
@@ -20,9 +30,13 @@ that drift (thermal, noisy neighbours) hits every target alike.
 Everything started (PostgreSQL, PgBouncer, the gateway, temp dirs) is removed
 on exit, on failure and on Ctrl-C alike.
 
-Adding a benchmark: write a function taking an `Environment` (its `targets`
-carry address, credentials and the proxy PID to charge CPU to) that calls
-`measure(target, pgbench_args)`; see `select_only`.
+Adding a target: name it in TARGET_NAMES (and in PROXIES if a process of
+ours sits in between), build it in `environment()`, and add any ratio worth
+reporting to RATIOS. The table and the JSON follow from those.
+
+Adding a benchmark: write a function taking an `Environment` (its `targets`,
+by name, carry address, credentials and the proxy PID to charge CPU to) that
+calls `measure(target, pgbench_args, duration)`; see `select_only`.
 """
 
 from __future__ import annotations
@@ -56,13 +70,43 @@ from pgguard.demo.gateway_config import IDENTITIES, issue_tokens, write_config
 REPO = Path(__file__).resolve().parent.parent
 PGBOUNCER_CANDIDATES = ("/usr/sbin/pgbouncer", "pgbouncer")
 SERVER_OS_USER = "postgres"  # PgBouncer, like PostgreSQL, refuses to run as root
-BENCH_IDENTITY = "dba"  # unmasked, every statement allowed: the policy path without masking work
 UPSTREAM_ROLE = data.ADMIN  # the role pgguard logs in with for `dba`; direct and pgbouncer use it too
 PGBENCH_SCALE = 10  # 1M rows in pgbench_accounts
 START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 10
 PGBENCH_GRACE_SECONDS = 120  # beyond -T: connection setup, a slow shutdown
-TARGET_NAMES = ("direct", "pgbouncer", "pgguard")
+
+# The targets, in the order runs are interleaved and columns printed. Everything per-target
+# (the environment, the table, the JSON) follows from these names.
+DIRECT, PGBOUNCER, PGGUARD, PGGUARD_POLICY = "direct", "pgbouncer", "pgguard", "pgguard+policy"
+TARGET_NAMES = (DIRECT, PGBOUNCER, PGGUARD, PGGUARD_POLICY)
+# The targets with a process in between, whose CPU time is charged to each run.
+PROXIES = (PGBOUNCER, PGGUARD, PGGUARD_POLICY)
+# The gateway targets: one pgguard process, one demo identity each. `dba` may run every
+# statement class, so it is relayed unanalysed (policy off); `analyst` has every statement
+# parsed and checked (policy on).
+GATEWAY_IDENTITIES = {PGGUARD: "dba", PGGUARD_POLICY: "analyst"}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One target's median TPS over another's: the figures that carry over between machines."""
+
+    numerator: str
+    denominator: str
+    key: str  # in the JSON
+    label: str  # the table's column header
+    in_table: bool = True
+
+
+RATIOS = (
+    # JSON only: direct's TPS is in the table, and PgBouncer is the reference pgguard is held to.
+    Ratio(PGGUARD, DIRECT, "pgguard_vs_direct", "pgguard/direct", in_table=False),
+    Ratio(PGGUARD, PGBOUNCER, "pgguard_vs_pgbouncer", "pgguard/pgbouncer"),
+    Ratio(PGGUARD_POLICY, PGBOUNCER, "pgguard_policy_vs_pgbouncer", "pgguard+policy/pgbouncer"),
+    # What the statement policy costs: the same gateway, policy on over policy off.
+    Ratio(PGGUARD_POLICY, PGGUARD, "policy_on_vs_off", "policy on/off"),
+)
 
 
 class BenchError(RuntimeError):
@@ -220,25 +264,25 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"({path} not written)"
 
 
-# --- the three targets --------------------------------------------------------------------------
+# --- the targets ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Environment:
-    """Everything a benchmark may use: the server (for superuser SQL) and the three targets."""
+    """Everything a benchmark may use: the server (for superuser SQL) and the targets.
+
+    `targets` maps each of TARGET_NAMES to its Target, in that order; `roles`
+    says which database role each target's sessions run as, asked through the
+    target itself, so the JSON records what was compared rather than what was meant.
+    """
 
     cluster: PostgresCluster
     superuser: Target
-    direct: Target
-    pgbouncer: Target
-    pgguard: Target
+    targets: dict[str, Target]
+    roles: dict[str, str]
     gateway_config: Path
     gateway_log: Path
     passwords: dict[str, str] = field(repr=False)
-
-    @property
-    def targets(self) -> tuple[Target, ...]:
-        return (self.direct, self.pgbouncer, self.pgguard)
 
 
 @contextlib.contextmanager
@@ -252,12 +296,20 @@ def environment(base: Path, *, scale: int = PGBENCH_SCALE, log: Callable[[str], 
         passwords = {login: secrets.token_urlsafe(18) for login in data.LOGINS}
         log(f"loading demo data and pgbench -i -s {scale} ...")
         load_data(cluster, superuser, passwords, scale)
-        direct = Target("direct", cluster.host, cluster.port, UPSTREAM_ROLE, passwords[UPSTREAM_ROLE])
+        direct = Target(DIRECT, cluster.host, cluster.port, UPSTREAM_ROLE, passwords[UPSTREAM_ROLE])
         log("starting PgBouncer ...")
         bouncer = stack.enter_context(pgbouncer(base / "pgbouncer", cluster, {UPSTREAM_ROLE: passwords[UPSTREAM_ROLE]}))
         log("starting pgguard ...")
-        gateway, config_path, gateway_log = stack.enter_context(pgguard(base / "gateway", cluster, passwords))
-        yield Environment(cluster, superuser, direct, bouncer, gateway, config_path, gateway_log, passwords)
+        gateways, config_path, gateway_log = stack.enter_context(pgguard(base / "gateway", cluster, passwords))
+        by_name = {DIRECT: direct, PGBOUNCER: bouncer, **gateways}
+        targets = {name: by_name[name] for name in TARGET_NAMES}
+        roles = {name: database_role(target) for name, target in targets.items()}
+        log("database roles: " + ", ".join(f"{name} {role}" for name, role in roles.items()))
+        if roles[PGGUARD] != UPSTREAM_ROLE:
+            # pgguard/pgbouncer compares proxies only if both reach PostgreSQL as the same role.
+            raise BenchError(f"pgguard's `{GATEWAY_IDENTITIES[PGGUARD]}` identity runs as {roles[PGGUARD]}, "
+                             f"not {UPSTREAM_ROLE} like direct and pgbouncer: check the demo config's roles")
+        yield Environment(cluster, superuser, targets, roles, config_path, gateway_log, passwords)
 
 
 @contextlib.contextmanager
@@ -334,9 +386,12 @@ pidfile = {pidfile}
 
 @contextlib.contextmanager
 def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, str]
-            ) -> Iterator[tuple[Target, Path, Path]]:
-    """The demo gateway with plaintext upstream, as a subprocess; a token for `dba` as the password.
+            ) -> Iterator[tuple[dict[str, Target], Path, Path]]:
+    """The demo gateway with plaintext upstream, as a subprocess, and one target per GATEWAY_IDENTITIES.
 
+    The targets share the process (and so its CPU counter) and differ only
+    in the identity whose token is the password: that way the policy's cost
+    is measured on the same gateway instance that measures the bare relay.
     The gateway needs a TLS certificate even though the clients use the
     loopback plaintext allowance, so a throwaway CA signs one.
     """
@@ -354,16 +409,36 @@ def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, s
     if text.count('sslmode = "verify-full"') != 1:
         raise BenchError(f"expected one `sslmode = \"verify-full\"` in {config_path} to replace")
     config_path.write_text(text.replace('sslmode = "verify-full"', 'sslmode = "disable"'))
-    identity = issue_tokens(config_path)[BENCH_IDENTITY]
+    identities = issue_tokens(config_path)
     log_path = directory / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     cmd = [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)]
     with background(cmd, log_path, cwd=REPO, env=env) as proc:
         wait_until(lambda: _http_ok(f"http://{HOST}:{admin_port}/healthz"), proc, "pgguard", log_path)
+        targets = {name: Target(name, HOST, port, identities[identity].user, identities[identity].token,
+                                pid=proc.pid)
+                   for name, identity in GATEWAY_IDENTITIES.items()}
         try:
-            yield Target("pgguard", HOST, port, identity.user, identity.token, pid=proc.pid), config_path, log_path
+            yield targets, config_path, log_path
         finally:
             stop(proc, sig=signal.SIGINT)  # what the gateway handles as "stop"
+
+
+def database_role(target: Target) -> str:
+    """`current_user` as seen through `target`: which role its pgbench sessions will run as.
+
+    Through pgguard+policy this is also a first statement the policy must
+    allow, so a policy that refuses the benchmark fails here, before any run.
+    """
+    cmd = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", "SELECT current_user", "-d", target.conninfo()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=target.env(), timeout=START_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"SELECT current_user through {target.name} timed out") from exc
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise BenchError(f"SELECT current_user through {target.name} exited {proc.returncode}:\n"
+                         f"{proc.stdout}{proc.stderr}")
+    return proc.stdout.strip()
 
 
 def _http_ok(url: str) -> bool:
@@ -399,6 +474,9 @@ class Result:
     def tps(self, target: str) -> float:
         return statistics.median(run.tps for run in self.runs[target])
 
+    def ratio(self, ratio: Ratio) -> float:
+        return self.tps(ratio.numerator) / self.tps(ratio.denominator)
+
     def cpu_us_per_txn(self, target: str) -> float | None:
         values = [v for run in self.runs[target] if (v := run.cpu_us_per_txn) is not None]
         return statistics.median(values) if values else None
@@ -415,8 +493,7 @@ class Result:
                 }
                 for name, runs in self.runs.items()
             },
-            "pgguard_vs_direct": self.tps("pgguard") / self.tps("direct"),
-            "pgguard_vs_pgbouncer": self.tps("pgguard") / self.tps("pgbouncer"),
+            **{ratio.key: self.ratio(ratio) for ratio in RATIOS},
         }
 
 
@@ -434,7 +511,7 @@ def warm_up(env: Environment, seconds: int) -> None:
     """One short unrecorded run per target: page cache, PostgreSQL's buffers, Python's first paths."""
     if seconds <= 0:
         return
-    for target in env.targets:
+    for target in env.targets.values():
         measure(target, select_only_args(Setting("prepared", 1), seconds), seconds)
 
 
@@ -442,31 +519,36 @@ def select_only(env: Environment, settings: Sequence[Setting], duration: int, ro
                 log: Callable[[str], None] = print) -> list[Result]:
     """The SELECT-only sweep: every setting on every target, interleaved, `rounds` times over."""
     results = [Result(setting) for setting in settings]
+    width = max(map(len, env.targets))
     for round_no in range(1, rounds + 1):
         for result in results:
-            for target in env.targets:
+            for name, target in env.targets.items():
                 run = measure(target, select_only_args(result.setting, duration), duration)
-                result.runs[target.name].append(run)
+                result.runs[name].append(run)
                 cpu = f", proxy CPU {run.cpu_us_per_txn:.1f} µs/txn" if run.cpu_us_per_txn is not None else ""
-                log(f"round {round_no}/{rounds} {result.setting.label:<22} {target.name:<10} "
+                log(f"round {round_no}/{rounds} {result.setting.label:<22} {name:<{width}} "
                     f"{run.tps:>10.0f} tps{cpu}")
     return results
 
 
 # --- reporting ------------------------------------------------------------------------------------
 
-COLUMNS = ("setting", "direct TPS", "pgbouncer TPS", "pgguard TPS", "pgguard/direct",
-           "pgguard/pgbouncer", "pgguard CPU µs/txn", "pgbouncer CPU µs/txn")
+TABLE_RATIOS = tuple(ratio for ratio in RATIOS if ratio.in_table)
+# Built from the target list: TPS for every target, then the ratios, then CPU per proxy.
+COLUMNS = ("setting", *(f"{name} TPS" for name in TARGET_NAMES), *(ratio.label for ratio in TABLE_RATIOS),
+           *(f"{name} CPU µs/txn" for name in PROXIES))
 
 
 def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    """One row per setting, cell for cell in the order of COLUMNS."""
     def us(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
     return [
-        [r.setting.label, f"{r.tps('direct'):.0f}", f"{r.tps('pgbouncer'):.0f}", f"{r.tps('pgguard'):.0f}",
-         f"{r.tps('pgguard') / r.tps('direct'):.2f}×", f"{r.tps('pgguard') / r.tps('pgbouncer'):.2f}×",
-         us(r.cpu_us_per_txn("pgguard")), us(r.cpu_us_per_txn("pgbouncer"))]
+        [r.setting.label,
+         *(f"{r.tps(name):.0f}" for name in TARGET_NAMES),
+         *(f"{r.ratio(ratio):.2f}×" for ratio in TABLE_RATIOS),
+         *(us(r.cpu_us_per_txn(name)) for name in PROXIES)]
         for r in results
     ]
 
@@ -487,8 +569,9 @@ def print_table(results: Sequence[Result], markdown: bool) -> None:
         column.justify = "right"
     for row in rows:
         table.add_row(*row)
-    # Not a terminal (piped, CI): rich would assume 80 columns and squeeze the table.
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    # Not a terminal (piped, CI): rich would assume 80 columns and squeeze the table. Given
+    # room, it renders the table at its natural width (~220 columns with four targets), no wider.
+    Console(width=None if sys.stdout.isatty() else 1000).print(table)
 
 
 def machine_info(env: Environment) -> dict[str, str]:
@@ -510,6 +593,17 @@ def machine_info(env: Environment) -> dict[str, str]:
         # Other work on the machine skews everything; this says whether there was any.
         "loadavg_at_start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
     }
+
+
+def connection_info(env: Environment) -> dict[str, dict[str, str]]:
+    """Per target, who connects and as which database role: what the ratios compare."""
+    info: dict[str, dict[str, str]] = {}
+    for name, target in env.targets.items():
+        entry = {"user": target.user, "database_role": env.roles[name]}
+        if (identity := GATEWAY_IDENTITIES.get(name)) is not None:
+            entry = {"identity": identity, "groups": ",".join(IDENTITIES[identity][1]), **entry}
+        info[name] = entry
+    return info
 
 
 def _first_line(cmd: Sequence[str]) -> str:
@@ -564,9 +658,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with environment(base, scale=args.scale, log=log) as env:
             machine = machine_info(env)
+            connections = connection_info(env)
             log(f"warming up ({args.warmup:g}s per target) ...")
             warm_up(env, args.warmup)
-            log(f"{len(settings)} settings × 3 targets × {args.rounds} round(s) × {args.duration:g}s")
+            log(f"{len(settings)} settings × {len(env.targets)} targets × {args.rounds} round(s) "
+                f"× {args.duration:g}s")
             results = select_only(env, settings, args.duration, args.rounds, log)
             if args.keep_logs is not None:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
@@ -581,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "duration_seconds": args.duration,
                 "rounds": args.rounds,
                 "scale": args.scale,
-                "identity": {"name": BENCH_IDENTITY, "user": IDENTITIES[BENCH_IDENTITY][0]},
+                "connections": connections,
                 "results": [r.to_json() for r in results],
             }, indent=2) + "\n")
         return 0
