@@ -356,11 +356,14 @@ class _Walker:
     def walk(self, value: Any) -> None:
         if isinstance(value, list):
             for item in value:
-                self.walk(item)
+                if isinstance(item, (dict, list)):
+                    self.walk(item)
             return
         if not isinstance(value, dict):
             return
         for key, child in value.items():
+            if not isinstance(child, (dict, list)):
+                continue  # a scalar field: nothing below it
             if key in _DML or key == "SelectStmt":
                 # A statement nested in an expression or a CTE.
                 self.statement(key, child)

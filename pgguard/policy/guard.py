@@ -124,6 +124,9 @@ class SessionGuard:
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
         self.prepared: dict[str, Statement] = {}
+        # The expanded search paths, recomputed only when they or the catalog change.
+        self._path_key: tuple[frozenset[tuple[str, ...]], frozenset[str]] | None = None
+        self._paths: list[tuple[str, ...]] = []
         # Without a catalog (pgguard explain --offline), unqualified functions
         # and operators are taken to be PostgreSQL's own.
         self.assume_builtin = assume_builtin
@@ -244,6 +247,12 @@ class SessionGuard:
     # -- names -------------------------------------------------------------------
 
     def _path_schemas(self) -> list[tuple[str, ...]]:
+        key = (frozenset(self.search_paths), self.catalog.schemas)
+        if key != self._path_key:
+            self._path_key, self._paths = key, self._expand_paths()
+        return self._paths
+
+    def _expand_paths(self) -> list[tuple[str, ...]]:
         paths = []
         for path in self.search_paths:
             schemas = []
