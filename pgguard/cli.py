@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
+import jwt
 import trio
 
 from pgguard import __version__
 from pgguard.config import ConfigError, load
-from pgguard.identity.tokens import TokenError, TokenService, parse_duration
+from pgguard.identity import TokenError, revocation
+from pgguard.identity.tokens import TokenService, parse_duration
 from pgguard.runtime import run_gateway, setup_logging
 
 
@@ -24,7 +27,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     config = load(args.config)
     TokenService(config.identity)
+    revoked = revocation.load(config.identity.revocation_file)
     print(f"{config.path}: ok")
+    print(f"issuer {config.identity.issuer} (the gateway's own tokens); {len(revoked)} revocation(s) in "
+          f"{config.identity.revocation_file}")
+    for provider in config.identity.providers:
+        print(f"provider {provider.name}: issuer {provider.issuer}; keys from {provider.jwks_url or provider.jwks_file}")
     for name, target in config.targets.items():
         print(f"target {name}: {target.host}:{target.port}/{target.dbname} sslmode={target.sslmode}")
     for name, role in config.roles.items():
@@ -38,6 +46,21 @@ def _token_issue(args: argparse.Namespace) -> int:
         raise ConfigError(f"no target named {args.target!r}")
     token = TokenService(config.identity).issue(args.sub, args.group, parse_duration(args.ttl), args.target)
     print(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    print(f"pgguard: token for {args.sub}: jti {claims['jti']}, expires "
+          f"{datetime.fromtimestamp(claims['exp'], UTC).isoformat()}", file=sys.stderr)
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    kind, value = ("jti", args.jti) if args.jti is not None else ("sub", args.sub)
+    entry, new = revocation.revoke(config.identity.revocation_file, kind, value, args.reason)
+    if new:
+        print(f"revoked: {entry.describe()}")
+        print("a running gateway refuses it and ends its sessions within a second")
+    else:
+        print(f"already revoked: {entry.describe()}")
     return 0
 
 
@@ -74,6 +97,13 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d")
     issue.add_argument("--target", help="restrict the token to one target")
     issue.set_defaults(func=_token_issue)
+    revoke = token_commands.add_parser("revoke", help="revoke a token, or every token of a subject issued so far")
+    revoke.add_argument("-c", "--config", required=True)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--jti", help="the token's jti claim")
+    which.add_argument("--sub", help="the subject (sub claim): all its tokens issued until now")
+    revoke.add_argument("--reason", default="", help="recorded with the revocation and logged by the gateway")
+    revoke.set_defaults(func=_token_revoke)
     return top
 
 
@@ -81,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, TokenError, ValueError) as exc:
+    except (ConfigError, TokenError, ValueError, OSError) as exc:
         print(f"pgguard: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 
@@ -55,6 +56,10 @@ class GatewayConfig:
     max_message_size: int
     max_connections: int
     login_timeout: float
+    # Failed logins one client address may have within the window before its
+    # new connections are refused at accept; 0 turns the limit off.
+    max_failed_logins: int
+    failed_login_window: float
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,48 @@ class SigningKey:
     private_key_file: Path
 
 
+# JWT algorithms a token may be signed with: public-key ones only. `none`
+# and the HMAC family are never accepted, whatever a config says, so a public
+# key can never be used as a shared secret (key confusion).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                         "ES256", "ES384", "ES512", "EdDSA")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """An OIDC provider whose tokens the gateway accepts ([[identity.providers]])."""
+
+    name: str
+    issuer: str
+    audience: tuple[str, ...]
+    # Exactly one of the two is set.
+    jwks_url: str | None
+    jwks_file: Path | None
+    username_claim: str
+    groups_claim: str
+    algorithms: tuple[str, ...]
+    leeway: float
+    jwks_timeout: float
+    # An unknown kid refetches the JWKS at most once per this many seconds;
+    # keys older than jwks_max_age are refetched on their next use.
+    jwks_min_refetch: float
+    jwks_max_age: float
+
+
 @dataclass(frozen=True)
 class IdentityConfig:
+    # The gateway's own (service-account) tokens.
     issuer: str
     audience: str
     username_claim: str
     groups_claim: str
     signing_keys: tuple[SigningKey, ...]
     leeway: float
+    providers: tuple[ProviderConfig, ...]
+    # Revoked tokens (jti) and subjects, written by `pgguard token revoke`.
+    revocation_file: Path
+    # Seconds a session may outlive its token.
+    expiry_grace: float
 
 
 @dataclass(frozen=True)
@@ -185,6 +224,7 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
     _known(table, where, {
         "listen", "unix_socket_dir", "admin_listen", "tls_cert", "tls_key", "allow_plaintext_loopback",
         "session_dir", "max_message_size", "max_connections", "login_timeout",
+        "max_failed_logins", "failed_login_window",
     })
     listen = tuple(Listen.parse(item, f"[{where}] listen") for item in _get(table, "listen", where, list))
     if not listen:
@@ -208,12 +248,26 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
         max_message_size=_get(table, "max_message_size", where, int, 64 * 1024 * 1024),
         max_connections=_get(table, "max_connections", where, int, 1000),
         login_timeout=float(_get(table, "login_timeout", where, (int, float), 10)),
+        max_failed_logins=_not_negative(table, "max_failed_logins", where, int, 50),
+        failed_login_window=_seconds(table, "failed_login_window", where, 60),
     )
+
+
+def _not_negative(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = _get(table, key, where, kind, default)
+    if value < 0:
+        raise ConfigError(f"[{where}] {key} must not be negative")
+    return value
+
+
+def _seconds(table: dict[str, Any], key: str, where: str, default: float) -> float:
+    return float(_not_negative(table, key, where, (int, float), default))
 
 
 def _identity(table: dict[str, Any], base: Path) -> IdentityConfig:
     where = "identity"
-    _known(table, where, {"issuer", "audience", "username_claim", "groups_claim", "signing_keys", "leeway"})
+    _known(table, where, {"issuer", "audience", "username_claim", "groups_claim", "signing_keys", "leeway",
+                          "providers", "revocation_file", "expiry_grace"})
     keys = []
     for index, item in enumerate(_get(table, "signing_keys", where, list, [])):
         key_where = f"{where}.signing_keys[{index}]"
@@ -224,14 +278,75 @@ def _identity(table: dict[str, Any], base: Path) -> IdentityConfig:
         if key_file is None or not key_file.is_file():
             raise ConfigError(f"[{key_where}] private_key_file is required and must exist")
         keys.append(SigningKey(_get(item, "kid", key_where, str), key_file))
+    issuer = _get(table, "issuer", where, str, "pgguard")
+    leeway = _seconds(table, "leeway", where, 30)
+    providers = tuple(
+        _provider(item, f"{where}.providers[{index}]", base, leeway)
+        for index, item in enumerate(_get(table, "providers", where, list, []))
+    )
+    issuers = [issuer, *(provider.issuer for provider in providers)]
+    names = [provider.name for provider in providers]
+    for kind, values in (("issuer", issuers), ("name", names)):
+        twice = sorted({value for value in values if values.count(value) > 1})
+        if twice:
+            raise ConfigError(f"[{where}] {kind} {twice[0]!r} is used twice: each must be unique")
     return IdentityConfig(
-        issuer=_get(table, "issuer", where, str, "pgguard"),
+        issuer=issuer,
         audience=_get(table, "audience", where, str, "pgguard"),
         username_claim=_get(table, "username_claim", where, str, "sub"),
         groups_claim=_get(table, "groups_claim", where, str, "groups"),
         signing_keys=tuple(keys),
-        leeway=float(_get(table, "leeway", where, (int, float), 30)),
+        leeway=leeway,
+        providers=providers,
+        revocation_file=_path(table, "revocation_file", where, base) or base / "revoked.json",
+        expiry_grace=_seconds(table, "expiry_grace", where, 0),
     )
+
+
+def _provider(table: Any, where: str, base: Path, leeway: float) -> ProviderConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    _known(table, where, {"name", "issuer", "audience", "jwks_url", "jwks_file", "username_claim", "groups_claim",
+                          "algorithms", "leeway", "jwks_timeout", "jwks_min_refetch", "jwks_max_age"})
+    audience = _get(table, "audience", where, (str, list))
+    audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+    if not audiences or not all(isinstance(item, str) and item for item in audiences):
+        raise ConfigError(f"[{where}] audience must be a string or a list of strings")
+    algorithms = _get(table, "algorithms", where, list, list(ASYMMETRIC_ALGORITHMS))
+    refused = [alg for alg in algorithms if alg not in ASYMMETRIC_ALGORITHMS]
+    if refused or not algorithms:
+        problem = f"{refused[0]!r} is not accepted" if refused else "none listed"
+        raise ConfigError(f"[{where}] algorithms: {problem}; choose from {', '.join(ASYMMETRIC_ALGORITHMS)}")
+    jwks_url = _get(table, "jwks_url", where, str, None)
+    jwks_file = _path(table, "jwks_file", where, base)
+    if (jwks_url is None) == (jwks_file is None):
+        raise ConfigError(f"[{where}] exactly one of jwks_url and jwks_file is required")
+    if jwks_url is not None:
+        _check_jwks_url(jwks_url, where)
+    return ProviderConfig(
+        name=_get(table, "name", where, str),
+        issuer=_get(table, "issuer", where, str),
+        audience=audiences,
+        jwks_url=jwks_url,
+        jwks_file=jwks_file,
+        username_claim=_get(table, "username_claim", where, str, "preferred_username"),
+        groups_claim=_get(table, "groups_claim", where, str, "groups"),
+        algorithms=tuple(algorithms),
+        leeway=_seconds(table, "leeway", where, leeway),
+        jwks_timeout=_seconds(table, "jwks_timeout", where, 5),
+        jwks_min_refetch=_seconds(table, "jwks_min_refetch", where, 30),
+        jwks_max_age=_seconds(table, "jwks_max_age", where, 3600),
+    )
+
+
+def _check_jwks_url(url: str, where: str) -> None:
+    """https, or http to this machine: keys fetched in the clear could be swapped on the way."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and (parts.hostname == "localhost" or is_loopback(parts.hostname)):
+        return
+    raise ConfigError(f"[{where}] jwks_url must be an https:// URL (http:// only on loopback), got {url!r}")
 
 
 def _secret(table: dict[str, Any], where: str, base: Path) -> str | None:

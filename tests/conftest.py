@@ -174,7 +174,13 @@ def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TestCertif
     )
     config_path.write_text(edit(config_path.read_text()))
     log_path = directory / "gateway.log"
-    with log_path.open("wb") as log:
+    return RunningGateway("127.0.0.1", port, config_path, log_path, test_ca.ca_cert,
+                          issue_tokens(config_path), _serve(config_path, log_path, port))
+
+
+def _serve(config_path: Path, log_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """`pgguard serve`, logging to `log_path` (appended), once it accepts connections."""
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT,
@@ -183,14 +189,12 @@ def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TestCertif
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return process
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
             time.sleep(0.05)
-    return RunningGateway("127.0.0.1", port, config_path, log_path, test_ca.ca_cert,
-                          issue_tokens(config_path), process)
 
 
 def stop_gateway(gateway: RunningGateway) -> None:
@@ -200,6 +204,12 @@ def stop_gateway(gateway: RunningGateway) -> None:
     except subprocess.TimeoutExpired:
         gateway.process.kill()
         gateway.process.wait()
+
+
+def restart_gateway(gateway: RunningGateway) -> None:
+    """Stop the gateway's process and serve the same config again (same port, same files)."""
+    stop_gateway(gateway)
+    gateway.process = _serve(gateway.config_path, gateway.log_path, gateway.port)
 
 
 @pytest.fixture(scope="session")

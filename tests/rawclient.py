@@ -5,8 +5,11 @@ the bytes they choose (garbage, half a packet, a hostile length) and to read
 exactly what the gateway answers (every ErrorResponse field, the
 NegotiateProtocolVersion message). Messages are built with
 `pgguard.wire.frontend` and read with `MessageFramer` + `decode_backend`.
-Also here, for the same tests: `LogCursor`, which waits for a line in a gateway's
-log, and `config_edit`, which edits the pgguard.toml that gateway_factory writes.
+Also here, for the same tests: `craft_token`, a token signed as the gateway
+would sign it but with chosen claims, `assert_refused`, which checks a refused
+login both through psycopg and on the wire, `LogCursor`, which waits for a line in a
+gateway's log, and `config_edit`, which edits the pgguard.toml that
+gateway_factory writes.
 """
 
 from __future__ import annotations
@@ -20,8 +23,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import jwt
+import psycopg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pgguard.config import load
 from pgguard.demo.data import DATABASE
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import Message
@@ -55,8 +65,10 @@ class RawConnection:
         self._pending: deque[Message] = deque()
 
     @classmethod
-    def open(cls, host: str, port: int, timeout: float = TIMEOUT) -> RawConnection:
-        return cls(socket.create_connection((host, port), timeout=timeout))
+    def open(cls, host: str, port: int, timeout: float = TIMEOUT, source: str | None = None) -> RawConnection:
+        """Connect, from the local address `source` when given (e.g. 127.0.0.2: another client host)."""
+        return cls(socket.create_connection((host, port), timeout=timeout,
+                                            source_address=(source, 0) if source else None))
 
     @classmethod
     def to(cls, gateway: RunningGateway) -> RawConnection:
@@ -215,6 +227,35 @@ def login_error(gateway: RunningGateway, identity: str = "analyst", *, tls: bool
         return refused.error
     conn.close()
     raise AssertionError("the gateway accepted a login it should have refused")
+
+
+def craft_token(gateway: RunningGateway, *, key: Ed25519PrivateKey | None = None, kid: str = "demo-1",
+                **claims: Any) -> str:
+    """A token for the analyst as the gateway would issue it, with `claims` changed (None removes one)."""
+    identity = load(gateway.config_path).identity
+    if key is None:
+        loaded = serialization.load_pem_private_key(identity.signing_keys[0].private_key_file.read_bytes(), None)
+        assert isinstance(loaded, Ed25519PrivateKey)
+        key = loaded
+    now = int(time.time())
+    base = {"iss": identity.issuer, "aud": identity.audience, "sub": gateway.identities["analyst"].user,
+            identity.groups_claim: ["analysts"], "iat": now, "nbf": now, "exp": now + 600}
+    merged = {name: value for name, value in {**base, **claims}.items() if value is not None}
+    return jwt.encode(merged, key, algorithm="EdDSA", headers={"kid": kid})
+
+
+def assert_refused(gateway: RunningGateway, sqlstate: str, text: str, *, identity: str = "analyst",
+                   sslmode: str = "verify-full", token: str | None = None, user: str | None = None,
+                   dbname: str = DATABASE) -> backend.ErrorResponse:
+    """psycopg is refused with `text`; a raw login gets FATAL `sqlstate` with the same text."""
+    with pytest.raises(psycopg.OperationalError) as caught:
+        psycopg.connect(gateway.dsn(identity, sslmode=sslmode, token=token, user=user, dbname=dbname)).close()
+    assert text in str(caught.value)
+    assert caught.value.sqlstate in (None, sqlstate)
+    error = login_error(gateway, identity, tls=sslmode != "disable", token=token, user=user, database=dbname)
+    assert (error.severity, error.code) == ("FATAL", sqlstate), error.fields
+    assert error.message.startswith("pgguard:") and text in error.message, error.message
+    return error
 
 
 class LogCursor:

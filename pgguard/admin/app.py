@@ -21,7 +21,8 @@ def build_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ready", "connections": gateway.connections})
+        return JSONResponse({"status": "ready", "connections": gateway.connections,
+                             "sessions": len(gateway.sessions)})
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(gateway.tokens.jwks())

@@ -43,6 +43,8 @@ session_dir = "{session_dir}"
 issuer = "pgguard-demo"
 audience = "pgguard"
 signing_keys = [{{ kid = "demo-1", private_key_file = "{signing_key}" }}]
+# `pgguard token revoke` writes here; the gateway ends revoked sessions within a second.
+revocation_file = "{directory}/revoked.json"
 
 [targets.{database}]
 host = "{pg_host}"

@@ -1,4 +1,4 @@
-"""Service-account tokens the gateway signs itself, and their verification.
+"""Service-account tokens the gateway signs itself, and the keys that verify them.
 
 Tokens are JWTs signed with Ed25519 (`EdDSA`). Several keys may be configured,
 each under its `kid`: the first signs, all verify, so a key can be rotated by
@@ -11,7 +11,6 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +19,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pgguard.config import IdentityConfig
+from pgguard.identity import TokenError
+from pgguard.identity.claims import IssuerRules, TrustedIssuer, VerifyingKey
 
-
-class TokenError(Exception):
-    """The token is not acceptable; the message is safe to show the client."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    issuer: str
-    subject: str
-    username: str
-    groups: tuple[str, ...]
-    jti: str | None
-    expires_at: float
-    # A service-account token may be restricted to one target.
-    target: str | None = None
+# The provider name of the gateway's own tokens, in identities and logs.
+OWN_PROVIDER = "pgguard"
 
 
 def generate_signing_key(path: Path) -> None:
@@ -57,7 +45,7 @@ def parse_duration(text: str) -> int:
 
 
 class TokenService:
-    """Signs and verifies the gateway's own tokens."""
+    """Signs the gateway's own tokens and holds their keys (verification is `trusted()`'s)."""
 
     def __init__(self, config: IdentityConfig) -> None:
         self.config = config
@@ -92,54 +80,16 @@ class TokenService:
             claims["pgguard_target"] = target
         return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
-    def verify(self, token: str) -> Identity:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise TokenError("malformed token") from exc
-        key = self._public.get(header.get("kid", ""))
-        if key is None:
-            raise TokenError("token signed by an unknown key")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=["EdDSA"],
-                audience=self.config.audience,
-                issuer=self.config.issuer,
-                leeway=self.config.leeway,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise TokenError("token has expired") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise TokenError("token is not valid yet") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise TokenError("token is for another audience") from exc
-        except jwt.InvalidIssuerError as exc:
-            raise TokenError("token is from an untrusted issuer") from exc
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenError(f"token lacks the {exc.claim!r} claim") from exc
-        except jwt.PyJWTError as exc:
-            raise TokenError("token signature is invalid") from exc
-        return self._identity(claims)
+    async def key(self, kid: str) -> VerifyingKey | None:
+        public = self._public.get(kid)
+        return None if public is None else VerifyingKey(public, "EdDSA")
 
-    def _identity(self, claims: dict[str, Any]) -> Identity:
-        username = claims.get(self.config.username_claim)
-        groups = claims.get(self.config.groups_claim)
-        if not isinstance(username, str) or not username:
-            raise TokenError(f"token lacks the {self.config.username_claim!r} claim")
-        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-            raise TokenError(f"token lacks the {self.config.groups_claim!r} claim")
-        return Identity(
-            issuer=claims["iss"],
-            subject=claims["sub"],
-            username=username,
-            groups=tuple(groups),
-            jti=claims.get("jti"),
-            expires_at=float(claims["exp"]),
-            target=claims.get("pgguard_target"),
-        )
+    def trusted(self) -> TrustedIssuer:
+        """The gateway as one of the issuers its verifier trusts."""
+        config = self.config
+        rules = IssuerRules(OWN_PROVIDER, config.issuer, (config.audience,), config.username_claim,
+                            config.groups_claim, ("EdDSA",), config.leeway)
+        return TrustedIssuer(rules, self)
 
     def jwks(self) -> dict[str, Any]:
         """The public keys, as served at /.well-known/jwks.json."""

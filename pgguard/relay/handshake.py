@@ -9,13 +9,14 @@ before the token has been verified.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
 from pgguard.config import Config, RoleConfig, TargetConfig, is_loopback
 from pgguard.errors import fatal
-from pgguard.identity.tokens import Identity, TokenError, TokenService
+from pgguard.identity import Identity, TokenError
+from pgguard.identity.verifier import Verifier
 from pgguard.relay.socket_stream import SocketStream
 from pgguard.relay.streams import receive_frames, receive_packet
 from pgguard.wire import backend, frontend
@@ -39,6 +40,9 @@ class ClientHello:
     roles: list[RoleConfig]
     target: TargetConfig
     tls: bool
+    # Wall-clock time at which the session ends: the token's validity plus
+    # [identity] expiry_grace.
+    ends_at: float
 
     @property
     def upstream_params(self) -> dict[str, str]:
@@ -101,7 +105,7 @@ async def negotiate(connection: ClientConnection, ssl_context: ssl.SSLContext | 
 
 
 async def authenticate(connection: ClientConnection, framer: StartupFramer, startup: frontend.StartupMessage,
-                       config: Config, tokens: TokenService) -> ClientHello:
+                       config: Config, verifier: Verifier) -> ClientHello:
     """Check the startup packet, ask for the token and verify it."""
     stream, tls = connection.stream, connection.stream.tls
     if startup.protocol_version >> 16 != 3:
@@ -133,7 +137,7 @@ async def authenticate(connection: ClientConnection, framer: StartupFramer, star
         raise ProtocolViolation(f"expected a password message, got {chr(frames[0].tag)!r}")
     token = frontend.PasswordMessage.decode(frames[0].body).password
     try:
-        identity = tokens.verify(token)
+        identity = await verifier.verify(token)
     except TokenError as exc:
         raise fatal("28P01", f"token refused: {exc}") from exc
     if identity.username != user:
@@ -146,5 +150,6 @@ async def authenticate(connection: ClientConnection, framer: StartupFramer, star
                     hint="the token's groups map to no [roles] entry")
     if len(frames) > 1 or messages.buffered:
         raise ProtocolViolation("client sent messages before authentication completed")
+    identity = replace(identity, roles=tuple(role.name for role in roles))
     return ClientHello(stream, MessageFramer(config.gateway.max_message_size), params, identity,
-                       roles, target, tls)
+                       roles, target, tls, identity.valid_until + config.identity.expiry_grace)

@@ -7,16 +7,20 @@ ends in a log line and a closed connection, never in the accept loop.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
 
 from pgguard.config import Config, TargetConfig
 from pgguard.errors import GatewayError, fatal
+from pgguard.identity.revocation import RevocationFile
 from pgguard.identity.tokens import TokenService
+from pgguard.identity.verifier import Verifier
 from pgguard.policy.catalog import Catalogs
 from pgguard.policy.guard import Policy
 from pgguard.relay.cancel import CancelRegistry
@@ -25,6 +29,7 @@ from pgguard.relay.session import Session
 from pgguard.relay.socket_stream import SocketStream
 from pgguard.relay.reactor import Reactor
 from pgguard.relay.streams import PeerClosed
+from pgguard.relay.throttle import LoginThrottle
 from pgguard.relay.upstream import tls_context
 from pgguard.wire import backend
 from pgguard.wire.framing import ProtocolViolation
@@ -65,6 +70,11 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.tokens = TokenService(config.identity)
+        self.revocations = RevocationFile(config.identity.revocation_file)
+        self.verifier = Verifier(config.identity, self.tokens, self.revocations.current)
+        self.throttle = LoginThrottle(config.gateway.max_failed_logins, config.gateway.failed_login_window)
+        # Live sessions, so that a revocation can find the ones its token opened.
+        self.sessions: set[Session] = set()
         self.cancels = CancelRegistry()
         self.ssl_context = server_tls_context(config)
         self._upstream_tls: dict[str, ssl.SSLContext | None] = {
@@ -90,12 +100,21 @@ class Gateway:
             log.info("listening on %s", listener.socket.getsockname())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.reactor.run)
+            nursery.start_soon(self._watch_revocations)
+            nursery.start_soon(self.verifier.prefetch)
             nursery.start_soon(self.catalogs.keep_fresh)
             task_status.started(listeners)
             await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, raw_stream: trio.SocketStream) -> None:
         peer = _peer_host(raw_stream)
+        wait = self.throttle.retry_after(peer)
+        if wait is not None:
+            # Before TLS and before reading a byte: the cheapest possible no.
+            await _report(raw_stream, fatal("53300", f"too many failed logins from {peer}; "
+                                                     f"try again in {math.ceil(wait)} s"))
+            await raw_stream.aclose()
+            return
         connection = ClientConnection(SocketStream.adopt(raw_stream), peer)
         self.connections += 1
         try:
@@ -120,16 +139,47 @@ class Gateway:
             connection.stream.close()
 
     async def _handle(self, connection: ClientConnection) -> None:
-        with trio.fail_after(self.config.gateway.login_timeout):
-            framer, hello = await negotiate(connection, self.ssl_context)
-            if isinstance(hello, CancelAsk):
-                forwarded = await self.cancels.cancel(hello.process_id, hello.secret_key)
-                log.info("cancel request from %s for session %d %s", connection.peer, hello.process_id,
-                         "forwarded" if forwarded else "ignored: no such session or wrong key")
-                return
-            client = await authenticate(connection, framer, hello, self.config, self.tokens)
-        await Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
-                      self.policy, self.catalogs).run()
+        try:
+            with trio.fail_after(self.config.gateway.login_timeout):
+                framer, hello = await negotiate(connection, self.ssl_context)
+                if isinstance(hello, CancelAsk):
+                    forwarded = await self.cancels.cancel(hello.process_id, hello.secret_key)
+                    log.info("cancel request from %s for session %d %s", connection.peer, hello.process_id,
+                             "forwarded" if forwarded else "ignored: no such session or wrong key")
+                    return
+                client = await authenticate(connection, framer, hello, self.config, self.verifier)
+        except (GatewayError, ProtocolViolation, trio.TooSlowError):
+            if self.throttle.failed(connection.peer):
+                log.warning("too many failed logins from %s: refusing its connections for up to %.0f s",
+                            connection.peer, self.throttle.window)
+            raise
+        identity = client.identity
+        log.info("login: %s from %s via %s (sub %s, jti %s, groups %s), token valid until %s", identity.username,
+                 connection.peer, identity.provider, identity.subject, identity.jti or "-",
+                 ",".join(identity.groups), _utc(identity.valid_until))
+        session = Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
+                          self.policy, self.catalogs)
+        # Registered before the first checkpoint after the token was checked
+        # against the revocation list: no revocation can slip in between.
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def _watch_revocations(self) -> None:
+        """Apply every change to the revocation file: to new logins, and to the sessions open now."""
+        async for revocations in self.revocations.changes():
+            self.verifier.revocations = revocations
+            log.info("revocation list reloaded: %d entries", len(revocations))
+            for session in list(self.sessions):
+                entry = revocations.match(session.hello.identity)
+                if entry is not None and session.terminate("57P01", "token revoked"):
+                    log.warning("ending the session of %s from %s: %s", session.user, session.peer, entry.describe())
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 async def _report(stream: trio.abc.SendStream, error: GatewayError) -> None:

@@ -2,8 +2,9 @@
 
 The session is a task of its own: it logs in upstream, greets the client,
 hands both sockets to the reactor and waits. Whatever ends it (either side
-closing, an error, the gateway shutting down) its finally-block takes the
-sockets back, closes them and drops the cancel key.
+closing, an error, the gateway shutting down, `terminate()` on revocation or
+token expiry) its finally-block takes the sockets back, closes them and drops
+the cancel key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
+
+import trio
 
 from pgguard.config import Login
 from pgguard.relay.cancel import CancelRegistry
@@ -23,10 +27,13 @@ from pgguard.policy.guard import Policy, SessionGuard, startup_settings
 from pgguard.relay.protocol import SessionProtocol, python_codec
 from pgguard.relay.reactor import Pipe, Reactor
 from pgguard.relay.upstream import Upstream, connect, send_cancel
-from pgguard.wire import backend
+from pgguard.wire import backend, frontend
 from pgguard.wire.framing import Frame
 
 log = logging.getLogger("pgguard.session")
+
+# How long a session ended from outside may take to tell its client why.
+FAREWELL_TIMEOUT = 1.0
 
 
 def upstream_params(params: dict[str, str], login: Login) -> dict[str, str]:
@@ -66,6 +73,9 @@ class Session:
         self.upstream_tls = upstream_tls
         self.policy = policy
         self.catalogs = catalogs
+        self._pipe: Pipe | None = None
+        # Set by terminate(): why the session ends, and the FATAL that says so.
+        self._ending: tuple[str, bytes] | None = None
 
     @property
     def user(self) -> str:
@@ -78,17 +88,23 @@ class Session:
         guard = await self._guard(login)
         upstream = await connect(hello.target, login, upstream_params(hello.upstream_params, login),
                                  self.upstream_tls)
-        process_id, secret_key = self.cancels.register(
-            partial(send_cancel, hello.target, self.upstream_tls, upstream.process_id, upstream.secret_key)
-        )
+        cancel_upstream = partial(send_cancel, hello.target, self.upstream_tls, upstream.process_id,
+                                  upstream.secret_key)
+        process_id, secret_key = self.cancels.register(cancel_upstream)
         protocol = SessionProtocol(hello.framer, upstream.framer, guard, client_codec(upstream.greeting))
-        pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
+        pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
         try:
             await self._greet(upstream, process_id, secret_key)
             log.info("session %d: %s (%s) -> %s as %s", process_id, self.user, self.peer,
                      hello.target.name, ",".join(r.name for r in hello.roles))
-            self.reactor.attach(pipe)
-            await pipe.finished.wait()
+            if self._ending is None:
+                self.reactor.attach(pipe)
+                with trio.move_on_at(trio.current_time() + hello.ends_at - time.time()):
+                    await pipe.finished.wait()
+                if not pipe.finished.is_set():
+                    self.terminate("57P01", "token expired")
+            if self._ending is not None:
+                await self._farewell(upstream, pipe, cancel_upstream)
         finally:
             self.reactor.detach(pipe)
             self.cancels.unregister(process_id)
@@ -116,6 +132,42 @@ class Session:
         if not decision.allowed:
             raise fatal("42501", decision.message, decision.hint)
         return guard
+
+    def terminate(self, sqlstate: str, reason: str) -> bool:
+        """End the session from outside (revocation, token expiry), idle or busy.
+
+        The pipe leaves the reactor at once, so not one more byte is relayed;
+        the session's own task then tells the client why and stops the upstream.
+        False if the session was ending already.
+        """
+        if self._ending is not None or (self._pipe is not None and self._pipe.finished.is_set()):
+            return False
+        error = backend.ErrorResponse.build("FATAL", sqlstate, f"pgguard: session ended: {reason}")
+        self._ending = (reason, error.encode())
+        if self._pipe is not None:
+            self.reactor.detach(self._pipe)
+            self._pipe.finished.set()
+        return True
+
+    async def _farewell(self, upstream: Upstream, pipe: Pipe, cancel_upstream: Callable[[], Awaitable[None]]) -> None:
+        """Send the client its FATAL, then end whatever it left running upstream."""
+        assert self._ending is not None
+        pipe.end_reason, error = self._ending
+        with trio.move_on_after(FAREWELL_TIMEOUT):
+            try:
+                # Whatever the reactor still held for the client goes first: it ends on a message boundary.
+                await self.hello.stream.send_all(bytes(pipe.client.pending) + error)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self.hello.stream.close()
+        if not pipe.upstream.pending:  # else a message is half sent, and a Terminate would garble it
+            try:
+                upstream.stream.socket.send(frontend.Terminate().encode())
+            except OSError:
+                pass
+        # A statement still running (pg_sleep, a long UPDATE) would go on, and
+        # might commit, after its socket closed: cancel it.
+        await cancel_upstream()
 
     async def _greet(self, upstream: Upstream, process_id: int, secret_key: int) -> None:
         parts = [backend.AuthenticationOk().encode()]

@@ -13,50 +13,18 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import jwt
 import psycopg
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pgguard.config import load
 from pgguard.demo.data import DATABASE, READER
 from pgguard.wire import backend, frontend
-from rawclient import Closed, LogCursor, RawConnection, config_edit, login_as, login_error
+from rawclient import Closed, LogCursor, RawConnection, assert_refused, config_edit, craft_token, login_as, login_error
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
-
-
-def craft_token(gateway: RunningGateway, *, key: Ed25519PrivateKey | None = None, kid: str = "demo-1",
-                **claims: Any) -> str:
-    """A token for the analyst as the gateway would issue it, with `claims` changed (None removes one)."""
-    identity = load(gateway.config_path).identity
-    if key is None:
-        loaded = serialization.load_pem_private_key(identity.signing_keys[0].private_key_file.read_bytes(), None)
-        assert isinstance(loaded, Ed25519PrivateKey)
-        key = loaded
-    now = int(time.time())
-    base = {"iss": identity.issuer, "aud": identity.audience, "sub": gateway.identities["analyst"].user,
-            identity.groups_claim: ["analysts"], "iat": now, "nbf": now, "exp": now + 600}
-    merged = {name: value for name, value in {**base, **claims}.items() if value is not None}
-    return jwt.encode(merged, key, algorithm="EdDSA", headers={"kid": kid})
-
-
-def assert_refused(gateway: RunningGateway, sqlstate: str, text: str, *, identity: str = "analyst",
-                   sslmode: str = "verify-full", token: str | None = None, user: str | None = None,
-                   dbname: str = DATABASE) -> backend.ErrorResponse:
-    """psycopg is refused with `text`; a raw login gets FATAL `sqlstate` with the same text."""
-    with pytest.raises(psycopg.OperationalError) as caught:
-        psycopg.connect(gateway.dsn(identity, sslmode=sslmode, token=token, user=user, dbname=dbname)).close()
-    assert text in str(caught.value)
-    assert caught.value.sqlstate in (None, sqlstate)
-    error = login_error(gateway, identity, tls=sslmode != "disable", token=token, user=user, database=dbname)
-    assert (error.severity, error.code) == ("FATAL", sqlstate), error.fields
-    assert error.message.startswith("pgguard:") and text in error.message, error.message
-    return error
 
 
 def test_valid_token_logs_in(gateway: RunningGateway) -> None:

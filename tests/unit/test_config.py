@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from pgguard.config import ConfigError, load
+from pgguard.config import ASYMMETRIC_ALGORITHMS, ConfigError, load
 from pgguard.demo import data
 from pgguard.demo.gateway_config import write_config
 from rawclient import TomlValue, set_keys
@@ -126,3 +127,60 @@ def test_invalid_toml_is_refused(demo_config: Path) -> None:
     demo_config.write_text(re.sub(r"\[gateway\]", "[gateway", demo_config.read_text(), count=1))
     with pytest.raises(ConfigError):
         load(demo_config)
+
+
+def with_provider(config: Path, **changes: object) -> Path:
+    """The demo config plus one [[identity.providers]] table, with `changes` (None removes a key)."""
+    values = {"name": "okta", "issuer": "https://example.okta.com", "audience": "api://pgguard",
+              "jwks_url": "https://example.okta.com/v1/keys", **changes}
+    table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items() if value is not None)
+    config.write_text(config.read_text() + "\n[[identity.providers]]\n" + table)
+    return config
+
+
+def test_identity_defaults_and_a_provider(demo_config: Path) -> None:
+    identity = load(with_provider(demo_config, audience=["api://pgguard", "api://other"])).identity
+    assert identity.revocation_file == demo_config.parent / "revoked.json"
+    assert identity.expiry_grace == 0
+    (provider,) = identity.providers
+    assert (provider.name, provider.issuer, provider.audience) == (
+        "okta", "https://example.okta.com", ("api://pgguard", "api://other"))
+    assert (provider.username_claim, provider.groups_claim) == ("preferred_username", "groups")
+    assert provider.algorithms == ASYMMETRIC_ALGORITHMS
+    assert (provider.leeway, provider.jwks_timeout, provider.jwks_min_refetch, provider.jwks_max_age) == (
+        identity.leeway, 5, 30, 3600)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"algorithms": ["RS256", "HS256"]}, "algorithms: 'HS256' is not accepted"),
+    ({"algorithms": ["none"]}, "algorithms: 'none' is not accepted"),
+    ({"algorithms": []}, "algorithms: none listed; choose from RS256"),
+    ({"jwks_url": "http://idp.example.com/keys"}, "jwks_url must be an https:// URL"),
+    ({"jwks_file": "keys.json"}, "exactly one of jwks_url and jwks_file"),
+    ({"jwks_url": None}, "exactly one of jwks_url and jwks_file"),
+    ({"audience": []}, "audience must be a string or a list of strings"),
+    ({"issuer": "pgguard-demo"}, "issuer 'pgguard-demo' is used twice"),
+    ({"leeway": -1}, "leeway must not be negative"),
+    ({"name": None}, "name is required"),
+    ({"groups_claim": 5}, "groups_claim must be a str"),
+    ({"jwks_urls": "typo"}, "unknown key(s) jwks_urls"),
+])
+def test_a_bad_provider_is_refused_by_name(demo_config: Path, changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(with_provider(demo_config, **changes))
+    assert "identity.providers[0]" in str(caught.value) or "[identity]" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_plain_http_jwks_is_allowed_on_loopback_only(demo_config: Path) -> None:
+    provider = load(with_provider(demo_config, jwks_url="http://127.0.0.1:8080/certs")).identity.providers[0]
+    assert provider.jwks_url == "http://127.0.0.1:8080/certs"
+
+
+@pytest.mark.parametrize(("section", "values", "message"), [
+    ("gateway", {"max_failed_logins": -1}, "max_failed_logins must not be negative"),
+    ("gateway", {"failed_login_window": "1m"}, "failed_login_window must be a int or float"),
+    ("identity", {"expiry_grace": -5}, "expiry_grace must not be negative"),
+])
+def test_bad_limits_are_refused(demo_config: Path, section: str, values: dict[str, TomlValue], message: str) -> None:
+    assert message in refusal(demo_config, section, values)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pgguard.config import load
+from pgguard.config import ASYMMETRIC_ALGORITHMS, load
 from pgguard.demo.certs import issue_server_cert, make_ca
 from pgguard.identity.tokens import generate_signing_key
 
@@ -38,6 +38,10 @@ def test_example_config_loads_with_every_section(tmp_path, monkeypatch):
     assert [role.name for role in config.roles.values()] == ["analysts", "writers", "dba"]
     assert config.roles_for_groups(["data-agents"])[0].login == "reader"
     assert not config.gateway.allow_plaintext_loopback
+    assert config.gateway.max_failed_logins == 50
+    assert [provider.name for provider in config.identity.providers] == ["okta", "keycloak"]
+    assert config.identity.providers[1].groups_claim == "realm_access.roles"
+    assert config.identity.providers[1].algorithms == ASYMMETRIC_ALGORITHMS
 
 
 def test_pgguard_check_prints_roles(tmp_path):

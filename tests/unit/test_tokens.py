@@ -1,4 +1,4 @@
-"""TokenService: the gateway's own Ed25519 JWTs, issued and verified."""
+"""TokenService: the gateway's own Ed25519 JWTs, issued, and verified by the Verifier."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pgguard.config import IdentityConfig, SigningKey
-from pgguard.identity.tokens import TokenError, TokenService, generate_signing_key, parse_duration
+from pgguard.identity import Identity, TokenError
+from pgguard.identity.tokens import TokenService, generate_signing_key, parse_duration
+from pgguard.identity.verifier import Verifier
 
 KID = "k1"
 
@@ -28,12 +30,22 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
+def identity_config(*keys: tuple[str, Path], username_claim: str = "sub", groups_claim: str = "groups",
+                    leeway: float = 30) -> IdentityConfig:
+    return IdentityConfig(
+        issuer="pgguard-test", audience="pgguard", username_claim=username_claim, groups_claim=groups_claim,
+        signing_keys=tuple(SigningKey(kid, path) for kid, path in keys), leeway=leeway,
+        providers=(), revocation_file=Path("/nonexistent/revoked.json"), expiry_grace=0,
+    )
+
+
 @pytest.fixture
 def service(key_file: Path) -> TokenService:
-    return TokenService(IdentityConfig(
-        issuer="pgguard-test", audience="pgguard", username_claim="sub", groups_claim="groups",
-        signing_keys=(SigningKey(KID, key_file),), leeway=30,
-    ))
+    return TokenService(identity_config((KID, key_file)))
+
+
+async def verify(service: TokenService, token: str) -> Identity:
+    return await Verifier(service.config, service).verify(token)
 
 
 def private_key(key_file: Path) -> Ed25519PrivateKey:
@@ -55,16 +67,16 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def refused(service: TokenService, token: str) -> str:
+async def refused(service: TokenService, token: str) -> str:
     with pytest.raises(TokenError) as caught:
-        service.verify(token)
+        await verify(service, token)
     return str(caught.value)
 
 
-def test_issue_verify_round_trip(service: TokenService) -> None:
+async def test_issue_verify_round_trip(service: TokenService) -> None:
     before = time.time()
     token = service.issue("alice", ["analysts", "support"], ttl=600, target="demo")
-    identity = service.verify(token)
+    identity = await verify(service, token)
     assert (identity.username, identity.subject, identity.issuer) == ("alice", "alice", "pgguard-test")
     assert identity.groups == ("analysts", "support")
     assert identity.target == "demo"
@@ -73,68 +85,70 @@ def test_issue_verify_round_trip(service: TokenService) -> None:
     assert jwt.get_unverified_header(token) == {"alg": "EdDSA", "kid": KID, "typ": "JWT"}
 
 
-def test_each_token_has_its_own_jti(service: TokenService) -> None:
-    first, second = (service.verify(service.issue("alice", ["analysts"], 60)) for _ in range(2))
+async def test_each_token_has_its_own_jti(service: TokenService) -> None:
+    first, second = [await verify(service, service.issue("alice", ["analysts"], 60)) for _ in range(2)]
     assert first.jti != second.jti
 
 
-def test_a_hand_signed_token_is_accepted(service: TokenService, key_file: Path) -> None:
+async def test_a_hand_signed_token_is_accepted(service: TokenService, key_file: Path) -> None:
     """The baseline for the faulty tokens below."""
-    assert service.verify(sign(key_file)).username == "alice"
+    assert (await verify(service, sign(key_file))).username == "alice"
 
 
-def test_expired_beyond_leeway_is_refused(service: TokenService, key_file: Path) -> None:
+async def test_expired_beyond_leeway_is_refused(service: TokenService, key_file: Path) -> None:
     now = int(time.time())
-    assert "expired" in refused(service, sign(key_file, iat=now - 600, nbf=now - 600, exp=now - 31))
+    assert "expired" in await refused(service, sign(key_file, iat=now - 600, nbf=now - 600, exp=now - 31))
 
 
-def test_expiry_within_leeway_is_tolerated(service: TokenService, key_file: Path) -> None:
+async def test_expiry_within_leeway_is_tolerated(service: TokenService, key_file: Path) -> None:
     now = int(time.time())
-    assert service.verify(sign(key_file, iat=now - 600, nbf=now - 600, exp=now - 10)).username == "alice"
+    identity = await verify(service, sign(key_file, iat=now - 600, nbf=now - 600, exp=now - 10))
+    assert identity.username == "alice" and identity.valid_until == now - 10 + 30
 
 
-def test_not_yet_valid_is_refused(service: TokenService, key_file: Path) -> None:
+async def test_not_yet_valid_is_refused(service: TokenService, key_file: Path) -> None:
     now = int(time.time())
-    assert "not valid yet" in refused(service, sign(key_file, nbf=now + 600, exp=now + 1200))
+    assert "not valid yet" in await refused(service, sign(key_file, nbf=now + 600, exp=now + 1200))
 
 
-def test_unknown_kid_is_refused(service: TokenService, key_file: Path) -> None:
-    assert "unknown key" in refused(service, sign(key_file, headers={"kid": "k2"}))
+async def test_unknown_kid_is_refused(service: TokenService, key_file: Path) -> None:
+    assert "unknown key" in await refused(service, sign(key_file, headers={"kid": "k2"}))
 
 
-def test_missing_kid_is_refused(service: TokenService, key_file: Path) -> None:
-    token = jwt.encode({"sub": "alice"}, private_key(key_file), algorithm="EdDSA")
-    assert "unknown key" in refused(service, token)
+async def test_missing_kid_is_refused(service: TokenService, key_file: Path) -> None:
+    claims = jwt.decode(sign(key_file), options={"verify_signature": False})
+    token = jwt.encode(claims, private_key(key_file), algorithm="EdDSA")
+    assert "unknown key" in await refused(service, token)
 
 
-def test_another_key_under_the_same_kid_is_refused(service: TokenService, tmp_path: Path) -> None:
+async def test_another_key_under_the_same_kid_is_refused(service: TokenService, tmp_path: Path) -> None:
     other = tmp_path / "other.pem"
     generate_signing_key(other)
-    assert "signature is invalid" in refused(service, sign(other))
+    assert "signature is invalid" in await refused(service, sign(other))
 
 
-def test_tampered_payload_is_refused(service: TokenService, key_file: Path) -> None:
+async def test_tampered_payload_is_refused(service: TokenService, key_file: Path) -> None:
     header, payload, signature = sign(key_file).split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["groups"] = ["dba"]
     forged = ".".join([header, b64url(json.dumps(claims).encode()), signature])
-    assert "signature is invalid" in refused(service, forged)
+    assert "signature is invalid" in await refused(service, forged)
 
 
-def test_alg_none_is_refused(service: TokenService, key_file: Path) -> None:
+async def test_alg_none_is_refused(service: TokenService, key_file: Path) -> None:
     header = b64url(json.dumps({"alg": "none", "kid": KID, "typ": "JWT"}).encode())
     payload = sign(key_file).split(".")[1]
-    refused(service, f"{header}.{payload}.")
+    assert "algorithm that is not accepted" in await refused(service, f"{header}.{payload}.")
 
 
-def test_hs256_signed_with_the_public_key_is_refused(service: TokenService, key_file: Path) -> None:
+async def test_hs256_signed_with_the_public_key_is_refused(service: TokenService, key_file: Path) -> None:
     """The algorithm-confusion attack: an HMAC keyed with the (public) verification key."""
     public = private_key(key_file).public_key().public_bytes(serialization.Encoding.Raw,
                                                              serialization.PublicFormat.Raw)
     header = b64url(json.dumps({"alg": "HS256", "kid": KID, "typ": "JWT"}).encode())
     payload = sign(key_file).split(".")[1]
     mac = hmac.new(public, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    refused(service, f"{header}.{payload}.{b64url(mac)}")
+    assert "algorithm that is not accepted" in await refused(service, f"{header}.{payload}.{b64url(mac)}")
 
 
 @pytest.mark.parametrize(("claims", "message"), [
@@ -146,23 +160,37 @@ def test_hs256_signed_with_the_public_key_is_refused(service: TokenService, key_
     ({"iss": "someone-else"}, "untrusted issuer"),
     ({"aud": "another-service"}, "another audience"),
 ])
-def test_claim_faults_are_refused(service: TokenService, key_file: Path, claims: dict[str, Any], message: str) -> None:
-    assert message in refused(service, sign(key_file, **claims))
+async def test_claim_faults_are_refused(service: TokenService, key_file: Path, claims: dict[str, Any], message: str) -> None:
+    assert message in await refused(service, sign(key_file, **claims))
 
 
 @pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "eyJhbGciOiJFZERTQSJ9"])
-def test_malformed_tokens_are_refused(service: TokenService, token: str) -> None:
-    refused(service, token)
+async def test_malformed_tokens_are_refused(service: TokenService, token: str) -> None:
+    await refused(service, token)
 
 
-def test_custom_username_claim(key_file: Path) -> None:
-    service = TokenService(IdentityConfig(
-        issuer="pgguard-test", audience="pgguard", username_claim="preferred_username", groups_claim="roles",
-        signing_keys=(SigningKey(KID, key_file),), leeway=0,
-    ))
-    identity = service.verify(service.issue("svc-1", ["analysts"], ttl=60))
+async def test_custom_username_claim(key_file: Path) -> None:
+    service = TokenService(identity_config((KID, key_file), username_claim="preferred_username",
+                                           groups_claim="roles", leeway=0))
+    identity = await verify(service, service.issue("svc-1", ["analysts"], ttl=60))
     assert (identity.username, identity.groups) == ("svc-1", ("analysts",))
-    assert "lacks the 'roles' claim" in refused(service, sign(key_file, groups=None, preferred_username="x"))
+    assert "lacks the 'roles' claim" in await refused(service, sign(key_file, groups=None, preferred_username="x"))
+
+
+async def test_old_keys_verify_until_removed_new_key_signs(key_file: Path, tmp_path: Path) -> None:
+    """Rotation: the new key goes first in the config and signs; tokens of the old one stay valid."""
+    new_file = tmp_path / "new.pem"
+    generate_signing_key(new_file)
+    old_token = TokenService(identity_config((KID, key_file))).issue("alice", ["analysts"], 60)
+    rotated = TokenService(identity_config(("k2", new_file), (KID, key_file)))
+    new_token = rotated.issue("alice", ["analysts"], 60)
+    assert jwt.get_unverified_header(new_token)["kid"] == "k2"
+    assert [key["kid"] for key in rotated.jwks()["keys"]] == ["k2", KID]
+    for token in (old_token, new_token):
+        assert (await verify(rotated, token)).username == "alice"
+    retired = TokenService(identity_config(("k2", new_file)))
+    assert "unknown key" in await refused(retired, old_token)
+    assert (await verify(retired, new_token)).username == "alice"
 
 
 def test_jwks_publishes_the_public_key(service: TokenService, key_file: Path) -> None:
@@ -181,8 +209,7 @@ def test_jwks_publishes_the_public_key(service: TokenService, key_file: Path) ->
 
 
 def test_issue_without_a_signing_key_is_refused() -> None:
-    service = TokenService(IdentityConfig(issuer="i", audience="a", username_claim="sub", groups_claim="groups",
-                                          signing_keys=(), leeway=0))
+    service = TokenService(identity_config())
     with pytest.raises(TokenError):
         service.issue("alice", ["analysts"], 60)
     assert service.jwks() == {"keys": []}
