@@ -14,6 +14,8 @@ from pgguard import __version__
 from pgguard.config import ConfigError, load
 from pgguard.identity import TokenError, revocation
 from pgguard.identity.tokens import TokenService, parse_duration
+from pgguard.policy.explain import dumps, explain, render
+from pgguard.policy.guard import Policy
 from pgguard.runtime import run_gateway, setup_logging
 
 
@@ -35,9 +37,27 @@ def _check(args: argparse.Namespace) -> int:
         print(f"provider {provider.name}: issuer {provider.issuer}; keys from {provider.jwks_url or provider.jwks_file}")
     for name, target in config.targets.items():
         print(f"target {name}: {target.host}:{target.port}/{target.dbname} sslmode={target.sslmode}")
+    scopes = Policy(config).scopes
     for name, role in config.roles.items():
         print(f"role {name}: groups {', '.join(role.groups) or '-'}; login {role.login}")
+        scope = scopes[name]
+        if scope.unrestricted:
+            print("  may run anything (not analysed)")
+            continue
+        print(f"  statements: {', '.join(sorted(scope.statements))}")
+        print(f"  read:  {', '.join(scope.read) or '-'} (and the system catalogs)")
+        print(f"  write: {', '.join(scope.write) or '-'}")
+        if scope.allow_functions:
+            print(f"  user-defined functions: {', '.join(scope.allow_functions)}")
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    decisions = explain(config, args.group, args.sql, target=args.target, offline=args.offline)
+    print(dumps(decisions) if args.json else f"user {args.user}, groups {', '.join(args.group)}\n"
+          + render(decisions))
+    return 0 if all(decision.allowed for decision in decisions) else 1
 
 
 def _token_issue(args: argparse.Namespace) -> int:
@@ -82,6 +102,14 @@ def parser() -> argparse.ArgumentParser:
 
     with_config("serve", "run the gateway").set_defaults(func=_serve)
     with_config("check", "validate a config and print its roles").set_defaults(func=_check)
+    explainer = with_config("explain", "the decision for a statement, as the gateway would make it")
+    explainer.add_argument("--user", default="explain", help="the caller's user name (for the output)")
+    explainer.add_argument("--group", action="append", default=[], help="a group (repeatable)")
+    explainer.add_argument("--target", help="target whose catalog to read (default: the first)")
+    explainer.add_argument("--offline", action="store_true", help="do not read the target's catalog")
+    explainer.add_argument("--json", action="store_true", help="machine-readable output")
+    explainer.add_argument("sql")
+    explainer.set_defaults(func=_explain)
 
     demo = commands.add_parser("demo", help="private PostgreSQL + sample data + gateway, all in one")
     demo.add_argument("--port", type=int, default=6432, help="gateway port (0 picks free ports)")

@@ -1,0 +1,60 @@
+"""`pgguard explain` and `pgguard check`, as policy authors and CI pipelines use them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _pgguard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pgguard.cli", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_explain_refuses_a_hidden_write_and_exits_1(gateway):
+    result = _pgguard("explain", "-c", str(gateway.config_path), "--user", "alice", "--group", "analysts",
+                      "SELECT 1; WITH gone AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM gone")
+    assert result.returncode == 1, result.stderr
+    assert "writes:    orders (delete)" in result.stdout
+    assert "REFUSED: pgguard: WITH refused: role analysts may not write (delete) public.orders" in result.stdout
+
+
+def test_explain_reads_the_catalog_and_knows_user_defined_functions(gateway, postgres):
+    postgres.cluster.psql("CREATE OR REPLACE FUNCTION public.explain_probe() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                          "demo")
+    try:
+        result = _pgguard("explain", "-c", str(gateway.config_path), "--group", "analysts", "--json",
+                          "SELECT explain_probe(), lower(full_name) FROM customers")
+    finally:
+        postgres.cluster.psql("DROP FUNCTION public.explain_probe()", "demo")
+    assert result.returncode == 1, result.stderr
+    (decision,) = json.loads(result.stdout)
+    assert decision["functions"] == ["explain_probe", "lower"]
+    assert "user-defined function public.explain_probe() is not listed as safe" in decision["message"]
+
+
+def test_explain_allows_an_engineers_write_offline(gateway):
+    result = _pgguard("explain", "-c", str(gateway.config_path), "--group", "engineering", "--offline", "--json",
+                      "UPDATE orders SET status = 'paid' WHERE id = $1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (decision,) = json.loads(result.stdout)
+    assert decision["allowed"] and decision["writes"] == {"orders": ["update"]}
+
+
+def test_check_prints_what_each_role_may_do(gateway):
+    result = _pgguard("check", "-c", str(gateway.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "role support: groups support; login support" in result.stdout
+    assert "  write: public.tickets" in result.stdout
+    assert "role dba: groups dba; login admin\n  may run anything" in result.stdout
+
+
+def test_check_names_an_unknown_statement_class(tmp_path, gateway):
+    config = tmp_path / "pgguard.toml"
+    config.write_text(gateway.config_path.read_text().replace(
+        'statements = ["read", "write", "ddl", "session", "transaction"]',
+        'statements = ["read", "wirte"]'))
+    result = _pgguard("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "[roles.engineering] statements: unknown class(es) wirte" in result.stderr
