@@ -303,21 +303,20 @@ class SessionGuard:
         if function.schema in (None, *SYSTEM_SCHEMAS) and \
                 any(scope.function_denied(function.name) for scope in self.scopes):
             return f"function {function.name}() is denied"
-        candidates = self._user_defined(function, self.catalog.functions)
-        if candidates is None:
-            return f"function {function}() is unknown to pgguard"
-        for qualified in candidates:
-            if not any(scope.function_allowed(qualified) for scope in self.scopes):
-                return f"user-defined function {qualified}() is not listed as safe"
-        return None
+        return self._callable_problem("function", function, self.catalog.functions, "()")
 
     def _operator_problem(self, operator: Name) -> str | None:
-        candidates = self._user_defined(operator, self.catalog.operators)
+        return self._callable_problem("operator", operator, self.catalog.operators, "")
+
+    def _callable_problem(self, kind: str, name: Name, defined: dict[str, frozenset[str]],
+                          suffix: str) -> str | None:
+        """Unknown, or user-defined and not listed as safe: a reason to refuse."""
+        candidates = self._user_defined(name, defined)
         if candidates is None:
-            return f"operator {operator} is unknown to pgguard"
+            return f"{kind} {name}{suffix} is unknown to pgguard"
         for qualified in candidates:
             if not any(scope.function_allowed(qualified) for scope in self.scopes):
-                return f"user-defined operator {qualified} is not listed as safe"
+                return f"user-defined {kind} {qualified}{suffix} is not listed as safe"
         return None
 
     # -- session state ---------------------------------------------------------------

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 
-def test_demo_prints_its_summary_serves_every_identity_and_cleans_up():
+@contextlib.contextmanager
+def running_demo(stop_signal: int) -> Iterator[dict[str, Any]]:
+    """The demo's JSON summary while it runs; on exit, stop it with `stop_signal` and expect a clean exit."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pgguard.cli", "demo", "--json", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
-        summary = json.loads(process.stdout.readline())
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())
+    finally:
+        process.send_signal(stop_signal)
+        assert process.wait(30) == 0
+
+
+def test_demo_prints_its_summary_serves_every_identity_and_cleans_up():
+    with running_demo(signal.SIGTERM) as summary:
         assert set(summary) >= {"gateway", "admin_url", "database", "upstream_dsn", "config",
                                 "session_dir", "identities"}
         assert set(summary["identities"]) == {"analyst", "support", "engineer", "dba", "agent"}
@@ -33,25 +45,14 @@ def test_demo_prints_its_summary_serves_every_identity_and_cleans_up():
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] >= 5000
         base = Path(summary["config"]).parents[1]
         assert base.is_dir()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
     assert not base.exists(), "the demo left its directory behind"
 
 
 def test_demo_over_tls_with_its_own_ca():
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pgguard.cli", "demo", "--json", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        summary = json.loads(process.stdout.readline())
+    with running_demo(signal.SIGINT) as summary:
         gateway = summary["gateway"]
         analyst = summary["identities"]["analyst"]
         with psycopg.connect(host=gateway["host"], port=gateway["port"], dbname=summary["database"],
                              user=analyst["user"], password=analyst["token"], sslmode="verify-full",
                              sslrootcert=summary["ca_cert"]) as conn:
             assert conn.pgconn.ssl_in_use
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 0
