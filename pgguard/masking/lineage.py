@@ -1,0 +1,449 @@
+"""Column lineage: which table columns each output column of a query derives from.
+
+Masking by output column name is defeated by one alias; masking by lineage
+is not. This walks pglast's JSON parse tree of a query and follows every
+value to the table columns it comes from, through aliases, expressions,
+casts, CASE, subqueries, CTEs (recursive too), set operations, LATERAL,
+joins, `*` and `t.*` expansion, and whole-row references (`t`,
+`row_to_json(t)`). It also collects the columns a query only filters,
+groups, joins or sorts on, which reveal values by inference.
+
+It is sans-IO: relations' columns and views' definitions come from the
+caller. Where lineage cannot be established (a relation whose columns are
+unknown, a function returning rows) the result says so in `uncertain`, and
+the caller refuses the query if it touches a sensitive column at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import parser
+
+Node = dict[str, Any]
+
+# Aggregates whose result reveals nothing of the values they count.
+_COUNTING = frozenset({"count"})
+_MAX_VIEW_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    relation: str  # schema.table
+    column: str
+
+    def __str__(self) -> str:
+        return f"{self.relation}.{self.column}"
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    name: str
+    sources: frozenset[SourceColumn]
+    # The value is one source column's value, unchanged but for casts.
+    direct: bool
+
+
+@dataclass
+class Lineage:
+    columns: list[OutputColumn] | None  # None: the output's shape is unknown
+    filters: set[SourceColumn] = field(default_factory=set)
+    touched: set[SourceColumn] = field(default_factory=set)
+    uncertain: list[str] = field(default_factory=list)
+
+
+class Relations:
+    """What lineage needs to know of the database; the gateway's catalog provides it."""
+
+    def resolve(self, schema: str | None, name: str) -> str | None:
+        """The schema-qualified relation a name refers to, or None if unknown or ambiguous."""
+        raise NotImplementedError
+
+    def columns(self, relation: str) -> list[str] | None:
+        """The relation's columns in order, or None if unknown."""
+        raise NotImplementedError
+
+    def view_definition(self, relation: str) -> str | None:
+        """The SELECT of a view or materialized view, or None for a table."""
+        raise NotImplementedError
+
+
+def lineage(sql: str, relations: Relations) -> Lineage:
+    """The lineage of the last statement of `sql` that returns rows."""
+    tree = json.loads(parser.parse_sql_json(sql))
+    statements = tree.get("stmts", [])
+    if not statements:
+        return Lineage([])
+    (kind, node), = statements[-1]["stmt"].items()
+    return _Analyzer(relations).statement(kind, node)
+
+
+@dataclass
+class _Relation:
+    """An item in a FROM clause, as a query sees it."""
+
+    name: str | None
+    columns: list[OutputColumn] | None
+    # For relations of unknown shape (functions in FROM): what any column derives from.
+    fallback: frozenset[SourceColumn] = frozenset()
+
+
+@dataclass
+class _Scope:
+    relations: list[_Relation]
+    ctes: dict[str, _Relation]
+    outer: _Scope | None = None
+
+
+class _Analyzer:
+    def __init__(self, relations: Relations, depth: int = 0) -> None:
+        self.relations = relations
+        self.depth = depth
+        self.result = Lineage([])
+
+    # -- statements ---------------------------------------------------------------
+
+    def statement(self, kind: str, node: Node) -> Lineage:
+        if kind == "SelectStmt":
+            self.result.columns = self.select(node, None)
+        elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+            self.result.columns = self._returning(node)
+        elif kind == "ExplainStmt":
+            (inner_kind, inner), = node["query"].items()
+            self.statement(inner_kind, inner)
+            # A plan shows the query's own text and estimates, never row values.
+            self.result.columns = [OutputColumn("QUERY PLAN", frozenset(), False)]
+        elif kind == "DeclareCursorStmt":
+            (inner_kind, inner), = node["query"].items()
+            self.statement(inner_kind, inner)
+        elif kind == "CopyStmt":
+            self._copy(node)
+        else:
+            self.result.columns = []
+        return self.result
+
+    def _returning(self, node: Node) -> list[OutputColumn]:
+        scope = _Scope([], self._ctes(node, None))
+        scope.relations.append(self._range_var(node["relation"], scope))
+        for key in ("fromClause", "usingClause"):
+            for item in node.get(key, []):
+                scope.relations.extend(self._from_item(item, scope))
+        for key in ("whereClause", "targetList", "joinCondition"):
+            if key in node:
+                self._filter(node[key], scope)
+        returning = (node.get("returningClause") or {}).get("exprs") or node.get("returningList", [])
+        return self._targets(returning, scope)
+
+    def _copy(self, node: Node) -> None:
+        if "query" in node:
+            (kind, inner), = node["query"].items()
+            self.statement(kind, inner)
+            return
+        scope = _Scope([], {})
+        relation = self._range_var(node["relation"], scope)
+        columns = relation.columns
+        attlist = [item["String"]["sval"] for item in node.get("attlist", [])]
+        if attlist and columns is not None:
+            by_name = {column.name: column for column in columns}
+            columns = [by_name[name] for name in attlist if name in by_name]
+        self.result.columns = columns
+
+    # -- SELECT -------------------------------------------------------------------
+
+    def select(self, node: Node, outer: _Scope | None) -> list[OutputColumn] | None:
+        op = node.get("op", "SETOP_NONE")
+        ctes = self._ctes(node, outer)
+        if op != "SETOP_NONE":
+            scope = _Scope([], ctes, outer)
+            left = self.select(node["larg"], scope)
+            right = self.select(node["rarg"], scope)
+            self._filter(node.get("sortClause"), scope)
+            return _union(left, right)
+        if "valuesLists" in node:
+            scope = _Scope([], ctes, outer)
+            rows = [self._targets([{"ResTarget": {"val": value}} for value in row["List"]["items"]], scope)
+                    for row in node["valuesLists"]]
+            merged: list[OutputColumn] | None = rows[0] if rows else []
+            for row in rows[1:]:
+                merged = _union(merged, row)
+            return merged
+        scope = _Scope([], ctes, outer)
+        for item in node.get("fromClause", []):
+            scope.relations.extend(self._from_item(item, scope))
+        for key in ("whereClause", "havingClause", "groupClause", "sortClause", "distinctClause",
+                    "windowClause", "lockingClause"):
+            self._filter(node.get(key), scope)
+        return self._targets(node.get("targetList", []), scope)
+
+    def _ctes(self, node: Node, outer: _Scope | None) -> dict[str, _Relation]:
+        clause = node.get("withClause") or {}
+        visible: dict[str, _Relation] = dict(outer.ctes) if outer else {}
+        for item in clause.get("ctes", []):
+            cte = item["CommonTableExpr"]
+            name = cte["ctename"]
+            (kind, query), = cte["ctequery"].items()
+            scope = _Scope([], visible, outer)
+            aliases = [alias["String"]["sval"] for alias in cte.get("aliascolnames", [])]
+            if kind != "SelectStmt":
+                columns = self._data_modifying(kind, query)
+            elif clause.get("recursive") and query.get("op", "SETOP_NONE") != "SETOP_NONE":
+                # The recursive term sees the CTE as the non-recursive term's
+                # shape; a second pass folds in what recursion adds.
+                visible[name] = _Relation(name, _rename(self.select(query["larg"], scope), aliases))
+                visible[name] = _Relation(name, _rename(self.select(query, scope), aliases))
+                columns = self.select(query, scope)
+            else:
+                columns = self.select(query, scope)
+            visible[name] = _Relation(name, _rename(columns, aliases))
+        return visible
+
+    def _data_modifying(self, kind: str, node: Node) -> list[OutputColumn] | None:
+        """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""
+        inner = _Analyzer(self.relations, self.depth)
+        inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain)
+        return inner.statement(kind, node).columns
+
+    # -- FROM ---------------------------------------------------------------------
+
+    def _from_item(self, item: Node, scope: _Scope) -> list[_Relation]:
+        (kind, node), = item.items()
+        if kind == "RangeVar":
+            return [self._range_var(node, scope)]
+        if kind == "RangeSubselect":
+            (_, query), = node["subquery"].items()
+            inner_scope = scope if node.get("lateral") else _Scope([], scope.ctes, scope.outer)
+            columns = self.select(query, inner_scope)
+            alias = node.get("alias", {})
+            names = [name["String"]["sval"] for name in alias.get("colnames", [])]
+            return [_Relation(alias.get("aliasname"), _rename(columns, names))]
+        if kind == "JoinExpr":
+            relations = self._from_item(node["larg"], scope) + self._from_item(node["rarg"], scope)
+            joined = _Scope(scope.relations + relations, scope.ctes, scope.outer)
+            self._filter(node.get("quals"), joined)
+            for using in node.get("usingClause", []):
+                self._filter({"ColumnRef": {"fields": [using]}}, joined)
+            if "alias" in node:
+                columns = _concat(relation.columns for relation in relations)
+                return [_Relation(node["alias"]["aliasname"], columns)]
+            return relations
+        # RangeFunction, RangeTableFunc, JSON_TABLE …: rows from a function.
+        sources = frozenset(self._sources(node, scope)[0])
+        if sources:
+            self.result.uncertain.append("a function in FROM returns rows derived from columns")
+        alias = node.get("alias", {})
+        return [_Relation(alias.get("aliasname"), None, sources)]
+
+    def _range_var(self, node: Node, scope: _Scope) -> _Relation:
+        schema, name = node.get("schemaname"), node["relname"]
+        alias = node.get("alias", {}).get("aliasname") or name
+        if schema is None:
+            cte = _find_cte(scope, name)
+            if cte is not None:
+                return _Relation(alias, cte.columns, cte.fallback)
+        qualified = self.relations.resolve(schema, name)
+        if qualified is None:
+            self.result.uncertain.append(f"relation {name} cannot be resolved")
+            return _Relation(alias, None)
+        view = self.relations.view_definition(qualified)
+        if view is not None:
+            return _Relation(alias, self._view(qualified, view))
+        columns = self.relations.columns(qualified)
+        if columns is None:
+            self.result.uncertain.append(f"the columns of {qualified} are unknown")
+            return _Relation(alias, None)
+        return _Relation(alias, [OutputColumn(column, frozenset({SourceColumn(qualified, column)}), True)
+                                 for column in columns])
+
+    def _view(self, qualified: str, definition: str) -> list[OutputColumn] | None:
+        if self.depth >= _MAX_VIEW_DEPTH:
+            self.result.uncertain.append(f"views nest too deeply at {qualified}")
+            return None
+        inner = lineage_of_view(definition, self.relations, self.depth + 1)
+        self.result.touched |= inner.touched
+        self.result.filters |= inner.filters
+        self.result.uncertain.extend(inner.uncertain)
+        names = self.relations.columns(qualified)
+        return _rename(inner.columns, names or [])
+
+    # -- expressions --------------------------------------------------------------
+
+    def _targets(self, targets: list[Node], scope: _Scope) -> list[OutputColumn] | None:
+        out: list[OutputColumn] = []
+        for target in targets:
+            res = target["ResTarget"]
+            value = res.get("val", {})
+            star = _star(value)
+            if star is not None:
+                expanded = self._expand(star, scope)
+                if expanded is None:
+                    return None
+                out.extend(expanded)
+                continue
+            sources, direct = self._sources(value, scope)
+            out.append(OutputColumn(res.get("name") or _figure_name(value), frozenset(sources), direct))
+        return out
+
+    def _expand(self, relation_name: str, scope: _Scope) -> list[OutputColumn] | None:
+        """`*` ("") or `t.*`: the columns of every relation in scope, or of t."""
+        relations = [r for r in scope.relations if not relation_name or r.name == relation_name]
+        columns = _concat(r.columns for r in relations)
+        if columns is None:
+            self.result.uncertain.append("* over a relation whose columns are unknown")
+            self.result.touched |= {s for r in relations for s in r.fallback}
+        else:
+            for column in columns:
+                self.result.touched |= column.sources
+        return columns
+
+    def _filter(self, node: Any, scope: _Scope) -> None:
+        if node:
+            sources, _ = self._sources(node, scope)
+            self.result.filters |= sources
+
+    def _sources(self, node: Any, scope: _Scope) -> tuple[set[SourceColumn], bool]:
+        """What a value derives from, and whether it is one column's value unchanged."""
+        if isinstance(node, list):
+            found: set[SourceColumn] = set()
+            for item in node:
+                found |= self._sources(item, scope)[0]
+            return found, False
+        if not isinstance(node, dict):
+            return set(), False
+        if "ColumnRef" in node:
+            return self._column_ref(node["ColumnRef"], scope)
+        if "TypeCast" in node:
+            return self._sources(node["TypeCast"].get("arg"), scope)
+        if "SelectStmt" in node:
+            columns = self.select(node["SelectStmt"], scope)
+            found = set().union(*(c.sources for c in columns)) if columns else set()
+            return found, False
+        if "SubLink" in node:
+            return self._sub_link(node["SubLink"], scope)
+        if "FuncCall" in node:
+            call = node["FuncCall"]
+            args, _ = self._sources(call.get("args", []), scope)
+            self._filter(call.get("agg_order"), scope)
+            self._filter(call.get("agg_filter"), scope)
+            self._filter(call.get("over"), scope)
+            name = call["funcname"][-1]["String"]["sval"]
+            return (set() if name in _COUNTING else args), False
+        found = set()
+        for key, child in node.items():
+            if isinstance(child, (dict, list)):
+                found |= self._sources(child, scope)[0]
+        return found, False
+
+    def _sub_link(self, link: Node, scope: _Scope) -> tuple[set[SourceColumn], bool]:
+        (_, query), = link["subselect"].items()
+        columns = self.select(query, scope)
+        inner = set().union(*(c.sources for c in columns)) if columns else set()
+        tested, _ = self._sources(link.get("testexpr"), scope)
+        kind = link.get("subLinkType")
+        if kind == "EXISTS_SUBLINK":
+            self.result.filters |= inner
+            return set(), False
+        if kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
+            return inner, False
+        # IN / ANY / ALL: a boolean that reveals membership.
+        self.result.filters |= inner | tested
+        return tested | inner, False
+
+    def _column_ref(self, ref: Node, scope: _Scope) -> tuple[set[SourceColumn], bool]:
+        fields = [f["String"]["sval"] if "String" in f else "*" for f in ref["fields"]]
+        if fields[-1] == "*":
+            columns = self._expand(fields[-2] if len(fields) > 1 else "", scope)
+            if columns is None:
+                return set(), False
+            return set().union(*(c.sources for c in columns)), False
+        column = fields[-1]
+        qualifier = fields[-2] if len(fields) > 1 else None
+        current: _Scope | None = scope
+        while current is not None:
+            for relation in current.relations:
+                if qualifier is not None and relation.name != qualifier:
+                    continue
+                if relation.columns is None:
+                    if qualifier is not None:
+                        self.result.touched |= relation.fallback
+                        return set(relation.fallback), False
+                    continue
+                for candidate in relation.columns:
+                    if candidate.name == column:
+                        self.result.touched |= candidate.sources
+                        return set(candidate.sources), candidate.direct
+            if qualifier is None:
+                # A whole-row reference: `SELECT c FROM customers c`, row_to_json(c).
+                for relation in current.relations:
+                    if relation.name == column:
+                        found = set().union(*(c.sources for c in relation.columns or []), relation.fallback)
+                        self.result.touched |= found
+                        return found, False
+                unknown = [r for r in current.relations if r.columns is None]
+                if unknown:
+                    found = set().union(*(r.fallback for r in unknown))
+                    self.result.uncertain.append(f"column {column} may come from a relation of unknown shape")
+                    return found, False
+            current = current.outer
+        self.result.uncertain.append(f"column {'.'.join(fields)} cannot be resolved")
+        return set(), False
+
+
+def lineage_of_view(definition: str, relations: Relations, depth: int) -> Lineage:
+    tree = json.loads(parser.parse_sql_json(definition))
+    (kind, node), = tree["stmts"][0]["stmt"].items()
+    return _Analyzer(relations, depth).statement(kind, node)
+
+
+def _find_cte(scope: _Scope | None, name: str) -> _Relation | None:
+    while scope is not None:
+        if name in scope.ctes:
+            return scope.ctes[name]
+        scope = scope.outer
+    return None
+
+
+def _star(value: Node) -> str | None:
+    """For a target `*` or `t.*`: "" or "t"; None for anything else."""
+    ref = value.get("ColumnRef")
+    if not ref or "A_Star" not in ref["fields"][-1]:
+        return None
+    fields = ref["fields"]
+    return fields[-2]["String"]["sval"] if len(fields) > 1 else ""
+
+
+def _figure_name(value: Node) -> str:
+    """The column name PostgreSQL gives an unnamed target (FigureColname, roughly)."""
+    if "ColumnRef" in value:
+        last = value["ColumnRef"]["fields"][-1]
+        return last["String"]["sval"] if "String" in last else "?column?"
+    if "FuncCall" in value:
+        return value["FuncCall"]["funcname"][-1]["String"]["sval"]
+    if "TypeCast" in value:
+        return _figure_name(value["TypeCast"].get("arg", {}))
+    return "?column?"
+
+
+def _rename(columns: list[OutputColumn] | None, names: list[str]) -> list[OutputColumn] | None:
+    if columns is None or not names:
+        return columns
+    return [OutputColumn(names[i], c.sources, c.direct) if i < len(names) else c for i, c in enumerate(columns)]
+
+
+def _concat(parts: Iterable[list[OutputColumn] | None]) -> list[OutputColumn] | None:
+    out: list[OutputColumn] = []
+    for part in parts:
+        if part is None:
+            return None
+        out.extend(part)
+    return out
+
+
+def _union(left: list[OutputColumn] | None, right: list[OutputColumn] | None) -> list[OutputColumn] | None:
+    """A set operation's columns: named by the left side, deriving from both."""
+    if left is None or right is None or len(left) != len(right):
+        return None
+    return [OutputColumn(a.name, a.sources | b.sources, a.direct and b.direct and a.sources == b.sources)
+            for a, b in zip(left, right)]

@@ -1,0 +1,149 @@
+"""Column lineage: every route from a sensitive column to an output column is followed."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgguard.masking.lineage import Relations, lineage
+
+TABLES = {
+    "public.customers": ["id", "full_name", "email", "phone", "card_number", "ssn", "city", "created_at"],
+    "public.orders": ["id", "customer_id", "total", "status", "created_at"],
+    "public.contacts": ["id", "mail"],
+    "public.deep": ["mail"],
+}
+VIEWS = {
+    "public.contacts": "SELECT id, lower(email) AS mail FROM public.customers",
+    "public.deep": "SELECT mail FROM public.contacts",
+}
+
+
+class FakeCatalog(Relations):
+    def resolve(self, schema: str | None, name: str) -> str | None:
+        qualified = f"{schema or 'public'}.{name}"
+        return qualified if qualified in TABLES else None
+
+    def columns(self, relation: str) -> list[str] | None:
+        return TABLES.get(relation)
+
+    def view_definition(self, relation: str) -> str | None:
+        return VIEWS.get(relation)
+
+
+def outputs(sql: str) -> list[tuple[str, set[str], bool]]:
+    result = lineage(sql, FakeCatalog())
+    assert result.columns is not None, result.uncertain
+    return [(c.name, {s.column for s in c.sources}, c.direct) for c in result.columns]
+
+
+def sources_of(sql: str) -> list[set[str]]:
+    return [sources for _, sources, _ in outputs(sql)]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT email FROM customers",
+    "SELECT email AS harmless FROM customers",
+    "SELECT c.email FROM customers c",
+    "SELECT public.customers.email FROM public.customers",
+    'SELECT "email" FROM "customers"',
+    "SELECT email::varchar FROM customers",
+    "SELECT x.e FROM (SELECT email AS e FROM customers) x",
+    "SELECT y.a FROM (SELECT e AS a FROM (SELECT email AS e FROM customers) x) y",
+    "WITH x AS (SELECT email FROM customers) SELECT email FROM x",
+    "WITH x(renamed) AS (SELECT email FROM customers) SELECT renamed FROM x",
+    "SELECT q.z FROM (SELECT email FROM customers) AS q(z)",
+    "WITH d AS (DELETE FROM customers WHERE false RETURNING email) SELECT email FROM d",
+])
+def test_a_column_is_followed_through_aliases_casts_subqueries_and_ctes(sql):
+    assert outputs(sql) == [(outputs(sql)[0][0], {"email"}, True)]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT lower(email) FROM customers",
+    "SELECT upper(substr(email, 1, 3)) FROM customers",
+    "SELECT email || '' FROM customers",
+    "SELECT CASE WHEN id > 0 THEN email END FROM customers",
+    "SELECT coalesce(NULL, email) FROM customers",
+    "SELECT (SELECT email FROM customers LIMIT 1)",
+    "SELECT ARRAY(SELECT email FROM customers)",
+    "SELECT max(email) FROM customers",
+    "SELECT string_agg(email, ',') FROM customers",
+    "SELECT json_agg(email) FROM customers",
+    "SELECT first_value(email) OVER (ORDER BY id) FROM customers",
+    "SELECT * FROM contacts",
+    "SELECT mail FROM deep",
+])
+def test_derived_values_keep_their_sources(sql):
+    sources = sources_of(sql)
+    assert any("email" in s for s in sources), sources
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT row_to_json(c) FROM customers c",
+    "SELECT to_jsonb(c.*) FROM customers c",
+    "SELECT c FROM customers c",
+    "SELECT ROW(c.*) FROM customers c",
+    "SELECT json_agg(c) FROM customers c",
+    "SELECT array_agg(c) FROM customers c",
+])
+def test_whole_row_references_carry_every_column(sql):
+    (sources,) = sources_of(sql)
+    assert {"email", "ssn", "card_number", "phone"} <= sources
+
+
+def test_star_expands_in_from_order_with_every_join_side():
+    names = [name for name, _, _ in outputs("SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id")]
+    assert names[:5] == TABLES["public.orders"] and names[5:] == TABLES["public.customers"]
+    assert outputs("SELECT c.*, o.id FROM orders o, customers c")[2] == ("email", {"email"}, True)
+
+
+def test_set_operations_merge_sources_by_position():
+    assert sources_of("SELECT status FROM orders UNION SELECT email FROM customers") == [{"status", "email"}]
+    assert sources_of("SELECT email FROM customers EXCEPT SELECT status FROM orders") == [{"email", "status"}]
+
+
+def test_recursive_cte_follows_the_recursive_term():
+    sql = ("WITH RECURSIVE t(n, s) AS (SELECT 1, ''::text UNION ALL "
+           "SELECT n + 1, (SELECT ssn FROM customers LIMIT 1) FROM t WHERE n < 3) SELECT s FROM t")
+    assert sources_of(sql) == [{"ssn"}]
+
+
+def test_lateral_subquery_sees_the_outer_row():
+    assert outputs("SELECT l.x FROM customers c, LATERAL (SELECT c.ssn AS x) l") == [("x", {"ssn"}, True)]
+
+
+def test_counting_reveals_nothing_but_filters_are_collected():
+    result = lineage("SELECT count(email) FROM customers WHERE ssn LIKE '1%' GROUP BY city ORDER BY count(*)",
+                     FakeCatalog())
+    assert [c.sources for c in result.columns or []] == [frozenset()]
+    assert {s.column for s in result.filters} == {"ssn", "city"}
+
+
+@pytest.mark.parametrize(("sql", "column"), [
+    ("SELECT id FROM customers ORDER BY ssn", "ssn"),
+    ("SELECT id FROM customers c JOIN orders o ON o.customer_id = c.id AND c.email = 'x'", "email"),
+    ("SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE card_number > '4')", "card_number"),
+    ("SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.ssn = 'x')", "ssn"),
+    ("SELECT DISTINCT ON (email) id FROM customers", "email"),
+    ("SELECT id FROM customers GROUP BY id, phone", "phone"),
+])
+def test_inference_through_predicates_is_recorded(sql, column):
+    assert column in {s.column for s in lineage(sql, FakeCatalog()).filters}
+
+
+def test_a_cte_shadows_a_table_of_the_same_name():
+    assert sources_of("WITH customers AS (SELECT 1 AS email) SELECT email FROM customers") == [set()]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM nowhere",
+    "SELECT * FROM customers, jsonb_each(to_jsonb(customers)) j",
+    "SELECT j.value FROM customers c, jsonb_each(to_jsonb(c)) j",
+])
+def test_what_cannot_be_followed_is_reported_uncertain(sql):
+    assert lineage(sql, FakeCatalog()).uncertain
+
+
+def test_copy_of_a_table_lists_its_columns_in_the_copy_order():
+    assert outputs("COPY customers (ssn, id) TO STDOUT") == [("ssn", {"ssn"}, True), ("id", {"id"}, True)]
+    assert sources_of("COPY (SELECT lower(email) FROM customers) TO STDOUT") == [{"email"}]
