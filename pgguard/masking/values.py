@@ -1,0 +1,52 @@
+"""What masking needs to know about PostgreSQL values on the wire.
+
+A DataRow carries each column's value as bytes in the format the client asked
+for in Bind (0 text, 1 binary); RowDescription gives the column's type OID.
+Masking looks at no more than this: the type OIDs whose values it can rewrite
+(everything else becomes SQL NULL, which every type admits), and the one
+encoding detail among them that differs between the formats, jsonb's version
+byte.
+
+Text-like types (text, varchar, bpchar, name, unknown) and json are the same
+bytes in both formats: their binary send functions write the text as is.
+Domains are reported by their base type, so a domain over text is text here;
+types whose OID is assigned at CREATE EXTENSION time (citext) are unknown and
+masked to NULL.
+"""
+
+from __future__ import annotations
+
+TEXT_FORMAT = 0
+BINARY_FORMAT = 1
+
+NAME = 19
+TEXT = 25
+UNKNOWN = 705
+BPCHAR = 1042
+VARCHAR = 1043
+TEXT_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
+
+JSON = 114
+JSONB = 3802
+JSON_TYPES = frozenset({JSON, JSONB})
+
+INT2 = 21
+INT4 = 23
+INT8 = 20
+# Bytes of each integer type's binary format (big-endian two's complement).
+INT_WIDTHS = {INT2: 2, INT4: 4, INT8: 8}
+
+UUID = 2950
+
+# jsonb_send writes a version byte, then the JSON text; version 1 is the only
+# one PostgreSQL has ever had.
+JSONB_BINARY_HEADER = b"\x01"
+
+
+def json_header(type_oid: int, fmt: int) -> bytes:
+    """The bytes before the JSON text in a json/jsonb value in format `fmt`.
+
+    Only jsonb's binary format has any; callers strip `len(header)` bytes to
+    get the text and put the header back in front of what they send.
+    """
+    return JSONB_BINARY_HEADER if type_oid == JSONB and fmt == BINARY_FORMAT else b""
