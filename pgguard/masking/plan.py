@@ -1,0 +1,185 @@
+"""From a query's lineage to a masking plan, and from a plan to a row masker.
+
+Two steps, because the two halves of the information arrive at different
+times. When the statement is seen, its lineage says which output columns
+derive from which table columns: that is enough to decide whether it may
+run at all (fail closed) and what each output position needs. When the
+server's RowDescription arrives, it fixes each column's type and format, and
+names the table column of every plain column reference; only then can each
+column's mask be built. A column the RowDescription ties to a sensitive
+table column is masked with that column's function whatever the lineage said.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from pgguard.config import ConfigError
+from pgguard.masking.detectors import Scrubber
+from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
+from pgguard.masking.lineage import Lineage, SourceColumn
+from pgguard.masking.values import JSON_TYPES, TEXT_TYPES
+from pgguard.wire.backend import FieldDescription
+
+# What a derived value of a sensitive column becomes: NULL, valid for every type.
+NULLIFY = MaskSpec("null")
+
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+
+
+@dataclass(frozen=True)
+class MaskingRules:
+    """The [masking] section: which columns are sensitive and how each is shown."""
+
+    columns: dict[str, MaskSpec]  # schema.table.column -> function
+    key: bytes = b""
+
+    @classmethod
+    def from_config(cls, table: dict[str, Any], base: Path) -> MaskingRules:
+        columns = {}
+        for name, value in table.get("columns", {}).items():
+            if name.count(".") != 2:
+                raise ConfigError(f"[masking.columns] {name!r}: expected schema.table.column")
+            columns[name] = MaskSpec.parse(value, f"masking.columns.{name}")
+        key = b""
+        if "key_file" in table:
+            try:
+                key = (base / table["key_file"]).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"[masking] key_file: {exc.strerror}") from exc
+        if not key and any(spec.needs_key for spec in columns.values()):
+            raise ConfigError("[masking] key_file is required by the hmac and fake functions")
+        return cls(columns, key)
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """What one session's roles may see raw: the union of their clearances."""
+
+    rules: MaskingRules
+    unmasked: tuple[str, ...]
+    scrubber: Scrubber | None
+    strict: bool
+
+    def spec_for(self, column: SourceColumn) -> MaskSpec | None:
+        """The mask a sensitive column gets in this session; None if it is shown raw."""
+        name = str(column)
+        spec = self.rules.columns.get(name)
+        if spec is None or any(fnmatchcase(name, pattern) for pattern in self.unmasked):
+            return None
+        return spec
+
+    def hidden(self, columns: Iterable[SourceColumn]) -> list[SourceColumn]:
+        return sorted((c for c in columns if self.spec_for(c) is not None), key=str)
+
+    @property
+    def active(self) -> bool:
+        return self.scrubber is not None or any(
+            not any(fnmatchcase(name, pattern) for pattern in self.unmasked) for name in self.rules.columns)
+
+
+@dataclass(frozen=True)
+class ResultPlan:
+    # Per output position: the mask, or None to pass it; None for a shape
+    # lineage could not fix (then nothing sensitive was touched).
+    columns: tuple[MaskSpec | None, ...] | None
+
+
+class MaskingRefused(Exception):
+    """The statement would reveal a column the session may not see, or its lineage is unknown."""
+
+
+def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
+    """The plan for a statement's result; raises MaskingRefused where masking cannot be guaranteed."""
+    touched = clearance.hidden(lineage.touched | lineage.filters)
+    if lineage.uncertain and touched:
+        raise MaskingRefused(f"the statement reads {', '.join(map(str, touched))}, and pgguard cannot tell "
+                             f"where its values end up ({lineage.uncertain[0]})")
+    if clearance.strict:
+        inferred = clearance.hidden(lineage.filters)
+        if inferred:
+            raise MaskingRefused(f"the statement filters, groups, joins or sorts on {', '.join(map(str, inferred))},"
+                                 " which reveals its values")
+    if lineage.columns is None:
+        if touched:
+            raise MaskingRefused(f"the statement reads {', '.join(map(str, touched))} into columns pgguard "
+                                 "cannot follow")
+        return ResultPlan(None)
+    columns = []
+    for column in lineage.columns:
+        hidden = clearance.hidden(column.sources)
+        if not hidden:
+            columns.append(None)
+        elif column.direct and len(hidden) == 1:
+            columns.append(clearance.spec_for(hidden[0]))
+        else:
+            columns.append(NULLIFY)
+    return ResultPlan(tuple(columns))
+
+
+class RowMasker:
+    """Rewrites DataRow messages, one at a time, with a mask per column."""
+
+    def __init__(self, masks: list[ValueMask | None]) -> None:
+        self.masks = masks
+
+    def mask(self, message: bytes) -> bytes:
+        """A DataRow message (tag and length included) with its values masked."""
+        (count,) = _INT16.unpack_from(message, 5)
+        pos = 7
+        parts = [message[5:7]]
+        masks = self.masks
+        for index in range(count):
+            (length,) = _INT32.unpack_from(message, pos)
+            pos += 4
+            value = None if length < 0 else message[pos:pos + length]
+            pos += max(length, 0)
+            mask = masks[index] if index < len(masks) else None
+            if mask is not None and value is not None:
+                value = mask(value)
+            parts.append(b"\xff\xff\xff\xff" if value is None else _INT32.pack(len(value)) + value)
+        body = b"".join(parts)
+        return b"D" + _INT32.pack(len(body) + 4) + body
+
+
+def row_masker(result: ResultPlan, fields: list[FieldDescription], formats: list[int] | None,
+               clearance: Clearance, table_column: Callable[[int, int], SourceColumn | None]) -> RowMasker | None:
+    """The masker for a result, once RowDescription fixed its types; None when nothing needs masking.
+
+    `formats` are the result formats the client asked for in Bind (one for
+    all, or one per column), overriding RowDescription's, which a Describe of
+    a statement reports as text. `table_column` maps RowDescription's table
+    OID and attribute number to the table column, where the server gives one.
+    """
+    planned = result.columns
+    misaligned = planned is not None and len(planned) != len(fields)
+    masks: list[ValueMask | None] = []
+    for index, field in enumerate(fields):
+        fmt = _format(formats, index, field.format)
+        spec: MaskSpec | None = None
+        source = table_column(field.table_oid, field.column_number) if field.table_oid else None
+        if source is not None:
+            spec = clearance.spec_for(source)
+        if spec is None and planned is not None:
+            spec = NULLIFY if misaligned else planned[index]
+        if spec is not None:
+            masks.append(column_mask(spec, field.type_oid, fmt, clearance.rules.key))
+        elif clearance.scrubber is not None and field.type_oid in TEXT_TYPES:
+            masks.append(clearance.scrubber.scrub_bytes)
+        elif clearance.scrubber is not None and field.type_oid in JSON_TYPES:
+            masks.append(clearance.scrubber.scrub_json)
+        else:
+            masks.append(None)
+    return RowMasker(masks) if any(mask is not None for mask in masks) else None
+
+
+def _format(formats: list[int] | None, index: int, described: int) -> int:
+    if not formats:
+        return described
+    return formats[0] if len(formats) == 1 else formats[index]

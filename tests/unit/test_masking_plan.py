@@ -1,0 +1,85 @@
+"""Masking plans: what each output column gets, and what is refused because it cannot be masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgguard.masking.detectors import Scrubber
+from pgguard.masking.functions import MaskSpec
+from pgguard.masking.lineage import SourceColumn, lineage
+from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, MaskingRules, ResultPlan, plan, row_masker
+from pgguard.masking.values import INT4, TEXT
+from pgguard.wire.backend import DataRow, FieldDescription
+from test_masking_lineage import FakeCatalog
+
+RULES = MaskingRules({"public.customers.email": MaskSpec("email"), "public.customers.ssn": MaskSpec("redact")})
+ANALYST = Clearance(RULES, (), Scrubber(["card_number", "email"]), strict=True)
+SUPPORT = Clearance(RULES, ("public.customers.email",), None, strict=False)
+
+
+def plan_for(sql: str, clearance: Clearance = ANALYST) -> ResultPlan:
+    return plan(lineage(sql, FakeCatalog()), clearance)
+
+
+def test_direct_columns_get_their_function_and_derived_ones_null():
+    result = plan_for("SELECT id, email, lower(email), ssn FROM customers")
+    assert result.columns == (None, MaskSpec("email"), NULLIFY, MaskSpec("redact"))
+
+
+def test_a_cleared_column_passes_raw():
+    assert plan_for("SELECT email, ssn FROM customers", SUPPORT).columns == (None, MaskSpec("redact"))
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id FROM customers WHERE ssn LIKE '1%'",
+    "SELECT id FROM customers ORDER BY email",
+    "SELECT city, count(*) FROM customers GROUP BY city, ssn",
+])
+def test_strict_mode_refuses_inference_and_lax_mode_allows_it(sql):
+    with pytest.raises(MaskingRefused, match="reveals its values"):
+        plan_for(sql)
+    plan_for(sql, Clearance(RULES, (), None, strict=False))
+
+
+def test_unknown_lineage_over_a_sensitive_column_is_refused():
+    with pytest.raises(MaskingRefused, match="cannot tell"):
+        plan_for("SELECT j.value FROM customers c, jsonb_each(to_jsonb(c)) j")
+
+
+def test_unknown_lineage_without_sensitive_columns_is_allowed():
+    assert plan_for("SELECT * FROM generate_series(1, 3)").columns is None
+
+
+def field(name: str, type_oid: int, table_oid: int = 0, column: int = 0) -> FieldDescription:
+    return FieldDescription(name, table_oid, column, type_oid, -1, -1, 0)
+
+
+def test_row_masker_masks_values_and_scrubs_free_text():
+    result = plan_for("SELECT id, email, full_name FROM customers")
+    masker = row_masker(result, [field("id", INT4), field("email", TEXT), field("full_name", TEXT)], None,
+                        ANALYST, lambda oid, attnum: None)
+    assert masker is not None
+    row = DataRow([b"7", b"jane.doe@example.com", b"Jane 4111 1111 1111 1111"]).encode()
+    masked = DataRow.decode(masker.mask(row)[5:]).values
+    assert masked[0] == b"7"
+    assert b"jane.doe" not in masked[1] and masked[1].endswith(b"@example.com")
+    assert b"4111 1111 1111" not in masked[2] and masked[2].endswith(b"1111")
+
+
+def test_row_description_names_the_sensitive_column_even_when_lineage_does_not():
+    ssn = SourceColumn("public.customers", "ssn")
+    masker = row_masker(ResultPlan((None,)), [field("x", TEXT, 16384, 6)], None, SUPPORT,
+                        lambda oid, attnum: ssn if (oid, attnum) == (16384, 6) else None)
+    assert masker is not None
+    assert DataRow.decode(masker.mask(DataRow([b"123-45-6789"]).encode())[5:]).values == [b"[redacted]"]
+
+
+def test_a_misaligned_plan_masks_every_column():
+    masker = row_masker(ResultPlan((None,)), [field("a", TEXT), field("b", TEXT)], None, SUPPORT,
+                        lambda oid, attnum: None)
+    assert masker is not None
+    assert DataRow.decode(masker.mask(DataRow([b"x", b"y"]).encode())[5:]).values == [None, None]
+
+
+def test_nothing_to_mask_gives_no_masker():
+    assert row_masker(ResultPlan((None,)), [field("id", INT4)], None, SUPPORT, lambda oid, attnum: None) is None
