@@ -19,7 +19,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from pgguard.config import ConfigError
+from pgguard.config import ConfigError, RoleConfig
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
@@ -82,6 +82,34 @@ class Clearance:
     def active(self) -> bool:
         return self.scrubber is not None or any(
             not any(fnmatchcase(name, pattern) for pattern in self.unmasked) for name in self.rules.columns)
+
+
+def clearance_for(rules: MaskingRules, default_detectors: list[str], roles: Iterable[RoleConfig]) -> Clearance:
+    """A session's clearance: the union of its roles' grants.
+
+    A column is shown raw if any role is cleared for it; a detector runs only
+    if every role has it (a role without `detectors` has the [masking]
+    defaults, unless it is cleared for everything); inference is refused only
+    if every role is strict.
+    """
+    unmasked: list[str] = []
+    detectors: set[str] | None = None
+    strict = True
+    for role in roles:
+        patterns = _strings(role.rules.get("unmasked", []), f"roles.{role.name}.unmasked")
+        unmasked.extend(patterns)
+        default = [] if "*" in patterns else default_detectors
+        names = set(_strings(role.rules.get("detectors", default), f"roles.{role.name}.detectors"))
+        detectors = names if detectors is None else detectors & names
+        strict = strict and bool(role.rules.get("strict_inference", False))
+    scrubber = Scrubber.parse(sorted(detectors), "roles.detectors") if detectors else None
+    return Clearance(rules, tuple(unmasked), scrubber, strict)
+
+
+def _strings(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"[{where}] must be a list of strings")
+    return value
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import pytest
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import MaskSpec
 from pgguard.masking.lineage import SourceColumn, lineage
-from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, MaskingRules, ResultPlan, plan, row_masker
+from pgguard.config import RoleConfig
+from pgguard.masking.plan import (NULLIFY, Clearance, MaskingRefused, MaskingRules, ResultPlan, clearance_for, plan,
+                                  row_masker)
 from pgguard.masking.values import INT4, TEXT
 from pgguard.wire.backend import DataRow, FieldDescription
 from test_masking_lineage import FakeCatalog
@@ -83,3 +85,24 @@ def test_a_misaligned_plan_masks_every_column():
 
 def test_nothing_to_mask_gives_no_masker():
     assert row_masker(ResultPlan((None,)), [field("id", INT4)], None, SUPPORT, lambda oid, attnum: None) is None
+
+
+def role(name: str, **rules: object) -> RoleConfig:
+    return RoleConfig(name, (name,), "login", dict(rules))
+
+
+def test_clearance_is_the_union_of_the_roles_grants():
+    analyst = role("analysts", detectors=["card_number", "email"], strict_inference=True)
+    support = role("support", unmasked=["public.customers.email"], detectors=["card_number"])
+    both = clearance_for(RULES, ["card_number", "email"], [analyst, support])
+    assert both.spec_for(SourceColumn("public.customers", "email")) is None
+    assert both.spec_for(SourceColumn("public.customers", "ssn")) == MaskSpec("redact")
+    assert both.scrubber is not None and both.scrubber.names == ("card_number",)
+    assert not both.strict
+    alone = clearance_for(RULES, ["card_number", "email"], [analyst])
+    assert alone.strict and alone.spec_for(SourceColumn("public.customers", "email")) == MaskSpec("email")
+
+
+def test_a_role_cleared_for_everything_gets_no_detectors_by_default():
+    dba = clearance_for(RULES, ["card_number"], [role("dba", unmasked=["*"])])
+    assert dba.scrubber is None and not dba.active
