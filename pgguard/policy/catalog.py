@@ -41,7 +41,22 @@ UNION ALL
 SELECT 's', nspname, '' FROM pg_catalog.pg_namespace
 UNION ALL
 SELECT 'r', 'pg_catalog', relname FROM pg_catalog.pg_class
-  WHERE relnamespace = 'pg_catalog'::pg_catalog.regnamespace"""
+  WHERE relnamespace = 'pg_catalog'::pg_catalog.regnamespace
+UNION ALL
+SELECT 'c', n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.proname, t.typname
+  FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'c', n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.proname, t.typname
+  FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+   AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
 
 
 @dataclass(frozen=True)
@@ -52,11 +67,15 @@ class Catalog:
     functions: dict[str, frozenset[str]]
     operators: dict[str, frozenset[str]]
     loaded_at: float = field(default_factory=time.monotonic)
+    # type name -> user-defined functions (schema.name) that a cast to it may
+    # run: cast functions, and functions a domain's CHECK constraints call
+    casts: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[str, str, str]]) -> Catalog:
         functions: dict[str, set[str]] = defaultdict(set)
         operators: dict[str, set[str]] = defaultdict(set)
+        casts: dict[str, set[str]] = defaultdict(set)
         schemas: set[str] = set()
         relations: set[str] = set()
         for kind, schema, name in rows:
@@ -66,11 +85,14 @@ class Catalog:
                 operators[name].add(schema)
             elif kind == "s":
                 schemas.add(schema)
+            elif kind == "c":
+                casts[name].add(schema)  # here `schema` is the function's qualified name
             else:
                 relations.add(name)
         return cls(frozenset(schemas), frozenset(relations),
                    {k: frozenset(v) for k, v in functions.items()},
-                   {k: frozenset(v) for k, v in operators.items()})
+                   {k: frozenset(v) for k, v in operators.items()},
+                   casts={k: frozenset(v) for k, v in casts.items()})
 
 
 EMPTY = Catalog(frozenset(SYSTEM_SCHEMAS), frozenset(), {}, {})

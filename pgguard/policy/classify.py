@@ -50,6 +50,8 @@ _DML = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
 # Settings that change who the session is or whether it may write.
 IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
 READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+# Settings that change how PostgreSQL reads the text of later statements.
+LEXICAL_SETTINGS = frozenset({"standard_conforming_strings"})
 
 # Functions that change state although they are called from a SELECT.
 SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
@@ -84,8 +86,13 @@ class Statement:
     writes: dict[Name, set[str]] = field(default_factory=dict)
     functions: set[Name] = field(default_factory=set)
     operators: set[Name] = field(default_factory=set)
-    # SET/RESET: (name, values); values None for RESET.
+    # SET/RESET: (name, values); values None for RESET. A search_path value
+    # is always one list string, as `SHOW search_path` would print it.
     settings: list[tuple[str, list[str] | None]] = field(default_factory=list)
+    # Field names that may call a function in attribute notation (`o.f` is f(o)).
+    attributes: set[str] = field(default_factory=set)
+    # Type names cast to explicitly: a cast or a domain check may run user code.
+    casts: set[Name] = field(default_factory=set)
     # True when the statement asks for a read-write transaction.
     read_write: bool = False
     # UPDATE or DELETE with no WHERE clause (for approval rules).
@@ -124,11 +131,79 @@ def parse(sql: str) -> list[Statement]:
 
 
 def setting(name: str, value: str) -> Statement:
-    """A startup-packet setting, classified as the SET that would make it."""
+    """A startup-packet setting, classified as the SET that would make it.
+
+    Its value is the setting's text as is (like set_config's), so a search_path
+    here is a list string, not one quoted schema name as in `SET search_path = 'a,b'`.
+    """
     statement = Statement("VariableSetStmt", f"SET {name} = {value}", 0)
-    _Walker(statement).statement("VariableSetStmt", {
-        "kind": "VAR_SET_VALUE", "name": name, "args": [{"A_Const": {"sval": {"sval": value}}}]})
+    statement.classes.add(SESSION)
+    _Walker(statement).record_setting(name, [value])
     return statement
+
+
+def pg_true(value: str) -> bool:
+    """Whether PostgreSQL's parse_bool reads `value` as true (unique prefixes of true/yes, on, 1)."""
+    lowered = value.lower()
+    return lowered in ("on", "1") or bool(lowered) and ("true".startswith(lowered) or "yes".startswith(lowered))
+
+
+def split_identifiers(text: str, separator: str = ",") -> list[str] | None:
+    """A list of identifiers as PostgreSQL's SplitIdentifierString reads it; None if malformed.
+
+    Unquoted names are folded to lower case (ASCII only, as PostgreSQL does);
+    quoted ones keep their case, with "" standing for one quote.
+    """
+    names: list[str] = []
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos] in _SPACE:
+            pos += 1
+        if pos < end and text[pos] == '"':
+            name, pos = "", pos + 1
+            while True:
+                close = text.find('"', pos)
+                if close < 0:
+                    return None  # unterminated quote
+                name += text[pos:close]
+                pos = close + 1
+                if text[pos:pos + 1] != '"':
+                    break
+                name, pos = name + '"', pos + 1
+            if not name:
+                return None
+        else:
+            start = pos
+            while pos < end and text[pos] != separator and text[pos] not in _SPACE:
+                pos += 1
+            if pos == start:
+                return None if names or pos < end else names
+            name = text[start:pos].translate(_ASCII_LOWER)
+        names.append(_truncate(name))
+        while pos < end and text[pos] in _SPACE:
+            pos += 1
+        if pos >= end:
+            return names
+        if text[pos] != separator:
+            return None
+        pos += 1
+
+
+_SPACE = " \t\n\r\f\v"  # PostgreSQL's scanner_isspace; anything else is part of a name
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_NAMEDATALEN = 64
+
+
+def _truncate(name: str) -> str:
+    """An identifier cut to PostgreSQL's 63 bytes, on a character boundary."""
+    encoded = name.encode()
+    if len(encoded) < _NAMEDATALEN:
+        return name
+    return encoded[:_NAMEDATALEN - 1].decode(errors="ignore")
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _name(items: list[Node]) -> Name:
@@ -176,27 +251,45 @@ class _Walker:
             self.out.classes.add(OTHER)
         self.walk(node)
 
-    def _with(self, node: Node) -> set[str]:
-        names = {cte["CommonTableExpr"]["ctename"] for cte in node.get("withClause", {}).get("ctes", [])}
-        self.ctes.append(names)
-        return names
+    def _with(self, node: Node) -> None:
+        """Walk a WITH clause and bring its names into scope; the caller pops the scope.
+
+        A CTE's own name, or a later sibling's, is a table inside its body
+        unless the WITH is RECURSIVE.
+        """
+        clause = node.get("withClause") or {}
+        ctes = clause.get("ctes", [])
+        names = [cte["CommonTableExpr"]["ctename"] for cte in ctes]
+        if clause.get("recursive"):
+            self.ctes.append(set(names))
+            self.walk(ctes)
+            return
+        visible: set[str] = set()
+        self.ctes.append(visible)
+        for cte, name in zip(ctes, names):
+            self.walk(cte)
+            visible.add(name)
 
     def _stmt_SelectStmt(self, node: Node) -> None:
         self.out.classes.add(READ)
-        self._with(node)
+        outer_reads, self.out.reads = self.out.reads, set()
         try:
-            if node.get("intoClause"):
-                self.out.classes.add(DDL)
-                self.out.write(_relation(node["intoClause"]["rel"]), "ddl")
-            before = set(self.out.reads)
-            self.walk({k: v for k, v in node.items() if k != "intoClause"})
+            self._with(node)
+            try:
+                if node.get("intoClause"):
+                    self.out.classes.add(DDL)
+                    self.out.write(_relation(node["intoClause"]["rel"]), "ddl")
+                self.walk({k: v for k, v in node.items() if k not in ("intoClause", "withClause")})
+            finally:
+                self.ctes.pop()
             if node.get("lockingClause"):
-                # FOR UPDATE/SHARE takes row locks: a write on what it reads.
+                # FOR UPDATE/SHARE takes row locks: a write on what this
+                # SELECT reads, even where another part of the statement reads it too.
                 self.out.classes.add(WRITE)
-                for relation in self.out.reads - before:
+                for relation in self.out.reads:
                     self.out.write(relation, "lock")
         finally:
-            self.ctes.pop()
+            self.out.reads = outer_reads | self.out.reads
 
     def _dml(self, node: Node, kind: str, reads_target: bool) -> None:
         self.out.classes.add(WRITE)
@@ -204,10 +297,11 @@ class _Walker:
         try:
             target = _relation(node["relation"])
             self.out.write(target, kind)
-            if reads_target or node.get("returningList"):
+            # RETURNING (returningClause since PostgreSQL 18's tree) and ON CONFLICT read the target.
+            if reads_target or node.get("returningClause") or node.get("returningList") or \
+                    node.get("onConflictClause"):
                 self.out.reads.add(target)
             self.walk({k: v for k, v in node.items() if k not in ("relation", "withClause")})
-            self.walk(node.get("withClause", {}))
         finally:
             self.ctes.pop()
 
@@ -268,6 +362,8 @@ class _Walker:
         self.out.reads |= planned.reads | set(planned.writes)
         self.out.functions |= planned.functions
         self.out.operators |= planned.operators
+        self.out.attributes |= planned.attributes
+        self.out.casts |= planned.casts
 
     def _stmt_PrepareStmt(self, node: Node) -> None:
         (kind, inner), = node["query"].items()
@@ -286,6 +382,13 @@ class _Walker:
     def _stmt_DeallocateStmt(self, node: Node) -> None:
         self.out.classes.add(SESSION)
         self.out.deallocates = "*" if node.get("isall") else node.get("name")
+
+    def _stmt_DiscardStmt(self, node: Node) -> None:
+        self.out.classes.add(SESSION)
+        if node.get("target") == "DISCARD_ALL":
+            # DEALLOCATE ALL and RESET ALL, among others.
+            self.out.deallocates = "*"
+            self.out.settings.append(("all", None))
 
     def _stmt_DeclareCursorStmt(self, node: Node) -> None:
         (kind, inner), = node["query"].items()
@@ -313,7 +416,7 @@ class _Walker:
             self._transaction_options(node.get("args", []))
             return
         if kind in ("VAR_RESET", "VAR_RESET_ALL"):
-            self.out.settings.append((name or "all", None))
+            self.out.settings.append(((name or "all").lower(), None))
             return
         values = []
         for arg in node.get("args", []):
@@ -321,9 +424,20 @@ class _Walker:
             if value is None:
                 raise Unsupported(f"SET {name} with a value that is not a constant")
             values.append(value)
-        self.out.settings.append((name.lower(), values))
-        if name.lower() in READ_ONLY_SETTINGS and values and \
-                values[0].lower() in ("off", "false", "0", "no"):
+        if name.lower() == "search_path" and values:
+            # Each value of a SET is one schema name exactly as written (PostgreSQL
+            # quotes it): SET search_path = 'a,b' names the schema "a,b".
+            values = [", ".join(quote_identifier(value) for value in values)]
+        self.record_setting(name, values)
+
+    def record_setting(self, name: str, values: list[str]) -> None:
+        """A setting made with `values` (empty for DEFAULT), with what it implies."""
+        name = name.lower()
+        if name == "search_path" and any(split_identifiers(value) is None for value in values):
+            raise Unsupported(f"a search_path pgguard cannot read: {values[0]!r}")
+        self.out.settings.append((name, values))
+        if name in READ_ONLY_SETTINGS and values and not pg_true(values[0]):
+            # Anything PostgreSQL would not read as true is taken as off.
             self.out.read_write = True
 
     def _ddl_targets(self, kind: str, node: Node) -> None:
@@ -348,6 +462,9 @@ class _Walker:
             out.writes.setdefault(relation, set()).update(kinds)
         out.functions |= other.functions
         out.operators |= other.operators
+        out.attributes |= other.attributes
+        out.casts |= other.casts
+        out.settings.extend(other.settings)
         out.read_write |= other.read_write
         out.unfiltered |= other.unfiltered
 
@@ -375,6 +492,26 @@ class _Walker:
             elif key == "A_Expr":
                 self._operator(child)
                 self.walk(child)
+            elif key == "ColumnRef":
+                # `o.f` may be f(o), a function call in attribute notation.
+                self._attributes(child.get("fields", [])[1:])
+            elif key == "A_Indirection":
+                self._attributes(child.get("indirection", []))
+                self.walk(child)
+            elif key == "TypeCast":
+                names = child.get("typeName", {}).get("names", [])
+                if names:
+                    self.out.casts.add(_name(names))
+                self.walk(child)
+            elif key == "SubLink" and child.get("operName"):
+                self.out.operators.add(_name(child["operName"]))  # x <op> ANY (SELECT ...)
+                self.walk(child)
+            elif key == "SortBy" and child.get("useOp"):
+                self.out.operators.add(_name(child["useOp"]))  # ORDER BY x USING <op>
+                self.walk(child)
+            elif key == "CaseExpr" and child.get("arg"):
+                self.out.operators.add(Name(None, "="))  # CASE x WHEN y compares with =
+                self.walk(child)
             elif key[0].isupper() and key.endswith("Stmt"):
                 self.statement(key, child)  # node types are CamelCase; fields are not
             else:
@@ -396,7 +533,9 @@ class _Walker:
                 sequence = _constant(args[0]) if args else None
                 if sequence is None:
                     raise Unsupported(f"{name.name}() of a sequence that is not a constant")
-                parts = [part.strip('"') for part in sequence.split(".")]
+                parts = split_identifiers(sequence, ".")  # read as regclass reads it
+                if not parts or len(parts) > 3:
+                    raise Unsupported(f"{name.name}() of a sequence name pgguard cannot read: {sequence!r}")
                 self.out.write(Name(parts[-2] if len(parts) > 1 else None, parts[-1]), "sequence")
             elif name.name in NOTIFIERS:
                 self.out.classes.add(WRITE)
@@ -410,15 +549,22 @@ class _Walker:
             raise Unsupported("set_config() of a setting that is not a constant")
         setting = setting.lower()
         value = _constant(args[1]) if len(args) > 1 else None
-        if value is None and setting == "search_path":
-            raise Unsupported("set_config() of search_path to a value that is not a constant")
-        self.out.settings.append((setting, [value] if value is not None else []))
-        if setting in READ_ONLY_SETTINGS and (value is None or value.lower() in ("off", "false", "0", "no")):
+        if value is None and setting in ("search_path", "client_encoding", *LEXICAL_SETTINGS):
+            raise Unsupported(f"set_config() of {setting} to a value that is not a constant")
+        self.record_setting(setting, [value] if value is not None else [])
+        if setting in READ_ONLY_SETTINGS and value is None:
             self.out.read_write = True
 
     def _operator(self, node: Node) -> None:
         if node.get("kind") in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM",
                                 "AEXPR_NOT_BETWEEN_SYM"):
-            return  # a keyword; the comparisons it implies are built in
+            # A keyword standing for the comparisons it implies.
+            self.out.operators.update((Name(None, ">="), Name(None, "<=")))
+            return
         name = _name(node.get("name", []))
         self.out.operators.add(name)
+
+    def _attributes(self, fields: list[Node]) -> None:
+        for item in fields:
+            if "String" in item:
+                self.out.attributes.add(item["String"]["sval"])

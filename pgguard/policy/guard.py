@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from pgguard.config import Config
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
-from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, OTHER, WRITE, Name, Statement, Unsupported,
-                                     parse, setting)
-from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope
+from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
+                                     Unsupported, parse, pg_true, setting, split_identifiers)
+from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
 _CACHE_SIZE = 4096
@@ -84,6 +84,9 @@ def startup_settings(params: dict[str, str]) -> list[tuple[str, str]]:
             word = ""
         else:
             word += char
+    if escaped:
+        # PostgreSQL would join what follows (the gateway's own options) to this word.
+        raise Unsupported("startup options end in a backslash")
     if word:
         words.append(word)
     items = iter(words)
@@ -100,16 +103,16 @@ def startup_settings(params: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
-    """Schemas of a search_path value, folded as PostgreSQL folds identifiers."""
-    schemas = []
+    """Schemas of search_path list strings, read as PostgreSQL reads them.
+
+    Unquoted names fold to lower case, quoted ones keep their case and commas;
+    "$user" stays as is. A value that is not a valid list adds nothing (PostgreSQL
+    refuses it; classify refuses it first).
+    """
+    schemas: list[str] = []
     for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            schemas.append(item if item == '"$user"' or item == "$user" else
-                           item[1:-1].replace('""', '"') if item.startswith('"') else item.lower())
-    return tuple("$user" if schema == '"$user"' else schema for schema in schemas)
+        schemas.extend(split_identifiers(value) or ())
+    return tuple(schemas)
 
 
 class SessionGuard:
@@ -175,6 +178,10 @@ class SessionGuard:
         return self._refuse(None, f"the statement is not valid {encoding}", "",
                             "pgguard reads statements in the session's client_encoding")
 
+    def encoding_changing(self) -> Decision:
+        return self._refuse(None, "the statement is not ASCII and was sent while client_encoding may be"
+                            " changing", "", "wait for the server's answer to the statement that changes it")
+
     def refuse_function_call(self) -> Decision:
         return self._refuse(None, "the FunctionCall message is reserved to roles that may run anything",
                             "statements", "call the function from a SELECT instead")
@@ -223,10 +230,13 @@ class SessionGuard:
         if (WRITE in st.classes and not st.writes or st.read_write) and \
                 not any(scope.writes_anything for scope in self.scopes):
             return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
-        for setting, _ in st.settings:
+        for setting, values in st.settings:
             if setting in IDENTITY_SETTINGS:
                 return self._refuse(st, f"setting {setting} is reserved", "statements",
                                     "the gateway decides who the session is")
+            if setting in LEXICAL_SETTINGS and values and not pg_true(values[0]):
+                return self._refuse(st, f"setting {setting} to {values[0]} is reserved", "statements",
+                                    "pgguard reads statements as PostgreSQL does with it on")
         for function in sorted(st.functions, key=str):
             problem = self._function_problem(function)
             if problem:
@@ -235,6 +245,17 @@ class SessionGuard:
             problem = self._operator_problem(operator)
             if problem:
                 return self._refuse(st, problem, "functions", None)
+        for attribute in sorted(st.attributes):
+            # Only a user-defined function can be called this way: one taking a row.
+            for qualified in self._user_defined(Name(None, attribute), self.catalog.functions) or ():
+                if not any(scope.function_allowed(qualified) for scope in self.scopes):
+                    return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
+                                        " may call it in attribute notation)", "functions", None)
+        for cast in sorted(st.casts, key=str):
+            for qualified in sorted(self.catalog.casts.get(cast.name, ())):
+                if not any(scope.function_allowed(qualified) for scope in self.scopes):
+                    return self._refuse(st, f"a cast to {cast} runs user-defined function {qualified}(),"
+                                        " which is not listed as safe", "functions", None)
         return None
 
     def _classes(self) -> set[str]:
@@ -270,8 +291,8 @@ class SessionGuard:
     def resolve(self, name: Name) -> list[str]:
         """Every schema-qualified relation `name` might be."""
         if name.schema is not None:
-            return [] if name.schema == "pg_temp" else [f"{name.schema}.{name.name}"]
-        system = f"pg_catalog.{name.name}"
+            return [] if name.schema == "pg_temp" else [qualify(name.schema, name.name)]
+        system = qualify("pg_catalog", name.name)
         known_system = name.name in self.catalog.system_relations
         candidates: list[str] = []
         for path in self._path_schemas():
@@ -281,7 +302,7 @@ class SessionGuard:
                         candidates.append(system)
                         break
                     continue
-                candidates.append(f"{schema}.{name.name}")
+                candidates.append(qualify(schema, name.name))
         if system in STATISTICS_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
             candidates.append(system)  # no catalog to rule it out
         return list(dict.fromkeys(candidates))
@@ -292,12 +313,12 @@ class SessionGuard:
     def _user_defined(self, name: Name, defined: dict[str, frozenset[str]]) -> list[str] | None:
         """Qualified user-defined candidates for a function or operator; None if unknown."""
         if name.schema is not None:
-            return [] if name.schema in SYSTEM_SCHEMAS else [f"{name.schema}.{name.name}"]
+            return [] if name.schema in SYSTEM_SCHEMAS else [qualify(name.schema, name.name)]
         schemas = defined.get(name.name)
         if schemas is None:
             return [] if self.assume_builtin else None
         path = self._path_set()
-        return [f"{schema}.{name.name}" for schema in sorted(schemas - SYSTEM_SCHEMAS) if schema in path]
+        return [qualify(schema, name.name) for schema in sorted(schemas - SYSTEM_SCHEMAS) if schema in path]
 
     def _function_problem(self, function: Name) -> str | None:
         if function.schema in (None, *SYSTEM_SCHEMAS) and \
@@ -323,11 +344,16 @@ class SessionGuard:
 
     def apply(self, statement: Statement) -> None:
         """Record what an allowed statement changes for later decisions."""
+        if statement.executes is not None:
+            # EXECUTE does what was prepared: a set_config('search_path', …) among it.
+            held = self.prepared.get(statement.executes)
+            if held is not None and held is not statement:
+                self.apply(held)
         if DDL in statement.classes:
             self.on_ddl()
         for setting, values in statement.settings:
             if setting == "search_path":
-                self.search_paths.add(parse_search_path(values) if values else DEFAULT_SEARCH_PATH)
+                self.search_paths.add(parse_search_path(values or DEFAULT_SEARCH_PATH))
             elif setting == "all" and values is None:
                 self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
         if statement.prepares is not None and statement.inner is not None:

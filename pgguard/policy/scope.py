@@ -41,6 +41,8 @@ DENIED_FUNCTIONS = (
     "pg_drop_replication_slot", "pg_copy_*_replication_slot", "pg_stat_reset*",
     "pg_log_backend_memory_contexts", "pg_import_system_collations", "binary_upgrade_*",
     "pg_nextoid", "pg_current_logfile",
+    # Index maintenance callable from a SELECT.
+    "brin_summarize_*", "brin_desummarize_range", "gin_clean_pending_list",
     # These run SQL handed to them as text, out of the gateway's sight.
     "query_to_xml*", "table_to_xml*", "cursor_to_xml*", "schema_to_xml*", "database_to_xml*",
     "ts_stat", "ts_rewrite",
@@ -85,6 +87,16 @@ class Scope:
 
     def function_allowed(self, qualified: str) -> bool:
         return self.unrestricted or _matches(self.allow_functions, qualified)
+
+
+def qualify(schema: str, name: str) -> str:
+    """`schema.name` as patterns see it.
+
+    A part holding a dot or a double quote is quoted, so that `public.*`
+    cannot match table `t` of a schema named "public.x".
+    """
+    return ".".join(part if "." not in part and '"' not in part else '"' + part.replace('"', '""') + '"'
+                    for part in (schema, name))
 
 
 def _matches(patterns: tuple[str, ...], name: str) -> bool:

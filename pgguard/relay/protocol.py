@@ -20,11 +20,13 @@ import secrets
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.wire import backend, frontend
+from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
 
-_QUERY, _PARSE, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c in "QPFSCX")
+_QUERY, _PARSE, _BIND, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c in "QPBFSCX")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _MARKER = "pgguard-refusal:"
@@ -74,6 +76,12 @@ class SessionProtocol:
         # Messages sent upstream that end in ReadyForQuery, and those seen back.
         self._cycles_sent = 0
         self._cycles_done = 0
+        # Until this many cycles are done, a statement sent may be changing
+        # client_encoding, so pgguard cannot know how the server will read
+        # text that is not ASCII. And the prepared statements (by name, ""
+        # for the unnamed one) that change it when a Bind runs them.
+        self._encoding_settles = 0
+        self._encoding_statements: set[str] = set()
 
     # -- from the client -----------------------------------------------------
 
@@ -96,6 +104,8 @@ class SessionProtocol:
                     replacement = self._guard_query(frame)
                 elif tag == _PARSE:
                     replacement = self._guard_parse(frame)
+                elif tag == _BIND:
+                    self._bind(frame)
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
                 elif tag == _CLOSE:
@@ -129,33 +139,74 @@ class SessionProtocol:
         self._refusals[token] = _Refusal(decision, self._cycles_sent + before_sync)
         return f"SELECT '{_MARKER}{token}'::pg_catalog.int4"
 
+    def _encoding_unsure(self, text: bytes) -> bool:
+        """True when `text` is not ASCII and client_encoding may be changing under it."""
+        return self._cycles_done < self._encoding_settles and not text.isascii()
+
+    def _changes_encoding(self, statement: Statement | None) -> bool:
+        assert self.guard is not None
+        if statement is None:
+            return False
+        if statement.executes is not None:
+            statement = self.guard.prepared.get(statement.executes, statement)
+        return PROCEDURAL in statement.classes or any(
+            name in ("client_encoding", "all") for name, _ in statement.settings)
+
     def _guard_query(self, frame: Frame) -> bytes | None:
         assert self.guard is not None
         body = frame.data[5:-1]  # the query string without its NUL
+        if self._encoding_unsure(body):
+            return self._refused_query(b"", self.guard.encoding_changing())
         sql = self._text(body)
         if sql is None:
             return self._refused_query(b"", self.guard.undecodable(self.encoding))
         decisions = self.guard.check_query(sql)
+        if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
+            self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
         if refused is None:
             return None
         # Statements before the refused one still run, as PostgreSQL would
-        # have run them before failing on it.
+        # have run them before failing on it: the very bytes the client sent.
         location = refused.statement.location if refused.statement is not None else 0
-        prefix = sql.encode()[:location].decode().encode(self.encoding)
+        kept = sql.encode()[:location].decode()
+        prefix = kept.encode(self.encoding)
+        if not body.startswith(prefix):
+            prefix = b""  # the text does not survive a round trip: run none of it
         return self._refused_query(prefix, refused)
 
     def _refused_query(self, prefix: bytes, decision: Decision) -> bytes:
+        # Built as bytes: the prefix is in the session's client_encoding, not UTF-8.
         stand_in = self._refuse(decision).encode()
-        return frontend.Query((prefix + stand_in).decode(self.encoding)).encode()
+        return message(b"Q", prefix + stand_in + b"\0")
 
     def _guard_parse(self, frame: Frame) -> bytes | None:
         assert self.guard is not None
-        message = frontend.Parse.decode(frame.body)
-        decision = self.guard.check_parse(message.name, message.query)
+        parse = frontend.Parse.decode(frame.body)
+        # The query as the server will read it: in the session's client_encoding.
+        start = frame.body.index(b"\0") + 1
+        body = frame.body[start:frame.body.index(b"\0", start)]
+        if self._encoding_unsure(body):
+            decision = self.guard.encoding_changing()
+        else:
+            sql = self._text(body)
+            decision = (self.guard.undecodable(self.encoding) if sql is None
+                        else self.guard.check_parse(parse.name, sql))
+        self._encoding_statements.discard(parse.name)
         if decision.allowed:
+            if self._changes_encoding(decision.statement):
+                self._encoding_statements.add(parse.name)
+                self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
             return None
-        return frontend.Parse(message.name, self._refuse(decision, before_sync=True), []).encode()
+        return frontend.Parse(parse.name, self._refuse(decision, before_sync=True), []).encode()
+
+    def _bind(self, frame: Frame) -> None:
+        """A Bind of a statement that changes client_encoding: unsure until its Sync is answered."""
+        body = frame.body
+        start = body.find(b"\0") + 1  # after the portal name
+        name = body[start:body.find(b"\0", start)].decode("utf-8", "surrogateescape")
+        if name in self._encoding_statements:
+            self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
 
     def _guard_function_call(self) -> bytes | None:
         assert self.guard is not None
@@ -168,9 +219,10 @@ class SessionProtocol:
 
     def _forget(self, frame: Frame) -> None:
         assert self.guard is not None
-        message = frontend.Close.decode(frame.body)
-        if message.kind == "S":
-            self.guard.forget(message.name)
+        close = frontend.Close.decode(frame.body)
+        if close.kind == "S":
+            self.guard.forget(close.name)
+            self._encoding_statements.discard(close.name)
 
     # -- from the upstream ----------------------------------------------------
 
