@@ -7,7 +7,10 @@ login and keeps it as a `Catalog` snapshot: schemas, the system relations,
 and which schemas define each function and operator name. It is read again
 after DDL passes through the gateway and at least every `MAX_AGE` seconds.
 A name the snapshot does not know is treated as unknown, and refused where
-that matters: a stale snapshot can make pgguard stricter, never looser.
+that matters. A stale snapshot is mostly stricter, not looser; the exception
+is a function created outside the gateway that shadows a known name (a
+built-in on a changed search_path, an attribute-notation call), which goes
+unseen until the next refresh (docs/policy.md, "Known limits").
 """
 
 from __future__ import annotations

@@ -54,8 +54,23 @@ def python_codec(client_encoding: str) -> str:
     return _CODECS.get(client_encoding.upper(), f"unknown {client_encoding}")
 
 
-def _fatal(message: str) -> bytes:
-    return backend.ErrorResponse.build("FATAL", "08P01", f"pgguard: {message}").encode()
+def _fatal(message: str, sqlstate: str = "08P01") -> bytes:
+    return backend.ErrorResponse.build("FATAL", sqlstate, f"pgguard: {message}").encode()
+
+
+def server_setting_problem(name: str, value: str, guarded: bool, read_only: bool) -> str | None:
+    """Why a session cannot go on under this server setting, if it cannot.
+
+    The guard reads SQL as PostgreSQL does with standard_conforming_strings
+    on (with it off, a backslash in a string hides the rest of a statement
+    from the parser); and a read-only login's sessions must stay read-only,
+    whatever code in the database did.
+    """
+    if guarded and name == "standard_conforming_strings" and value.lower() != "on":
+        return "the target turned standard_conforming_strings off, which pgguard cannot analyse safely"
+    if read_only and name == "default_transaction_read_only" and value.lower() != "on":
+        return "the session of a read-only login became writable upstream"
+    return None
 
 
 @dataclass
@@ -67,11 +82,13 @@ class _Refusal:
 
 class SessionProtocol:
     def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer,
-                 guard: SessionGuard | None = None, encoding: str = "utf-8") -> None:
+                 guard: SessionGuard | None = None, encoding: str = "utf-8", *, read_only: bool = False) -> None:
         self._client = client_framer
         self._upstream = upstream_framer
         self.guard = guard
         self.encoding = encoding
+        # The session's login is marked read-only: it must stay so upstream.
+        self.read_only = read_only
         self._refusals: dict[str, _Refusal] = {}
         # Messages sent upstream that end in ReadyForQuery, and those seen back.
         self._cycles_sent = 0
@@ -239,7 +256,9 @@ class SessionProtocol:
                 if frame.tag == _READY:
                     self._cycles_done += 1
                 elif frame.tag == _PARAMETER_STATUS:
-                    self._parameter(frame)
+                    problem = self._parameter(frame)
+                    if problem:
+                        return Output(to_client=_fatal(problem, "42501"), close=problem)
             return Output(b"", raw)
         parts = []
         for frame in frames:
@@ -250,12 +269,18 @@ class SessionProtocol:
                 self._cycles_done += 1
                 self._expire()
             elif frame.tag == _PARAMETER_STATUS:
-                self._parameter(frame)
+                problem = self._parameter(frame)
+                if problem:
+                    return Output(to_client=_fatal(problem, "42501"), close=problem)
             parts.append(frame.data)
         return Output(b"", b"".join(parts))
 
-    def _parameter(self, frame: Frame) -> None:
+    def _parameter(self, frame: Frame) -> str | None:
+        """Follow a server setting; a reason to end the session if the change defeats pgguard."""
         status = backend.ParameterStatus.decode(frame.body)
+        problem = server_setting_problem(status.name, status.value, self.guard is not None, self.read_only)
+        if problem:
+            return problem
         if status.name == "client_encoding":
             self.encoding = python_codec(status.value)
 

@@ -24,7 +24,7 @@ from pgguard.errors import fatal
 from pgguard.policy.catalog import Catalogs
 from pgguard.policy.classify import Unsupported
 from pgguard.policy.guard import Policy, SessionGuard, startup_settings
-from pgguard.relay.protocol import SessionProtocol, python_codec
+from pgguard.relay.protocol import SessionProtocol, python_codec, server_setting_problem
 from pgguard.relay.reactor import Pipe, Reactor
 from pgguard.relay.upstream import Upstream, connect, send_cancel
 from pgguard.wire import backend, frontend
@@ -44,14 +44,22 @@ def upstream_params(params: dict[str, str], login: Login) -> dict[str, str]:
     return {**params, "options": options}
 
 
-def client_codec(greeting: list[Frame]) -> str:
-    """The Python codec of the session's client_encoding, from the server's greeting."""
+def client_codec(greeting: list[Frame], guarded: bool, read_only: bool) -> str:
+    """The Python codec of the session's client_encoding, from the server's greeting.
+
+    The greeting's settings are checked as later changes are (protocol.py):
+    a session pgguard could not guard is refused before it starts.
+    """
+    codec = "utf-8"
     for frame in greeting:
         if frame.tag == ord("S"):
             status = backend.ParameterStatus.decode(frame.body)
+            problem = server_setting_problem(status.name, status.value, guarded, read_only)
+            if problem:
+                raise fatal("42501", problem)
             if status.name == "client_encoding":
-                return python_codec(status.value)
-    return "utf-8"
+                codec = python_codec(status.value)
+    return codec
 
 
 def choose_login(hello: ClientHello) -> Login:
@@ -88,10 +96,15 @@ class Session:
         guard = await self._guard(login)
         upstream = await connect(hello.target, login, upstream_params(hello.upstream_params, login),
                                  self.upstream_tls)
+        try:
+            codec = client_codec(upstream.greeting, guard is not None, login.read_only)
+        except BaseException:
+            upstream.stream.close()
+            raise
         cancel_upstream = partial(send_cancel, hello.target, self.upstream_tls, upstream.process_id,
                                   upstream.secret_key)
         process_id, secret_key = self.cancels.register(cancel_upstream)
-        protocol = SessionProtocol(hello.framer, upstream.framer, guard, client_codec(upstream.greeting))
+        protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec, read_only=login.read_only)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
         try:
             await self._greet(upstream, process_id, secret_key)
