@@ -77,6 +77,7 @@ login = "support"
 read = ["public.customers", "public.orders", "public.tickets"]
 write = ["public.tickets"]
 unmasked = ["public.customers.email"]
+detectors = ["card_number"]
 
 [roles.engineering]
 groups = ["engineering"]

@@ -53,6 +53,11 @@ class Lineage:
     filters: set[SourceColumn] = field(default_factory=set)
     touched: set[SourceColumn] = field(default_factory=set)
     uncertain: list[str] = field(default_factory=list)
+    # Names whose rows come later (DECLARE, PREPARE) or come from earlier
+    # ones (FETCH, EXECUTE): the caller pairs them up.
+    defines: str | None = None
+    uses: str | None = None
+    copy: bool = False  # COPY ... TO: rows go out as CopyData, not DataRow
 
 
 class Relations:
@@ -72,13 +77,19 @@ class Relations:
 
 
 def lineage(sql: str, relations: Relations) -> Lineage:
-    """The lineage of the last statement of `sql` that returns rows."""
+    """The lineage of the last statement of `sql`."""
+    found = lineages(sql, relations)
+    return found[-1] if found else Lineage([])
+
+
+def lineages(sql: str, relations: Relations) -> list[Lineage]:
+    """The lineage of every statement of `sql`, in order."""
     tree = json.loads(parser.parse_sql_json(sql))
-    statements = tree.get("stmts", [])
-    if not statements:
-        return Lineage([])
-    (kind, node), = statements[-1]["stmt"].items()
-    return _Analyzer(relations).statement(kind, node)
+    out = []
+    for raw in tree.get("stmts", []):
+        (kind, node), = raw["stmt"].items()
+        out.append(_Analyzer(relations).statement(kind, node))
+    return out
 
 
 @dataclass
@@ -116,13 +127,19 @@ class _Analyzer:
             self.statement(inner_kind, inner)
             # A plan shows the query's own text and estimates, never row values.
             self.result.columns = [OutputColumn("QUERY PLAN", frozenset(), False)]
-        elif kind == "DeclareCursorStmt":
+        elif kind in ("DeclareCursorStmt", "PrepareStmt"):
             (inner_kind, inner), = node["query"].items()
             self.statement(inner_kind, inner)
+            self.result.defines = node.get("portalname") or node.get("name")
+        elif kind in ("FetchStmt", "ExecuteStmt"):
+            self.result.columns = None
+            self.result.uses = node.get("portalname") or node.get("name")
         elif kind == "CopyStmt":
+            self.result.copy = True
             self._copy(node)
         else:
-            self.result.columns = []
+            # SHOW, utility statements: rows, if any, come from no table.
+            self.result.columns = None
         return self.result
 
     def _returning(self, node: Node) -> list[OutputColumn]:

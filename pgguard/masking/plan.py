@@ -117,6 +117,12 @@ class ResultPlan:
     # Per output position: the mask, or None to pass it; None for a shape
     # lineage could not fix (then nothing sensitive was touched).
     columns: tuple[MaskSpec | None, ...] | None
+    # Every column hidden, whatever the shape: for rows whose lineage is lost.
+    hide_all: bool = False
+
+    @property
+    def hides_anything(self) -> bool:
+        return self.hide_all or any(spec is not None for spec in self.columns or ())
 
 
 class MaskingRefused(Exception):

@@ -19,14 +19,14 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError
 from pgguard.relay.streams import receive_frames
-from pgguard.relay.upstream import connect
+from pgguard.relay.upstream import Upstream, connect
 from pgguard.wire import backend, frontend
 
 log = logging.getLogger("pgguard.catalog")
@@ -73,6 +73,25 @@ class Catalog:
     # type name -> user-defined functions (schema.name) that a cast to it may
     # run: cast functions, and functions a domain's CHECK constraints call
     casts: dict[str, frozenset[str]] = field(default_factory=dict)
+    # For masking: every relation's columns in order ("schema.name" -> columns),
+    # table column by RowDescription's (table OID, attribute number), and the
+    # definitions of views and materialized views.
+    relation_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    attributes: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)
+
+    def with_relations(self, rows: list[list[str | None]]) -> Catalog:
+        columns: dict[str, list[str]] = defaultdict(list)
+        attributes: dict[tuple[int, int], tuple[str, str]] = {}
+        views: dict[str, str] = {}
+        for oid, schema, relation, attnum, column, definition in rows:
+            qualified = f"{schema}.{relation}"
+            columns[qualified].append(column or "")
+            attributes[(int(oid or 0), int(attnum or 0))] = (qualified, column or "")
+            if definition:
+                views[qualified] = definition
+        return replace(self, relation_columns={k: tuple(v) for k, v in columns.items()},
+                       attributes=attributes, views=views)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[str, str, str]]) -> Catalog:
@@ -101,24 +120,41 @@ class Catalog:
 EMPTY = Catalog(frozenset(SYSTEM_SCHEMAS), frozenset(), {}, {})
 
 
+_RELATIONS = """\
+SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname,
+       CASE WHEN c.relkind IN ('v', 'm') AND a.attnum = 1 THEN pg_catalog.pg_get_viewdef(c.oid) END
+FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+ORDER BY c.oid, a.attnum"""
+
+
 async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
-    """Run the catalog query over a connection of the gateway's own."""
+    """Run the catalog queries over a connection of the gateway's own."""
     upstream = await connect(target, login, {"application_name": "pgguard catalog"}, context)
     try:
-        await upstream.stream.send_all(frontend.Query(_QUERY).encode())
-        rows: list[tuple[str, str, str]] = []
-        while True:
-            for frame in await receive_frames(upstream.stream, upstream.framer):
-                message = backend.decode_backend(frame)
-                if isinstance(message, backend.DataRow):
-                    kind, schema, name = (value.decode() if value is not None else "" for value in message.values)
-                    rows.append((kind, schema, name))
-                elif isinstance(message, backend.ErrorResponse):
-                    raise RuntimeError(f"catalog query failed: {message.message}")
-                elif isinstance(message, backend.ReadyForQuery):
-                    return Catalog.from_rows(rows)
+        names = await _rows(upstream, _QUERY)
+        relations = await _rows(upstream, _RELATIONS)
     finally:
         upstream.stream.close()
+    catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
+    return catalog.with_relations(relations)
+
+
+async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:
+    """A query's rows as text."""
+    await upstream.stream.send_all(frontend.Query(sql).encode())
+    rows: list[list[str | None]] = []
+    while True:
+        for frame in await receive_frames(upstream.stream, upstream.framer):
+            message = backend.decode_backend(frame)
+            if isinstance(message, backend.DataRow):
+                rows.append([None if value is None else value.decode() for value in message.values])
+            elif isinstance(message, backend.ErrorResponse):
+                raise RuntimeError(f"catalog query failed: {message.message}")
+            elif isinstance(message, backend.ReadyForQuery):
+                return rows
 
 
 class Catalogs:

@@ -16,17 +16,23 @@ pgguard's own 42501.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pgguard.masking.plan import MaskingRefused
+from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
 
+log = logging.getLogger("pgguard.session")
+
 _QUERY, _PARSE, _BIND, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c in "QPBFSCX")
+_DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _MARKER = "pgguard-refusal:"
@@ -82,10 +88,12 @@ class _Refusal:
 
 class SessionProtocol:
     def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer,
-                 guard: SessionGuard | None = None, encoding: str = "utf-8", *, read_only: bool = False) -> None:
+                 guard: SessionGuard | None = None, encoding: str = "utf-8", *, read_only: bool = False,
+                 masking: ResultMasking | None = None) -> None:
         self._client = client_framer
         self._upstream = upstream_framer
         self.guard = guard
+        self.masking = masking
         self.encoding = encoding
         # The session's login is marked read-only: it must stay so upstream.
         self.read_only = read_only
@@ -127,6 +135,8 @@ class SessionProtocol:
                     replacement = self._guard_function_call()
                 elif tag == _CLOSE:
                     self._forget(frame)
+            if self.masking is not None:
+                replacement = self._track(frame, replacement)
             if tag == _TERMINATE:
                 # Anything after Terminate is not the protocol; drop it.
                 kept = parts if parts is not None else [f.data for f in frames[:index]]
@@ -234,6 +244,49 @@ class SessionProtocol:
         decision = self.guard.refuse_function_call()
         return frontend.Query(self._refuse(decision)).encode()
 
+    def _track(self, frame: Frame, replacement: bytes | None) -> bytes | None:
+        """Tell result masking what goes upstream; a refusal if a result could not be masked."""
+        masking = self.masking
+        assert masking is not None
+        tag = frame.tag
+        try:
+            # Tracked as forwarded: with a refusal's stand-in, and whatever of a
+            # refused query still runs before it.
+            sent = replacement if replacement is not None else frame.data
+            if tag == _QUERY:
+                masking.query(self._text(sent[5:-1]) or "")
+            elif tag == _PARSE:
+                body = sent[5:]
+                start = body.index(b"\0") + 1
+                masking.parse(body[:start - 1].decode("utf-8", "surrogateescape"),
+                              self._text(body[start:body.index(b"\0", start)]) or "")
+            elif tag == _BIND:
+                bind = frontend.Bind.decode(frame.body)
+                masking.bind(bind.portal, bind.statement, bind.result_formats)
+            elif tag == _DESCRIBE or tag == _CLOSE:
+                target = frontend.Describe.decode(frame.body)
+                (masking.describe if tag == _DESCRIBE else masking.close)(target.kind, target.name)
+            elif tag == _EXECUTE:
+                masking.execute(frontend.Execute.decode(frame.body).portal)
+            elif tag == _SYNC:
+                masking.sync()
+            elif tag == _FUNCTION_CALL:
+                masking.function_call()
+        except Exception as exc:
+            # What cannot be masked is refused, never forwarded (fail closed).
+            if not isinstance(exc, MaskingRefused):
+                log.warning("masking could not analyse a statement; refused", exc_info=True)
+                exc = MaskingRefused("pgguard cannot establish what this statement returns")
+            decision = Decision(False, None, "masking", str(exc),
+                                "select the column's masked value, or ask for a role cleared for it")
+            if tag == _PARSE:
+                name = frontend.Parse.decode(frame.body).name
+                masking.parse(name, "")
+                return frontend.Parse(name, self._refuse(decision, before_sync=True), []).encode()
+            masking.query("")
+            return self._refused_query(b"", decision)
+        return replacement
+
     def _forget(self, frame: Frame) -> None:
         assert self.guard is not None
         close = frontend.Close.decode(frame.body)
@@ -251,7 +304,7 @@ class SessionProtocol:
                           close=f"target protocol violation: {exc}")
         if not frames:
             return _NOTHING
-        if not self._refusals:
+        if not self._refusals and self.masking is None:
             for frame in frames:
                 if frame.tag == _READY:
                     self._cycles_done += 1
@@ -261,18 +314,19 @@ class SessionProtocol:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
             return Output(b"", raw)
         parts = []
+        masking = self.masking
         for frame in frames:
-            if frame.tag == _ERROR:
-                parts.append(self._rewrite_error(frame))
-                continue
-            if frame.tag == _READY:
+            data = frame.data
+            if frame.tag == _ERROR and self._refusals:
+                data = self._rewrite_error(frame)
+            elif frame.tag == _READY:
                 self._cycles_done += 1
                 self._expire()
             elif frame.tag == _PARAMETER_STATUS:
                 problem = self._parameter(frame)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
-            parts.append(frame.data)
+            parts.append(masking.server(frame.tag, data) if masking is not None else data)
         return Output(b"", b"".join(parts))
 
     def _parameter(self, frame: Frame) -> str | None:

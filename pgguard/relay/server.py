@@ -21,6 +21,7 @@ from pgguard.errors import GatewayError, fatal
 from pgguard.identity.revocation import RevocationFile
 from pgguard.identity.tokens import TokenService
 from pgguard.identity.verifier import Verifier
+from pgguard.masking.session import MaskingConfig
 from pgguard.policy.catalog import Catalogs
 from pgguard.policy.guard import Policy
 from pgguard.relay.cancel import CancelRegistry
@@ -83,6 +84,7 @@ class Gateway:
         self.connections = 0
         self.reactor = Reactor()
         self.policy = Policy(config)
+        self.masking = MaskingConfig(config)
         self.catalogs = Catalogs()
 
     def upstream_tls(self, target: TargetConfig) -> ssl.SSLContext | None:
@@ -158,7 +160,7 @@ class Gateway:
                  connection.peer, identity.provider, identity.subject, identity.jti or "-",
                  ",".join(identity.groups), _utc(identity.valid_until))
         session = Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
-                          self.policy, self.catalogs)
+                          self.policy, self.catalogs, self.masking)
         # Registered before the first checkpoint after the token was checked
         # against the revocation list: no revocation can slip in between.
         self.sessions.add(session)

@@ -21,6 +21,7 @@ from pgguard.config import Login
 from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import ClientHello
 from pgguard.errors import fatal
+from pgguard.masking.session import MaskingConfig
 from pgguard.policy.catalog import Catalogs
 from pgguard.policy.classify import Unsupported
 from pgguard.policy.guard import Policy, SessionGuard, startup_settings
@@ -73,7 +74,8 @@ def choose_login(hello: ClientHello) -> Login:
 
 class Session:
     def __init__(self, hello: ClientHello, peer: str, cancels: CancelRegistry, reactor: Reactor,
-                 upstream_tls: ssl.SSLContext | None, policy: Policy, catalogs: Catalogs) -> None:
+                 upstream_tls: ssl.SSLContext | None, policy: Policy, catalogs: Catalogs,
+                 masking: MaskingConfig) -> None:
         self.hello = hello
         self.peer = peer
         self.cancels = cancels
@@ -81,6 +83,7 @@ class Session:
         self.upstream_tls = upstream_tls
         self.policy = policy
         self.catalogs = catalogs
+        self.masking = masking
         self._pipe: Pipe | None = None
         # Set by terminate(): why the session ends, and the FATAL that says so.
         self._ending: tuple[str, bytes] | None = None
@@ -104,7 +107,10 @@ class Session:
         cancel_upstream = partial(send_cancel, hello.target, self.upstream_tls, upstream.process_id,
                                   upstream.secret_key)
         process_id, secret_key = self.cancels.register(cancel_upstream)
-        protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec, read_only=login.read_only)
+        masking = None if guard is None else self.masking.for_session(
+            hello.roles, guard, lambda: self.catalogs.current(hello.target.name))
+        protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec, read_only=login.read_only,
+                                   masking=masking)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
         try:
             await self._greet(upstream, process_id, secret_key)
@@ -131,7 +137,8 @@ class Session:
         and its statements are relayed without being analysed.
         """
         hello = self.hello
-        if self.policy.unrestricted(role.name for role in hello.roles):
+        if self.policy.unrestricted(role.name for role in hello.roles) and \
+                not self.masking.active_for(hello.roles):
             return None
         target = hello.target.name
         await self.catalogs.ensure(hello.target, login, self.upstream_tls)

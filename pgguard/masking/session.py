@@ -1,0 +1,68 @@
+"""A session's masking: its clearance, and the catalog as lineage needs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pgguard.config import Config, RoleConfig
+from pgguard.masking.lineage import Relations, SourceColumn, lineages
+from pgguard.masking.plan import MaskingRefused, MaskingRules, clearance_for
+from pgguard.masking.results import ResultMasking
+from pgguard.policy.catalog import Catalog
+from pgguard.policy.classify import Name
+from pgguard.policy.guard import SessionGuard
+
+
+class MaskingConfig:
+    """The [masking] section, compiled once per config."""
+
+    def __init__(self, config: Config) -> None:
+        table = config.raw.get("masking", {})
+        self.rules = MaskingRules.from_config(table, config.path.parent)
+        self.default_detectors: list[str] = list(table.get("detectors", {}).get("text", []))
+
+    def active_for(self, roles: list[RoleConfig]) -> bool:
+        return clearance_for(self.rules, self.default_detectors, roles).active
+
+    def for_session(self, roles: list[RoleConfig], guard: SessionGuard,
+                    catalog: Callable[[], Catalog]) -> ResultMasking | None:
+        """The session's result masking; None when its roles see everything raw."""
+        clearance = clearance_for(self.rules, self.default_detectors, roles)
+        if not clearance.active:
+            return None
+        relations = SessionRelations(guard, catalog, self.rules)
+
+        def table_column(oid: int, attnum: int) -> SourceColumn | None:
+            found = catalog().attributes.get((oid, attnum))
+            return SourceColumn(*found) if found else None
+
+        return ResultMasking(clearance, lambda sql: lineages(sql, relations), table_column)
+
+
+class SessionRelations(Relations):
+    """Relations as the session's search path resolves them."""
+
+    def __init__(self, guard: SessionGuard, catalog: Callable[[], Catalog], rules: MaskingRules) -> None:
+        self.guard = guard
+        self.catalog = catalog
+        self.sensitive_relations = {name.rsplit(".", 1)[0] for name in rules.columns}
+
+    def resolve(self, schema: str | None, name: str) -> str | None:
+        known = self.catalog().relation_columns
+        candidates = self.guard.resolve(Name(schema, name)) if schema is None else [f"{schema}.{name}"]
+        existing = [candidate for candidate in candidates if candidate in known]
+        if len(existing) == 1:
+            return existing[0]
+        risky = [c for c in (existing or candidates) if c in self.sensitive_relations]
+        if risky:
+            # The name could be a table with sensitive columns, but which one it
+            # is cannot be told: fail closed.
+            raise MaskingRefused(f"{name} may be {' or '.join(risky)}, and pgguard cannot tell which")
+        return existing[0] if existing else None
+
+    def columns(self, relation: str) -> list[str] | None:
+        found = self.catalog().relation_columns.get(relation)
+        return list(found) if found is not None else None
+
+    def view_definition(self, relation: str) -> str | None:
+        return self.catalog().views.get(relation)
