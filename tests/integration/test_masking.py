@@ -129,3 +129,17 @@ def test_the_leak_check_finds_raw_values_when_they_are_there(gateway, raw_values
     with psycopg.connect(gateway.dsn("dba")) as conn:
         text = repr(conn.execute("SELECT email, card_number, ssn FROM customers ORDER BY id LIMIT 200").fetchall())
     assert len(leaked(text, raw_values)) >= 600
+
+
+def test_langchain_table_info_shows_masked_sample_rows(gateway, raw_values):
+    """What a LangChain SQL agent puts in its prompt: the schema with three sample rows."""
+    from langchain_community.utilities import SQLDatabase
+
+    url = gateway.dsn("agent").replace("postgresql://", "postgresql+psycopg://", 1)
+    database = SQLDatabase.from_uri(url)
+    try:
+        info = database.get_table_info(["customers", "tickets"])
+    finally:
+        database._engine.dispose()
+    assert "CREATE TABLE customers" in info and "3 rows from customers table" in info
+    assert "***@" in info and not leaked(info, raw_values)
