@@ -8,6 +8,9 @@ and every test leaves the shared database as it found it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,3 +51,16 @@ def fetch_value(dsn: str, sql: str, params: Sequence[Any] | None = None) -> Any:
     rows = fetch_all(dsn, sql, params)
     assert rows, f"no rows from {sql!r}"
     return rows[0][0]
+
+
+def psql(dsn: str, *commands: str) -> str:
+    """Run psql non-interactively with each command as a `-c`; return stdout, failing on any error."""
+    args = ["psql", dsn, "-X", "-v", "ON_ERROR_STOP=1"]
+    for command in commands:
+        args += ["-c", command]
+    # Nothing from the environment may change how psql connects or formats.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGCONNECT_TIMEOUT="10", LC_ALL="C.UTF-8", PAGER="", PSQL_PAGER="")
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, f"psql {commands} failed ({result.returncode}): {result.stderr}"
+    return result.stdout

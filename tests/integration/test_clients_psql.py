@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from helpers import fetch_all, scratch_table
+from helpers import fetch_all, psql, scratch_table
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
-
-
-def psql(dsn: str, *commands: str) -> str:
-    """Run psql non-interactively with each command as a `-c`; return stdout, failing on any error."""
-    args = ["psql", dsn, "-X", "-v", "ON_ERROR_STOP=1"]
-    for command in commands:
-        args += ["-c", command]
-    # Nothing from the environment may change how psql connects or formats.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGCONNECT_TIMEOUT="10", LC_ALL="C.UTF-8", PAGER="", PSQL_PAGER="")
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
-    assert result.returncode == 0, f"psql {commands} failed ({result.returncode}): {result.stderr}"
-    return result.stdout
 
 
 @pytest.mark.parametrize("command", [r"\d customers", r"\dt", r"\d+ orders", r"\l", r"\df", r"\dn", r"\di"])

@@ -9,8 +9,6 @@ covers are selected, so the comparison means the same once masking lands.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ import asyncpg
 import psycopg
 import pytest
 import sqlalchemy
+from helpers import psql
 from psycopg.pq import TransactionStatus
 
 from pgguard.demo import data
@@ -311,17 +310,6 @@ def test_pipelined_reads(through: psycopg.Connection[Any], straight: psycopg.Con
 
 
 # --- tools -----------------------------------------------------------------------------------------------
-
-
-def psql(dsn: str, *commands: str) -> str:
-    args = ["psql", dsn, "-X", "-v", "ON_ERROR_STOP=1"]
-    for command in commands:
-        args += ["-c", command]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGCONNECT_TIMEOUT="10", LC_ALL="C.UTF-8", PAGER="", PSQL_PAGER="")
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
-    assert result.returncode == 0, f"psql {commands} failed: {result.stderr}"
-    return result.stdout
 
 
 @pytest.mark.parametrize("command", [r"\d", r"\dt", r"\d+ customers", r"\d orders", r"\df", r"\l", r"\dn", r"\dv",
