@@ -1,0 +1,151 @@
+"""The hash chain, the framing and the signed checkpoints of a session log, without I/O.
+
+A frame is a 12-byte header and a payload, the msgpack encoding of one record:
+
+    length:  u32, big-endian   the payload's size in bytes
+    crc:     u32, big-endian   CRC-32 of the payload
+    check:   u32, big-endian   CRC-32 of the 8 bytes before it
+
+The header checks itself, so a reader knows the length is the one the writer wrote before it
+trusts it. That is what makes torn-tail detection exact: a file whose last frame is shorter
+than its intact header declares was cut while being written (a crash), while a damaged header
+or payload is corruption, reported as such even in the last record. The CRCs locate accidental
+damage to the very record; the SHA-256 chain and the signatures are what detect deliberate
+changes, since anyone can recompute a CRC.
+
+Every record carries `seq`, its position, and `prev`, the SHA-256 of the previous record's
+exact payload bytes; the header's `prev` is `genesis(session_id)`, so a chain belongs to one
+session. A checkpoint signs its own seq, prev, time and key id, and through prev everything
+before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pgguard.audit.records import FORMAT_VERSION, Record, encode
+from pgguard.config import SigningKey
+
+FRAME = struct.Struct(">III")
+_HEAD = struct.Struct(">II")
+_CHECK = struct.Struct(">I")
+HASH_SIZE = 32
+
+
+def genesis(session_id: str) -> bytes:
+    """The `prev` of a session's header: binds the chain to the session and the format."""
+    return hashlib.sha256(b"pgguard-session-log\x00%d\x00%s" % (FORMAT_VERSION, session_id.encode())).digest()
+
+
+def frame(payload: bytes) -> bytes:
+    head = _HEAD.pack(len(payload), zlib.crc32(payload))
+    return head + _CHECK.pack(zlib.crc32(head)) + payload
+
+
+class FrameError(Exception):
+    """The bytes at `offset` are not a complete, intact frame. `torn` says whether they are
+    the unfinished tail a crash leaves (a prefix of a frame, or zeros a filesystem left after
+    a power loss), as opposed to damage."""
+
+    def __init__(self, offset: int, torn: bool, detail: str) -> None:
+        super().__init__(f"byte {offset}: {detail}")
+        self.offset = offset
+        self.torn = torn
+        self.detail = detail
+
+
+def frames(data: bytes, offset: int = 0) -> Iterator[tuple[int, memoryview]]:
+    """(offset, payload) of each frame from `offset` on; FrameError where they stop being whole."""
+    view = memoryview(data)
+    end = len(data)
+    while offset < end:
+        rest = end - offset
+        if rest < FRAME.size:
+            raise FrameError(offset, True, f"{rest} bytes of a {FRAME.size}-byte frame header")
+        length, crc, check = FRAME.unpack_from(data, offset)
+        if zlib.crc32(view[offset:offset + _HEAD.size]) != check:
+            if data.count(0, offset) == rest:
+                raise FrameError(offset, True, f"{rest} zero bytes where a frame was expected")
+            raise FrameError(offset, False, "frame header checksum mismatch")
+        start = offset + FRAME.size
+        if end - start < length:
+            raise FrameError(offset, True, f"{end - start} of the frame's {length} payload bytes")
+        payload = view[start:start + length]
+        if zlib.crc32(payload) != crc:
+            raise FrameError(offset, False, "payload checksum mismatch")
+        yield offset, payload
+        offset = start + length
+
+
+def _signed_bytes(seq: int, prev: bytes, at: float, kid: str) -> bytes:
+    return encode(["pgguard-session-log checkpoint", FORMAT_VERSION, seq, prev, at, kid])
+
+
+class Signer:
+    """Signs checkpoints with one of the gateway's Ed25519 keys (`[identity] signing_keys`)."""
+
+    def __init__(self, kid: str, key: Ed25519PrivateKey) -> None:
+        self.kid = kid
+        self._key = key
+
+    @classmethod
+    def load(cls, key: SigningKey) -> Signer:
+        """The key in a PKCS8 PEM file, as the gateway's token service loads it."""
+        loaded = serialization.load_pem_private_key(key.private_key_file.read_bytes(), password=None)
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ValueError(f"signing key {key.kid!r} is not an Ed25519 key")
+        return cls(key.kid, loaded)
+
+    def checkpoint(self, seq: int, prev: bytes, at: float) -> Record:
+        return {"type": "checkpoint", "at": at, "kid": self.kid,
+                "sig": self._key.sign(_signed_bytes(seq, prev, at, self.kid))}
+
+
+def signature_valid(record: dict[str, Any], key: Ed25519PublicKey) -> bool:
+    """Whether a decoded checkpoint's signature is `key`'s, over its own seq, prev, at and kid."""
+    try:
+        key.verify(record["sig"], _signed_bytes(record["seq"], record["prev"], record["at"], record["kid"]))
+    except Exception:  # InvalidSignature, or a value of the wrong type in a forged record
+        return False
+    return True
+
+
+class Chain:
+    """Turns records into frames, each chained to the one before.
+
+    `seal()` frames a record at the current position without moving on, so that a caller can
+    look at the frame (its size, for the disk-space check) and still decline it; `advance()`
+    takes a sealed frame as the next record. `append()` does both.
+    """
+
+    __slots__ = ("seq", "prev")
+
+    def __init__(self, session_id: str) -> None:
+        self.seq = 0
+        self.prev = genesis(session_id)
+
+    def seal(self, record: Record) -> bytes:
+        """The frame of `record` as the next record. Sets the record's `seq` and `prev`."""
+        record["seq"] = self.seq
+        record["prev"] = self.prev
+        return frame(encode(record))
+
+    def advance(self, sealed: bytes) -> None:
+        self.prev = hashlib.sha256(memoryview(sealed)[FRAME.size:]).digest()
+        self.seq += 1
+
+    def append(self, record: Record) -> bytes:
+        sealed = self.seal(record)
+        self.advance(sealed)
+        return sealed
+
+    def checkpoint(self, signer: Signer, at: float) -> bytes:
+        """A signed checkpoint over everything so far, appended."""
+        return self.append(signer.checkpoint(self.seq, self.prev, at))

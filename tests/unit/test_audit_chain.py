@@ -1,0 +1,91 @@
+"""The chain without I/O: frames, links, checkpoints, and what sealing costs."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pgguard.audit import records
+from pgguard.audit.chain import FRAME, Chain, FrameError, Signer, frame, frames, genesis, signature_valid
+from pgguard.audit.records import Limits
+
+
+def split(data: bytes) -> list[bytes]:
+    return [bytes(payload) for _, payload in frames(data)]
+
+
+def test_frames_read_back_and_a_cut_frame_is_torn_at_every_length() -> None:
+    payloads = [b"", b"a", b"\x00" * 40, b"xyz" * 100]
+    data = b"".join(frame(payload) for payload in payloads)
+    assert split(data) == payloads
+    last = len(data) - len(frame(payloads[-1]))
+    for cut in range(last + 1, len(data)):
+        with pytest.raises(FrameError) as caught:
+            split(data[:cut])
+        assert caught.value.torn and caught.value.offset == last
+
+
+def test_damage_is_not_mistaken_for_a_torn_tail_even_at_the_end() -> None:
+    data = frame(b"first") + frame(b"second record")
+    second = len(frame(b"first"))
+    for position in range(second, len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x40
+        with pytest.raises(FrameError) as caught:
+            split(bytes(damaged))
+        assert not caught.value.torn and caught.value.offset == second, position
+
+
+def test_zeros_where_a_frame_should_be_are_a_torn_tail() -> None:
+    data = frame(b"record") + b"\x00" * 30
+    with pytest.raises(FrameError) as caught:
+        split(data)
+    assert caught.value.torn and caught.value.offset == len(frame(b"record"))
+
+
+def test_each_record_links_to_the_one_before_and_the_first_to_the_session() -> None:
+    chain = Chain("s1")
+    first = chain.append({"type": "header", "session_id": "s1"})
+    second = chain.append({"type": "statement"})
+    one, two = (records.decode(payload) for payload in split(first + second))
+    assert (one["seq"], one["prev"]) == (0, genesis("s1"))
+    assert (two["seq"], two["prev"]) == (1, hashlib.sha256(first[FRAME.size:]).digest())
+    assert genesis("s1") != genesis("s2")
+
+
+def test_a_sealed_record_is_not_taken_until_the_chain_advances() -> None:
+    chain = Chain("s1")
+    declined = chain.seal({"type": "statement", "sql": "a"})
+    taken = chain.seal({"type": "statement", "sql": "b"})
+    assert records.decode(declined[FRAME.size:])["seq"] == records.decode(taken[FRAME.size:])["seq"] == 0
+    chain.advance(taken)
+    assert (chain.seq, chain.prev) == (1, hashlib.sha256(taken[FRAME.size:]).digest())
+
+
+def test_a_checkpoint_signs_its_position_link_time_and_key() -> None:
+    key = Ed25519PrivateKey.generate()
+    chain = Chain("s1")
+    chain.append({"type": "header"})
+    checkpoint = records.decode(chain.checkpoint(Signer("k1", key), 1700000000.25)[FRAME.size:])
+    assert checkpoint["kid"] == "k1" and checkpoint["seq"] == 1
+    assert signature_valid(checkpoint, key.public_key())
+    assert not signature_valid(checkpoint, Ed25519PrivateKey.generate().public_key())
+    for name, value in (("seq", 2), ("prev", b"\x00" * 32), ("at", 1700000000.5), ("kid", "k2")):
+        assert not signature_valid({**checkpoint, name: value}, key.public_key()), name
+    assert not signature_valid({**checkpoint, "sig": "not bytes"}, key.public_key())
+
+
+def test_a_hundred_thousand_small_records_are_built_sealed_and_chained_in_seconds() -> None:
+    chain = Chain("s1")
+    limits = Limits()
+    started = time.perf_counter()
+    size = 0
+    for number in range(100_000):
+        size += len(chain.append(records.statement(protocol="simple", sql=f"select {number}", decision="allowed",
+                                                   limits=limits)))
+    elapsed = time.perf_counter() - started
+    assert chain.seq == 100_000 and size > 100_000 * FRAME.size
+    assert elapsed < 5, f"{elapsed:.2f} s"
