@@ -27,11 +27,11 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pgguard.audit.records import FORMAT_VERSION, Record, encode
 from pgguard.config import SigningKey
+from pgguard.identity.tokens import load_signing_key
 
 FRAME = struct.Struct(">III")
 _HEAD = struct.Struct(">II")
@@ -98,10 +98,7 @@ class Signer:
     @classmethod
     def load(cls, key: SigningKey) -> Signer:
         """The key in a PKCS8 PEM file, as the gateway's token service loads it."""
-        loaded = serialization.load_pem_private_key(key.private_key_file.read_bytes(), password=None)
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"signing key {key.kid!r} is not an Ed25519 key")
-        return cls(key.kid, loaded)
+        return cls(key.kid, load_signing_key(key))
 
     def checkpoint(self, seq: int, prev: bytes, at: float) -> Record:
         return {"type": "checkpoint", "at": at, "kid": self.kid,

@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pgguard.config import IdentityConfig
+from pgguard.config import IdentityConfig, SigningKey
 from pgguard.identity import TokenError
 from pgguard.identity.claims import IssuerRules, TrustedIssuer, VerifyingKey
 
@@ -33,6 +33,14 @@ def generate_signing_key(path: Path) -> None:
     )
     path.write_bytes(pem)
     path.chmod(0o600)
+
+
+def load_signing_key(key: SigningKey) -> Ed25519PrivateKey:
+    """One of the gateway's Ed25519 keys (PKCS8 PEM): it signs tokens and session-log checkpoints."""
+    loaded = serialization.load_pem_private_key(key.private_key_file.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError(f"signing key {key.kid!r} is not an Ed25519 key")
+    return loaded
 
 
 def parse_duration(text: str) -> int:
@@ -51,10 +59,10 @@ class TokenService:
         self.config = config
         self._private: dict[str, Ed25519PrivateKey] = {}
         for key in config.signing_keys:
-            loaded = serialization.load_pem_private_key(key.private_key_file.read_bytes(), password=None)
-            if not isinstance(loaded, Ed25519PrivateKey):
-                raise TokenError(f"signing key {key.kid!r} is not an Ed25519 key")
-            self._private[key.kid] = loaded
+            try:
+                self._private[key.kid] = load_signing_key(key)
+            except ValueError as exc:
+                raise TokenError(str(exc)) from exc
         self._public: dict[str, Ed25519PublicKey] = {
             kid: key.public_key() for kid, key in self._private.items()
         }
