@@ -6,7 +6,9 @@ value to the table columns it comes from, through aliases, expressions,
 casts, CASE, subqueries, CTEs (recursive too), set operations, LATERAL,
 joins, `*` and `t.*` expansion, and whole-row references (`t`,
 `row_to_json(t)`). It also collects the columns a query only filters,
-groups, joins or sorts on, which reveal values by inference.
+groups, joins, sorts, compares or counts rows by, which reveal values by
+inference, and, for INSERT, UPDATE and MERGE, what each written column
+receives.
 
 It is sans-IO: relations' columns and views' definitions come from the
 caller. Where lineage cannot be established (a relation whose columns are
@@ -27,7 +29,18 @@ Node = dict[str, Any]
 
 # Aggregates whose result reveals nothing of the values they count.
 _COUNTING = frozenset({"count"})
+# Set-returning functions: in a target list, how many rows they return can
+# reveal their arguments (`generate_series(1, ascii(ssn))`), whatever the
+# values in those rows become.
+_SET_RETURNING = frozenset({
+    "generate_series", "generate_subscripts", "unnest", "regexp_matches", "regexp_split_to_table",
+    "string_to_table", "json_array_elements", "json_array_elements_text", "jsonb_array_elements",
+    "jsonb_array_elements_text", "json_each", "json_each_text", "jsonb_each", "jsonb_each_text",
+    "json_object_keys", "jsonb_object_keys", "jsonb_path_query", "json_populate_recordset",
+    "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset", "ts_stat", "ts_debug",
+})
 _MAX_VIEW_DEPTH = 8
+_CURSOR_OPT_HOLD = 0x20
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,19 @@ class Lineage:
     # ones (FETCH, EXECUTE): the caller pairs them up.
     defines: str | None = None
     uses: str | None = None
+    # Which names: "S" prepared statements (PREPARE, EXECUTE; shared with the
+    # protocol's Parse), "P" portals (DECLARE, FETCH; shared with Bind's).
+    namespace: str = ""
+    holdable: bool = False  # DECLARE ... WITH HOLD: the cursor outlives its transaction
+    # A relation the catalog does not know (created since it was read): what
+    # comes from it may be anything, a view over a sensitive table included.
+    unresolved: bool = False
+    # INSERT, UPDATE, MERGE: for each column written, the columns it names
+    # (more than one through a view; None if unknown) and what the value written derives from.
+    written: list[tuple[frozenset[SourceColumn] | None, frozenset[SourceColumn]]] = field(default_factory=list)
     copy: bool = False  # COPY ... TO: rows go out as CopyData, not DataRow
+    # CREATE TABLE ... AS EXECUTE: the prepared statement whose rows go into a new table.
+    stores: str | None = None
 
 
 class Relations:
@@ -120,6 +145,18 @@ class _Analyzer:
     def statement(self, kind: str, node: Node) -> Lineage:
         if kind == "SelectStmt":
             self.result.columns = self.select(node, None)
+            if node.get("intoClause"):  # SELECT ... INTO: a new table, no rows
+                self._store(self.result.columns)
+                self.result.columns = None
+        elif kind == "CreateTableAsStmt":
+            (inner_kind, inner), = node["query"].items()
+            if inner_kind == "ExecuteStmt":
+                self.result.stores = inner.get("name")
+            elif node.get("objtype") != "OBJECT_MATVIEW":
+                # A materialized view is read through its definition, masked;
+                # a table made of the rows is read as a table of its own.
+                self._store(self.statement(inner_kind, inner).columns)
+            self.result.columns = None
         elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
             self.result.columns = self._returning(node)
         elif kind == "ExplainStmt":
@@ -131,9 +168,12 @@ class _Analyzer:
             (inner_kind, inner), = node["query"].items()
             self.statement(inner_kind, inner)
             self.result.defines = node.get("portalname") or node.get("name")
+            self.result.namespace = "P" if kind == "DeclareCursorStmt" else "S"
+            self.result.holdable = bool(node.get("options", 0) & _CURSOR_OPT_HOLD)
         elif kind in ("FetchStmt", "ExecuteStmt"):
             self.result.columns = None
             self.result.uses = node.get("portalname") or node.get("name")
+            self.result.namespace = "P" if kind == "FetchStmt" else "S"
         elif kind == "CopyStmt":
             self.result.copy = True
             self._copy(node)
@@ -143,16 +183,73 @@ class _Analyzer:
         return self.result
 
     def _returning(self, node: Node) -> list[OutputColumn]:
-        scope = _Scope([], self._ctes(node, None))
-        scope.relations.append(self._range_var(node["relation"], scope))
+        ctes = self._ctes(node, None)
+        scope = _Scope([], ctes)
+        target = self._range_var(node["relation"], scope)
+        scope.relations.append(target)
+        if "sourceRelation" in node:  # MERGE ... USING
+            scope.relations.extend(self._from_item(node["sourceRelation"], scope))
         for key in ("fromClause", "usingClause"):
             for item in node.get(key, []):
                 scope.relations.extend(self._from_item(item, scope))
         for key in ("whereClause", "targetList", "joinCondition"):
             if key in node:
                 self._filter(node[key], scope)
+        self._writes(node, target, _Scope([], ctes), scope)
         returning = (node.get("returningClause") or {}).get("exprs") or node.get("returningList", [])
         return self._targets(returning, scope)
+
+    def _store(self, columns: list[OutputColumn] | None) -> None:
+        """Rows that go into a new table (SELECT INTO, CREATE TABLE AS), whose columns nothing masks."""
+        found = set().union(*(c.sources for c in columns)) if columns is not None else set(self.result.touched)
+        self.result.written.append((None, frozenset(found)))
+
+    def _writes(self, node: Node, target: _Relation, outside: _Scope, scope: _Scope) -> None:
+        """What each written column receives: values copied out of a hidden column stay readable there."""
+        def column(name: str | None) -> frozenset[SourceColumn] | None:
+            for candidate in target.columns or []:
+                if candidate.name == name:
+                    return candidate.sources
+            return None
+
+        def assign(targets: list[Node], seen: _Scope) -> None:
+            for item in targets:
+                res = item.get("ResTarget", {})
+                value = res.get("val", {})
+                if "MultiAssignRef" in value:
+                    value = value["MultiAssignRef"].get("source")
+                found, _ = self._sources(value, seen)
+                self.result.written.append((column(res.get("name")), frozenset(found)))
+
+        if "selectStmt" in node:  # INSERT: its rows, by position into the columns listed or all of them
+            (_, query), = node["selectStmt"].items()
+            rows = self.select(query, outside)
+            names = [item["ResTarget"]["name"] for item in node.get("cols", [])] or \
+                [c.name for c in target.columns or []]
+            if rows is None or target.columns is None or len(rows) > len(names):
+                everything = frozenset().union(*(c.sources for c in rows or []), self.result.touched)
+                self.result.written.append((None, everything))
+            else:
+                for name, row in zip(names, rows):
+                    self.result.written.append((column(name), row.sources))
+        if node.get("onConflictClause"):
+            conflict = node["onConflictClause"]
+            self._filter(conflict.get("whereClause"), scope)
+            assign(conflict.get("targetList", []), scope)
+        assign(node.get("targetList", []), scope)  # UPDATE ... SET
+        for clause in node.get("mergeWhenClauses", []):
+            when = clause.get("MergeWhenClause", {})
+            self._filter(when.get("condition"), scope)
+            values = when.get("values")
+            if values:
+                names = [item["ResTarget"].get("name") for item in when.get("targetList", [])] or \
+                    [c.name for c in target.columns or []]
+                for index, value in enumerate(values):
+                    found, _ = self._sources(value, scope)
+                    name = names[index] if index < len(names) else None
+                    self.result.written.append((column(name), frozenset(found)))
+            else:
+                assign(when.get("targetList", []), scope)
 
     def _copy(self, node: Node) -> None:
         if "query" in node:
@@ -177,8 +274,14 @@ class _Analyzer:
             scope = _Scope([], ctes, outer)
             left = self.select(node["larg"], scope)
             right = self.select(node["rarg"], scope)
-            self._filter(node.get("sortClause"), scope)
-            return _union(left, right)
+            merged = _union(left, right)
+            if not (op == "SETOP_UNION" and node.get("all")):
+                # UNION, INTERSECT and EXCEPT compare rows: whether a guessed
+                # value comes out once or not at all reveals it.
+                for column in merged or []:
+                    self.result.filters |= column.sources
+            self._by_output(node, merged, scope)
+            return merged
         if "valuesLists" in node:
             scope = _Scope([], ctes, outer)
             rows = [self._targets([{"ResTarget": {"val": value}} for value in row["List"]["items"]], scope)
@@ -190,10 +293,45 @@ class _Analyzer:
         scope = _Scope([], ctes, outer)
         for item in node.get("fromClause", []):
             scope.relations.extend(self._from_item(item, scope))
-        for key in ("whereClause", "havingClause", "groupClause", "sortClause", "distinctClause",
-                    "windowClause", "lockingClause"):
+        for key in ("whereClause", "havingClause", "windowClause", "lockingClause"):
             self._filter(node.get(key), scope)
-        return self._targets(node.get("targetList", []), scope)
+        targets = self._targets(node.get("targetList", []), scope)
+        self._by_output(node, targets, scope)
+        return targets
+
+    def _by_output(self, node: Node, targets: list[OutputColumn] | None, scope: _Scope) -> None:
+        """ORDER BY, GROUP BY, DISTINCT [ON], LIMIT and OFFSET: filters, which may name output columns.
+
+        `ORDER BY 2` and `GROUP BY 1` mean the second and first output
+        columns, and a bare name in ORDER BY is an output column's before an
+        input column's; plain DISTINCT compares every output column.
+        """
+        by_name = {column.name: column for column in targets or []}
+        for key in ("groupClause", "sortClause", "distinctClause"):
+            for expression in _grouped(node.get(key) or []):
+                if key == "distinctClause" and not expression:
+                    for column in targets or []:  # plain DISTINCT
+                        self.result.filters |= column.sources
+                    continue
+                position = _integer(expression)
+                if position is not None:
+                    if targets is None or not 0 < position <= len(targets):
+                        self.result.uncertain.append(f"{key} refers to an output column pgguard cannot follow")
+                        continue
+                    self.result.filters |= targets[position - 1].sources
+                    continue
+                name = _bare_name(expression)
+                if name is not None and name in by_name and (key != "groupClause" or not self._resolves(name, scope)):
+                    self.result.filters |= by_name[name].sources
+                    continue
+                self._filter(expression, scope)
+        for key in ("limitCount", "limitOffset"):
+            self._filter(node.get(key), scope)
+
+    def _resolves(self, name: str, scope: _Scope) -> bool:
+        """Whether a bare column name is an input column of the scope (GROUP BY prefers those)."""
+        return any(relation.columns is None or any(c.name == name for c in relation.columns)
+                   for relation in scope.relations)
 
     def _ctes(self, node: Node, outer: _Scope | None) -> dict[str, _Relation]:
         clause = node.get("withClause") or {}
@@ -220,8 +358,11 @@ class _Analyzer:
     def _data_modifying(self, kind: str, node: Node) -> list[OutputColumn] | None:
         """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""
         inner = _Analyzer(self.relations, self.depth)
-        inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain)
-        return inner.statement(kind, node).columns
+        inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
+                               written=self.result.written)
+        columns = inner.statement(kind, node).columns
+        self.result.unresolved |= inner.result.unresolved
+        return columns
 
     # -- FROM ---------------------------------------------------------------------
 
@@ -237,9 +378,13 @@ class _Analyzer:
             names = [name["String"]["sval"] for name in alias.get("colnames", [])]
             return [_Relation(alias.get("aliasname"), _rename(columns, names))]
         if kind == "JoinExpr":
-            relations = self._from_item(node["larg"], scope) + self._from_item(node["rarg"], scope)
+            left = self._from_item(node["larg"], scope)
+            right = self._from_item(node["rarg"], scope)
+            relations = left + right
             joined = _Scope(scope.relations + relations, scope.ctes, scope.outer)
             self._filter(node.get("quals"), joined)
+            if node.get("isNatural"):
+                self._natural_join(left, right)
             for using in node.get("usingClause", []):
                 self._filter({"ColumnRef": {"fields": [using]}}, joined)
             if "alias" in node:
@@ -253,6 +398,20 @@ class _Analyzer:
         alias = node.get("alias", {})
         return [_Relation(alias.get("aliasname"), None, sources)]
 
+    def _natural_join(self, left: list[_Relation], right: list[_Relation]) -> None:
+        """A NATURAL JOIN compares the columns both sides name alike."""
+        left_columns = _concat(r.columns for r in left)
+        right_columns = _concat(r.columns for r in right)
+        if left_columns is None or right_columns is None:
+            self.result.uncertain.append("a natural join over a relation whose columns are unknown")
+            for relation in left + right:
+                self.result.filters |= relation.fallback
+            return
+        common = {c.name for c in left_columns} & {c.name for c in right_columns}
+        for column in left_columns + right_columns:
+            if column.name in common:
+                self.result.filters |= column.sources
+
     def _range_var(self, node: Node, scope: _Scope) -> _Relation:
         schema, name = node.get("schemaname"), node["relname"]
         alias = node.get("alias", {}).get("aliasname") or name
@@ -263,6 +422,7 @@ class _Analyzer:
         qualified = self.relations.resolve(schema, name)
         if qualified is None:
             self.result.uncertain.append(f"relation {name} cannot be resolved")
+            self.result.unresolved = True
             return _Relation(alias, None)
         view = self.relations.view_definition(qualified)
         if view is not None:
@@ -282,6 +442,7 @@ class _Analyzer:
         self.result.touched |= inner.touched
         self.result.filters |= inner.filters
         self.result.uncertain.extend(inner.uncertain)
+        self.result.unresolved |= inner.unresolved
         names = self.relations.columns(qualified)
         return _rename(inner.columns, names or [])
 
@@ -341,11 +502,21 @@ class _Analyzer:
             return self._sub_link(node["SubLink"], scope)
         if "FuncCall" in node:
             call = node["FuncCall"]
-            args, _ = self._sources(call.get("args", []), scope)
+            name = call["funcname"][-1]["String"]["sval"]
+            args: set[SourceColumn] = set()
+            for arg in call.get("args", []):
+                found, direct = self._sources(arg, scope)
+                args |= found
+                if name in _COUNTING and not direct:
+                    # count(col) reveals only how many values are not NULL; a count
+                    # of an expression (`count(CASE WHEN ssn LIKE '1%' THEN 1 END)`,
+                    # `count(NULLIF(ssn, 'guess'))`) tests the values.
+                    self.result.filters |= found
             self._filter(call.get("agg_order"), scope)
             self._filter(call.get("agg_filter"), scope)
             self._filter(call.get("over"), scope)
-            name = call["funcname"][-1]["String"]["sval"]
+            if name in _SET_RETURNING:
+                self.result.filters |= args
             return (set() if name in _COUNTING else args), False
         found = set()
         for key, child in node.items():
@@ -419,6 +590,32 @@ def _find_cte(scope: _Scope | None, name: str) -> _Relation | None:
         if name in scope.ctes:
             return scope.ctes[name]
         scope = scope.outer
+    return None
+
+
+def _grouped(items: list[Any]) -> Iterable[Any]:
+    """The expressions of a GROUP BY, ORDER BY or DISTINCT list, inside ROLLUP, CUBE and GROUPING SETS too."""
+    for item in items:
+        if isinstance(item, dict) and "SortBy" in item:
+            yield item["SortBy"].get("node")
+        elif isinstance(item, dict) and "GroupingSet" in item:
+            yield from _grouped(item["GroupingSet"].get("content", []))
+        else:
+            yield item
+
+
+def _integer(node: Any) -> int | None:
+    """The value of an integer constant (`ORDER BY 2`), else None."""
+    if isinstance(node, dict) and "A_Const" in node and "ival" in node["A_Const"]:
+        return int(node["A_Const"]["ival"].get("ival", 0))
+    return None
+
+
+def _bare_name(node: Any) -> str | None:
+    """The name in an unqualified column reference (`ORDER BY s`), else None."""
+    fields = node.get("ColumnRef", {}).get("fields", []) if isinstance(node, dict) else []
+    if len(fields) == 1 and "String" in fields[0]:
+        return fields[0]["String"]["sval"]
     return None
 
 

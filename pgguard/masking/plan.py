@@ -16,18 +16,23 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pgguard.config import ConfigError, RoleConfig
-from pgguard.masking.detectors import Scrubber
+from pgguard.masking.detectors import DETECTORS, Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.values import JSON_TYPES, TEXT_TYPES
+from pgguard.masking.values import (BINARY_FORMAT, BYTEA, INT8, JSON_TYPES, NO_FREE_TEXT, NUMERIC, TEXT_ARRAYS,
+                                    TEXT_TYPES)
 from pgguard.wire.backend import FieldDescription
 
 # What a derived value of a sensitive column becomes: NULL, valid for every type.
 NULLIFY = MaskSpec("null")
+# Every detector: for what comes from a relation the catalog does not know
+# yet, and for the messages of statements that read hidden columns.
+EVERY_DETECTOR = Scrubber(DETECTORS)
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
@@ -119,6 +124,16 @@ class ResultPlan:
     columns: tuple[MaskSpec | None, ...] | None
     # Every column hidden, whatever the shape: for rows whose lineage is lost.
     hide_all: bool = False
+    # The statement reads a column the session may not see: its errors and
+    # notices may quote values (`ssn::date` fails with the SSN in the message).
+    reads_hidden: bool = False
+    # It reads a relation the catalog does not know yet (see Lineage.unresolved):
+    # every value gets every detector.
+    unresolved: bool = False
+
+    def scrubber(self, clearance: Clearance) -> Scrubber | None:
+        """The detectors for this result's values that no column mask covers."""
+        return EVERY_DETECTOR if self.unresolved else clearance.scrubber
 
     @property
     def hides_anything(self) -> bool:
@@ -135,6 +150,18 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
     if lineage.uncertain and touched:
         raise MaskingRefused(f"the statement reads {', '.join(map(str, touched))}, and pgguard cannot tell "
                              f"where its values end up ({lineage.uncertain[0]})")
+    for targets, values in lineage.written:
+        copied = clearance.hidden(values)
+        if not copied:
+            continue
+        # A hidden value may only go where it stays masked the same way: into
+        # a column this session sees masked with the same function.
+        specs = {clearance.spec_for(column) for column in copied}
+        specs |= {clearance.spec_for(column) for column in targets} if targets else {None}
+        if None in specs or len(specs) > 1:
+            where = ", ".join(sorted(map(str, targets))) if targets else "a new table or columns pgguard cannot follow"
+            raise MaskingRefused(f"the statement writes values of {', '.join(map(str, copied))} into {where},"
+                                 " where they could be read back unmasked")
     if clearance.strict:
         inferred = clearance.hidden(lineage.filters)
         if inferred:
@@ -144,7 +171,7 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         if touched:
             raise MaskingRefused(f"the statement reads {', '.join(map(str, touched))} into columns pgguard "
                                  "cannot follow")
-        return ResultPlan(None)
+        return ResultPlan(None, unresolved=lineage.unresolved)
     columns = []
     for column in lineage.columns:
         hidden = clearance.hidden(column.sources)
@@ -154,7 +181,7 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
             columns.append(clearance.spec_for(hidden[0]))
         else:
             columns.append(NULLIFY)
-    return ResultPlan(tuple(columns))
+    return ResultPlan(tuple(columns), reads_hidden=bool(touched), unresolved=lineage.unresolved)
 
 
 class RowMasker:
@@ -193,6 +220,7 @@ def row_masker(result: ResultPlan, fields: list[FieldDescription], formats: list
     """
     planned = result.columns
     misaligned = planned is not None and len(planned) != len(fields)
+    scrubber = result.scrubber(clearance)
     masks: list[ValueMask | None] = []
     for index, field in enumerate(fields):
         fmt = _format(formats, index, field.format)
@@ -204,13 +232,104 @@ def row_masker(result: ResultPlan, fields: list[FieldDescription], formats: list
             spec = NULLIFY if misaligned else planned[index]
         if spec is not None:
             masks.append(column_mask(spec, field.type_oid, fmt, clearance.rules.key))
-        elif clearance.scrubber is not None and field.type_oid in TEXT_TYPES:
-            masks.append(clearance.scrubber.scrub_bytes)
-        elif clearance.scrubber is not None and field.type_oid in JSON_TYPES:
-            masks.append(clearance.scrubber.scrub_json)
+        elif scrubber is not None:
+            masks.append(detector_mask(scrubber, field.type_oid, fmt))
         else:
             masks.append(None)
     return RowMasker(masks) if any(mask is not None for mask in masks) else None
+
+
+def detector_mask(scrubber: Scrubber, type_oid: int | None, fmt: int) -> ValueMask | None:
+    """The content detectors for a column of a type (None: unknown, no RowDescription seen) and format.
+
+    Text and JSON are masked in place, as are text arrays in text format and
+    bytea (in text format its hex is decoded first, or the client's decoding
+    would reveal what the hex hides). A value of any other type in which a
+    detector finds something (an array or record holding free text, a card
+    number cast to bigint or numeric) becomes NULL, the one value every type
+    admits. Types that hold no free text are skipped.
+    """
+    binary = fmt == BINARY_FORMAT
+    if type_oid in TEXT_TYPES:
+        return scrubber.scrub_bytes
+    if type_oid in JSON_TYPES:
+        return scrubber.scrub_json
+    if type_oid in NO_FREE_TEXT:
+        return None
+    if type_oid == BYTEA:
+        return partial(_scrub_bytea_binary if binary else _scrub_bytea_text, scrubber)
+    if type_oid in TEXT_ARRAYS and not binary:
+        return scrubber.scrub_bytes
+    if type_oid == INT8 and binary:
+        return partial(_null_if_found, scrubber, _int8_digits)
+    if type_oid == NUMERIC and binary:
+        return partial(_null_if_found, scrubber, _numeric_digits)
+    if type_oid is None and not binary:
+        return partial(_null_if_found, scrubber, _unhex)
+    return partial(_null_if_found, scrubber, None)
+
+
+def _null_if_found(scrubber: Scrubber, decode: Callable[[bytes], bytes] | None, value: bytes) -> bytes | None:
+    seen = decode(value) if decode is not None else value
+    return value if scrubber.scrub_bytes(seen) is seen else None
+
+
+def is_text(data: bytes) -> bool:
+    """Whether bytea holds text (valid UTF-8), where detectors look; binary data (images, archives) they leave alone.
+
+    Random bytes hold things that look like email addresses every few
+    kilobytes, and masking them would corrupt the data.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _scrub_bytea_binary(scrubber: Scrubber, value: bytes) -> bytes:
+    return scrubber.scrub_bytes(value) if is_text(value) else value
+
+
+def _scrub_bytea_text(scrubber: Scrubber, value: bytes) -> bytes | None:
+    """bytea in text format: hex (`\\x…`, the default) is scrubbed as the bytes it stands for."""
+    if not value.startswith(b"\\x"):
+        # bytea_output = escape: printable bytes are themselves, so a find is
+        # visible in the text; the value cannot be masked in place.
+        return _null_if_found(scrubber, None, value)
+    try:
+        raw = bytes.fromhex(value[2:].decode("ascii"))
+    except ValueError:
+        return None
+    if not is_text(raw):
+        return value
+    scrubbed = scrubber.scrub_bytes(raw)
+    return value if scrubbed is raw else b"\\x" + scrubbed.hex().encode("ascii")
+
+
+def _unhex(value: bytes) -> bytes:
+    """A text value of unknown type as the client may decode it: hex bytea, or as it is (binary bytea: nothing)."""
+    if value.startswith(b"\\x"):
+        try:
+            raw = bytes.fromhex(value[2:].decode("ascii"))
+        except ValueError:
+            return value
+        return raw if is_text(raw) else b""
+    return value
+
+
+def _int8_digits(value: bytes) -> bytes:
+    return str(int.from_bytes(value, "big", signed=True)).encode("ascii") if len(value) == 8 else value
+
+
+def _numeric_digits(value: bytes) -> bytes:
+    """The integer digits of a numeric in binary format (base-10000 digits after a four-field header)."""
+    if len(value) < 8:
+        return value
+    ndigits, weight = struct.unpack_from("!Hh", value)
+    digits = struct.unpack_from(f"!{ndigits}H", value, 8) if len(value) >= 8 + 2 * ndigits else ()
+    whole = [digits[i] if i < len(digits) else 0 for i in range(max(weight + 1, 0))]
+    return "".join(f"{d:04d}" for d in whole).lstrip("0").encode("ascii")
 
 
 def _format(formats: list[int] | None, index: int, described: int) -> int:

@@ -8,7 +8,14 @@ error the server skips everything up to Sync. The server's messages are
 matched against that queue, so each DataRow is masked with the plan of the
 statement that produced it, with the types and formats its RowDescription
 and Bind fixed. Names carry plans across messages: prepared statements
-(Parse, PREPARE), portals (Bind), cursors (DECLARE/FETCH).
+(Parse, PREPARE; EXECUTE), portals and cursors (Bind, DECLARE; FETCH).
+
+A name takes its new meaning only when the server confirms it
+(ParseComplete, BindComplete, CloseComplete, or the CommandComplete of a
+PREPARE or DECLARE), and a name is looked up only when the server starts
+answering the request that uses it. A Parse or PREPARE the server rejects
+(the name is taken; an earlier error made it skip the batch) therefore
+leaves the statement the server still has with its own plan.
 
 Free text gets the session's content detectors wherever it goes out:
 rows, COPY data, notices, errors and notifications.
@@ -16,51 +23,96 @@ rows, COPY data, notices, errors and notifications.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pgguard.masking.detectors import Scrubber
+from pgguard.masking.functions import MaskSpec, ValueMask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, RowMasker, plan, row_masker
+from pgguard.masking.plan import (EVERY_DETECTOR, NULLIFY, Clearance, MaskingRefused, ResultPlan, RowMasker,
+                                  detector_mask, is_text, plan, row_masker)
 from pgguard.wire import backend
 from pgguard.wire.backend import FieldDescription
 
 # A result whose lineage is lost (EXECUTE or FETCH of a name never seen):
 # every column hidden, whatever its shape.
-HIDE_ALL = ResultPlan(None, hide_all=True)
+HIDE_ALL = ResultPlan(None, hide_all=True, reads_hidden=True)
 _NO_ROWS = ResultPlan(())
+# Names a plan may be found under, followed no further than this.
+_MAX_INDIRECTION = 4
+
+# Errors and notices of a statement that reads hidden columns: every detector
+# over the message, whose quoted parts (where PostgreSQL quotes values) are
+# redacted, and no detail or context (`Key (email)=(…)`, `JSON data, line 1: …`).
+_QUOTED = re.compile(r'"[\s\S]*"')
+_VALUE_FIELDS = ("D", "W")
+
+
+@dataclass(frozen=True)
+class _Use:
+    """Rows that come from a name: EXECUTE of a prepared statement ("S"), FETCH from a cursor ("P")."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class _Define:
+    """What a PREPARE ("S") or DECLARE ("P") creates once it completes."""
+
+    namespace: str
+    name: str
+    plan: ResultPlan
+    holdable: bool = False  # DECLARE ... WITH HOLD
 
 
 @dataclass(eq=False)
 class _Prepared:
-    """A prepared statement as one Parse made it (a later Parse of the name makes another)."""
+    """A prepared statement as one Parse or PREPARE made it (a later one of the name makes another)."""
 
-    plan: ResultPlan
+    plan: ResultPlan | _Use
     fields: list[FieldDescription] | None = None  # from a Describe of the statement
+    defines: _Define | None = None  # the statement is itself a PREPARE or DECLARE
+    sql: str | None = None  # its text, to plan again what the catalog did not know at Parse
 
 
 @dataclass(eq=False)
 class _Portal:
-    """A portal as one Bind made it."""
+    """A portal as one Bind or DECLARE made it."""
 
     prepared: _Prepared
     formats: list[int]
     fields: list[FieldDescription] | None = None  # from a Describe of the portal
+    holdable: bool = False  # outlives its transaction (a cursor WITH HOLD)
+
+
+@dataclass(eq=False)
+class _Step:
+    """One statement of a simple Query."""
+
+    plan: ResultPlan | _Use
+    defines: _Define | None = None
 
 
 @dataclass(eq=False)
 class _Unit:
     """One request whose answer has not fully arrived.
 
-    Requests hold the very statement or portal they name, as it was when they
-    were sent: the unnamed ones are replaced by the next Parse or Bind long
-    before a pipelined Execute's rows come back.
+    What a request names is looked up when the server answers it, so that it
+    finds what the server will use: the requests before it have been answered.
     """
 
     kind: str  # query, parse, bind, describe, execute, close, sync, call
-    plans: list[ResultPlan] = field(default_factory=list)  # query: one per statement
-    prepared: _Prepared | None = None  # describe of a statement
-    portal: _Portal | None = None  # describe of a portal, execute
+    steps: list[_Step] = field(default_factory=list)  # query: one per statement
+    name: str = ""  # parse: statement; bind, execute: portal; describe, close: their target
+    target: str = ""  # describe, close: "S" or "P"
+    statement: str = ""  # bind: the statement bound
+    formats: list[int] = field(default_factory=list)  # bind: result formats
+    prepared: _Prepared | None = None  # parse: the statement it makes
+    portal: _Portal | None = None  # execute: the portal, once its answer begins
+    started: bool = False  # execute: its portal has been looked up
 
 
 class ResultMasking:
@@ -70,59 +122,59 @@ class ResultMasking:
         self._analyse = analyse
         self._table_column = table_column
         self._units: deque[_Unit] = deque()
+        # Names as the server has them: prepared statements, portals and cursors.
         self._statements: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
-        # Plans by the name a later FETCH or EXECUTE (SQL) uses.
-        self._named: dict[str, ResultPlan] = {}
         self._masker: RowMasker | None = None
         self._executing: _Unit | None = None
-        self._scrub_copy = False
+        self._scrub_copy: Scrubber | None = None
 
     # -- what the client asks ---------------------------------------------------
 
-    def plans(self, sql: str) -> list[ResultPlan]:
-        """One plan per statement; raises MaskingRefused for a statement that cannot be masked."""
-        plans = []
+    def steps(self, sql: str) -> list[_Step]:
+        """One step per statement; raises MaskingRefused for a statement that cannot be masked."""
+        steps = []
         for found in self._analyse(sql):
             if found.uses is not None:
-                prepared = self._statements.get(found.uses)
-                plans.append(self._named.get(found.uses) or (prepared.plan if prepared else HIDE_ALL))
+                steps.append(_Step(_Use(found.namespace, found.uses)))
                 continue
+            if found.stores is not None:
+                stored = self._statements.get(found.stores)
+                stored_plan = self._resolve(stored.plan) if stored is not None else HIDE_ALL
+                if stored_plan.reads_hidden or stored_plan.unresolved:
+                    raise MaskingRefused(f"CREATE TABLE AS EXECUTE {found.stores} would store values this session"
+                                         " may not see where they could be read back unmasked")
             result = plan(found, self.clearance)
             if found.copy and result.hides_anything:
                 raise MaskingRefused("COPY of a column this session may not see unmasked is not supported;"
                                      " SELECT it instead, where it is masked")
             if found.defines is not None:
                 # DECLARE and PREPARE return no rows now; FETCH and EXECUTE will.
-                self._named[found.defines] = result
-                result = _NO_ROWS
-            plans.append(result)
-        return plans
+                steps.append(_Step(_NO_ROWS, _Define(found.namespace, found.defines, result, found.holdable)))
+            else:
+                steps.append(_Step(result))
+        return steps
 
     def query(self, sql: str) -> None:
-        self._units.append(_Unit("query", self.plans(sql)))
+        self._units.append(_Unit("query", self.steps(sql)))
 
     def parse(self, name: str, sql: str) -> None:
-        plans = self.plans(sql)
-        self._statements[name] = _Prepared(plans[0] if len(plans) == 1 else HIDE_ALL)
-        self._units.append(_Unit("parse"))
+        steps = self.steps(sql)
+        prepared = _Prepared(steps[0].plan, defines=steps[0].defines, sql=sql) if len(steps) == 1 else \
+            _Prepared(HIDE_ALL)
+        self._units.append(_Unit("parse", name=name, prepared=prepared))
 
     def bind(self, portal: str, statement: str, formats: list[int]) -> None:
-        self._portals[portal] = _Portal(self._statements.get(statement) or _Prepared(HIDE_ALL), formats)
-        self._units.append(_Unit("bind"))
+        self._units.append(_Unit("bind", name=portal, statement=statement, formats=formats))
 
     def describe(self, target: str, name: str) -> None:
-        if target == "S":
-            self._units.append(_Unit("describe", prepared=self._statements.get(name)))
-        else:
-            self._units.append(_Unit("describe", portal=self._portals.get(name)))
+        self._units.append(_Unit("describe", name=name, target=target))
 
     def execute(self, portal: str) -> None:
-        self._units.append(_Unit("execute", portal=self._portals.get(portal)))
+        self._units.append(_Unit("execute", name=portal))
 
     def close(self, target: str, name: str) -> None:
-        (self._statements if target == "S" else self._portals).pop(name, None)
-        self._units.append(_Unit("close"))
+        self._units.append(_Unit("close", name=name, target=target))
 
     def sync(self) -> None:
         self._units.append(_Unit("sync"))
@@ -143,26 +195,83 @@ class ResultMasking:
         if tag == 0x54:  # T RowDescription
             self._row_description(backend.RowDescription.decode(message[5:]).fields)
         elif tag in (0x43, 0x49, 0x73):  # C CommandComplete, I EmptyQuery, s PortalSuspended
-            self._result_done()
-        elif tag == 0x64 and self._scrub_copy and self.clearance.scrubber is not None:  # d CopyData
-            return b"d" + message[1:5] + self.clearance.scrubber.scrub_bytes(message[5:])
+            self._result_done(tag == 0x43)
+        elif tag == 0x64 and self._scrub_copy is not None:  # d CopyData
+            return b"d" + message[1:5] + _scrub_copy_data(self._scrub_copy, message[5:])
         elif tag == 0x48:  # H CopyOutResponse
             self._copy_out()
         elif tag in (0x31, 0x32, 0x33, 0x6E):  # ParseComplete, BindComplete, CloseComplete, NoData
-            self._pop(tag)
+            self._confirm()
         elif tag == 0x45:  # E ErrorResponse
+            hidden = self._reads_hidden()
             self._error()
-            return self._scrub_notice(backend.ErrorResponse, message)
+            return self._scrub_notice(backend.ErrorResponse, message, hidden)
         elif tag == 0x4E:  # N NoticeResponse
-            return self._scrub_notice(backend.NoticeResponse, message)
+            return self._scrub_notice(backend.NoticeResponse, message, self._reads_hidden())
         elif tag == 0x41:  # A NotificationResponse
             return self._scrub_notification(message)
         elif tag == 0x5A:  # Z ReadyForQuery
-            self._ready()
+            self._ready(message[5:6])
         return message
 
     def _head(self) -> _Unit | None:
         return self._units[0] if self._units else None
+
+    def _resolve(self, planned: ResultPlan | _Use) -> ResultPlan:
+        """The plan of rows that come from a name, as the server has the name now."""
+        for _ in range(_MAX_INDIRECTION):
+            if isinstance(planned, ResultPlan):
+                return planned
+            found = (self._statements if planned.namespace == "S" else self._portals).get(planned.name)
+            if found is None:
+                return HIDE_ALL
+            planned = found.plan if isinstance(found, _Prepared) else found.prepared.plan
+        return planned if isinstance(planned, ResultPlan) else HIDE_ALL
+
+    def _planned(self, prepared: _Prepared) -> ResultPlan:
+        """A prepared statement's plan; planned again if it read a relation the catalog did not know then.
+
+        Clients keep prepared statements for the whole session (asyncpg
+        caches every query), and a plan made before the catalog knew a new
+        view would keep masking its rows with detectors only. Rows are on
+        their way when this runs, so what cannot be masked now is NULL.
+        """
+        result = self._resolve(prepared.plan)
+        if not result.unresolved or prepared.sql is None:
+            return result
+        try:
+            steps = self.steps(prepared.sql)
+        except Exception:  # MaskingRefused, or a statement it cannot analyse now: fail closed
+            prepared.plan = HIDE_ALL
+            return HIDE_ALL
+        if len(steps) == 1 and isinstance(steps[0].plan, ResultPlan) and not steps[0].plan.unresolved:
+            prepared.plan = steps[0].plan
+            return prepared.plan
+        return result
+
+    def _portal_of(self, head: _Unit) -> _Portal | None:
+        """An Execute's portal, looked up once, when the server starts answering it."""
+        if not head.started:
+            head.started = True
+            head.portal = self._portals.get(head.name)
+        return head.portal
+
+    def _current(self) -> ResultPlan | None:
+        """The plan of the statement being answered (HIDE_ALL for a portal never bound); None for other requests."""
+        head = self._head()
+        if head is None:
+            return None
+        if head.kind == "query":
+            return self._resolve(head.steps[0].plan) if head.steps else None
+        if head.kind == "execute":
+            portal = self._portal_of(head)
+            return HIDE_ALL if portal is None else self._planned(portal.prepared)
+        return None
+
+    def _reads_hidden(self) -> bool:
+        """Whether the statement being answered reads a column the session may not see."""
+        current = self._current()
+        return current is not None and (current.reads_hidden or current.unresolved)
 
     def _row_description(self, fields: list[FieldDescription]) -> None:
         head = self._head()
@@ -170,11 +279,11 @@ class ResultMasking:
             return
         if head.kind == "describe":
             self._units.popleft()
-            described = head.prepared or head.portal
+            described = (self._statements if head.target == "S" else self._portals).get(head.name)
             if described is not None:
                 described.fields = fields
         elif head.kind == "query":
-            current = head.plans[0] if head.plans else HIDE_ALL
+            current = self._resolve(head.steps[0].plan) if head.steps else HIDE_ALL
             self._masker = self._bind_masker(current, fields, None)
 
     def _bind_masker(self, result: ResultPlan, fields: list[FieldDescription],
@@ -184,70 +293,102 @@ class ResultMasking:
         return row_masker(result, fields, formats, self.clearance, self._table_column)
 
     def _start_execute(self, head: _Unit) -> None:
-        portal = head.portal
+        portal = self._portal_of(head)
         if portal is None:
             self._masker = _NullEverything()  # rows of a portal pgguard never saw bound
             return
-        result = portal.prepared.plan
+        result = self._planned(portal.prepared)
         fields = portal.fields or portal.prepared.fields
         if fields is not None:
             self._masker = self._bind_masker(result, fields, portal.formats)
-        elif result.hides_anything:
-            # No RowDescription seen: types unknown, so hidden columns become
-            # NULL, which every type admits; and with no shape, all of them.
-            planned = result.columns
-            self._masker = _NullEverything() if result.hide_all or planned is None else \
-                RowMasker([None if spec is None else _null for spec in planned])
+        elif result.hide_all or (result.columns is None and result.hides_anything):
+            self._masker = _NullEverything()
         else:
-            self._masker = None
+            # No RowDescription seen: types unknown, so hidden columns become
+            # NULL, which every type admits, as does any value a detector
+            # finds something in.
+            self._masker = _Describeless(result.columns, portal.formats, result.scrubber(self.clearance))
 
-    def _result_done(self) -> None:
+    def _result_done(self, completed: bool) -> None:
         self._masker = None
-        self._scrub_copy = False
+        self._scrub_copy = None
         head = self._head()
         if head is None:
             return
         if head.kind == "query":
-            if head.plans:
-                head.plans.pop(0)
+            if head.steps:
+                step = head.steps.pop(0)
+                if completed and step.defines is not None:
+                    self._define(step.defines)
         elif head.kind == "execute":
+            portal = self._portal_of(head)
             self._units.popleft()
             self._executing = None
+            if completed and portal is not None and portal.prepared.defines is not None:
+                self._define(portal.prepared.defines)
+
+    def _define(self, defines: _Define) -> None:
+        """A PREPARE or DECLARE completed: the name now has its plan."""
+        prepared = _Prepared(defines.plan)
+        if defines.namespace == "S":
+            self._statements[defines.name] = prepared
+        else:
+            self._portals[defines.name] = _Portal(prepared, [], holdable=defines.holdable)
 
     def _copy_out(self) -> None:
-        # COPY of hidden columns was refused before it ran (plans()); what
+        # COPY of hidden columns was refused before it ran (steps()); what
         # remains is free text for the detectors.
-        self._scrub_copy = True
+        current = self._current()
+        self._scrub_copy = current.scrubber(self.clearance) if current is not None else self.clearance.scrubber
 
-    def _pop(self, tag: int) -> None:
-        if self._units:
-            self._units.popleft()
-        if tag == 0x6E:  # NoData
+    def _confirm(self) -> None:
+        """ParseComplete, BindComplete, CloseComplete or NoData: the request at the head succeeded."""
+        if not self._units:
+            return
+        head = self._units.popleft()
+        if head.kind == "parse" and head.prepared is not None:
+            self._statements[head.name] = head.prepared
+        elif head.kind == "bind":
+            prepared = self._statements.get(head.statement) or _Prepared(HIDE_ALL)
+            self._portals[head.name] = _Portal(prepared, head.formats)
+        elif head.kind == "close":
+            (self._statements if head.target == "S" else self._portals).pop(head.name, None)
+        elif head.kind == "describe":  # NoData
             self._masker = None
 
     def _error(self) -> None:
         """The current request failed; in the extended protocol the server skips to Sync."""
         self._masker = None
-        self._scrub_copy = False
+        self._scrub_copy = None
         self._executing = None
         while self._units and self._units[0].kind not in ("query", "sync", "call"):
             self._units.popleft()
         if self._units and self._units[0].kind == "query":
-            self._units[0].plans.clear()
+            self._units[0].steps.clear()
 
-    def _ready(self) -> None:
+    def _ready(self, status: bytes) -> None:
         while self._units:
             unit = self._units.popleft()
             if unit.kind in ("query", "sync", "call"):
                 break
+        if status == b"I":
+            # Out of any transaction: its portals are gone, but cursors WITH HOLD.
+            self._portals = {name: portal for name, portal in self._portals.items() if portal.holdable}
 
     def _scrub_notice(self, kind: type[backend.ErrorResponse] | type[backend.NoticeResponse],
-                      message: bytes) -> bytes:
+                      message: bytes, reads_hidden: bool) -> bytes:
         scrubber = self.clearance.scrubber
-        if scrubber is None:
+        if scrubber is None and not reads_hidden:
             return message
         notice = kind.decode(message[5:])
-        fields = {code: scrubber.scrub(text) for code, text in notice.fields.items()}
+        fields = dict(notice.fields)
+        if reads_hidden:
+            for code in _VALUE_FIELDS:
+                fields.pop(code, None)
+            if "M" in fields:
+                fields["M"] = EVERY_DETECTOR.scrub(_QUOTED.sub('"[redacted]"', fields["M"]))
+        if scrubber is not None:
+            fields = {code: scrubber.scrub(text) for code, text in fields.items()}
         return message if fields == notice.fields else kind(fields).encode()
 
     def _scrub_notification(self, message: bytes) -> bytes:
@@ -262,6 +403,63 @@ class ResultMasking:
 
 def _null(value: bytes) -> None:
     return None
+
+
+# bytea in COPY's text and CSV formats: `\x` and hex digits (the backslash doubled in text format).
+_HEX_BYTEA = re.compile(rb"\\x((?:[0-9a-f]{2})+)")
+
+
+def _scrub_copy_data(scrubber: Scrubber, data: bytes) -> bytes:
+    """COPY data with detectors applied to its text, and to the text that bytea's hex stands for.
+
+    Hex is scrubbed only as what it decodes to: a run of its digits can look
+    like a card number, and masking that would break the hex. Either way the
+    length stays, so COPY's binary format stays framed.
+    """
+    if b"\\x" not in data:
+        return scrubber.scrub_bytes(data)
+    parts = []
+    end = 0
+    for match in _HEX_BYTEA.finditer(data):
+        parts.append(scrubber.scrub_bytes(data[end:match.start()]))
+        raw = bytes.fromhex(match.group(1).decode("ascii"))
+        scrubbed = scrubber.scrub_bytes(raw) if is_text(raw) else raw
+        parts.append(match.group() if scrubbed is raw else b"\\x" + scrubbed.hex().encode("ascii"))
+        end = match.end()
+    parts.append(scrubber.scrub_bytes(data[end:]))
+    return b"".join(parts)
+
+
+class _Describeless(RowMasker):
+    """Rows of an Execute whose types no Describe gave: masks built from the first row's width."""
+
+    def __init__(self, planned: tuple[MaskSpec | None, ...] | None, formats: list[int],
+                 scrubber: Scrubber | None) -> None:
+        super().__init__([])
+        self.planned = planned
+        self.formats = formats
+        self.scrubber = scrubber
+        self.width: int | None = None
+        self.idle = False
+
+    def mask(self, message: bytes) -> bytes:
+        count = int.from_bytes(message[5:7], "big")
+        if count != self.width:
+            self.width = count
+            planned, formats = self.planned, self.formats
+            misaligned = planned is not None and len(planned) != count
+            masks: list[ValueMask | None] = []
+            for index in range(count):
+                fmt = formats[0] if len(formats) == 1 else formats[index] if index < len(formats) else 0
+                if misaligned or (planned is not None and planned[index] is not None):
+                    masks.append(_null)
+                elif self.scrubber is not None:
+                    masks.append(detector_mask(self.scrubber, None, fmt))
+                else:
+                    masks.append(None)
+            self.masks = masks
+            self.idle = not any(mask is not None for mask in masks)
+        return message if self.idle else super().mask(message)
 
 
 class _NullEverything(RowMasker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from pgguard.config import Config, RoleConfig
@@ -39,6 +40,10 @@ class MaskingConfig:
         return ResultMasking(clearance, lambda sql: lineages(sql, relations), table_column)
 
 
+# Seconds before a name the catalog did not know has it read again.
+_ASK_AGAIN = 5.0
+
+
 class SessionRelations(Relations):
     """Relations as the session's search path resolves them."""
 
@@ -46,6 +51,9 @@ class SessionRelations(Relations):
         self.guard = guard
         self.catalog = catalog
         self.sensitive_relations = {name.rsplit(".", 1)[0] for name in rules.columns}
+        # Names the catalog did not know, and when a new read was last asked for
+        # them (a temporary table is never in it: ask again, but not per statement).
+        self._asked: dict[tuple[str | None, str], float] = {}
 
     def resolve(self, schema: str | None, name: str) -> str | None:
         known = self.catalog().relation_columns
@@ -58,7 +66,16 @@ class SessionRelations(Relations):
             # The name could be a table with sensitive columns, but which one it
             # is cannot be told: fail closed.
             raise MaskingRefused(f"{name} may be {' or '.join(risky)}, and pgguard cannot tell which")
-        return existing[0] if existing else None
+        if not existing:
+            # Created since the catalog was read (a view over a sensitive table,
+            # made outside the gateway?): have it read again, so that the next
+            # statement sees what this one could not.
+            now = time.monotonic()
+            if now - self._asked.get((schema, name), -_ASK_AGAIN) >= _ASK_AGAIN:
+                self._asked[(schema, name)] = now
+                self.guard.on_ddl()
+            return None
+        return existing[0]
 
     def columns(self, relation: str) -> list[str] | None:
         found = self.catalog().relation_columns.get(relation)

@@ -38,6 +38,26 @@ INT_WIDTHS = {INT2: 2, INT4: 4, INT8: 8}
 
 UUID = 2950
 
+BYTEA = 17
+NUMERIC = 1700
+# Arrays whose elements are text-like: their text form is an array literal in
+# which a masked element (`*` is not special in one) is still an element.
+TEXT_ARRAYS = frozenset({1009, 1015, 1014, 1003})
+# Types that hold no free text, and whose numbers, if any, are too short to be
+# a card number (int2, int4) or never show one as a run of digits (floats
+# print theirs around a decimal point and an exponent): content detectors
+# skip them. int8 and numeric are not among them.
+NO_FREE_TEXT = frozenset({
+    16,  # bool
+    18,  # "char"
+    21, 23, 26, 27, 28, 29,  # int2, int4, oid, tid, xid, cid
+    700, 701,  # float4, float8
+    1082, 1083, 1114, 1184, 1186, 1266,  # date, time, timestamp, timestamptz, interval, timetz
+    UUID, 650, 869, 829, 774,  # uuid, cidr, inet, macaddr, macaddr8
+    1560, 1562, 3220,  # bit, varbit, pg_lsn
+    24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191,  # regproc … regcollation
+})
+
 # jsonb_send writes a version byte, then the JSON text; version 1 is the only
 # one PostgreSQL has ever had.
 JSONB_BINARY_HEADER = b"\x01"

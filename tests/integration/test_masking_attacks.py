@@ -1,0 +1,1050 @@
+"""Extraction attempts against masking: what an analyst tries, and what reaches the client.
+
+Every attempt here runs as the demo's analyst (strict inference, detectors for
+card numbers and emails) through the real gateway, and everything the client
+receives (rows decoded by the client, raw protocol messages, COPY data, error
+and notice fields) is searched for the raw values read directly from
+PostgreSQL, and for recognisable fragments of them: the first 12 digits of a
+card (separators ignored), the user part of an email (in any case), a full
+SSN, a phone number's digits. `RawValues.leaked` is that search;
+`test_the_leak_check_fires_on_the_dbas_raw_results` shows it finding what is
+there.
+
+Routes: aliases, expressions and functions, operators, casts, CASE and
+friends, subqueries, CTEs, set operations, LATERAL, window functions,
+aggregates, `*` and whole-row references, JSON, views and materialized views,
+cursors, prepared statements (SQL and protocol level), COPY, errors that
+quote values, statistics views and query_to_xml, free text cut apart, strict
+inference, and the extended protocol without Describe. Each SELECT route runs
+through psycopg (simple protocol, extended, prepare=True, binary cursors,
+pipeline mode) and asyncpg (binary). Then support, who sees emails and
+nothing else raw, and the dba, who sees everything.
+
+Last, the engineer, masked too but allowed to write: hidden values must not
+be copied (INSERT ... SELECT, UPDATE ... SET, MERGE, CREATE TABLE AS, SELECT
+INTO) into columns from which they would be read back raw.
+
+The tests marked `known_limit` record leaks pgguard does not stop yet; they
+are strict xfails, so the day one is fixed the test says so. Content
+detectors see each output value as it is, so free text an attacker cuts or
+re-encodes before it leaves the database (the user part of an email cut off
+before its `@`, a spaced card number split into one row per group, hex or
+base64 of a body, digits translated into letters) is beyond them; and a
+value masked to NULL still decides whether its expression fails at run time
+(`1 / (CASE WHEN ssn LIKE '4%' THEN 0 ELSE 1 END)`), an oracle strict
+inference does not close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from helpers import fetch_all, fetch_value, scratch_table
+from pgguard.demo import data
+from pgguard.wire import backend, frontend
+from rawclient import RawConnection, login_as
+
+SENSITIVE = ("email", "phone", "card_number", "ssn")
+
+known_limit = pytest.mark.xfail(strict=True, reason="known limit of output masking (see the module docstring)")
+
+
+# --- the leak check ------------------------------------------------------------------------------
+
+_USER_PART = re.compile(r"([a-z]+)\.([a-z]+)([0-9]+)")
+# Digits, possibly split by separators people (and regexp_replace) put between them.
+_DIGIT_CHAIN = re.compile(r"[0-9]+(?:[ .\-/()+]{1,3}[0-9]+)*")
+_SSN = re.compile(r"[0-9]{3}-[0-9]{2}-[0-9]{4}")
+
+
+@dataclass(frozen=True)
+class RawValues:
+    """The sensitive values of every customer, as fragments the check looks for."""
+
+    users: frozenset[str]  # email local parts, lower case
+    cards: frozenset[str]  # first 12 digits
+    ssns: frozenset[str]
+    ssn_digits: frozenset[str]
+    phones: frozenset[str]  # the 10 national digits
+    emails: tuple[str, ...]  # the values themselves, in id order
+    cards_raw: tuple[str, ...]
+    ssns_raw: tuple[str, ...]
+    phones_raw: tuple[str, ...]
+
+    @classmethod
+    def read(cls, rows: list[tuple[str, ...]]) -> RawValues:
+        emails, phones, cards, ssns = (tuple(row[i] for row in rows) for i in range(4))
+        return cls(
+            users=frozenset(e.split("@")[0].lower() for e in emails),
+            cards=frozenset(c[:12] for c in cards),
+            ssns=frozenset(ssns),
+            ssn_digits=frozenset(s.replace("-", "") for s in ssns),
+            phones=frozenset(re.sub(r"\D", "", p)[-10:] for p in phones),
+            emails=emails, cards_raw=cards, ssns_raw=ssns, phones_raw=phones,
+        )
+
+    def leaked(self, received: object) -> list[str]:
+        """Raw values, or recognisable fragments of them, in `received` (its repr unless a str)."""
+        text = received if isinstance(received, str) else repr(received)
+        found: list[str] = []
+        for match in _USER_PART.finditer(text.lower()):
+            first, last, digits = match.groups()
+            for start in range(len(first)):
+                for end in range(1, len(digits) + 1):
+                    candidate = f"{first[start:]}.{last}{digits[:end]}"
+                    if candidate in self.users:
+                        found.append(f"email:{candidate}")
+        for chain in _DIGIT_CHAIN.finditer(text):
+            digits = re.sub(r"\D", "", chain.group())
+            for start in range(len(digits) - 11):
+                if digits[start:start + 12] in self.cards:
+                    found.append(f"card:{digits[start:start + 12]}")
+            if len(digits) == 9 and digits in self.ssn_digits:
+                found.append(f"ssn:{digits}")
+            if len(digits) in (10, 11) and digits[-10:] in self.phones:
+                found.append(f"phone:{digits}")
+        found.extend(f"ssn:{m.group()}" for m in _SSN.finditer(text) if m.group() in self.ssns)
+        return found
+
+
+def error_text(exc: BaseException) -> str:
+    """Everything an error tells the client: message and every diagnostic field."""
+    parts = [str(exc)]
+    diag = getattr(exc, "diag", None)
+    if diag is not None:
+        parts += [str(getattr(diag, name, None)) for name in
+                  ("message_primary", "message_detail", "message_hint", "context", "internal_query")]
+    if isinstance(exc, asyncpg.PostgresError):
+        parts.append(repr(exc.as_dict()))
+    return "\n".join(parts)
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw(postgres) -> RawValues:
+    return RawValues.read(fetch_all(postgres.dsn(), f"SELECT {', '.join(SENSITIVE)} FROM customers ORDER BY id"))
+
+
+@pytest.fixture(scope="module")
+def analyst(gateway) -> Iterator[psycopg.Connection[Any]]:
+    """One analyst session for the module (autocommit: an error leaves it usable)."""
+    with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
+        yield conn
+
+
+class AsyncSession:
+    """An asyncpg connection on a loop of its own, driven from plain tests."""
+
+    def __init__(self, dsn: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn: asyncpg.Connection = self.run(asyncpg.connect(dsn))
+
+    def run(self, work: Any) -> Any:
+        return self.loop.run_until_complete(work)
+
+    def close(self) -> None:
+        self.run(self.conn.close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def analyst_async(gateway) -> Iterator[AsyncSession]:
+    session = AsyncSession(gateway.dsn("analyst"))
+    yield session
+    session.close()
+
+
+def refused_message(exc: BaseException) -> str:
+    """The message of a pgguard refusal (42501, "pgguard: ..."); fails for any other error."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    assert sqlstate == "42501", f"expected a refusal, got {sqlstate}: {exc}"
+    message = exc.diag.message_primary if isinstance(exc, psycopg.Error) else exc.message
+    assert message.startswith("pgguard: "), message
+    return message
+
+
+def known_to_the_gateway(conn: psycopg.Connection[Any] | str, sql: str, masked: object,
+                         timeout: float = 30.0) -> None:
+    """Wait until the gateway's catalog knows a relation created behind its back: `sql` returns `masked`.
+
+    Until then its values get every detector and statements that read hidden columns next to it are refused
+    (see test_a_view_created_behind_the_gateways_back_*). The first such statement has the catalog read again,
+    which a session sees within a second or so; a new session (`conn` a DSN) waits for it before it starts.
+    Never as a prepared statement: its plan is made once, at Parse, and would keep what was known then.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if isinstance(conn, str):
+                with psycopg.connect(conn, autocommit=True) as fresh:
+                    seen = fresh.execute(sql, prepare=False).fetchone()
+            else:
+                seen = conn.execute(sql, prepare=False).fetchone()
+        except psycopg.errors.InsufficientPrivilege as refused:
+            seen = refused
+        if seen == masked:
+            return
+        assert time.monotonic() < deadline, f"the gateway never learnt of the relation: {sql!r} gives {seen!r}"
+        time.sleep(0.2)
+
+
+# --- every route, every client ---------------------------------------------------------------------
+
+C = "customers"
+ROUTES = [
+    # plain references, aliases, qualified names
+    f"SELECT email, phone, card_number, ssn FROM {C} ORDER BY id LIMIT 150",
+    f"SELECT email AS e, phone AS p, card_number AS harmless, ssn AS note FROM {C} x ORDER BY id LIMIT 150",
+    f"SELECT public.customers.email, c2.ssn FROM public.customers JOIN {C} c2 USING (id) "
+    "ORDER BY public.customers.id LIMIT 150",
+    # expressions and functions
+    f"SELECT lower(email), upper(email), initcap(email), email || '' FROM {C} ORDER BY id LIMIT 150",
+    f"SELECT substr(card_number, 1, 12), substring(ssn from 1 for 11), left(phone, 20), right(email, 40) FROM {C} "
+    "ORDER BY id LIMIT 150",
+    f"SELECT overlay(card_number placing 'x' from 16), regexp_replace(email, '@.*', ''), "
+    f"translate(ssn, '-', '/'), reverse(phone) FROM {C} ORDER BY id LIMIT 150",
+    f"SELECT concat(email, '|', phone), format('%s %s', ssn, card_number), concat_ws(',', phone, ssn) FROM {C} "
+    "ORDER BY id LIMIT 150",
+    f"SELECT md5(email), sha256(ssn::bytea), encode(card_number::bytea, 'hex'), length(email) FROM {C} "
+    "ORDER BY id LIMIT 150",
+    f"SELECT split_part(email, '@', 1), replace(phone, '-', ''), btrim(ssn), quote_literal(card_number) FROM {C} "
+    "ORDER BY id LIMIT 150",
+    # operators and casts
+    f"SELECT email || '@' || phone, ssn < '5', card_number::numeric + 0, phone LIKE '+1%' FROM {C} "
+    "ORDER BY id LIMIT 150",
+    f"SELECT card_number::text, ssn::varchar, phone::varchar(40), email::bytea, ssn::char(11) FROM {C} "
+    "ORDER BY id LIMIT 150",
+    f"SELECT to_json(email), to_jsonb(ssn), phone::json::text FROM (SELECT email, ssn, '\"' || phone || '\"' AS phone "
+    f"FROM {C} ORDER BY id LIMIT 150) s",
+    f"SELECT card_number::bigint, card_number::numeric(20) FROM {C} ORDER BY id LIMIT 150",
+    # CASE, COALESCE, NULLIF, GREATEST, LEAST
+    f"SELECT CASE WHEN id > 0 THEN email ELSE 'x' END, coalesce(ssn, 'x'), nullif(phone, 'x'), "
+    f"greatest(card_number, '0'), least(email, 'zzz') FROM {C} ORDER BY id LIMIT 150",
+    # subqueries: scalar, IN, EXISTS, ARRAY
+    f"SELECT (SELECT email FROM {C} c2 WHERE c2.id = c.id), ARRAY(SELECT ssn FROM {C} c3 WHERE c3.id = c.id) "
+    f"FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT id, id IN (SELECT id FROM {C} WHERE id < 10), EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) "
+    f"FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT x.e FROM (SELECT email AS e FROM {C} ORDER BY id LIMIT 150) x",
+    # CTEs, recursive too
+    f"WITH x AS (SELECT email, phone, card_number, ssn FROM {C}) SELECT * FROM x LIMIT 150",
+    f"WITH x(a, b) AS (SELECT email, ssn FROM {C}), y AS (SELECT a AS z, b FROM x) SELECT z, b, lower(z) FROM y "
+    "LIMIT 150",
+    f"WITH RECURSIVE r(n, e) AS (SELECT 1, email FROM {C} WHERE id = 1 UNION ALL SELECT n + 1, e || '' FROM r "
+    "WHERE n < 5) SELECT * FROM r",
+    f"WITH RECURSIVE r(n, s) AS (SELECT id, ssn FROM {C} WHERE id < 150 UNION ALL SELECT n + 1000, s FROM r "
+    "WHERE n < 3) SELECT * FROM r",
+    # set operations
+    f"SELECT email FROM {C} UNION ALL SELECT status FROM orders LIMIT 150",
+    f"(SELECT ssn, phone FROM {C} ORDER BY id LIMIT 50) UNION ALL (SELECT card_number, email FROM {C} "
+    "ORDER BY id LIMIT 50)",
+    # LATERAL
+    f"SELECT x.* FROM {C} c, LATERAL (SELECT c.email, c.ssn || '' AS s, c.card_number) x ORDER BY c.id LIMIT 150",
+    f"SELECT c.id, l.p FROM {C} c CROSS JOIN LATERAL (SELECT c.phone AS p) l ORDER BY c.id LIMIT 150",
+    # window functions
+    f"SELECT lag(email) OVER w, lead(ssn) OVER w, first_value(card_number) OVER w, nth_value(phone, 2) OVER w, "
+    f"last_value(email) OVER w FROM {C} WINDOW w AS (ORDER BY id) ORDER BY id LIMIT 150",
+    # aggregates
+    f"SELECT string_agg(email, ','), array_agg(phone), json_agg(ssn), jsonb_object_agg(id, card_number), "
+    f"min(email), max(ssn) FROM {C}",
+    f"SELECT array_to_string(array_agg(ssn), ','), string_agg(card_number, ' '), count(email) FROM {C}",
+    # *, t.*, whole-row references
+    f"SELECT * FROM {C} ORDER BY id LIMIT 150",
+    f"SELECT c.*, o.* FROM {C} c JOIN orders o ON o.customer_id = c.id ORDER BY o.id LIMIT 150",
+    f"TABLE {C} LIMIT 150",
+    f"SELECT c FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT row_to_json(c), to_json(c), to_jsonb(c), (c.*)::text FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT json_agg(c), jsonb_agg(c), array_agg(c) FROM (SELECT * FROM {C} ORDER BY id LIMIT 150) c",
+    f"SELECT ROW(email, ssn), ROW(c.*), (c).email, (c).ssn FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT to_jsonb(c) -> 'ssn', to_jsonb(c) ->> 'phone', row_to_json(c)::text, jsonb_build_object('e', email) "
+    f"FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT jsonb_path_query_first(to_jsonb(c), '$.email'), jsonb_path_query_array(to_jsonb(c), '$.*') "
+    f"FROM {C} c ORDER BY id LIMIT 150",
+    f"SELECT xmlforest(email, ssn), xmlelement(name x, phone) FROM {C} ORDER BY id LIMIT 150",
+    # free text: card numbers (plain, spaced, dashed) and emails inside ticket bodies, whole or cut
+    "SELECT id, subject, body FROM tickets ORDER BY id LIMIT 400",
+    "SELECT subject || ' ' || body, upper(body), body::varchar FROM tickets ORDER BY id LIMIT 400",
+    "SELECT array_agg(body), string_agg(body, ' | ') FROM (SELECT body FROM tickets ORDER BY id LIMIT 400) t",
+    "SELECT t, ROW(t.body), to_jsonb(t), to_json(t.body) FROM tickets t ORDER BY id LIMIT 400",
+    "SELECT body::bytea, convert_to(body, 'UTF8') FROM tickets ORDER BY id LIMIT 400",
+    "SELECT string_to_array(body, ' '), regexp_split_to_array(body, '\\n') FROM tickets ORDER BY id LIMIT 400",
+    "SELECT regexp_split_to_table(body, '\\s+') FROM (SELECT body FROM tickets ORDER BY id LIMIT 400) t",
+    "SELECT split_part(body, ' ', n) FROM (SELECT body FROM tickets ORDER BY id LIMIT 100) t, "
+    "generate_series(1, 40) n",
+    "SELECT regexp_split_to_table(body, '[.;:]\\s') FROM (SELECT body FROM tickets ORDER BY id LIMIT 400) t",
+    "SELECT substr(body, 1, 300), substr(body, 40) FROM tickets ORDER BY id LIMIT 400",
+    "SELECT regexp_matches(body, '[0-9][0-9 -]{11,}[0-9]', 'g') FROM tickets ORDER BY id LIMIT 400",
+    "SELECT substring(body from '[0-9]{16}')::bigint, substring(body from '[0-9]{16}')::numeric FROM tickets "
+    "ORDER BY id LIMIT 400",
+    "SELECT jsonb_build_object('b', body), json_build_array(body) FROM tickets ORDER BY id LIMIT 400",
+]
+
+
+def run_simple(analyst: psycopg.Connection[Any], session: AsyncSession, sql: str) -> Any:
+    return psycopg.ClientCursor(analyst).execute(sql).fetchall()
+
+
+def run_extended(analyst: psycopg.Connection[Any], session: AsyncSession, sql: str) -> Any:
+    return analyst.execute(sql).fetchall()
+
+
+def run_prepared(analyst: psycopg.Connection[Any], session: AsyncSession, sql: str) -> Any:
+    return [analyst.execute(sql, prepare=True).fetchall() for _ in range(3)]
+
+
+def run_binary(analyst: psycopg.Connection[Any], session: AsyncSession, sql: str) -> Any:
+    return analyst.cursor(binary=True).execute(sql).fetchall()
+
+
+def run_pipeline(analyst: psycopg.Connection[Any], session: AsyncSession, sql: str) -> Any:
+    with analyst.pipeline():
+        cursors = [analyst.execute(sql), analyst.cursor(binary=True).execute(sql), analyst.execute(sql)]
+    return [cursor.fetchall() for cursor in cursors]
+
+
+def run_asyncpg(analyst: psycopg.Connection[Any], session: AsyncSession, sql: str) -> Any:
+    async def work() -> Any:
+        statement = await session.conn.prepare(sql)
+        # A prepared statement executed again: Bind and Execute with no Describe.
+        return [await session.conn.fetch(sql), await statement.fetch(), await statement.fetch()]
+    return session.run(work())
+
+
+CLIENTS = {"simple": run_simple, "extended": run_extended, "prepared": run_prepared, "binary": run_binary,
+           "pipeline": run_pipeline, "asyncpg": run_asyncpg}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("sql", ROUTES)
+def test_no_route_leaks_a_value(analyst, analyst_async, raw, sql, client):
+    rows = CLIENTS[client](analyst, analyst_async, sql)
+    assert rows, "the attempt returned nothing, so it shows nothing"
+    assert not raw.leaked(rows)
+
+
+def test_masked_values_keep_their_shape_and_derived_ones_are_null(analyst, raw):
+    row = analyst.execute(f"SELECT email, phone, card_number, ssn, md5(email), lower(ssn), ssn::bytea, "
+                          f"card_number::bigint FROM {C} WHERE id = 1").fetchone()
+    email, phone, card, ssn, *derived = row
+    assert email == "***@" + raw.emails[0].split("@")[1]
+    assert phone.endswith(raw.phones_raw[0][-4:]) and "*" in phone
+    assert card == "*" * 12 + raw.cards_raw[0][-4:]
+    assert ssn == "[redacted]"
+    assert derived == [None, None, None, None]  # md5 of a value is the value, derived: NULL
+
+
+def test_free_text_card_numbers_are_masked_in_every_format_people_type(analyst, postgres):
+    """Tickets quote cards plain, spaced and dashed: each gets masked but its last four digits."""
+    direct = dict(fetch_all(postgres.dsn(), "SELECT id, body FROM tickets ORDER BY id"))
+    masked = dict(analyst.execute("SELECT id, body FROM tickets ORDER BY id").fetchall())
+    seen_styles = set()
+    for ticket, body in direct.items():
+        for style, pattern in (("dashed", r"\d{4}-\d{4}-\d{4}-\d{4}"), ("spaced", r"\d{4} \d{4} \d{4} \d{4}"),
+                               ("plain", r"(?<!\d)\d{16}(?!\d)")):
+            for card in re.findall(pattern, body):
+                seen_styles.add(style)
+                assert card not in masked[ticket]
+                assert re.sub(r"\d", "*", card[:-4]) + card[-4:] in masked[ticket]
+    assert seen_styles == {"dashed", "spaced", "plain"}
+
+
+# --- what cannot be masked is refused ----------------------------------------------------------------
+
+REFUSED = [
+    # strict inference: WHERE, ORDER BY, GROUP BY, HAVING, JOIN ON, DISTINCT ON over a hidden column
+    f"SELECT id FROM {C} WHERE ssn LIKE '4%'",
+    f"SELECT id FROM {C} WHERE email = 'ben.obrien1@example.net'",
+    f"SELECT 1/0 FROM {C} WHERE email = 'ben.obrien1@example.net'",
+    f"SELECT id FROM {C} ORDER BY card_number LIMIT 5",
+    f"SELECT count(*) FROM {C} GROUP BY phone",
+    f"SELECT count(*) FROM {C} GROUP BY city HAVING max(ssn) > '5'",
+    f"SELECT o.id FROM orders o JOIN {C} c ON c.id = o.customer_id AND c.ssn > '5'",
+    f"SELECT DISTINCT ON (ssn) id FROM {C}",
+    f"SELECT id, rank() OVER (ORDER BY ssn) FROM {C}",
+    f"SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ssn) FROM {C}",
+    f"SELECT count(*) FILTER (WHERE card_number LIKE '4%') FROM {C}",
+    f"SELECT id FROM orders WHERE customer_id IN (SELECT id FROM {C} WHERE email LIKE 'a%')",
+    f"SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM {C} c WHERE c.id = o.customer_id AND c.phone LIKE '+1-2%')",
+    f"SELECT id FROM {C} c WHERE c = c",
+    # inference through output positions, joins, limits, row counts and comparisons
+    f"SELECT id, ssn FROM {C} ORDER BY 2 LIMIT 5",
+    f"SELECT id, ssn AS s FROM {C} ORDER BY s LIMIT 5",
+    f"SELECT ssn, count(*) FROM {C} GROUP BY 1",
+    f"SELECT DISTINCT ON (2) id, ssn FROM {C}",
+    f"SELECT count(*) FROM {C} GROUP BY ROLLUP (ssn)",
+    f"SELECT c.id FROM (SELECT 1 AS id, '444-07-2101' AS ssn) guess NATURAL JOIN {C} c",
+    f"SELECT id FROM {C} LIMIT (SELECT count(*) FROM {C} WHERE ssn > '5')",
+    f"SELECT id FROM {C} OFFSET (SELECT ascii(ssn) FROM {C} LIMIT 1) LIMIT 1",
+    f"SELECT generate_series(1, ascii(ssn)) FROM {C} WHERE id = 1",
+    f"SELECT jsonb_path_query(to_jsonb(c), '$.email') FROM {C} c",
+    f"SELECT jsonb_path_query(to_jsonb(c), '$.ssn ? (@ starts with \"4\")') FROM {C} c",
+    f"SELECT count(CASE WHEN ssn LIKE '4%' THEN 1 END) FROM {C}",
+    f"SELECT count(NULLIF(email, 'ben.obrien1@example.net')) FROM {C}",
+    f"SELECT ssn FROM {C} INTERSECT SELECT '444-07-2101'",
+    f"SELECT email FROM {C} UNION SELECT 'ben.obrien1@example.net'",
+    f"SELECT ssn FROM {C} EXCEPT SELECT '444-07-2101'",
+    f"SELECT DISTINCT ssn FROM {C}",
+    # lineage pgguard cannot follow over a hidden column
+    f"SELECT j.value FROM {C} c, jsonb_each(to_jsonb(c)) j",
+    f"SELECT * FROM {C} c, jsonb_to_record(to_jsonb(c)) AS r(email text)",
+    f"SELECT x FROM {C} c, unnest(ARRAY[c.email, c.ssn]) x",
+    # statistics that sample values, query strings run inside the server
+    "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
+    "SELECT * FROM pg_stats_ext",
+    "SELECT query_to_xml('SELECT email FROM customers', true, true, '')",
+    "SELECT table_to_xml('customers', true, true, '')",
+    "SELECT database_to_xml(true, true, '')",
+    # COPY of hidden columns, in every format
+    f"COPY {C} TO STDOUT",
+    f"COPY {C} TO STDOUT WITH (FORMAT csv, HEADER)",
+    f"COPY {C} TO STDOUT WITH (FORMAT binary)",
+    f"COPY {C} (id, email) TO STDOUT",
+    f"COPY (SELECT ssn FROM {C}) TO STDOUT",
+    f"COPY (SELECT lower(email), phone FROM {C}) TO STDOUT WITH (FORMAT csv)",
+    f"COPY (SELECT row_to_json(c) FROM {C} c) TO STDOUT",
+]
+
+
+@pytest.mark.parametrize(("sql", "client"), [
+    (sql, client) for sql in REFUSED for client in ("simple", "extended", "asyncpg")
+    # asyncpg runs COPY only through its copy_* methods: test_copy_through_asyncpg
+    if not (client == "asyncpg" and sql.startswith("COPY"))
+])
+def test_what_cannot_be_masked_is_refused(analyst, analyst_async, sql, client):
+    if client == "asyncpg":
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            analyst_async.run(analyst_async.conn.fetch(sql))
+    else:
+        cursor = psycopg.ClientCursor(analyst) if client == "simple" else analyst.cursor()
+        with pytest.raises(psycopg.Error) as caught:
+            if sql.startswith("COPY"):
+                with cursor.copy(sql) as copy:
+                    list(copy)
+            else:
+                cursor.execute(sql)
+    refused_message(caught.value)
+    assert analyst.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_refusal_names_the_rule_and_keeps_postgresql_semantics(analyst):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+        with analyst.transaction():
+            analyst.execute(f"SELECT id FROM {C} ORDER BY 2, ssn")
+    assert "public.customers.ssn" in caught.value.diag.message_primary
+    assert "(rule masking)" in caught.value.diag.message_primary
+
+
+# --- errors and notices that quote values ----------------------------------------------------------
+
+ERRORS = [
+    f"SELECT email::int FROM {C} ORDER BY id",
+    f"SELECT ssn::date FROM {C} ORDER BY id",
+    f"SELECT ssn::interval FROM {C} ORDER BY id",
+    f"SELECT ssn::uuid FROM {C} ORDER BY id",
+    f"SELECT ssn::bool FROM {C} ORDER BY id",
+    f"SELECT ssn::json FROM {C} ORDER BY id",
+    f"SELECT phone::numeric FROM {C} ORDER BY id",
+    f"SELECT phone::money FROM {C} ORDER BY id",
+    f"SELECT card_number::int FROM {C} ORDER BY id",
+    f"SELECT ('{{' || ssn || '}}')::int[] FROM {C} ORDER BY id",
+    f"SELECT email::inet FROM {C} ORDER BY id",
+    f"SELECT to_date(ssn, 'YYYY-MM-DD') FROM {C} ORDER BY id",
+    f"SELECT (SELECT email FROM {C} ORDER BY id LIMIT 1)::int",
+    f"SELECT x::numeric FROM (SELECT phone AS x FROM {C} ORDER BY id) s",
+    "SELECT body::int FROM tickets WHERE body LIKE '%@%' ORDER BY id",
+    "SELECT substring(body from '[0-9][0-9 -]{17}[0-9]')::int FROM tickets WHERE body ~ '[0-9]{4}[ -][0-9]{4}' "
+    "ORDER BY id",
+]
+
+
+@pytest.mark.parametrize("client", ["simple", "extended", "binary", "asyncpg"])
+@pytest.mark.parametrize("sql", ERRORS)
+def test_errors_quoting_values_are_scrubbed(analyst, analyst_async, raw, sql, client):
+    if client == "asyncpg":
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            analyst_async.run(analyst_async.conn.fetch(sql))
+    else:
+        cursor = {"simple": psycopg.ClientCursor(analyst), "extended": analyst.cursor(),
+                  "binary": analyst.cursor(binary=True)}[client]
+        with pytest.raises(psycopg.Error) as caught:
+            cursor.execute(sql).fetchall()
+    # The database ran the statement and failed on a value (class 22: data exception).
+    assert caught.value.sqlstate.startswith("22"), error_text(caught.value)
+    assert not raw.leaked(error_text(caught.value))
+
+
+def test_an_error_from_a_hidden_column_keeps_its_class_and_loses_the_value(analyst, raw):
+    with pytest.raises(psycopg.errors.DatetimeFieldOverflow) as caught:
+        analyst.execute(f"SELECT ssn::date FROM {C} WHERE id = 1").fetchall()
+    assert caught.value.diag.message_primary == 'date/time field value out of range: "[redacted]"'
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation) as caught:
+        analyst.execute(f"SELECT ssn::json FROM {C} WHERE id = 1").fetchall()
+    # PostgreSQL's detail and context quote the value ("Token "-07" is invalid", "JSON data, line 1: 444-07..."):
+    # dropped for statements that read hidden columns.
+    assert caught.value.diag.message_detail is None and caught.value.diag.context is None
+    assert raw.ssns_raw[0][:6] not in error_text(caught.value)
+
+
+@pytest.mark.parametrize("sql", [f"SELECT ssn::json FROM {C} WHERE id = 2",
+                                 f"SELECT x::date FROM (SELECT phone AS x FROM {C}) s",
+                                 "EXECUTE e1", "FETCH ALL FROM f1"])
+def test_an_error_on_the_wire_is_scrubbed_in_every_field(gateway, raw, sql):
+    """Every field of the ErrorResponse as sent, for plain statements and for rows from prepared names.
+
+    (Notices go through the same scrub; analysts may call no function that raises one with a value.)
+    """
+    with login_as(gateway, "analyst") as conn:
+        conn.query(f"PREPARE e1 AS SELECT ssn::date FROM {C}")
+        conn.query(f"BEGIN; DECLARE f1 CURSOR FOR SELECT ssn::uuid FROM {C}")
+        seen, _ = conn.query(sql)
+    errors = [m for m in seen if isinstance(m, backend.ErrorResponse)]
+    assert len(errors) == 1 and errors[0].code.startswith("22")
+    assert '"[redacted]"' in errors[0].message or "json" in errors[0].message
+    assert not set(errors[0].fields) & {"D", "W"}
+    assert not raw.leaked(repr(seen))
+
+
+# --- views and materialized views --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Views:
+    renamed: str  # a view renaming every column
+    over_view: str  # a view over that view, with an expression
+    materialized: str  # a materialized view of the sensitive columns
+    joined: str  # a view joining customers and tickets
+
+
+@pytest.fixture(scope="module")
+def views(postgres, gateway) -> Iterator[Views]:
+    """Views over customers made directly as superuser, granted to the analysts' login, dropped afterwards."""
+    suffix = uuid.uuid4().hex[:8]
+    made = Views(f"v_contacts_{suffix}", f"v_contacts_lower_{suffix}", f"mv_customers_{suffix}",
+                 f"v_customer_tickets_{suffix}")
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE VIEW public.{made.renamed} (ref, contact, tax_id, card, tel) AS "
+                     f"SELECT id, email, ssn, card_number, phone FROM public.customers")
+        conn.execute(f"CREATE VIEW public.{made.over_view} AS SELECT ref, lower(contact) AS contact_lower, tax_id, "
+                     f"card AS c FROM public.{made.renamed}")
+        conn.execute(f"CREATE MATERIALIZED VIEW public.{made.materialized} AS "
+                     f"SELECT id, email, ssn, phone, card_number FROM public.customers")
+        conn.execute(f"CREATE VIEW public.{made.joined} AS SELECT c.id, c.email AS who, t.body "
+                     f"FROM public.customers c JOIN public.tickets t ON t.customer_id = c.id")
+        for name in (made.renamed, made.over_view, made.materialized, made.joined):
+            conn.execute(f"GRANT SELECT ON public.{name} TO {data.READER}")
+    try:
+        analyst = gateway.dsn("analyst")
+        known_to_the_gateway(analyst, f"SELECT tax_id FROM {made.over_view} ORDER BY ref LIMIT 1", ("[redacted]",))
+        known_to_the_gateway(analyst, f"SELECT ssn FROM {made.materialized} ORDER BY id LIMIT 1", ("[redacted]",))
+        known_to_the_gateway(analyst, f"SELECT lower(who) FROM {made.joined} LIMIT 1", (None,))
+        yield made
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP VIEW IF EXISTS public.{made.over_view}, public.{made.renamed}, public.{made.joined}")
+            conn.execute(f"DROP MATERIALIZED VIEW IF EXISTS public.{made.materialized}")
+
+
+VIEW_ROUTES = [
+    "SELECT * FROM {renamed} ORDER BY ref LIMIT 150",
+    "SELECT contact, tax_id, card, tel FROM {renamed} ORDER BY ref LIMIT 150",
+    "SELECT v FROM {renamed} v ORDER BY ref LIMIT 150",
+    "SELECT row_to_json(v), lower(contact) FROM {renamed} v ORDER BY ref LIMIT 150",
+    "SELECT * FROM {over_view} ORDER BY ref LIMIT 150",
+    "SELECT contact_lower, c, tax_id || '' FROM {over_view} ORDER BY ref LIMIT 150",
+    "SELECT * FROM {materialized} ORDER BY id LIMIT 150",
+    "SELECT to_jsonb(m), string_agg(email, ',') OVER () FROM {materialized} m ORDER BY id LIMIT 150",
+    "WITH x AS (SELECT * FROM {over_view}) SELECT * FROM x LIMIT 150",
+    "SELECT who, body FROM {joined} ORDER BY id LIMIT 300",
+]
+
+
+@pytest.mark.parametrize("client", ["extended", "binary", "asyncpg"])
+@pytest.mark.parametrize("template", VIEW_ROUTES)
+def test_views_and_materialized_views_are_masked_by_their_definitions(analyst, analyst_async, raw, views,
+                                                                       template, client):
+    sql = template.format(renamed=views.renamed, over_view=views.over_view, materialized=views.materialized,
+                          joined=views.joined)
+    rows = CLIENTS[client](analyst, analyst_async, sql)
+    assert rows and not raw.leaked(rows)
+
+
+def test_a_renamed_view_column_gets_its_source_columns_function(analyst, raw, views):
+    contact, tax_id, card = analyst.execute(
+        f"SELECT contact, tax_id, card FROM {views.renamed} WHERE ref = 1").fetchone()
+    assert contact == "***@" + raw.emails[0].split("@")[1]
+    assert tax_id == "[redacted]" and card.endswith(raw.cards_raw[0][-4:])
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT ref FROM {renamed} WHERE tax_id LIKE '4%'",
+    "SELECT ref FROM {over_view} ORDER BY contact_lower",
+    "SELECT id FROM {materialized} ORDER BY 1, ssn",
+    "COPY (SELECT * FROM {renamed}) TO STDOUT",
+])
+def test_inference_and_copy_through_views_are_refused(analyst, views, sql):
+    sql = sql.format(renamed=views.renamed, over_view=views.over_view, materialized=views.materialized)
+    with pytest.raises(psycopg.Error) as caught:
+        if sql.startswith("COPY"):
+            with analyst.cursor().copy(sql) as copy:
+                list(copy)
+        else:
+            analyst.execute(sql)
+    refused_message(caught.value)
+
+
+def test_a_view_created_behind_the_gateways_back_is_masked_before_and_after_the_catalog_knows_it(
+        gateway, postgres, raw):
+    """Fixed: a view the gateway's catalog has not read yet passed its columns raw (no lineage, no RowDescription
+    match), leaking SSNs and phone numbers until the next refresh, up to a minute later. Now what comes from an
+    unknown relation gets every detector, and the catalog is re-read at once."""
+    name = f"v_fresh_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+        direct.execute(f"CREATE VIEW public.{name} AS SELECT id, email AS a, ssn AS b, phone AS c, card_number AS d, "
+                       f"lower(ssn) AS e FROM public.customers")
+        direct.execute(f"GRANT SELECT ON public.{name} TO {data.READER}")
+    try:
+        with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
+            first = conn.execute(f"SELECT * FROM {name} ORDER BY id LIMIT 200").fetchall()
+            assert len(first) == 200 and not raw.leaked(first)
+            known_to_the_gateway(conn, f"SELECT b FROM {name} ORDER BY id LIMIT 1", ("[redacted]",))
+            after = conn.execute(f"SELECT * FROM {name} ORDER BY id LIMIT 200").fetchall()
+        assert not raw.leaked(after) and {row[5] for row in after} == {None}
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+            direct.execute(f"DROP VIEW public.{name}")
+
+
+def test_a_statement_prepared_before_the_catalog_knew_its_view_is_planned_again(gateway, postgres, raw):
+    """Fixed: asyncpg prepares every query and keeps it; one prepared while a new view was unknown kept masking the
+    view's rows with detectors only, for the life of the session, long after the catalog had read the view (and
+    detectors miss an SSN without its dashes)."""
+    name = f"v_prepared_{uuid.uuid4().hex[:8]}"
+    session = AsyncSession(gateway.dsn("analyst"))  # first: a new session has the catalog read if it is stale
+    with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+        direct.execute(f"CREATE VIEW public.{name} AS SELECT id, ssn AS b FROM public.customers")
+        direct.execute(f"GRANT SELECT ON public.{name} TO {data.READER}")
+    try:
+        statement = session.run(session.conn.prepare(f"SELECT b, replace(b, '-', '') AS x FROM {name} ORDER BY id"))
+        session.run(statement.fetch())  # planned before the catalog knows the view
+        known_to_the_gateway(gateway.dsn("analyst"), f"SELECT b FROM {name} ORDER BY id LIMIT 1", ("[redacted]",))
+        again = session.run(statement.fetch())
+    finally:
+        session.close()
+        with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+            direct.execute(f"DROP VIEW public.{name}")
+    assert len(again) == data.CUSTOMER_COUNT and not raw.leaked(again)
+    assert {tuple(row) for row in again} == {("[redacted]", None)}
+
+
+# --- cursors ---------------------------------------------------------------------------------------
+
+
+def test_declare_and_fetch_in_every_direction(analyst, raw):
+    seen = []
+    with analyst.transaction():
+        analyst.execute(f"DECLARE c1 SCROLL CURSOR FOR SELECT email, phone, card_number, ssn, lower(email) "
+                        f"FROM {C} ORDER BY id")
+        seen.append(analyst.execute("FETCH 100 FROM c1").fetchall())
+        seen.append(analyst.execute("FETCH BACKWARD 10 FROM c1").fetchall())
+        seen.append(analyst.execute("FETCH ABSOLUTE 3 FROM c1").fetchall())
+        analyst.execute("MOVE FORWARD 5 IN c1")
+        seen.append(analyst.execute("FETCH NEXT FROM c1").fetchall())
+        seen.append(analyst.execute("FETCH ALL FROM c1").fetchall())
+    assert sum(map(len, seen)) > 1000 and not raw.leaked(seen)
+    assert seen[2] == [("***@" + raw.emails[2].split("@")[1], "+*-***-***-" + raw.phones_raw[2][-4:],
+                        "*" * 12 + raw.cards_raw[2][-4:], "[redacted]", None)]
+
+
+def test_a_binary_cursor_and_a_cursor_with_hold(analyst, raw):
+    with analyst.transaction():
+        analyst.execute(f"DECLARE b1 BINARY CURSOR FOR SELECT email, ssn, phone, card_number, c FROM {C} c ORDER BY id")
+        binary = analyst.execute("FETCH 200 FROM b1").fetchall()
+        analyst.execute(f"DECLARE h1 CURSOR WITH HOLD FOR SELECT ssn, phone, body FROM {C} c "
+                        f"JOIN tickets t ON t.customer_id = c.id ORDER BY t.id")
+    held = analyst.execute("FETCH 300 FROM h1").fetchall()
+    analyst.execute("CLOSE h1")
+    assert len(binary) == 200 and len(held) == 300
+    assert not raw.leaked(binary) and not raw.leaked(held)
+    # The cursor kept its own plan past COMMIT (not the all-NULL one of a name pgguard lost).
+    assert {row[0] for row in held} == {"[redacted]"}
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_named_psycopg_cursors(gateway, raw, binary):
+    with psycopg.connect(gateway.dsn("analyst")) as conn:
+        with conn.cursor(name="attack", binary=binary) as cursor:
+            cursor.itersize = 37
+            cursor.execute(f"SELECT email, phone, card_number, ssn, c, to_jsonb(c) FROM {C} c ORDER BY id")
+            rows = cursor.fetchmany(50) + list(cursor)
+        with conn.cursor(name="tickets", binary=binary) as cursor:
+            cursor.execute("SELECT body, array_agg(body) OVER () FROM tickets WHERE id < 50 ORDER BY id")
+            rows += cursor.fetchall()
+    assert len(rows) == data.CUSTOMER_COUNT + 49 and not raw.leaked(rows)
+
+
+def test_a_cursor_declared_again_under_its_name_keeps_the_plan_of_the_one_that_exists(analyst, raw):
+    """Fixed: the second DECLARE fails (the name is taken) but its harmless plan replaced the first's, so FETCH
+    from the surviving cursor returned raw values."""
+    with analyst.transaction():
+        analyst.execute(f"DECLARE d1 CURSOR FOR SELECT lower(ssn) AS x, lower(phone) AS y FROM {C} ORDER BY id")
+        with pytest.raises(psycopg.errors.DuplicateCursor):
+            with analyst.transaction():  # a savepoint, rolled back
+                analyst.execute("DECLARE d1 CURSOR FOR SELECT 'x'::text AS x, 'y'::text AS y")
+        rows = analyst.execute("FETCH 100 FROM d1").fetchall()
+    assert rows == [(None, None)] * 100
+
+
+def test_cursors_and_prepared_statements_live_in_different_namespaces(analyst, raw):
+    """Fixed: a PREPARE and a DECLARE of the same name shared one entry, so EXECUTE used the cursor's plan."""
+    analyst.execute(f"PREPARE n1 AS SELECT lower(ssn) AS x, lower(phone) AS y FROM {C} ORDER BY id LIMIT 50")
+    try:
+        with analyst.transaction():
+            analyst.execute("DECLARE n1 CURSOR FOR SELECT 'x'::text AS x, 'y'::text AS y")
+            executed = analyst.execute("EXECUTE n1").fetchall()
+            fetched = analyst.execute("FETCH ALL FROM n1").fetchall()
+    finally:
+        analyst.execute("DEALLOCATE n1")
+    assert executed == [(None, None)] * 50 and fetched == [("x", "y")]
+
+
+# --- prepared statements -----------------------------------------------------------------------------
+
+
+def test_sql_prepare_execute_many_times_and_prepared_again_under_the_same_name(analyst, raw):
+    seen = []
+    analyst.execute(f"PREPARE p1(int) AS SELECT email, ssn, lower(phone) FROM {C} WHERE id <= $1 ORDER BY id")
+    for limit in (10, 100, 300):
+        seen.append(analyst.execute(f"EXECUTE p1({limit})").fetchall())
+    analyst.execute("DEALLOCATE p1")
+    analyst.execute(f"PREPARE p1 AS SELECT card_number, phone, to_jsonb(c) FROM {C} c ORDER BY id LIMIT 100")
+    again = analyst.execute("EXECUTE p1").fetchall()
+    analyst.execute("DEALLOCATE p1")
+    assert [len(rows) for rows in seen] == [10, 100, 300] and len(again) == 100
+    assert not raw.leaked(seen) and not raw.leaked(again)
+    assert again[0] == ("*" * 12 + raw.cards_raw[0][-4:], "+*-***-***-" + raw.phones_raw[0][-4:], None)
+
+
+def test_a_failed_prepare_leaves_the_existing_statement_with_its_own_plan(analyst, raw):
+    """Fixed: PREPARE of a taken name fails, but pgguard took the new statement's plan for the old one's rows."""
+    analyst.execute(f"PREPARE p2 AS SELECT lower(ssn) AS x, lower(phone) AS y FROM {C} ORDER BY id LIMIT 40")
+    try:
+        with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
+            psycopg.ClientCursor(analyst).execute("PREPARE p2 AS SELECT 'x'::text AS x, 'y'::text AS y")
+        rows = analyst.execute("EXECUTE p2").fetchall()
+    finally:
+        analyst.execute("DEALLOCATE p2")
+    assert rows == [(None, None)] * 40
+
+
+def test_psycopg_prepared_statements_executed_many_times(analyst, raw):
+    seen = [analyst.execute(f"SELECT email, ssn, card_number, phone, c FROM {C} c WHERE id < %s ORDER BY id",
+                            (n,), prepare=True).fetchall() for n in (5, 50, 500, 500, 500)]
+    assert [len(rows) for rows in seen] == [4, 49, 499, 499, 499] and not raw.leaked(seen)
+
+
+def test_asyncpg_prepared_statements_reused_across_transactions(analyst_async, raw):
+    """asyncpg describes a statement once, then binds and executes it without Describe, transaction after
+    transaction."""
+    conn = analyst_async.conn
+
+    async def work() -> list[Any]:
+        seen = []
+        masked = await conn.prepare(f"SELECT email, phone, card_number, ssn, lower(email) FROM {C} WHERE id < $1")
+        free = await conn.prepare("SELECT body, t FROM tickets t WHERE id < $1 ORDER BY id")
+        for limit in (10, 200, 600):
+            async with conn.transaction():
+                seen.append(await masked.fetch(limit))
+                seen.append(await free.fetch(limit))
+            seen.append(await masked.fetchrow(limit))
+        return seen
+
+    seen = analyst_async.run(work())
+    assert len(seen[-3]) == 599 and not raw.leaked(seen)
+
+
+def run_raw(conn: RawConnection, *messages: Any) -> list[Any]:
+    """Extended-protocol messages and a Sync: everything up to ReadyForQuery (errors included)."""
+    conn.send(*messages, frontend.Sync())
+    seen = []
+    while not isinstance(message := conn.receive(), backend.ReadyForQuery):
+        seen.append(message)
+    return seen
+
+
+def data_rows(seen: list[Any]) -> list[list[bytes | None]]:
+    return [message.values for message in seen if isinstance(message, backend.DataRow)]
+
+
+@pytest.mark.parametrize("fmt", [0, 1], ids=["text", "binary"])
+@pytest.mark.parametrize("sql", [
+    "SELECT body FROM tickets ORDER BY id LIMIT 300",
+    "SELECT t, ARRAY[subject, body], body::bytea FROM tickets t ORDER BY id LIMIT 300",
+    f"SELECT email, phone, card_number, ssn, lower(email) FROM {C} ORDER BY id LIMIT 300",
+])
+def test_extended_protocol_without_describe(gateway, raw, sql, fmt):
+    """Fixed: an Execute with no Describe has no RowDescription, and pgguard then skipped the detectors, so ticket
+    bodies went out raw. Without types, hidden columns and values a detector finds anything in become NULL."""
+    with login_as(gateway, "analyst") as conn:
+        unnamed = run_raw(conn, frontend.Parse("", sql, []), frontend.Bind("", "", [], [], [fmt]),
+                          frontend.Execute("", 0))
+        run_raw(conn, frontend.Parse("s1", sql, []))
+        named = [run_raw(conn, frontend.Bind("", "s1", [], [], [fmt]), frontend.Execute("", 0)) for _ in range(2)]
+        suspended = run_raw(conn, frontend.Bind("p1", "s1", [], [], [fmt]), frontend.Execute("p1", 7),
+                            frontend.Execute("p1", 0))
+    for seen in (unnamed, *named, suspended):
+        assert len(data_rows(seen)) == 300
+        assert not raw.leaked(seen)
+
+
+def test_a_parse_of_a_taken_name_does_not_change_the_statements_plan(gateway, raw):
+    """Fixed: the second Parse of "s" fails (the name is taken) but its plan replaced the first's."""
+    hidden = f"SELECT lower(ssn) AS x, lower(phone) AS y FROM {C} ORDER BY id LIMIT 60"
+    with login_as(gateway, "analyst") as conn:
+        run_raw(conn, frontend.Parse("s", hidden, []))
+        failed = run_raw(conn, frontend.Parse("s", "SELECT 'x'::text AS x, 'y'::text AS y", []))
+        described = run_raw(conn, frontend.Bind("", "s", [], [], []), frontend.Describe("P", ""),
+                            frontend.Execute("", 0))
+        bare = run_raw(conn, frontend.Bind("", "s", [], [], [1]), frontend.Execute("", 0))
+    assert isinstance(failed[0], backend.ErrorResponse) and failed[0].code == "42P05"
+    assert data_rows(described) == data_rows(bare) == [[None, None]] * 60
+
+
+def test_a_close_skipped_after_an_error_does_not_free_the_name(gateway, raw):
+    """Fixed: after an error the server skips to Sync, Close and Parse included; pgguard applied both anyway."""
+    hidden = f"SELECT lower(ssn) AS x, lower(phone) AS y FROM {C} ORDER BY id LIMIT 60"
+    with login_as(gateway, "analyst") as conn:
+        run_raw(conn, frontend.Parse("s", hidden, []))
+        skipped = run_raw(conn, frontend.Parse("", "SELECT 1/0", []), frontend.Bind("", "", [], [], []),
+                          frontend.Execute("", 0), frontend.Close("S", "s"),
+                          frontend.Parse("s", "SELECT 'x'::text AS x, 'y'::text AS y", []))
+        rows = run_raw(conn, frontend.Bind("", "s", [], [], []), frontend.Describe("P", ""), frontend.Execute("", 0))
+    kinds = [type(m).__name__ for m in skipped]
+    assert kinds[0] == "ParseComplete" and kinds[-1] == "ErrorResponse" and "CloseComplete" not in kinds
+    assert data_rows(rows) == [[None, None]] * 60
+
+
+def test_protocol_portals_and_sql_cursors_share_names_both_ways(gateway, raw):
+    hidden = f"SELECT lower(ssn) AS x, ssn, phone FROM {C} ORDER BY id LIMIT 30"
+    with login_as(gateway, "analyst") as conn:
+        conn.query("BEGIN")
+        run_raw(conn, frontend.Parse("s", hidden, []), frontend.Bind("portal", "s", [], [], []))
+        # A statement named like the portal must not lend the portal its plan.
+        run_raw(conn, frontend.Parse("portal", "SELECT 'x'::text AS x, 'y'::text AS ssn, 'z'::text AS phone", []))
+        fetched, _ = conn.query("FETCH ALL FROM portal")
+        conn.query(f"DECLARE cur CURSOR FOR {hidden}")
+        executed = run_raw(conn, frontend.Execute("cur", 0))
+        conn.query("ROLLBACK")
+    assert data_rows(fetched)[0] == [None, b"[redacted]", b"+*-***-***-" + raw.phones_raw[0][-4:].encode()]
+    assert len(data_rows(executed)) == 30
+    assert not raw.leaked(fetched) and not raw.leaked(executed)
+
+
+# --- COPY --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sql", [
+    "COPY tickets TO STDOUT",
+    "COPY tickets TO STDOUT WITH (FORMAT csv, HEADER)",
+    "COPY tickets TO STDOUT WITH (FORMAT binary)",
+    "COPY (SELECT id, body FROM tickets ORDER BY id) TO STDOUT",
+    "COPY (SELECT t FROM tickets t) TO STDOUT",
+    "COPY (SELECT array_agg(body) FROM tickets) TO STDOUT",
+    "COPY (SELECT body::bytea FROM tickets ORDER BY id) TO STDOUT",
+    "COPY (SELECT body::bytea FROM tickets ORDER BY id) TO STDOUT WITH (FORMAT csv)",
+])
+def test_copy_of_free_text_works_and_is_scrubbed(analyst, postgres, raw, sql):
+    with analyst.cursor().copy(sql) as copy:
+        received = b"".join(bytes(block) for block in copy)
+    with psycopg.connect(postgres.dsn()) as direct, direct.cursor().copy(sql) as copy:
+        original = b"".join(bytes(block) for block in copy)
+    assert len(received) == len(original) and received != original
+    assert raw.leaked(copied(original))
+    assert not raw.leaked(copied(received))
+
+
+def copied(data: bytes) -> str:
+    """COPY data as a client reads it: its text, and the text bytea's hex stands for (fixed: that was not scrubbed)."""
+    text = data.decode("utf-8", "replace")
+    decoded = [bytes.fromhex(h).decode("utf-8", "replace") for h in re.findall(r"\\x([0-9a-f]+)", text)]
+    return "\n".join([text, *decoded])
+
+
+def test_copy_of_data_with_nothing_to_hide_is_untouched(analyst, postgres):
+    for sql in ("COPY orders TO STDOUT", f"COPY (SELECT id, full_name, city FROM {C}) TO STDOUT WITH (FORMAT csv)"):
+        with analyst.cursor().copy(sql) as copy:
+            received = b"".join(bytes(block) for block in copy)
+        with psycopg.connect(postgres.dsn()) as direct, direct.cursor().copy(sql) as copy:
+            assert received == b"".join(bytes(block) for block in copy)
+
+
+def test_copy_through_asyncpg(analyst_async, raw):
+    conn = analyst_async.conn
+
+    async def work() -> bytes:
+        out = io.BytesIO()
+        await conn.copy_from_table("tickets", output=out, format="csv")
+        await conn.copy_from_query("SELECT body FROM tickets", output=out)
+        return out.getvalue()
+
+    assert not raw.leaked(analyst_async.run(work()).decode())
+    with pytest.raises(asyncpg.PostgresError) as caught:
+        analyst_async.run(conn.copy_from_table(C, output=io.BytesIO()))
+    refused_message(caught.value)
+
+
+# --- known limits: output masking cannot see these --------------------------------------------------
+
+
+@known_limit
+def test_known_limit_text_cut_just_before_an_at_sign(analyst, raw):
+    """An email's user part without its `@domain` is no email to a detector."""
+    rows = analyst.execute("SELECT substr(body, strpos(body, '@') - 25, 25) FROM tickets "
+                           "WHERE body LIKE '%@%' ORDER BY id LIMIT 200").fetchall()
+    assert not raw.leaked(rows)
+
+
+@known_limit
+def test_known_limit_a_spaced_card_number_split_into_rows(analyst, raw):
+    """Four groups of four digits, one per row, are four small numbers to a detector."""
+    rows = analyst.execute("SELECT part FROM (SELECT id, regexp_split_to_table(body, '\\s+') AS part "
+                           "FROM tickets ORDER BY id LIMIT 3000) s").fetchall()
+    assert not raw.leaked(" ".join(part for (part,) in rows))
+
+
+@known_limit
+def test_known_limit_a_runtime_error_is_an_oracle(analyst, raw):
+    """The value is NULL, but whether the statement fails tells one bit of it, and bits add up."""
+    first_digit = None
+    for digit in "0123456789":
+        try:
+            analyst.execute(f"SELECT 1 / (CASE WHEN ssn LIKE '{digit}%' THEN 0 ELSE 1 END) FROM {C} "
+                            f"WHERE id = 1").fetchall()
+        except psycopg.errors.DivisionByZero:
+            first_digit = digit
+    assert first_digit != raw.ssns_raw[0][0]
+
+
+# --- other roles -------------------------------------------------------------------------------------
+
+
+def test_support_sees_raw_emails_and_nothing_else_raw(gateway, postgres, raw):
+    sql = f"SELECT email, phone, card_number, ssn, lower(email), ssn || '' FROM {C} ORDER BY id"
+    with psycopg.connect(gateway.dsn("support")) as conn:
+        rows = conn.execute(sql).fetchall()
+        bodies = conn.execute("SELECT body FROM tickets ORDER BY id").fetchall()
+    assert [row[0] for row in rows] == list(raw.emails)
+    assert [row[4] for row in rows] == [email.lower() for email in raw.emails]
+    assert all(row[3] == "[redacted]" and row[5] is None for row in rows)
+    assert all(row[2] == "*" * 12 + card[-4:] for row, card in zip(rows, raw.cards_raw))
+    assert all(row[1] != phone and row[1].endswith(phone[-4:]) for row, phone in zip(rows, raw.phones_raw))
+    leaks = raw.leaked([rows, bodies])
+    assert leaks and all(leak.startswith("email:") for leak in leaks)
+    direct_bodies = fetch_all(postgres.dsn(), "SELECT body FROM tickets ORDER BY id")
+    assert [k for k in raw.leaked(direct_bodies) if k.startswith("card:")]
+    assert not [k for k in raw.leaked(bodies) if k.startswith("card:")]
+
+
+def test_dba_sees_everything(gateway, postgres):
+    sql = f"SELECT c.*, row_to_json(c)::text, (SELECT array_agg(body ORDER BY id) FROM tickets t " \
+          f"WHERE t.customer_id = c.id) FROM {C} c ORDER BY id"
+    with psycopg.connect(gateway.dsn("dba")) as conn:
+        assert conn.execute(sql).fetchall() == fetch_all(postgres.dsn(), sql)
+
+
+def test_the_leak_check_fires_on_the_dbas_raw_results(gateway, raw):
+    """The control: the check finds every kind of value, and fragments of them, where they are."""
+    with psycopg.connect(gateway.dsn("dba")) as conn:
+        rows = conn.execute(f"SELECT email, phone, card_number, ssn FROM {C} ORDER BY id LIMIT 200").fetchall()
+        fragments = conn.execute(
+            f"SELECT upper(split_part(email, '@', 1)), substr(card_number, 1, 12), "
+            f"regexp_replace(card_number, '(\\d{{4}})', '\\1 ', 'g'), replace(phone, '-', '.'), "
+            f"translate(ssn, '-', '') FROM {C} ORDER BY id LIMIT 200").fetchall()
+    leaks = raw.leaked(rows)
+    for kind in ("email", "phone", "card", "ssn"):
+        assert len([k for k in leaks if k.startswith(kind + ":")]) >= 200, kind
+    assert len(raw.leaked(fragments)) >= 5 * 200
+    assert not raw.leaked("***@example.net ************4983 [redacted] +*-***-***-4240 2024-01-29 11:22:03+00")
+
+
+# --- the engineer writes: masked values must not be laundered through a table ------------------------
+
+
+@pytest.fixture(scope="module")
+def engineer_scratch(gateway, postgres) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """A scratch table the engineer may write, once the gateway knows it; tests leave it empty."""
+    with scratch_table(postgres.dsn(), "id int, email text, ssn text", "masking") as table:
+        known_to_the_gateway(gateway.dsn("engineer"),
+                             f"SELECT c.ssn FROM {C} c LEFT JOIN {table} t ON false WHERE c.id = 1", ("[redacted]",))
+        with psycopg.connect(gateway.dsn("engineer"), autocommit=True) as conn:
+            yield conn, table
+
+
+def test_engineer_data_modifying_cte_returns_masked_values(engineer_scratch, raw):
+    conn, table = engineer_scratch
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute(f"WITH m AS (UPDATE {C} SET city = city WHERE id <= 20 RETURNING id, email, phone, "
+                            f"card_number, ssn, lower(email)) SELECT * FROM m ORDER BY id").fetchall()
+    assert len(rows) == 20 and not raw.leaked(rows)
+    assert rows[0][1:] == ("***@" + raw.emails[0].split("@")[1], "+*-***-***-" + raw.phones_raw[0][-4:],
+                           "*" * 12 + raw.cards_raw[0][-4:], "[redacted]", None)
+    with conn.transaction(force_rollback=True):
+        inserted = conn.execute(f"WITH i AS (INSERT INTO {table} VALUES (1, 'someone@example.org', 'n/a') "
+                                f"RETURNING *) SELECT * FROM i").fetchall()
+    assert inserted == [(1, "*******@example.org", "n/a")]
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO {table} SELECT id, email, ssn FROM customers WHERE id < 5 RETURNING *",
+    "WITH m AS (INSERT INTO {table} SELECT id, email, ssn FROM customers WHERE id < 5 RETURNING *) SELECT * FROM m",
+    "WITH src AS (SELECT id, ssn FROM customers WHERE id < 5) INSERT INTO {table} (id, ssn) SELECT * FROM src",
+    "INSERT INTO {table} (id, ssn) VALUES (1, (SELECT phone FROM customers WHERE id = 1))",
+    "UPDATE {table} SET ssn = (SELECT card_number FROM customers c WHERE c.id = {table}.id) RETURNING ssn",
+    "UPDATE {table} t SET (email, ssn) = (SELECT c.email, 'x' FROM customers c WHERE c.id = t.id)",
+    "UPDATE customers SET city = ssn WHERE id = 1 RETURNING city",
+    "UPDATE customers SET phone = ssn WHERE id = 1",
+    "MERGE INTO {table} t USING customers c ON t.id = c.id WHEN NOT MATCHED THEN INSERT VALUES (c.id, c.email, 'x')",
+    "CREATE TEMP TABLE copied AS SELECT id, ssn, replace(phone, '-', '') FROM customers",
+    "SELECT email, card_number INTO TEMP copied FROM customers",
+    "CREATE TABLE {table}_copy AS WITH x AS (SELECT ssn FROM customers) SELECT * FROM x",
+    "EXPLAIN ANALYZE CREATE TEMP TABLE copied AS SELECT lower(email) FROM customers",
+    "PREPARE hidden AS SELECT ssn FROM customers; CREATE TEMP TABLE copied AS EXECUTE hidden",
+])
+def test_engineer_cannot_copy_hidden_values_where_they_would_be_read_back_raw(engineer_scratch, postgres, sql):
+    """Fixed: INSERT ... SELECT, UPDATE ... SET, MERGE and CREATE TABLE AS / SELECT INTO wrote masked columns'
+    values into columns nobody masks, and RETURNING (or a later SELECT) gave them back raw."""
+    conn, table = engineer_scratch
+    with pytest.raises(psycopg.Error) as caught:
+        with conn.transaction(force_rollback=True):
+            psycopg.ClientCursor(conn).execute(sql.format(table=table))
+    assert "could be read back unmasked" in refused_message(caught.value)
+    assert fetch_value(postgres.dsn(), f"SELECT count(*) FROM {table}") == 0
+
+
+def test_engineer_cannot_store_a_prepared_statements_hidden_rows_in_a_table(gateway):
+    with psycopg.connect(gateway.dsn("engineer"), autocommit=True) as conn:
+        conn.execute(f"PREPARE stored AS SELECT id, ssn FROM {C}")
+        conn.execute("PREPARE harmless AS SELECT id, city FROM customers")
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("CREATE TEMP TABLE copied AS EXECUTE stored")
+        assert "CREATE TABLE AS EXECUTE stored" in refused_message(caught.value)
+        conn.execute("CREATE TEMP TABLE copied AS EXECUTE harmless")
+        assert conn.execute("SELECT count(*) FROM copied").fetchone() == (data.CUSTOMER_COUNT,)
+
+
+def test_engineer_may_rewrite_a_masked_column_in_place(gateway, raw):
+    with psycopg.connect(gateway.dsn("engineer")) as conn, conn.transaction(force_rollback=True):
+        (email,) = conn.execute(f"UPDATE {C} SET email = lower(email) WHERE id = 1 RETURNING email").fetchone()
+    assert email == "***@" + raw.emails[0].split("@")[1]
