@@ -64,3 +64,22 @@ def psql(dsn: str, *commands: str) -> str:
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0, f"psql {commands} failed ({result.returncode}): {result.stderr}"
     return result.stdout
+
+
+def pipeline_transcript(dsn: str, table: str, failing: str) -> list[str]:
+    """INSERT, a failing statement, another INSERT, then Sync, in autocommit: what the client sees."""
+    seen: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            with conn.pipeline() as pipeline:
+                conn.execute(f"INSERT INTO {table} (id) VALUES (1)")
+                conn.execute(failing)
+                conn.execute(f"INSERT INTO {table} (id) VALUES (2)")
+                pipeline.sync()
+            seen.append("no error")
+        except psycopg.Error as exc:
+            seen.append(f"{type(exc).__name__} {exc.sqlstate}")
+        seen.append(conn.info.transaction_status.name)
+        seen.append(repr(conn.execute("SELECT 1").fetchone()))
+        seen.append(repr(conn.execute(f"SELECT count(*) FROM {table}").fetchone()))
+    return seen

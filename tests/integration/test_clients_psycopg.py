@@ -24,7 +24,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from helpers import fetch_all, fetch_value, scratch_table, unique_name
+from helpers import fetch_all, fetch_value, pipeline_transcript, scratch_table, unique_name
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -307,33 +307,13 @@ def test_error_in_transaction_block_fails_it_until_rollback(gateway: RunningGate
     assert through == transaction_error_transcript(direct)
 
 
-def failing_pipeline_transcript(dsn: str, table: str) -> list[str]:
-    """INSERT, a failing SELECT, another INSERT, then Sync, in autocommit: what the client sees."""
-    seen: list[str] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cursors: list[psycopg.Cursor[Any]] = []
-        try:
-            with conn.pipeline() as pipeline:
-                cursors.append(conn.execute(f"INSERT INTO {table} (id) VALUES (1)"))
-                cursors.append(conn.execute("SELECT 1/0"))
-                cursors.append(conn.execute(f"INSERT INTO {table} (id) VALUES (2)"))
-                pipeline.sync()
-            seen.append("no error")
-        except psycopg.Error as exc:
-            seen.append(f"{type(exc).__name__} {exc.sqlstate}")
-        seen.append(conn.info.transaction_status.name)
-        seen.append(repr(conn.execute("SELECT 1").fetchone()))
-        seen.append(repr(conn.execute(f"SELECT count(*) FROM {table}").fetchone()))
-    return seen
-
-
 def test_error_in_pipeline_skips_the_rest_and_commits_nothing(gateway: RunningGateway, direct: str,
                                                               scratch: str) -> None:
-    through = failing_pipeline_transcript(gateway.dsn("engineer"), scratch)
+    through = pipeline_transcript(gateway.dsn("engineer"), scratch, "SELECT 1/0")
     assert through == ["DivisionByZero 22012", "IDLE", "(1,)", "(0,)"]
     assert fetch_value(direct, f"SELECT count(*) FROM {scratch}") == 0
     with scratch_table(direct, "id int") as direct_table:
-        assert through == failing_pipeline_transcript(direct, direct_table)
+        assert through == pipeline_transcript(direct, direct_table, "SELECT 1/0")
 
 
 # --- cancel --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from conftest import start_gateway, stop_gateway
-from helpers import fetch_all, fetch_value, scratch_table
+from helpers import fetch_all, fetch_value, pipeline_transcript, scratch_table
 from rawclient import Refused, login_as
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
@@ -589,25 +589,6 @@ def test_refused_statement_in_a_multi_statement_query(gw: RunningGateway, direct
     with scratch_table(direct, "id serial PRIMARY KEY, label text", "policy_multi") as table:
         # PostgreSQL's own error in the same place does exactly the same.
         assert multi_statement_transcript(direct, table, "SELECT 1/0") == ["22012", "IDLE", "(0,)", "(1, True)"]
-
-
-def pipeline_transcript(dsn: str, table: str, failing: str) -> list[str]:
-    """INSERT, a failing statement, another INSERT, then Sync, in autocommit: what the client sees."""
-    seen: list[str] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            with conn.pipeline() as pipeline:
-                conn.execute(f"INSERT INTO {table} (id) VALUES (1)")
-                conn.execute(failing)
-                conn.execute(f"INSERT INTO {table} (id) VALUES (2)")
-                pipeline.sync()
-            seen.append("no error")
-        except psycopg.Error as exc:
-            seen.append(f"{type(exc).__name__} {exc.sqlstate}")
-        seen.append(conn.info.transaction_status.name)
-        seen.append(repr(conn.execute("SELECT 1").fetchone()))
-        seen.append(repr(conn.execute(f"SELECT count(*) FROM {table}").fetchone()))
-    return seen
 
 
 @pytest.mark.parametrize("failing", ["SET ROLE postgres", "SELECT pg_read_file('x')",
