@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from pgguard.config import Config, RoleConfig
 from pgguard.masking.lineage import Relations, SourceColumn, lineages
-from pgguard.masking.plan import MaskingRefused, MaskingRules, clearance_for
+from pgguard.masking.plan import Clearance, MaskingRefused, MaskingRules, clearance_for
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.classify import Name
@@ -21,14 +21,22 @@ class MaskingConfig:
         table = config.raw.get("masking", {})
         self.rules = MaskingRules.from_config(table, config.path.parent)
         self.default_detectors: list[str] = list(table.get("detectors", {}).get("text", []))
+        # A clearance depends only on the set of roles: compiled once for each.
+        self._clearances: dict[tuple[str, ...], Clearance] = {}
+
+    def clearance(self, roles: list[RoleConfig]) -> Clearance:
+        key = tuple(role.name for role in roles)
+        if key not in self._clearances:
+            self._clearances[key] = clearance_for(self.rules, self.default_detectors, roles)
+        return self._clearances[key]
 
     def active_for(self, roles: list[RoleConfig]) -> bool:
-        return clearance_for(self.rules, self.default_detectors, roles).active
+        return self.clearance(roles).active
 
     def for_session(self, roles: list[RoleConfig], guard: SessionGuard,
                     catalog: Callable[[], Catalog]) -> ResultMasking | None:
         """The session's result masking; None when its roles see everything raw."""
-        clearance = clearance_for(self.rules, self.default_detectors, roles)
+        clearance = self.clearance(roles)
         if not clearance.active:
             return None
         relations = SessionRelations(guard, catalog, self.rules)
