@@ -11,9 +11,10 @@ import jwt
 import trio
 
 from pgguard import __version__
-from pgguard.config import ConfigError, load
+from pgguard.audit.writer import prune
+from pgguard.config import ConfigError, load, parse_duration
 from pgguard.identity import TokenError, revocation
-from pgguard.identity.tokens import TokenService, parse_duration
+from pgguard.identity.tokens import TokenService
 from pgguard.policy.explain import dumps, explain, render
 from pgguard.policy.guard import Policy
 from pgguard.runtime import run_gateway, setup_logging
@@ -84,6 +85,20 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions_prune(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    older_than = parse_duration(args.older_than) if args.older_than else config.audit.retention_seconds
+    if older_than is None:
+        raise ConfigError("no retention: set [audit] retention, or pass --older-than")
+    directory = config.gateway.session_dir
+    removed = prune(directory, older_than) if directory.is_dir() else []
+    for path in removed:
+        print(path)
+    print(f"pgguard: removed {len(removed)} session logs older than {older_than} s from {directory}",
+          file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pgguard.demo.runner import run_demo
 
@@ -132,6 +147,14 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--sub", help="the subject (sub claim): all its tokens issued until now")
     revoke.add_argument("--reason", default="", help="recorded with the revocation and logged by the gateway")
     revoke.set_defaults(func=_token_revoke)
+
+    sessions = commands.add_parser("sessions", help="the session logs")
+    session_commands = sessions.add_subparsers(dest="sessions_command", required=True)
+    pruner = session_commands.add_parser("prune", help="remove the logs of finished sessions older than the "
+                                                       "retention ([audit] retention)")
+    pruner.add_argument("-c", "--config", required=True)
+    pruner.add_argument("--older-than", help="instead of the configured retention, e.g. 30d, 12h")
+    pruner.set_defaults(func=_sessions_prune)
     return top
 
 

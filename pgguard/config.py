@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,27 @@ class GatewayConfig:
     # new connections are refused at accept; 0 turns the limit off.
     max_failed_logins: int
     failed_login_window: float
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """[audit]: how session logs are written and kept (docs/session-log.md)."""
+
+    # When false, sessions are relayed without a log; the gateway warns at start.
+    enabled: bool
+    fsync: str
+    checkpoint_records: int
+    checkpoint_seconds: float
+    # Disk space each open session keeps allocated ahead of its log.
+    reserve_bytes: int
+    max_rows: int
+    max_cell_bytes: int
+    max_values_bytes: int
+    max_text_bytes: int
+    # Detectors run over extended-protocol parameters before they are recorded.
+    parameter_detectors: tuple[str, ...]
+    # Logs of finished sessions older than this are pruned; None keeps them.
+    retention_seconds: int | None
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,7 @@ class Config:
     identity: IdentityConfig
     targets: dict[str, TargetConfig]
     roles: dict[str, RoleConfig]
+    audit: AuditConfig
     raw: dict[str, Any]
 
     def roles_for_groups(self, groups: list[str]) -> list[RoleConfig]:
@@ -182,7 +205,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         name: _role(name, _table(raw["roles"], name, "roles"), targets)
         for name in _table(raw, "roles")
     }
-    return Config(path, gateway, identity, targets, roles, raw)
+    return Config(path, gateway, identity, targets, roles, _audit(_table(raw, "audit")), raw)
 
 
 def _table(parent: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
@@ -262,6 +285,65 @@ def _not_negative(table: dict[str, Any], key: str, where: str, kind: type | tupl
 
 def _seconds(table: dict[str, Any], key: str, where: str, default: float) -> float:
     return float(_not_negative(table, key, where, (int, float), default))
+
+
+_FSYNC_POLICIES = ("never", "checkpoint", "always")
+_ALL_DETECTORS = ("card_number", "email", "ssn", "iban", "phone")
+
+
+def _audit(table: dict[str, Any]) -> AuditConfig:
+    where = "audit"
+    _known(table, where, {"enabled", "fsync", "checkpoint_records", "checkpoint_seconds", "reserve_bytes", "max_rows",
+                          "max_cell_bytes", "max_values_bytes", "max_text_bytes", "parameter_detectors",
+                          "retention"})
+    fsync = _get(table, "fsync", where, str, "checkpoint")
+    if fsync not in _FSYNC_POLICIES:
+        raise ConfigError(f"[{where}] fsync must be one of {', '.join(_FSYNC_POLICIES)}, not {fsync!r}")
+    detectors = _get(table, "parameter_detectors", where, list, list(_ALL_DETECTORS))
+    unknown = [name for name in detectors if name not in _ALL_DETECTORS]
+    if unknown:
+        raise ConfigError(f"[{where}] parameter_detectors: unknown detector {unknown[0]!r}; "
+                          f"known: {', '.join(_ALL_DETECTORS)}")
+    retention = _get(table, "retention", where, str, None)
+    return AuditConfig(
+        enabled=_get(table, "enabled", where, bool, True),
+        fsync=fsync,
+        checkpoint_records=_positive(table, "checkpoint_records", where, 1000),
+        checkpoint_seconds=float(_positive(table, "checkpoint_seconds", where, 10)),
+        reserve_bytes=_positive(table, "reserve_bytes", where, 1 << 20),
+        max_rows=_not_negative(table, "max_rows", where, int, 100),
+        max_cell_bytes=_not_negative(table, "max_cell_bytes", where, int, 4096),
+        max_values_bytes=_not_negative(table, "max_values_bytes", where, int, 256 * 1024),
+        max_text_bytes=_positive(table, "max_text_bytes", where, 64 * 1024),
+        parameter_detectors=tuple(detectors),
+        retention_seconds=None if retention is None else _duration(retention, f"[{where}] retention"),
+    )
+
+
+def _positive(table: dict[str, Any], key: str, where: str, default: int) -> Any:
+    value = _get(table, key, where, (int, float) if key.endswith("seconds") else int, default)
+    if value <= 0:
+        raise ConfigError(f"[{where}] {key} must be positive")
+    return value
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '7d' or plain seconds -> seconds."""
+    match = re.fullmatch(r"(\d+)\s*([smhd]?)", text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h, 7d)")
+    number, unit = match.groups()
+    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def _duration(text: str, where: str) -> int:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if seconds <= 0:
+        raise ConfigError(f"{where}: must be longer than 0 s")
+    return seconds
 
 
 def _identity(table: dict[str, Any], base: Path) -> IdentityConfig:

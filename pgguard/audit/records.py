@@ -169,11 +169,12 @@ def approval(*, statement: int, request: str, event: ApprovalEvent, by: str | No
             "by": by, "reason": reason}
 
 
-def result(*, statement: int, limits: Limits, columns: Sequence[tuple[str, int, int]] = (),
+def result(*, statement: int | None, limits: Limits, columns: Sequence[tuple[str, int, int]] = (),
            rows: RowCapture | None = None, command_tag: str | None = None,
            error: tuple[str, str] | None = None, duration_ms: float, at: float | None = None) -> Record:
-    """What a statement returned to the client. `columns` are (name, type OID, format code)
-    from the RowDescription; `error` is (SQLSTATE, message)."""
+    """What a statement returned to the client. `statement` is None for an error that answers
+    no recorded statement (a Parse or Bind that failed before any Execute). `columns` are
+    (name, type OID, format code) from the RowDescription; `error` is (SQLSTATE, message)."""
     return {
         "type": "result",
         "at": _now(at),

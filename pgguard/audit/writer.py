@@ -182,6 +182,11 @@ class SessionLogWriter:
     def healthy(self) -> bool:
         return self.failure is None
 
+    @property
+    def out_of_space(self) -> bool:
+        """The disk had no room for the space this log reserves ahead."""
+        return self._space_error is not None
+
     def admit(self, record: Record) -> int | None:
         """Queues the record of an action that must not happen unless its record is written:
         a statement about to be forwarded, an approval that releases one. Returns its seq;

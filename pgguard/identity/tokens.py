@@ -8,7 +8,6 @@ adding a new one first and removing the old one once its tokens expired.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from pathlib import Path
@@ -41,15 +40,6 @@ def load_signing_key(key: SigningKey) -> Ed25519PrivateKey:
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"signing key {key.kid!r} is not an Ed25519 key")
     return loaded
-
-
-def parse_duration(text: str) -> int:
-    """'90s', '15m', '1h', '7d' or plain seconds -> seconds."""
-    match = re.fullmatch(r"(\d+)\s*([smhd]?)", text.strip())
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h, 7d)")
-    number, unit = match.groups()
-    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
 class TokenService:

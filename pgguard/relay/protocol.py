@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pgguard.audit.recorder import SessionRecorder
 from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
@@ -79,9 +80,18 @@ def server_setting_problem(name: str, value: str, guarded: bool, read_only: bool
     return None
 
 
+def _parse_fields(data: bytes) -> tuple[str, bytes]:
+    """A Parse message's statement name, and its query as sent (in the session's client_encoding)."""
+    body = data[5:]
+    start = body.index(b"\0") + 1
+    return body[:start - 1].decode("utf-8", "surrogateescape"), body[start:body.index(b"\0", start)]
+
+
 @dataclass
 class _Refusal:
-    decision: Decision
+    sqlstate: str
+    message: str
+    hint: str | None
     # The ReadyForQuery count after which the refusal's cycle is over.
     cycle: int
 
@@ -89,11 +99,19 @@ class _Refusal:
 class SessionProtocol:
     def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer,
                  guard: SessionGuard | None = None, encoding: str = "utf-8", *, read_only: bool = False,
-                 masking: ResultMasking | None = None) -> None:
+                 masking: ResultMasking | None = None, recorder: SessionRecorder | None = None) -> None:
         self._client = client_framer
         self._upstream = upstream_framer
         self.guard = guard
         self.masking = masking
+        self.recorder = recorder
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # What the guard made of the frame being handled, for the session log:
+        # the statement classes, and the refusal whose stand-in replaces it.
+        self._classes: tuple[str, ...] = ()
+        self._refused: Decision | None = None
+        self._prefix_runs = False
         self.encoding = encoding
         # The session's login is marked read-only: it must stay so upstream.
         self.read_only = read_only
@@ -111,6 +129,7 @@ class SessionProtocol:
     # -- from the client -----------------------------------------------------
 
     def client_bytes(self, data: bytes) -> Output:
+        self.bytes_in += len(data)
         try:
             raw, frames = self._client.feed(data)
         except ProtocolViolation as exc:
@@ -137,6 +156,8 @@ class SessionProtocol:
                     self._forget(frame)
             if self.masking is not None:
                 replacement = self._track(frame, replacement)
+            if self.recorder is not None:
+                replacement = self._record(frame, replacement)
             if tag == _TERMINATE:
                 # Anything after Terminate is not the protocol; drop it.
                 kept = parts if parts is not None else [f.data for f in frames[:index]]
@@ -162,8 +183,12 @@ class SessionProtocol:
 
         A Parse is answered within the cycle that its Sync, still to come, ends.
         """
+        self._refused = decision
+        return self._stand_in("42501", decision.message, decision.hint, before_sync)
+
+    def _stand_in(self, sqlstate: str, text: str, hint: str | None, before_sync: bool) -> str:
         token = secrets.token_hex(8)
-        self._refusals[token] = _Refusal(decision, self._cycles_sent + before_sync)
+        self._refusals[token] = _Refusal(sqlstate, text, hint, self._cycles_sent + before_sync)
         return f"SELECT '{_MARKER}{token}'::pg_catalog.int4"
 
     def _encoding_unsure(self, text: bytes) -> bool:
@@ -188,6 +213,8 @@ class SessionProtocol:
         if sql is None:
             return self._refused_query(b"", self.guard.undecodable(self.encoding))
         decisions = self.guard.check_query(sql)
+        if self.recorder is not None:
+            self._classes = tuple(sorted({c for d in decisions if d.statement for c in d.statement.classes}))
         if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
@@ -204,6 +231,7 @@ class SessionProtocol:
 
     def _refused_query(self, prefix: bytes, decision: Decision) -> bytes:
         # Built as bytes: the prefix is in the session's client_encoding, not UTF-8.
+        self._prefix_runs = bool(prefix)
         stand_in = self._refuse(decision).encode()
         return message(b"Q", prefix + stand_in + b"\0")
 
@@ -220,6 +248,8 @@ class SessionProtocol:
             decision = (self.guard.undecodable(self.encoding) if sql is None
                         else self.guard.check_parse(parse.name, sql))
         self._encoding_statements.discard(parse.name)
+        if decision.statement is not None:
+            self._classes = tuple(sorted(decision.statement.classes))
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -256,10 +286,8 @@ class SessionProtocol:
             if tag == _QUERY:
                 masking.query(self._text(sent[5:-1]) or "")
             elif tag == _PARSE:
-                body = sent[5:]
-                start = body.index(b"\0") + 1
-                masking.parse(body[:start - 1].decode("utf-8", "surrogateescape"),
-                              self._text(body[start:body.index(b"\0", start)]) or "")
+                name, query = _parse_fields(sent)
+                masking.parse(name, self._text(query) or "")
             elif tag == _BIND:
                 bind = frontend.Bind.decode(frame.body)
                 masking.bind(bind.portal, bind.statement, bind.result_formats)
@@ -287,6 +315,52 @@ class SessionProtocol:
             return self._refused_query(b"", decision)
         return replacement
 
+    def _record(self, frame: Frame, replacement: bytes | None) -> bytes | None:
+        """Record what goes upstream; a refusal instead of what cannot be recorded (fail closed)."""
+        recorder = self.recorder
+        assert recorder is not None
+        tag = frame.tag
+        refused, classes, prefix_runs = self._refused, self._classes, self._prefix_runs
+        self._refused, self._classes, self._prefix_runs = None, (), False
+        if tag == _QUERY:
+            sql = self._log_text(frame.data[5:-1])
+            if not recorder.query(sql, classes, refused, runs=refused is None or prefix_runs):
+                return frontend.Query(self._unrecorded(before_sync=False)).encode()
+        elif tag == _PARSE:
+            name, query = _parse_fields(frame.data)
+            recorder.parse(name, self._log_text(query), classes, refused)
+        elif tag == _BIND:
+            bind = frontend.Bind.decode(frame.body)
+            recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
+        elif tag == _EXECUTE:
+            if not recorder.execute(frontend.Execute.decode(frame.body).portal):
+                # Fails at Parse, so the server skips the rest of the batch as after any error;
+                # a name of its own leaves the client's unnamed statement alone.
+                stand_in = self._unrecorded(before_sync=True)
+                return frontend.Parse(f"pgguard_unrecorded_{secrets.token_hex(8)}", stand_in, []).encode()
+        elif tag == _SYNC:
+            recorder.sync()
+        elif tag == _FUNCTION_CALL:
+            call = frontend.FunctionCall.decode(frame.body)
+            if not recorder.function_call(call.function_oid, call.arg_formats, call.args, self.encoding, refused):
+                return frontend.Query(self._unrecorded(before_sync=False)).encode()
+        elif tag == _CLOSE:
+            close = frontend.Close.decode(frame.body)
+            recorder.forget(close.kind, close.name)
+        return replacement
+
+    def _log_text(self, data: bytes) -> str:
+        """Text as the session log keeps it: what cannot be decoded is replaced, never dropped."""
+        text = self._text(data)
+        return text if text is not None else data.decode("utf-8", "replace")
+
+    def _unrecorded(self, before_sync: bool) -> str:
+        """The stand-in for a statement whose session-log record could not be written."""
+        assert self.recorder is not None
+        return self._stand_in(self.recorder.refusal_sqlstate,
+                              f"pgguard: statement not run: {self.recorder.sink.refusal}",
+                              "the gateway's log says why the session log cannot be written", before_sync)
+
     def _forget(self, frame: Frame) -> None:
         assert self.guard is not None
         close = frontend.Close.decode(frame.body)
@@ -304,7 +378,7 @@ class SessionProtocol:
                           close=f"target protocol violation: {exc}")
         if not frames:
             return _NOTHING
-        if not self._refusals and self.masking is None:
+        if not self._refusals and self.masking is None and self.recorder is None:
             for frame in frames:
                 if frame.tag == _READY:
                     self._cycles_done += 1
@@ -312,22 +386,33 @@ class SessionProtocol:
                     problem = self._parameter(frame)
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
+            self.bytes_out += len(raw)
             return Output(b"", raw)
         parts = []
+        changed = False
         masking = self.masking
+        recorder = self.recorder
         for frame in frames:
+            tag = frame.tag
             data = frame.data
-            if frame.tag == _ERROR and self._refusals:
+            if tag == _ERROR and self._refusals:
                 data = self._rewrite_error(frame)
-            elif frame.tag == _READY:
+            elif tag == _READY:
                 self._cycles_done += 1
                 self._expire()
-            elif frame.tag == _PARAMETER_STATUS:
+            elif tag == _PARAMETER_STATUS:
                 problem = self._parameter(frame)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
-            parts.append(masking.server(frame.tag, data) if masking is not None else data)
-        return Output(b"", b"".join(parts))
+            if masking is not None:
+                data = masking.server(tag, data)
+            if recorder is not None:
+                recorder.server(tag, data)
+            changed = changed or data is not frame.data
+            parts.append(data)
+        out = b"".join(parts) if changed else raw
+        self.bytes_out += len(out)
+        return Output(b"", out)
 
     def _parameter(self, frame: Frame) -> str | None:
         """Follow a server setting; a reason to end the session if the change defeats pgguard."""
@@ -347,8 +432,7 @@ class SessionProtocol:
         refusal = self._refusals.pop(token, None)
         if refusal is None:
             return frame.data
-        decision = refusal.decision
-        return backend.ErrorResponse.build("ERROR", "42501", decision.message, hint=decision.hint).encode()
+        return backend.ErrorResponse.build("ERROR", refusal.sqlstate, refusal.message, hint=refusal.hint).encode()
 
     def _expire(self) -> None:
         """Forget refusals whose cycle ended without their error (e.g. in a failed transaction)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from pgguard.audit.sessions import SessionLogs
 from pgguard.config import Config, TargetConfig
 from pgguard.errors import GatewayError, fatal
 from pgguard.identity.revocation import RevocationFile
@@ -86,6 +87,9 @@ class Gateway:
         self.policy = Policy(config)
         self.masking = MaskingConfig(config)
         self.catalogs = Catalogs()
+        self.logs = SessionLogs(config)
+        if not self.logs.enabled:
+            log.warning("[audit] enabled = false: sessions are not recorded")
 
     def upstream_tls(self, target: TargetConfig) -> ssl.SSLContext | None:
         return self._upstream_tls[target.name]
@@ -105,6 +109,7 @@ class Gateway:
             nursery.start_soon(self._watch_revocations)
             nursery.start_soon(self.verifier.prefetch)
             nursery.start_soon(self.catalogs.keep_fresh)
+            nursery.start_soon(self.logs.keep_pruned)
             task_status.started(listeners)
             await trio.serve_listeners(self.handle, listeners)
 
@@ -160,7 +165,7 @@ class Gateway:
                  connection.peer, identity.provider, identity.subject, identity.jti or "-",
                  ",".join(identity.groups), _utc(identity.valid_until))
         session = Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
-                          self.policy, self.catalogs, self.masking)
+                          self.policy, self.catalogs, self.masking, self.logs)
         # Registered before the first checkpoint after the token was checked
         # against the revocation list: no revocation can slip in between.
         self.sessions.add(session)

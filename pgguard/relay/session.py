@@ -9,7 +9,9 @@ the cancel key.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,10 @@ from functools import partial
 
 import trio
 
+from pgguard.audit import records
+from pgguard.audit.recorder import SessionRecorder
+from pgguard.audit.sessions import SessionLogs, new_session_id
+from pgguard.audit.writer import SessionLogWriter
 from pgguard.config import Login
 from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import ClientHello
@@ -72,10 +78,30 @@ def choose_login(hello: ClientHello) -> Login:
     return hello.target.logins[hello.roles[-1].login]
 
 
+def client_address(sock: socket.socket) -> str:
+    """`host:port` of a TCP client, the socket's path for a Unix-socket one."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return sock.getsockname() or "unix socket"
+
+
+def tls_of(sock: socket.socket) -> tuple[str, str] | None:
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    cipher = sock.cipher()
+    return sock.version() or "", cipher[0] if cipher else ""
+
+
 class Session:
     def __init__(self, hello: ClientHello, peer: str, cancels: CancelRegistry, reactor: Reactor,
                  upstream_tls: ssl.SSLContext | None, policy: Policy, catalogs: Catalogs,
-                 masking: MaskingConfig) -> None:
+                 masking: MaskingConfig, logs: SessionLogs) -> None:
+        self.id = new_session_id()
         self.hello = hello
         self.peer = peer
         self.cancels = cancels
@@ -84,7 +110,9 @@ class Session:
         self.policy = policy
         self.catalogs = catalogs
         self.masking = masking
+        self.logs = logs
         self._pipe: Pipe | None = None
+        self._protocol: SessionProtocol | None = None
         # Set by terminate(): why the session ends, and the FATAL that says so.
         self._ending: tuple[str, bytes] | None = None
 
@@ -93,10 +121,46 @@ class Session:
         return self.hello.identity.username
 
     async def run(self) -> None:
+        login = choose_login(self.hello)
+        guard = await self._guard(login)
+        opened = await self._open_log()
+        if opened is None:
+            await self._relay(login, guard, None)
+            return
+        writer, recorder = opened
+        end_reason = "the gateway stopped the session"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            try:
+                await self._relay(login, guard, recorder)
+                end_reason = self._pipe.end_reason if self._pipe is not None else "ended"
+            except Exception as exc:
+                end_reason = f"failed: {getattr(exc, 'message', None) or exc}"
+                raise
+            finally:
+                protocol = self._protocol
+                recorder.close(end_reason, protocol.bytes_in if protocol else 0, protocol.bytes_out if protocol else 0)
+
+    async def _open_log(self) -> tuple[SessionLogWriter, SessionRecorder] | None:
+        """The session's log, started before anything reaches the upstream; None when logs are off."""
+        if not self.logs.enabled:
+            return None
+        hello = self.hello
+        sock = hello.stream.socket
+        header = records.header(session_id=self.id, identity=hello.identity, client_address=client_address(sock),
+                                application_name=hello.params.get("application_name"), target=hello.target.name,
+                                tls=tls_of(sock))
+        try:
+            return await self.logs.open(header)
+        except OSError as exc:
+            log.error("session %s of %s: cannot open its session log in %s: %s", self.id, self.user,
+                      self.logs.directory, exc)
+            sqlstate = "53100" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "58030"
+            raise fatal(sqlstate, f"pgguard: cannot open the session log: {exc.strerror or exc}") from exc
+
+    async def _relay(self, login: Login, guard: SessionGuard | None, recorder: SessionRecorder | None) -> None:
         hello = self.hello
         started = time.monotonic()
-        login = choose_login(hello)
-        guard = await self._guard(login)
         upstream = await connect(hello.target, login, upstream_params(hello.upstream_params, login),
                                  self.upstream_tls)
         try:
@@ -109,12 +173,12 @@ class Session:
         process_id, secret_key = self.cancels.register(cancel_upstream)
         masking = None if guard is None else self.masking.for_session(
             hello.roles, guard, lambda: self.catalogs.current(hello.target.name))
-        protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec, read_only=login.read_only,
-                                   masking=masking)
+        protocol = self._protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec,
+                                                    read_only=login.read_only, masking=masking, recorder=recorder)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
         try:
             await self._greet(upstream, process_id, secret_key)
-            log.info("session %d: %s (%s) -> %s as %s", process_id, self.user, self.peer,
+            log.info("session %d (%s): %s (%s) -> %s as %s", process_id, self.id, self.user, self.peer,
                      hello.target.name, ",".join(r.name for r in hello.roles))
             if self._ending is None:
                 self.reactor.attach(pipe)

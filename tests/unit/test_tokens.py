@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pgguard.config import IdentityConfig, SigningKey
 from pgguard.identity import Identity, TokenError
-from pgguard.identity.tokens import TokenService, generate_signing_key, parse_duration
+from pgguard.config import parse_duration
+from pgguard.identity.tokens import TokenService, generate_signing_key
 from pgguard.identity.verifier import Verifier
 
 KID = "k1"

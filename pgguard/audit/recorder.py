@@ -1,0 +1,274 @@
+"""A session's traffic turned into session-log records as it passes, sans I/O.
+
+The relay tells the recorder what it forwards: each request as it decides on
+it, and each server message as the client receives it (after masking). The
+recorder pairs answers with the statements that asked for them the way the
+server answers them: in order, each Query's results until its ReadyForQuery,
+each Execute's until its CommandComplete, and after an error in the extended
+protocol nothing until Sync.
+
+A statement about to be forwarded is admitted (`SessionLogWriter.admit`)
+before it goes: when the log cannot take its record, the recorder says so
+and the relay refuses the statement instead. Records of what already
+happened (refusals, results, notices) are emitted.
+
+One statement record is made per request that runs SQL: a Query message
+(which may hold several statements, each with its own result record), an
+Execute (its SQL from the Parse, its parameters from the Bind) or a
+FunctionCall. An admitted statement the server then skipped (an earlier
+error in its batch) has no result record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Protocol as Interface, TypeVar
+
+from pgguard.audit import records
+from pgguard.audit.records import Limits, Record, RowCapture, Value
+from pgguard.masking.detectors import Scrubber
+from pgguard.policy.guard import Decision
+from pgguard.wire import backend
+
+log = logging.getLogger("pgguard.audit")
+
+_DATA_ROW, _COPY_DATA, _ROW_DESCRIPTION, _FUNCTION_RESULT = 0x44, 0x64, 0x54, 0x56
+_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = 0x43, 0x49, 0x73
+_ERROR, _NOTICE, _READY = 0x45, 0x4E, 0x5A
+# Prepared statements and portals remembered at most; the oldest go first.
+_MAX_NAMES = 1000
+
+
+class LogSink(Interface):
+    """What the recorder needs of a SessionLogWriter."""
+
+    refusal: str
+
+    @property
+    def out_of_space(self) -> bool: ...
+
+    def admit(self, record: Record) -> int | None: ...
+
+    def emit(self, record: Record) -> int | None: ...
+
+    def close(self, record: Record) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """A request whose answer is still to come."""
+
+    seq: int | None  # its statement record; None for a Sync, or a request not recorded
+    until_ready: bool  # answered until ReadyForQuery (Query, Sync, FunctionCall), else until its result
+    started: float
+    recorded: bool = True  # False: refused because its record could not be written; nothing to add
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    sql: str
+    classes: tuple[str, ...]
+
+
+class SessionRecorder:
+    def __init__(self, sink: LogSink, limits: Limits, parameter_scrubber: Scrubber | None) -> None:
+        self.sink = sink
+        self.limits = limits
+        self._scrubber = parameter_scrubber
+        self._pending: deque[_Pending] = deque()
+        self._statements: dict[str, _Prepared] = {}
+        self._portals: dict[str, tuple[_Prepared | None, list[Value]]] = {}
+        # Client side: a refusal earlier in this extended-protocol batch, whose
+        # Executes the server will skip up to Sync.
+        self._skipping = False
+        # Server side: the result being received.
+        self._columns: list[tuple[str, int, int]] = []
+        self._rows: RowCapture | None = None
+        self.counts: Counter[str] = Counter()
+        self._last_refusal = ""
+
+    # -- what the client sends ----------------------------------------------------
+
+    @property
+    def refusal_sqlstate(self) -> str:
+        """The SQLSTATE for a statement refused because its record could not be written."""
+        return "53100" if self.sink.out_of_space else "53000"
+
+    def query(self, sql: str, classes: tuple[str, ...], refused: Decision | None, runs: bool) -> bool:
+        """A Query about to be forwarded; `runs` is False when a refusal's stand-in is all that goes.
+        False: its record could not be written, and it must be refused instead."""
+        return self._statement("simple", sql, classes, refused, runs, None, until_ready=True)
+
+    def parse(self, name: str, sql: str, classes: tuple[str, ...], refused: Decision | None) -> None:
+        self._statements.pop(name, None)
+        if refused is None:
+            _remember(self._statements, name, _Prepared(sql, classes))
+            return
+        self._statement("extended", sql, classes, refused, False, None, until_ready=False)
+        self._skipping = True
+
+    def bind(self, portal: str, statement: str, formats: list[int], values: list[bytes | None],
+             encoding: str) -> None:
+        if self._skipping:
+            return
+        parameters = [_parameter(value, _format(formats, index), encoding, self._scrubber)
+                      for index, value in enumerate(values)]
+        _remember(self._portals, portal, (self._statements.get(statement), parameters))
+
+    def execute(self, portal: str) -> bool:
+        """An Execute about to be forwarded. False: refuse it, its record could not be written."""
+        if self._skipping:
+            return True  # the server skips it: nothing runs, nothing to record
+        prepared, parameters = self._portals.get(portal, (None, []))
+        sql = prepared.sql if prepared is not None else ""
+        classes = prepared.classes if prepared is not None else ()
+        if self._statement("extended", sql, classes, None, True, parameters, until_ready=False):
+            return True
+        self._skipping = True
+        return False
+
+    def function_call(self, oid: int, formats: list[int], args: list[bytes | None], encoding: str,
+                      refused: Decision | None) -> bool:
+        parameters = [_parameter(value, _format(formats, index), encoding, self._scrubber)
+                      for index, value in enumerate(args)]
+        return self._statement("function_call", f"-- FunctionCall of function OID {oid}", (), refused,
+                               refused is None, parameters, until_ready=True)
+
+    def sync(self) -> None:
+        self._skipping = False
+        self._pending.append(_Pending(None, True, time.monotonic()))
+
+    def forget(self, kind: str, name: str) -> None:
+        """A Close of a prepared statement ("S") or portal ("P")."""
+        (self._statements if kind == "S" else self._portals).pop(name, None)
+
+    def _statement(self, protocol: records.Protocol, sql: str, classes: tuple[str, ...],
+                   refused: Decision | None, runs: bool, parameters: list[Value] | None, *,
+                   until_ready: bool) -> bool:
+        record = records.statement(
+            protocol=protocol, sql=sql, decision="allowed" if refused is None else "refused", limits=self.limits,
+            parameters=parameters, rule=refused.rule if refused is not None else None,
+            reason=refused.reason if refused is not None else None, classes=classes)
+        seq = self.sink.admit(record) if runs else self.sink.emit(record)
+        started = time.monotonic()
+        if seq is None and runs:
+            self._note_refusal()
+            self.counts["unrecorded"] += 1
+            self._pending.append(_Pending(None, until_ready, started, recorded=False))
+            return False
+        self.counts["statements"] += 1
+        if refused is not None:
+            self.counts["refused"] += 1
+        self._pending.append(_Pending(seq, until_ready, started))
+        return True
+
+    def _note_refusal(self) -> None:
+        """Tell the operator why statements are refused, once per reason."""
+        reason = self.sink.refusal
+        if reason != self._last_refusal:
+            self._last_refusal = reason
+            log.warning("session log: refusing statements: %s", reason)
+
+    # -- what the client receives -------------------------------------------------
+
+    def server(self, tag: int, message: bytes) -> None:
+        if tag == _DATA_ROW:
+            rows = self._rows or self._new_rows()
+            if rows.truncated:
+                rows.count += 1  # past the caps: counted without decoding
+            else:
+                rows.add(backend.DataRow.decode(message[5:]).values)
+        elif tag == _COPY_DATA:
+            (self._rows or self._new_rows()).add([message[5:]])
+        elif tag == _ROW_DESCRIPTION:
+            self._columns = [(f.name, f.type_oid, f.format) for f in backend.RowDescription.decode(message[5:]).fields]
+        elif tag == _COMMAND_COMPLETE:
+            self._result(backend.CommandComplete.decode(message[5:]).tag, None)
+        elif tag == _EMPTY_QUERY or tag == _PORTAL_SUSPENDED:
+            self._result(None, None)
+        elif tag == _FUNCTION_RESULT:
+            (self._rows or self._new_rows()).add([backend.FunctionCallResponse.decode(message[5:]).value])
+            self._result(None, None)
+        elif tag == _ERROR:
+            fields = dict(backend.ErrorResponse.decode(message[5:]).fields)
+            self._result(None, (fields.get("C", ""), fields.get("M", "")))
+        elif tag == _NOTICE:
+            self._notice(dict(backend.NoticeResponse.decode(message[5:]).fields))
+        elif tag == _READY:
+            self._ready()
+
+    def _new_rows(self) -> RowCapture:
+        self._rows = RowCapture(self.limits)
+        return self._rows
+
+    def _result(self, command_tag: str | None, error: tuple[str, str] | None) -> None:
+        head = self._pending[0] if self._pending else None
+        if error is not None:
+            self.counts["errors"] += 1
+        if head is None or head.recorded:
+            seq = head.seq if head is not None else None
+            if seq is not None or error is not None:  # an error answering a Parse, Bind or Sync: no statement
+                duration = (time.monotonic() - head.started) * 1000 if head is not None else 0.0
+                self.sink.emit(records.result(statement=seq, limits=self.limits, columns=self._columns,
+                                              rows=self._rows, command_tag=command_tag, error=error,
+                                              duration_ms=duration))
+        self._columns = []
+        self._rows = None
+        if head is None or head.until_ready:
+            return
+        self._pending.popleft()
+        if error is not None:
+            # The server skips the rest of the batch: its Executes get no answer.
+            while self._pending and not self._pending[0].until_ready:
+                self._pending.popleft()
+
+    def _notice(self, fields: dict[str, str]) -> None:
+        head = self._pending[0] if self._pending else None
+        self.sink.emit(records.notice(statement=head.seq if head is not None else None,
+                                      severity=fields.get("V", fields.get("S", "")), sqlstate=fields.get("C", ""),
+                                      message=fields.get("M", ""), limits=self.limits))
+
+    def _ready(self) -> None:
+        while self._pending:
+            if self._pending.popleft().until_ready:
+                break
+        self._columns = []
+        self._rows = None
+
+    # -- the end --------------------------------------------------------------------
+
+    def close(self, reason: str, bytes_in: int, bytes_out: int) -> None:
+        self.sink.close(records.close(reason=reason, bytes_in=bytes_in, bytes_out=bytes_out, counts=self.counts))
+
+
+_Named = TypeVar("_Named")
+
+
+def _remember(names: dict[str, _Named], name: str, value: _Named) -> None:
+    names[name] = value
+    if len(names) > _MAX_NAMES:
+        del names[next(iter(names))]
+
+
+def _format(formats: list[int], index: int) -> int:
+    if not formats:
+        return 0
+    return formats[0] if len(formats) == 1 else formats[index]
+
+
+def _parameter(value: bytes | None, fmt: int, encoding: str, scrubber: Scrubber | None) -> Value:
+    """A parameter as recorded: text-format values as text where they decode, binary ones as bytes;
+    either way through the detectors first, so the log does not keep what they find."""
+    if value is None:
+        return None
+    if scrubber is not None:
+        value = scrubber.scrub_bytes(value)
+    if fmt == 0:
+        try:
+            return value.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return value

@@ -1,0 +1,328 @@
+"""Session logs written by the real gateway for real clients: their records, their integrity,
+a killed gateway, and a full disk that stops statements rather than let them run unrecorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgguard.audit.verify import read_records, verify
+from pgguard.config import load
+from pgguard.identity.tokens import load_signing_key
+from conftest import PostgresServer, RunningGateway
+from helpers import scratch_table, unique_name
+
+Records = list[dict[str, Any]]
+
+
+def session_dir(gateway: RunningGateway) -> Path:
+    return load(gateway.config_path).gateway.session_dir
+
+
+def public_keys(gateway: RunningGateway) -> dict[str, Any]:
+    key = load(gateway.config_path).identity.signing_keys[0]
+    return {key.kid: load_signing_key(key).public_key()}
+
+
+def find_log(gateway: RunningGateway, application: str, *, closed: bool = True, timeout: float = 10) -> Path:
+    """The log of the session that set `application_name`, once it has its close record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in session_dir(gateway).glob("*.pgglog"):
+            entries = list(read_records(path))
+            if entries and entries[0].record.get("application_name") == application:
+                if not closed or any(e.record["type"] == "close" for e in entries):
+                    return path
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {'closed ' if closed else ''}session log for {application}")
+        time.sleep(0.05)
+
+
+def records_of(path: Path) -> Records:
+    return [entry.record for entry in read_records(path)]
+
+
+def story(records: Records) -> list[tuple[Any, ...]]:
+    """Each statement with its decision, and each result with its statement, tag and error."""
+    told: list[tuple[Any, ...]] = []
+    for record in records:
+        if record["type"] == "statement":
+            told.append(("statement", record["seq"], record["sql"], record["decision"]))
+        elif record["type"] == "result":
+            error = record["error"]["sqlstate"] if record["error"] else None
+            told.append(("result", record["statement"], record["command_tag"], error))
+    return told
+
+
+def test_a_session_of_reads_writes_a_refusal_an_error_copy_and_a_cancel(gateway: RunningGateway) -> None:
+    application = unique_name("log")
+    with psycopg.connect(gateway.dsn("support", application_name=application), autocommit=True) as conn:
+        conn.execute("SELECT id, email FROM customers ORDER BY id LIMIT 2", prepare=False)
+        with conn.transaction(force_rollback=True):
+            conn.execute("INSERT INTO tickets (customer_id, subject, body, status) "
+                         "VALUES (1, 'log test', 'body', 'open')", prepare=False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM orders", prepare=False)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0", prepare=False)
+        with conn.cursor().copy("COPY (SELECT id FROM orders ORDER BY id LIMIT 3) TO STDOUT") as copy:
+            copied = b"".join(bytes(block) for block in copy)
+        assert copied == b"1\n2\n3\n"
+        threading.Timer(0.5, conn.cancel).start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(10)", prepare=False)
+    records = records_of(find_log(gateway, application))
+
+    header = records[0]
+    assert header["type"] == "header" and header["identity"]["username"] == "sam"
+    assert header["identity"]["roles"] == ["support"] and header["target"] == "demo"
+    assert header["tls"]["version"].startswith("TLS") and header["client_address"].startswith("127.0.0.1:")
+    body = [r for r in records if r["type"] not in ("checkpoint", "notice")]
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    told = story(body)
+    statements = {sql: seq for kind, seq, sql, _ in (t for t in told if t[0] == "statement")}
+    select = statements["SELECT id, email FROM customers ORDER BY id LIMIT 2"]
+    insert_sql = "INSERT INTO tickets (customer_id, subject, body, status) VALUES (1, 'log test', 'body', 'open')"
+    insert = statements[insert_sql]
+    delete = statements["DELETE FROM orders"]
+    assert told == [
+        ("statement", select, "SELECT id, email FROM customers ORDER BY id LIMIT 2", "allowed"),
+        ("result", select, "SELECT 2", None),
+        ("statement", statements["BEGIN"], "BEGIN", "allowed"),
+        ("result", statements["BEGIN"], "BEGIN", None),
+        ("statement", insert, insert_sql, "allowed"),
+        ("result", insert, "INSERT 0 1", None),
+        ("statement", statements["ROLLBACK"], "ROLLBACK", "allowed"),
+        ("result", statements["ROLLBACK"], "ROLLBACK", None),
+        ("statement", delete, "DELETE FROM orders", "refused"),
+        ("result", delete, None, "42501"),
+        ("statement", statements["SELECT 1/0"], "SELECT 1/0", "allowed"),
+        ("result", statements["SELECT 1/0"], None, "22012"),
+        ("statement", told[12][1], "COPY (SELECT id FROM orders ORDER BY id LIMIT 3) TO STDOUT", "allowed"),
+        ("result", told[12][1], "COPY 3", None),
+        ("statement", told[14][1], "SELECT pg_sleep(10)", "allowed"),
+        ("result", told[14][1], None, "57014"),
+    ]
+    results = [r for r in body if r["type"] == "result"]
+    # Support sees emails raw: the rows are recorded as the client received them.
+    assert results[0]["columns"] == [["id", 23, 0], ["email", 25, 0]]
+    assert results[0]["row_count"] == 2 and results[0]["rows"][0][1].endswith(b".example") is False
+    refused = next(r for r in body if r["seq"] == delete)
+    assert refused["rule"] and "orders" in refused["reason"] and refused["classes"] == ["write"]
+    assert results[6]["rows"] == [[b"1\n"], [b"2\n"], [b"3\n"]]
+    assert results[7]["duration_ms"] >= 400
+    close = next(r for r in records if r["type"] == "close")
+    assert close["counts"]["statements"] == 8 and close["counts"]["refused"] == 1 and close["counts"]["errors"] == 3
+    assert close["reason"] == "client terminated" and close["bytes_in"] > 0 and close["bytes_out"] > 0
+    assert records[-1]["type"] == "checkpoint"
+    assert verify(find_log(gateway, application), public_keys(gateway)).ok
+
+
+def test_parameters_are_recorded_through_the_detectors(gateway: RunningGateway) -> None:
+    application = unique_name("log")
+    card = "4111 1111 1111 1111"
+    with psycopg.connect(gateway.dsn("dba", application_name=application)) as conn:
+        row = conn.execute("SELECT %s::text, %s::text, %s::int", ["x@mail.example", card, 7]).fetchone()
+        assert row == ("x@mail.example", card, 7)  # the dba is masked nothing
+    records = records_of(find_log(gateway, application))
+    statement = next(r for r in records if r["type"] == "statement" and r["protocol"] == "extended")
+    assert statement["sql"] == "SELECT $1::text, $2::text, $3::int"
+    recorded = statement["parameters"]
+    assert "x@mail.example" not in str(recorded) and "1111 1111 1111" not in str(recorded)
+    # psycopg sends an int in binary, as the smallest integer type that holds it
+    assert recorded[2] == "7" or int.from_bytes(recorded[2], "big") == 7
+    result = next(r for r in records if r["type"] == "result" and r["statement"] == statement["seq"])
+    assert result["rows"][0][0] == b"x@mail.example"  # rows as the client received them
+
+
+def test_masked_rows_are_recorded_masked(gateway: RunningGateway, postgres: PostgresServer) -> None:
+    application = unique_name("log")
+    with psycopg.connect(gateway.dsn("analyst", application_name=application)) as conn:
+        conn.execute("SELECT email, ssn FROM customers ORDER BY id LIMIT 5").fetchall()
+    with psycopg.connect(postgres.dsn()) as direct:
+        raw = direct.execute("SELECT email, ssn FROM customers ORDER BY id LIMIT 5").fetchall()
+    result = next(r for r in records_of(find_log(gateway, application))
+                  if r["type"] == "result" and r["row_count"] == 5)
+    logged = b"".join(cell or b"" for row in result["rows"] for cell in row)
+    for email, ssn in raw:
+        assert email.split("@")[0].encode() not in logged and ssn.encode() not in logged
+
+
+def test_every_statement_of_a_session_is_in_its_log_in_order(gateway: RunningGateway) -> None:
+    application = unique_name("log")
+    with psycopg.connect(gateway.dsn("analyst", application_name=application), autocommit=True) as conn:
+        with conn.pipeline():
+            for n in range(20):
+                conn.execute("SELECT %s::int", [n])
+    records = records_of(find_log(gateway, application))
+    executed = [r for r in records if r["type"] == "statement"]
+    values = [int(v) if isinstance(v, str) else int.from_bytes(v, "big") for v in (r["parameters"][0] for r in executed)]
+    assert values == list(range(20))
+    results = [r for r in records if r["type"] == "result"]
+    assert [r["statement"] for r in results] == [r["seq"] for r in executed]
+
+
+def test_a_killed_gateway_leaves_a_log_that_verifies_up_to_its_end(
+        gateway_factory: Callable[..., RunningGateway]) -> None:
+    running = gateway_factory()
+    application = unique_name("log")
+    conn = psycopg.connect(running.dsn("analyst", application_name=application), autocommit=True)
+    try:
+        for n in range(50):
+            conn.execute("SELECT %s::int", [n])
+        running.process.send_signal(signal.SIGKILL)
+        running.process.wait(10)
+    finally:
+        conn.close()
+    path = find_log(running, application, closed=False)
+    report = verify(path, public_keys(running))
+    kinds = [problem.kind for problem in report.problems]
+    assert kinds and set(kinds) <= {"torn", "open", "unsigned"}, report.problems
+    assert sum(1 for r in records_of(path) if r["type"] == "statement") >= 1
+
+
+def test_a_torn_tail_is_reported_and_the_records_before_it_verify(
+        gateway: RunningGateway, tmp_path: Path) -> None:
+    application = unique_name("log")
+    with psycopg.connect(gateway.dsn("analyst", application_name=application)) as conn:
+        conn.execute("SELECT 1")
+    original = find_log(gateway, application)
+    torn = tmp_path / original.name
+    torn.write_bytes(original.read_bytes()[:-7])
+    report = verify(torn, public_keys(gateway))
+    assert [p.kind for p in report.problems][0] == "torn"
+    assert report.problems[0].index == len(records_of(original)) - 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: as full a disk as a test can make."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Takes every free byte of the filesystem under `directory`; the file to remove to give them back."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_refuses_statements_and_nothing_unrecorded_runs(
+        gateway_factory: Callable[..., RunningGateway], small_disk: Path, postgres: PostgresServer) -> None:
+    sessions = small_disk / "sessions"
+
+    def edit(text: str) -> str:
+        text = text.replace('session_dir = "', f'session_dir = "{sessions}"\n# was: "', 1)
+        return text + "\n[audit]\nreserve_bytes = 16384\n"
+
+    running = gateway_factory(edit)
+    padding = "x" * 3000  # each statement record is over 3 KB: the reservation runs out fast
+    with scratch_table(postgres.dsn(), "id int PRIMARY KEY") as table:
+        application = unique_name("log")
+        with psycopg.connect(running.dsn("dba", application_name=application), autocommit=True) as conn:
+            filler = fill(small_disk)
+            refused: psycopg.Error | None = None
+            n = 0
+            while n < 200:
+                try:
+                    conn.execute(f"INSERT INTO {table} VALUES ({n}) -- {padding}", prepare=False)
+                    n += 1
+                except psycopg.Error as exc:
+                    refused = exc
+                    if exc.sqlstate == "53100":
+                        break
+                    # Refused while the writer was still reserving space: for now, try again.
+                    assert exc.sqlstate == "53000" and "reserving disk space" in str(exc), exc
+                    time.sleep(0.05)
+            assert refused is not None and refused.sqlstate == "53100", "a full disk never stopped a statement"
+            assert str(refused).startswith("pgguard: statement not run: no disk space for the session log")
+            stopped_at = n
+            with pytest.raises(psycopg.Error) as again:
+                conn.execute(f"INSERT INTO {table} VALUES (1000) -- {padding}", prepare=False)
+            assert again.value.sqlstate == "53100"
+            filler.unlink()
+            time.sleep(0.2)
+            # Space is back: statements run again, once the writer has reserved some.
+            for _ in range(50):
+                try:
+                    conn.execute(f"INSERT INTO {table} VALUES (2000)", prepare=False)
+                    break
+                except psycopg.Error as exc:
+                    assert exc.sqlstate in ("53100", "53000")
+                    time.sleep(0.1)
+            else:
+                raise AssertionError("statements stayed refused after space came back")
+        with psycopg.connect(postgres.dsn()) as direct:
+            stored = {row[0] for row in direct.execute(f"SELECT id FROM {table}")}
+        path = find_log(running, application)
+        recorded = {int(r["sql"].split("VALUES (")[1].split(")")[0]) for r in records_of(path)
+                    if r["type"] == "statement" and r["sql"].startswith("INSERT")}
+        assert stored == set(range(stopped_at)) | {2000}
+        assert stored <= recorded and 1000 not in recorded
+        assert verify(path, public_keys(running)).ok
+
+
+def test_a_gateway_that_cannot_create_logs_refuses_sessions(
+        gateway_factory: Callable[..., RunningGateway], tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+
+    def edit(text: str) -> str:
+        return text.replace('session_dir = "', f'session_dir = "{blocked}/sessions"\n# was: "', 1)
+
+    running = gateway_factory(edit)
+    with pytest.raises(psycopg.OperationalError, match="cannot open the session log"):
+        psycopg.connect(running.dsn("analyst")).close()
+    assert "cannot open its session log" in running.log_text()
+
+
+def test_logs_can_be_turned_off(gateway_factory: Callable[..., RunningGateway]) -> None:
+    running = gateway_factory(lambda text: text + "\n[audit]\nenabled = false\n")
+    with psycopg.connect(running.dsn("analyst")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not list(session_dir(running).glob("*.pgglog"))
+    assert "sessions are not recorded" in running.log_text()
+
+
+def test_prune_removes_finished_logs_older_than_the_retention(gateway: RunningGateway, tmp_path: Path) -> None:
+    application = unique_name("log")
+    with psycopg.connect(gateway.dsn("analyst", application_name=application)) as conn:
+        conn.execute("SELECT 1")
+    path = find_log(gateway, application)
+    copy = tmp_path / "sessions" / path.name
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    old = time.time() - 3 * 86400
+    os.utime(copy, (old, old))
+    config = tmp_path / "pgguard.toml"
+    config.write_text(gateway.config_path.read_text().replace(
+        'session_dir = "', f'session_dir = "{copy.parent}"\n# was: "', 1) + '\n[audit]\nretention = "2d"\n')
+    done = subprocess.run([sys.executable, "-m", "pgguard.cli", "sessions", "prune", "-c", str(config)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not copy.exists() and path.name in done.stdout
