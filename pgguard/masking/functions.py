@@ -206,13 +206,19 @@ def _redact(spec: MaskSpec, key: bytes) -> ValueMask:
 _MASKABLE = re.compile(r"[^\W_]|[\udc80-\udcff]")
 _ASCII_ALNUM = string.ascii_letters + string.digits
 _ASCII_ALNUM_DROPPED = str.maketrans("", "", _ASCII_ALNUM)
+_ASCII_ALNUM_BYTES = _ASCII_ALNUM.encode("ascii")
+# 1 for the byte of an ASCII letter or digit, else 0: _is_maskable for a byte of ASCII text.
+_ASCII_ALNUM_FLAGS = bytes(byte in _ASCII_ALNUM_BYTES for byte in range(256))
+
+# How partial masks a value: every character it masks replaced, and how many there were.
+MaskAll = Callable[[Any], tuple[Any, int]]
 
 
 def _is_maskable(c: str) -> bool:
     return c.isalnum() or "\udc80" <= c <= "\udcff"
 
 
-def _any_char(c: str) -> bool:
+def _any_char(c: object) -> bool:
     return True
 
 
@@ -222,36 +228,59 @@ def _partial(spec: MaskSpec, key: bytes) -> ValueMask:
     A value too short to mask anything between the kept ends is masked
     whole: keeping four characters of a four-character value would show it.
     Masking is one C-level substitution; only the kept ends are walked in
-    Python.
+    Python. An ASCII value (the usual case) is masked as the bytes it is,
+    without decoding, when the mask character is ASCII too.
     """
-    keep_first, keep_last, mask_char = spec.keep_first, spec.keep_last, spec.mask_char
-    counts: Callable[[str], bool]
-    if spec.keep_separators:
-        counts = _is_maskable
-        ascii_masked = str.maketrans(_ASCII_ALNUM, mask_char * len(_ASCII_ALNUM))
-        replacement = mask_char.replace("\\", "\\\\")  # a template for re.subn
+    keep_first, keep_last = spec.keep_first, spec.keep_last
 
-        def mask_all(text: str) -> tuple[str, int]:
-            if text.isascii():  # the usual case, at a quarter of the cost
-                return text.translate(ascii_masked), len(text) - len(text.translate(_ASCII_ALNUM_DROPPED))
-            return _MASKABLE.subn(replacement, text)
-    else:
-        counts = _any_char
-
-        def mask_all(text: str) -> tuple[str, int]:
-            return mask_char * len(text), len(text)
-
-    def transform(text: str) -> str:
+    def keep_ends(text: Any, mask_all: MaskAll, counts: Callable[[Any], int]) -> Any:
+        """`text` (str, or bytes of ASCII) masked but for its kept ends."""
         masked, n = mask_all(text)
         if keep_first + keep_last >= n:
             return masked
         start = _prefix_holding(text, keep_first, counts)
         end = len(text) - _prefix_holding(reversed(text), keep_last, counts)
         return text[:start] + masked[start:end] + text[end:]
-    return _on_text(transform)
+
+    text_mask_all, text_counts = _partial_text(spec)
+    text_mask = _on_text(lambda text: keep_ends(text, text_mask_all, text_counts))
+    if not spec.mask_char.isascii():
+        return text_mask
+    ascii_mask_all, ascii_counts = _partial_ascii(spec)
+
+    def mask(value: bytes) -> bytes:
+        if value.isascii():
+            return keep_ends(value, ascii_mask_all, ascii_counts)
+        return text_mask(value)
+    return mask
 
 
-def _prefix_holding(chars: Iterable[str], keep: int, counts: Callable[[str], bool]) -> int:
+def _partial_text(spec: MaskSpec) -> tuple[MaskAll, Callable[[str], bool]]:
+    """partial's masking of a str, and which of its characters count towards the kept ends."""
+    mask_char = spec.mask_char
+    if not spec.keep_separators:
+        return lambda text: (mask_char * len(text), len(text)), _any_char
+    ascii_masked = str.maketrans(_ASCII_ALNUM, mask_char * len(_ASCII_ALNUM))
+    replacement = mask_char.replace("\\", "\\\\")  # a template for re.subn
+
+    def mask_all(text: str) -> tuple[str, int]:
+        if text.isascii():  # at a quarter of the cost
+            return text.translate(ascii_masked), len(text) - len(text.translate(_ASCII_ALNUM_DROPPED))
+        return _MASKABLE.subn(replacement, text)
+    return mask_all, _is_maskable
+
+
+def _partial_ascii(spec: MaskSpec) -> tuple[MaskAll, Callable[[int], int]]:
+    """The same for bytes of ASCII text and an ASCII mask character: a byte is a character."""
+    mask_byte = spec.mask_char.encode("ascii")
+    if not spec.keep_separators:
+        return lambda data: (mask_byte * len(data), len(data)), _any_char
+    masked = bytes.maketrans(_ASCII_ALNUM_BYTES, mask_byte * len(_ASCII_ALNUM_BYTES))
+    return (lambda data: (data.translate(masked), len(data) - len(data.translate(None, _ASCII_ALNUM_BYTES))),
+            _ASCII_ALNUM_FLAGS.__getitem__)
+
+
+def _prefix_holding(chars: Iterable[Any], keep: int, counts: Callable[[Any], int]) -> int:
     """The length of the shortest prefix of `chars` with `keep` characters that `counts`."""
     length = 0
     for c in chars:

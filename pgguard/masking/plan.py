@@ -36,6 +36,7 @@ EVERY_DETECTOR = Scrubber(DETECTORS)
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
+_SQL_NULL = b"\xff\xff\xff\xff"  # a value's length of -1
 
 
 @dataclass(frozen=True)
@@ -185,26 +186,57 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
 
 
 class RowMasker:
-    """Rewrites DataRow messages, one at a time, with a mask per column."""
+    """Rewrites DataRow messages, one at a time, with a mask per column.
+
+    Only the values of masked columns are cut out; the bytes around them are
+    copied in runs, and a row in which no mask changed anything (the
+    detectors found nothing) is passed on as the very same object.
+    """
 
     def __init__(self, masks: list[ValueMask | None]) -> None:
         self.masks = masks
 
+    @property
+    def masks(self) -> list[ValueMask | None]:
+        return self._masks
+
+    @masks.setter
+    def masks(self, masks: list[ValueMask | None]) -> None:
+        self._masks = masks
+        # (position, mask) of the masked columns only, in order: the rest are skipped.
+        self._masked = tuple((index, mask) for index, mask in enumerate(masks) if mask is not None)
+
     def mask(self, message: bytes) -> bytes:
         """A DataRow message (tag and length included) with its values masked."""
         (count,) = _INT16.unpack_from(message, 5)
-        pos = 7
-        parts = [message[5:7]]
-        masks = self.masks
-        for index in range(count):
-            (length,) = _INT32.unpack_from(message, pos)
-            pos += 4
-            value = None if length < 0 else message[pos:pos + length]
-            pos += max(length, 0)
-            mask = masks[index] if index < len(masks) else None
-            if mask is not None and value is not None:
-                value = mask(value)
-            parts.append(b"\xff\xff\xff\xff" if value is None else _INT32.pack(len(value)) + value)
+        unpack = _INT32.unpack_from
+        parts: list[bytes] = []
+        pos, column = 7, 0
+        copied = 5  # message[copied:pos] goes out as it came, unless a value in it changes
+        for index, mask in self._masked:
+            if index >= count:
+                break
+            while column < index:
+                (length,) = unpack(message, pos)
+                pos += 4 + length if length > 0 else 4
+                column += 1
+            (length,) = unpack(message, pos)
+            column += 1
+            start = pos + 4
+            if length < 0:  # SQL NULL stays NULL
+                pos = start
+                continue
+            pos = start + length
+            value = message[start:pos]
+            masked = mask(value)
+            if masked is value:
+                continue
+            parts.append(message[copied:start - 4])
+            parts.append(_SQL_NULL if masked is None else _INT32.pack(len(masked)) + masked)
+            copied = pos
+        if not parts:
+            return message
+        parts.append(message[copied:])
         body = b"".join(parts)
         return b"D" + _INT32.pack(len(body) + 4) + body
 
