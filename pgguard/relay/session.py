@@ -129,17 +129,21 @@ class Session:
             return
         writer, recorder = opened
         end_reason = "the gateway stopped the session"
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.run)
             try:
                 await self._relay(login, guard, recorder)
                 end_reason = self._pipe.end_reason if self._pipe is not None else "ended"
             except Exception as exc:
+                # Raised once the nursery is done, so that callers see it, not a group around it.
+                failure = exc
                 end_reason = f"failed: {getattr(exc, 'message', None) or exc}"
-                raise
             finally:
                 protocol = self._protocol
                 recorder.close(end_reason, protocol.bytes_in if protocol else 0, protocol.bytes_out if protocol else 0)
+        if failure is not None:
+            raise failure
 
     async def _open_log(self) -> tuple[SessionLogWriter, SessionRecorder] | None:
         """The session's log, started before anything reaches the upstream; None when logs are off."""
