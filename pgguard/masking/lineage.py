@@ -5,7 +5,8 @@ is not. This walks pglast's JSON parse tree of a query and follows every
 value to the table columns it comes from, through aliases, expressions,
 casts, CASE, subqueries, CTEs (recursive too), set operations, LATERAL,
 joins, `*` and `t.*` expansion, and whole-row references (`t`,
-`row_to_json(t)`). It also collects the columns a query only filters,
+`row_to_json(t)`), and into the bodies of user-defined functions
+(pgguard/masking/bodies.py): a call returns whatever its body reads. It also collects the columns a query only filters,
 groups, joins, sorts, compares or counts rows by, which reveal values by
 inference, and, for INSERT, UPDATE and MERGE, what each written column
 receives.
@@ -13,7 +14,10 @@ receives.
 It is sans-IO: relations' columns and views' definitions come from the
 caller. Where lineage cannot be established (a relation whose columns are
 unknown, a function returning rows) the result says so in `uncertain`, and
-the caller refuses the query if it touches a sensitive column at all.
+the caller refuses the query if it touches a sensitive column at all. A
+function whose body cannot be followed (dynamic SQL, a language other than
+SQL and PL/pgSQL, calls nested too deeply) is taken to read every sensitive
+column.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import parser
+
+from pgguard.masking.bodies import Routine, body_of
+from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
 
 Node = dict[str, Any]
 
@@ -40,6 +47,11 @@ _SET_RETURNING = frozenset({
     "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset", "ts_stat", "ts_debug",
 })
 _MAX_VIEW_DEPTH = 8
+# A_Expr kinds named by a keyword, not an operator: every other kind calls the operator it names.
+_BETWEEN = frozenset({"AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM", "AEXPR_NOT_BETWEEN_SYM"})
+# Calls followed into bodies: how deep, and how many bodies per statement.
+_MAX_CALL_DEPTH = 8
+_MAX_BODIES = 64
 _CURSOR_OPT_HOLD = 0x20
 
 
@@ -80,9 +92,14 @@ class Lineage:
     # INSERT, UPDATE, MERGE: for each column written, the columns it names
     # (more than one through a view; None if unknown) and what the value written derives from.
     written: list[tuple[frozenset[SourceColumn] | None, frozenset[SourceColumn]]] = field(default_factory=list)
-    copy: bool = False  # COPY ... TO: rows go out as CopyData, not DataRow
+    # COPY: its CopyStmt (options, direction). Rows go out as CopyData, with
+    # no RowDescription to give their types: a value cast, or read through a
+    # view (which may cast it), is not direct there.
+    copy: Node | None = None
     # CREATE TABLE ... AS EXECUTE: the prepared statement whose rows go into a new table.
     stores: str | None = None
+    # User-defined functions called, and the columns each may read (to name them in refusals).
+    functions: dict[str, set[SourceColumn]] = field(default_factory=dict)
 
 
 class Relations:
@@ -98,6 +115,14 @@ class Relations:
 
     def view_definition(self, relation: str) -> str | None:
         """The SELECT of a view or materialized view, or None for a table."""
+        raise NotImplementedError
+
+    def functions(self, schema: str | None, name: str, operator: bool = False) -> list[Routine] | None:
+        """The user-defined functions (or operators' functions) a name may call; [] if only built-ins, None if unknown."""
+        raise NotImplementedError
+
+    def sensitive(self) -> frozenset[SourceColumn]:
+        """Every sensitive column: what a function whose body cannot be followed may read."""
         raise NotImplementedError
 
 
@@ -134,10 +159,24 @@ class _Scope:
     outer: _Scope | None = None
 
 
+@dataclass
+class _Calls:
+    """The function bodies followed for one statement."""
+
+    stack: list[str] = field(default_factory=list)  # the functions being followed, outermost first
+    followed: int = 0
+
+
 class _Analyzer:
-    def __init__(self, relations: Relations, depth: int = 0) -> None:
+    def __init__(self, relations: Relations, depth: int = 0, calls: _Calls | None = None,
+                 in_body: bool = False) -> None:
         self.relations = relations
         self.depth = depth
+        self.calls = calls or _Calls()
+        # In a function's body, a name that is no column is a parameter or a
+        # variable: its value comes from the arguments or from what the body
+        # read, both of which the call's value derives from anyway.
+        self.in_body = in_body
         self.result = Lineage([])
 
     # -- statements ---------------------------------------------------------------
@@ -175,7 +214,7 @@ class _Analyzer:
             self.result.uses = node.get("portalname") or node.get("name")
             self.result.namespace = "P" if kind == "FetchStmt" else "S"
         elif kind == "CopyStmt":
-            self.result.copy = True
+            self.result.copy = node
             self._copy(node)
         else:
             # SHOW, utility statements: rows, if any, come from no table.
@@ -357,9 +396,9 @@ class _Analyzer:
 
     def _data_modifying(self, kind: str, node: Node) -> list[OutputColumn] | None:
         """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""
-        inner = _Analyzer(self.relations, self.depth)
+        inner = _Analyzer(self.relations, self.depth, self.calls, self.in_body)
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
-                               written=self.result.written)
+                               written=self.result.written, functions=self.result.functions)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
         return columns
@@ -394,7 +433,10 @@ class _Analyzer:
         # RangeFunction, RangeTableFunc, JSON_TABLE …: rows from a function.
         sources = frozenset(self._sources(node, scope)[0])
         if sources:
-            self.result.uncertain.append("a function in FROM returns rows derived from columns")
+            called = [".".join(p["String"]["sval"] for p in item["List"]["items"][0]["FuncCall"]["funcname"])
+                      for item in node.get("functions", []) if "FuncCall" in item["List"]["items"][0]]
+            named = f" ({', '.join(called)})" if called else ""
+            self.result.uncertain.append(f"a function in FROM{named} returns rows derived from columns")
         alias = node.get("alias", {})
         return [_Relation(alias.get("aliasname"), None, sources)]
 
@@ -431,6 +473,10 @@ class _Analyzer:
         if columns is None:
             self.result.uncertain.append(f"the columns of {qualified} are unknown")
             return _Relation(alias, None)
+        if qualified in STATISTICS_RELATIONS:
+            # Sampled values of every column, sensitive ones among them.
+            everything = self.relations.sensitive()
+            return _Relation(alias, [OutputColumn(column, everything, False) for column in columns])
         return _Relation(alias, [OutputColumn(column, frozenset({SourceColumn(qualified, column)}), True)
                                  for column in columns])
 
@@ -438,13 +484,17 @@ class _Analyzer:
         if self.depth >= _MAX_VIEW_DEPTH:
             self.result.uncertain.append(f"views nest too deeply at {qualified}")
             return None
-        inner = lineage_of_view(definition, self.relations, self.depth + 1)
+        inner = lineage_of_view(definition, self.relations, self.depth + 1, self.calls)
         self.result.touched |= inner.touched
         self.result.filters |= inner.filters
         self.result.uncertain.extend(inner.uncertain)
         self.result.unresolved |= inner.unresolved
+        _merge_functions(self.result.functions, inner.functions)
         names = self.relations.columns(qualified)
-        return _rename(inner.columns, names or [])
+        columns = _rename(inner.columns, names or [])
+        if columns is not None and self.result.copy is not None:
+            columns = [OutputColumn(column.name, column.sources, False) for column in columns]
+        return columns
 
     # -- expressions --------------------------------------------------------------
 
@@ -493,7 +543,8 @@ class _Analyzer:
         if "ColumnRef" in node:
             return self._column_ref(node["ColumnRef"], scope)
         if "TypeCast" in node:
-            return self._sources(node["TypeCast"].get("arg"), scope)
+            found, direct = self._sources(node["TypeCast"].get("arg"), scope)
+            return found, direct and self.result.copy is None
         if "SelectStmt" in node:
             columns = self.select(node["SelectStmt"], scope)
             found = set().union(*(c.sources for c in columns)) if columns else set()
@@ -502,7 +553,8 @@ class _Analyzer:
             return self._sub_link(node["SubLink"], scope)
         if "FuncCall" in node:
             call = node["FuncCall"]
-            name = call["funcname"][-1]["String"]["sval"]
+            names = [part["String"]["sval"] for part in call["funcname"]]
+            name = names[-1]
             args: set[SourceColumn] = set()
             for arg in call.get("args", []):
                 found, direct = self._sources(arg, scope)
@@ -517,12 +569,70 @@ class _Analyzer:
             self._filter(call.get("over"), scope)
             if name in _SET_RETURNING:
                 self.result.filters |= args
-            return (set() if name in _COUNTING else args), False
+            return (set() if name in _COUNTING else args) | self._call(names, args), False
+        if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
+            operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)
+            names = [part["String"]["sval"] for part in node["A_Expr"].get("name", [])]
+            return operands | self._call(names, operands, operator=True), False
+        if "A_Indirection" in node:
+            # `(row).f` selects a field, or calls a user-defined f(row) in attribute notation.
+            indirection = node["A_Indirection"]
+            found, _ = self._sources(indirection.get("arg"), scope)
+            found |= self._sources(indirection.get("indirection"), scope)[0]
+            for part in indirection.get("indirection", []):
+                if "String" in part and self.relations.functions(None, part["String"]["sval"]):
+                    found |= self._call([part["String"]["sval"]], found)
+            return found, False
         found = set()
         for key, child in node.items():
             if isinstance(child, (dict, list)):
                 found |= self._sources(child, scope)[0]
         return found, False
+
+    def _call(self, names: list[str], args: set[SourceColumn], operator: bool = False) -> set[SourceColumn]:
+        """What a call may return beyond its arguments: whatever the bodies of the user-defined functions it may run read."""
+        schema = names[-2] if len(names) > 1 else None
+        if not operator and schema in (None, "pg_catalog") and matches(RUNS_SQL_TEXT, names[-1]):
+            routines: list[Routine] | None = [Routine(names[-1], "")]  # SQL from a string: anything
+        else:
+            routines = self.relations.functions(schema, names[-1], operator)
+        if routines is None:  # unknown: whatever it is, it cannot be followed
+            routines = [Routine(".".join(names), "")]
+        found: set[SourceColumn] = set()
+        for routine in routines:
+            read = self._routine(routine)
+            if routine.returns_set:  # how many rows it returns reveals what its body read
+                self.result.filters |= read | args
+            self.result.functions.setdefault(routine.name, set()).update(read)
+            found |= read
+        self.result.touched |= found
+        return found
+
+    def _routine(self, routine: Routine) -> set[SourceColumn]:
+        """Every column a user-defined function's body may read."""
+        if routine.name in self.calls.stack:
+            # A recursive call reads what the body being followed reads, already counted.
+            return set()
+        body = body_of(routine)
+        if body.statements is None or len(self.calls.stack) >= _MAX_CALL_DEPTH \
+                or self.calls.followed >= _MAX_BODIES:
+            return set(self.relations.sensitive())
+        self.calls.followed += 1
+        relations = self.relations if body.search_path is None else _PathRelations(self.relations, body.search_path)
+        inner = _Analyzer(relations, self.depth, self.calls, in_body=True)
+        inner.result.written = self.result.written  # what the body writes is written by this statement
+        self.calls.stack.append(routine.name)
+        try:
+            read: set[SourceColumn] = set()
+            for kind, node in body.statements:
+                columns = inner.statement(kind, node).columns
+                read.update(*(column.sources for column in columns or []))
+        finally:
+            self.calls.stack.pop()
+        _merge_functions(self.result.functions, inner.result.functions)
+        if inner.result.uncertain or inner.result.unresolved:
+            return set(self.relations.sensitive())
+        return read | inner.result.touched | inner.result.filters
 
     def _sub_link(self, link: Node, scope: _Scope) -> tuple[set[SourceColumn], bool]:
         (_, query), = link["subselect"].items()
@@ -562,6 +672,11 @@ class _Analyzer:
                     if candidate.name == column:
                         self.result.touched |= candidate.sources
                         return set(candidate.sources), candidate.direct
+                if qualifier is not None and self.relations.functions(None, column):
+                    # `t.f` with no column f is f(t), a function in attribute notation.
+                    row = set().union(*(c.sources for c in relation.columns))
+                    self.result.touched |= row
+                    return row | self._call([column], row), False
             if qualifier is None:
                 # A whole-row reference: `SELECT c FROM customers c`, row_to_json(c).
                 for relation in current.relations:
@@ -575,14 +690,51 @@ class _Analyzer:
                     self.result.uncertain.append(f"column {column} may come from a relation of unknown shape")
                     return found, False
             current = current.outer
-        self.result.uncertain.append(f"column {'.'.join(fields)} cannot be resolved")
+        if not self.in_body:
+            self.result.uncertain.append(f"column {'.'.join(fields)} cannot be resolved")
         return set(), False
 
 
-def lineage_of_view(definition: str, relations: Relations, depth: int) -> Lineage:
+class _PathRelations(Relations):
+    """Names in the body of a function with its own search_path, which PostgreSQL resolves against that path."""
+
+    def __init__(self, relations: Relations, search_path: tuple[str, ...]) -> None:
+        self.relations = relations
+        # pg_catalog is searched first unless the path places it.
+        self.path = search_path if "pg_catalog" in search_path else ("pg_catalog", *search_path)
+
+    def resolve(self, schema: str | None, name: str) -> str | None:
+        if schema is not None:
+            return self.relations.resolve(schema, name)
+        return next((f"{s}.{name}" for s in self.path if self.relations.columns(f"{s}.{name}") is not None), None)
+
+    def columns(self, relation: str) -> list[str] | None:
+        return self.relations.columns(relation)
+
+    def view_definition(self, relation: str) -> str | None:
+        return self.relations.view_definition(relation)
+
+    def functions(self, schema: str | None, name: str, operator: bool = False) -> list[Routine] | None:
+        if schema is not None:
+            return self.relations.functions(schema, name, operator)
+        # PostgreSQL picks among every schema on the path by argument types: any of them.
+        found = [self.relations.functions(s, name, operator) for s in self.path]
+        known = [routines for routines in found if routines is not None]
+        return [routine for routines in known for routine in routines] if known else None
+
+    def sensitive(self) -> frozenset[SourceColumn]:
+        return self.relations.sensitive()
+
+
+def lineage_of_view(definition: str, relations: Relations, depth: int, calls: _Calls | None = None) -> Lineage:
     tree = json.loads(parser.parse_sql_json(definition))
     (kind, node), = tree["stmts"][0]["stmt"].items()
-    return _Analyzer(relations, depth).statement(kind, node)
+    return _Analyzer(relations, depth, calls).statement(kind, node)
+
+
+def _merge_functions(into: dict[str, set[SourceColumn]], found: dict[str, set[SourceColumn]]) -> None:
+    for name, columns in found.items():
+        into.setdefault(name, set()).update(columns)
 
 
 def _find_cte(scope: _Scope | None, name: str) -> _Relation | None:

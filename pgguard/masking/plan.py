@@ -149,7 +149,7 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
     """The plan for a statement's result; raises MaskingRefused where masking cannot be guaranteed."""
     touched = clearance.hidden(lineage.touched | lineage.filters)
     if lineage.uncertain and touched:
-        raise MaskingRefused(f"the statement reads {', '.join(map(str, touched))}, and pgguard cannot tell "
+        raise MaskingRefused(f"the statement reads {_listed(touched, lineage)}, and pgguard cannot tell "
                              f"where its values end up ({lineage.uncertain[0]})")
     for targets, values in lineage.written:
         copied = clearance.hidden(values)
@@ -161,16 +161,16 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         specs |= {clearance.spec_for(column) for column in targets} if targets else {None}
         if None in specs or len(specs) > 1:
             where = ", ".join(sorted(map(str, targets))) if targets else "a new table or columns pgguard cannot follow"
-            raise MaskingRefused(f"the statement writes values of {', '.join(map(str, copied))} into {where},"
+            raise MaskingRefused(f"the statement writes values of {_listed(copied, lineage)} into {where},"
                                  " where they could be read back unmasked")
     if clearance.strict:
         inferred = clearance.hidden(lineage.filters)
         if inferred:
-            raise MaskingRefused(f"the statement filters, groups, joins or sorts on {', '.join(map(str, inferred))},"
+            raise MaskingRefused(f"the statement filters, groups, joins or sorts on {_listed(inferred, lineage)},"
                                  " which reveals its values")
     if lineage.columns is None:
         if touched:
-            raise MaskingRefused(f"the statement reads {', '.join(map(str, touched))} into columns pgguard "
+            raise MaskingRefused(f"the statement reads {_listed(touched, lineage)} into columns pgguard "
                                  "cannot follow")
         return ResultPlan(None, unresolved=lineage.unresolved)
     columns = []
@@ -183,6 +183,13 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         else:
             columns.append(NULLIFY)
     return ResultPlan(tuple(columns), reads_hidden=bool(touched), unresolved=lineage.unresolved)
+
+
+def _listed(columns: list[SourceColumn], lineage: Lineage) -> str:
+    """Hidden columns, for a refusal, with the user-defined functions through which the statement reads them."""
+    names = sorted(name for name, read in lineage.functions.items() if read.intersection(columns))
+    through = f" (through {', '.join(name + '()' for name in names)})" if names else ""
+    return ", ".join(map(str, columns)) + through
 
 
 class RowMasker:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from pgguard.config import Config, RoleConfig
+from pgguard.masking.bodies import Routine
 from pgguard.masking.lineage import Relations, SourceColumn, lineages
 from pgguard.masking.plan import Clearance, MaskingRefused, MaskingRules, clearance_for
 from pgguard.masking.results import ResultMasking
-from pgguard.policy.catalog import Catalog
+from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import Name
 from pgguard.policy.guard import SessionGuard
 
@@ -48,10 +48,6 @@ class MaskingConfig:
         return ResultMasking(clearance, lambda sql: lineages(sql, relations), table_column)
 
 
-# Seconds before a name the catalog did not know has it read again.
-_ASK_AGAIN = 5.0
-
-
 class SessionRelations(Relations):
     """Relations as the session's search path resolves them."""
 
@@ -59,9 +55,7 @@ class SessionRelations(Relations):
         self.guard = guard
         self.catalog = catalog
         self.sensitive_relations = {name.rsplit(".", 1)[0] for name in rules.columns}
-        # Names the catalog did not know, and when a new read was last asked for
-        # them (a temporary table is never in it: ask again, but not per statement).
-        self._asked: dict[tuple[str | None, str], float] = {}
+        self._sensitive = frozenset(SourceColumn(*name.rsplit(".", 1)) for name in rules.columns)
 
     def resolve(self, schema: str | None, name: str) -> str | None:
         known = self.catalog().relation_columns
@@ -78,10 +72,7 @@ class SessionRelations(Relations):
             # Created since the catalog was read (a view over a sensitive table,
             # made outside the gateway?): have it read again, so that the next
             # statement sees what this one could not.
-            now = time.monotonic()
-            if now - self._asked.get((schema, name), -_ASK_AGAIN) >= _ASK_AGAIN:
-                self._asked[(schema, name)] = now
-                self.guard.on_ddl()
+            self.guard.unknown("relation", Name(schema, name))
             return None
         return existing[0]
 
@@ -91,3 +82,22 @@ class SessionRelations(Relations):
 
     def view_definition(self, relation: str) -> str | None:
         return self.catalog().views.get(relation)
+
+    def functions(self, schema: str | None, name: str, operator: bool = False) -> list[Routine] | None:
+        catalog = self.catalog()
+        defined = catalog.operators if operator else catalog.functions
+        if schema in SYSTEM_SCHEMAS:
+            return [] if schema in defined.get(name, ()) else None
+        candidates = self.guard.user_defined(Name(schema, name), defined)
+        if candidates is None:
+            return None
+        found = catalog.operator_routines if operator else catalog.routines
+        routines: list[Routine] = []
+        for candidate in candidates:
+            if candidate not in found:  # created since the catalog was read
+                return None
+            routines.extend(found[candidate])
+        return routines
+
+    def sensitive(self) -> frozenset[SourceColumn]:
+        return self._sensitive

@@ -11,6 +11,11 @@ that matters. A stale snapshot is mostly stricter, not looser; the exception
 is a function created outside the gateway that shadows a known name (a
 built-in on a changed search_path, an attribute-notation call), which goes
 unseen until the next refresh (docs/policy.md, "Known limits").
+
+For masking it also reads every relation's columns, views' definitions, and
+user-defined functions (and the functions behind user-defined operators)
+with the definitions of those in SQL and PL/pgSQL, whose bodies masking
+lineage follows.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import trio
 
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError
+from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine
+from pgguard.policy.scope import qualify
 from pgguard.relay.streams import receive_frames
 from pgguard.relay.upstream import Upstream, connect
 from pgguard.wire import backend, frontend
@@ -79,6 +86,20 @@ class Catalog:
     relation_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     attributes: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
     views: dict[str, str] = field(default_factory=dict)
+    # User-defined functions' overloads by schema.name, and user-defined
+    # operators' functions by the operator's schema.name.
+    routines: dict[str, tuple[Routine, ...]] = field(default_factory=dict)
+    operator_routines: dict[str, tuple[Routine, ...]] = field(default_factory=dict)
+
+    def with_routines(self, rows: list[list[str | None]]) -> Catalog:
+        found: dict[str, dict[str, list[Routine]]] = {"f": defaultdict(list), "o": defaultdict(list)}
+        for kind, schema, name, function_schema, function, language, returns_set, definition in rows:
+            routines = found[kind or "f"][qualify(schema or "", name or "")]
+            if function_schema not in SYSTEM_SCHEMAS:  # an operator of PostgreSQL's own function reads nothing
+                routines.append(Routine(qualify(function_schema or "", function or ""), language or "",
+                                        returns_set == "t", definition))
+        return replace(self, routines={k: tuple(v) for k, v in found["f"].items()},
+                       operator_routines={k: tuple(v) for k, v in found["o"].items()})
 
     def with_relations(self, rows: list[list[str | None]]) -> Catalog:
         columns: dict[str, list[str]] = defaultdict(list)
@@ -129,6 +150,22 @@ FROM pg_catalog.pg_class c
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY c.oid, a.attnum"""
 
+# Definitions only for the languages lineage follows (and not for aggregates,
+# which pg_get_functiondef refuses): the others are taken to read anything.
+_ROUTINES = f"""\
+SELECT k.kind, n.nspname, k.name, pn.nspname, p.proname, l.lanname, p.proretset,
+       CASE WHEN p.prokind IN ('f', 'p') AND l.lanname IN ({', '.join(f"'{lang}'" for lang in FOLLOWED_LANGUAGES)})
+            THEN pg_catalog.pg_get_functiondef(p.oid) END
+FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_catalog.text AS name
+        FROM pg_catalog.pg_proc
+      UNION ALL
+      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text FROM pg_catalog.pg_operator) k
+  JOIN pg_catalog.pg_namespace n ON n.oid = k.namespace
+  JOIN pg_catalog.pg_proc p ON p.oid = k.proc
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+  JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
+
 
 async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
     """Run the catalog queries over a connection of the gateway's own."""
@@ -136,10 +173,11 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     try:
         names = await _rows(upstream, _QUERY)
         relations = await _rows(upstream, _RELATIONS)
+        routines = await _rows(upstream, _ROUTINES)
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
-    return catalog.with_relations(relations)
+    return catalog.with_relations(relations).with_routines(routines)
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

@@ -14,6 +14,7 @@ LOCAL cannot widen anything this way).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qua
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
 _CACHE_SIZE = 4096
+# Seconds before a name the catalog did not know has it read again.
+_ASK_AGAIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ class SessionGuard:
         self.assume_builtin = assume_builtin
         # Told when DDL is let through, so the catalog snapshot is re-read.
         self.on_ddl = on_ddl
+        # Names the catalog did not know, and when a new read was last asked for
+        # them (a temporary table is never in it: ask again, but not per statement).
+        self._asked: dict[tuple[str, Name], float] = {}
 
     @property
     def catalog(self) -> Catalog:
@@ -247,7 +253,7 @@ class SessionGuard:
                 return self._refuse(st, problem, "functions", None)
         for attribute in sorted(st.attributes):
             # Only a user-defined function can be called this way: one taking a row.
-            for qualified in self._user_defined(Name(None, attribute), self.catalog.functions) or ():
+            for qualified in self.user_defined(Name(None, attribute), self.catalog.functions) or ():
                 if not any(scope.function_allowed(qualified) for scope in self.scopes):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
                                         " may call it in attribute notation)", "functions", None)
@@ -310,7 +316,7 @@ class SessionGuard:
     def _path_set(self) -> set[str]:
         return {schema for path in self._path_schemas() for schema in path}
 
-    def _user_defined(self, name: Name, defined: dict[str, frozenset[str]]) -> list[str] | None:
+    def user_defined(self, name: Name, defined: dict[str, frozenset[str]]) -> list[str] | None:
         """Qualified user-defined candidates for a function or operator; None if unknown."""
         if name.schema is not None:
             return [] if name.schema in SYSTEM_SCHEMAS else [qualify(name.schema, name.name)]
@@ -332,13 +338,21 @@ class SessionGuard:
     def _callable_problem(self, kind: str, name: Name, defined: dict[str, frozenset[str]],
                           suffix: str) -> str | None:
         """Unknown, or user-defined and not listed as safe: a reason to refuse."""
-        candidates = self._user_defined(name, defined)
+        candidates = self.user_defined(name, defined)
         if candidates is None:
+            self.unknown(kind, name)
             return f"{kind} {name}{suffix} is unknown to pgguard"
         for qualified in candidates:
             if not any(scope.function_allowed(qualified) for scope in self.scopes):
                 return f"user-defined {kind} {qualified}{suffix} is not listed as safe"
         return None
+
+    def unknown(self, kind: str, name: Name) -> None:
+        """A name the catalog does not know, created since it was read (outside the gateway?): have it read again."""
+        now = time.monotonic()
+        if now - self._asked.get((kind, name), -_ASK_AGAIN) >= _ASK_AGAIN:
+            self._asked[(kind, name)] = now
+            self.on_ddl()
 
     # -- session state ---------------------------------------------------------------
 

@@ -27,14 +27,22 @@ STATISTICS_RELATIONS = (
     "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
 )
 
+# Built-in functions that run SQL handed to them as text, or read relations or
+# cursors named by a value, out of the gateway's sight (and, inside a function
+# body, out of masking lineage's).
+RUNS_SQL_TEXT = (
+    "dblink*", "query_to_xml*", "table_to_xml*", "cursor_to_xml*", "schema_to_xml*", "database_to_xml*",
+    "ts_stat", "ts_rewrite",
+)
+
 # Built-in functions no role may call unless it allows every statement
 # class: server files, large objects, other connections, backend signalling,
 # configuration, advisory locks, replication and WAL control, and SQL run
 # from a string. (set_config is judged as the SET it makes.)
-DENIED_FUNCTIONS = (
+DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
     "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
     "pg_file_*", "lo_*", "loread", "lowrite",
-    "dblink*", "pg_cancel_backend", "pg_terminate_backend", "pg_signal_backend",
+    "pg_cancel_backend", "pg_terminate_backend", "pg_signal_backend",
     "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
     "pg_switch_wal", "pg_create_restore_point", "pg_backup_*", "pg_start_backup", "pg_stop_backup",
     "pg_promote", "pg_wal_replay_*", "pg_logical_*", "pg_replication_*", "pg_create_*_replication_slot",
@@ -43,9 +51,6 @@ DENIED_FUNCTIONS = (
     "pg_nextoid", "pg_current_logfile",
     # Index maintenance callable from a SELECT.
     "brin_summarize_*", "brin_desummarize_range", "gin_clean_pending_list",
-    # These run SQL handed to them as text, out of the gateway's sight.
-    "query_to_xml*", "table_to_xml*", "cursor_to_xml*", "schema_to_xml*", "database_to_xml*",
-    "ts_stat", "ts_rewrite",
 )
 
 _KNOWN_KEYS = {
@@ -69,13 +74,13 @@ class Scope:
         return self.statements == frozenset(CLASSES)
 
     def may_read(self, qualified: str) -> bool:
-        if _matches(self.read, qualified):
+        if matches(self.read, qualified):
             return True
         schema = qualified.split(".", 1)[0]
         return schema in SYSTEM_SCHEMAS and qualified not in STATISTICS_RELATIONS
 
     def may_write(self, qualified: str) -> bool:
-        return _matches(self.write, qualified)
+        return matches(self.write, qualified)
 
     @property
     def writes_anything(self) -> bool:
@@ -83,10 +88,10 @@ class Scope:
 
     def function_denied(self, name: str) -> bool:
         return not self.unrestricted and (
-            _matches(DENIED_FUNCTIONS, name) or _matches(self.deny_functions, name))
+            matches(DENIED_FUNCTIONS, name) or matches(self.deny_functions, name))
 
     def function_allowed(self, qualified: str) -> bool:
-        return self.unrestricted or _matches(self.allow_functions, qualified)
+        return self.unrestricted or matches(self.allow_functions, qualified)
 
 
 def qualify(schema: str, name: str) -> str:
@@ -99,7 +104,7 @@ def qualify(schema: str, name: str) -> str:
                     for part in (schema, name))
 
 
-def _matches(patterns: tuple[str, ...], name: str) -> bool:
+def matches(patterns: tuple[str, ...], name: str) -> bool:
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 

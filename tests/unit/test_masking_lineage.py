@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgguard.masking.lineage import Relations, lineage
+from pgguard.masking.bodies import Routine
+from pgguard.masking.lineage import Relations, SourceColumn, lineage
 
 TABLES = {
     "public.customers": ["id", "full_name", "email", "phone", "card_number", "ssn", "city", "created_at"],
@@ -28,6 +29,12 @@ class FakeCatalog(Relations):
 
     def view_definition(self, relation: str) -> str | None:
         return VIEWS.get(relation)
+
+    def functions(self, schema: str | None, name: str, operator: bool = False) -> list[Routine] | None:
+        return []  # built-ins only; tests/unit/test_masking_bodies.py has user-defined ones
+
+    def sensitive(self) -> frozenset[SourceColumn]:
+        return frozenset(SourceColumn("public.customers", c) for c in ("email", "phone", "card_number", "ssn"))
 
 
 def outputs(sql: str) -> list[tuple[str, set[str], bool]]:
