@@ -28,11 +28,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pgguard.masking.copy import CopyMasker, copy_masker, copy_plan
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask
 from pgguard.masking.lineage import Lineage, SourceColumn
 from pgguard.masking.plan import (EVERY_DETECTOR, NULLIFY, Clearance, MaskingRefused, ResultPlan, RowMasker,
-                                  detector_mask, is_text, plan, row_masker)
+                                  detector_mask, plan, row_masker)
 from pgguard.wire import backend
 from pgguard.wire.backend import FieldDescription
 
@@ -117,17 +118,25 @@ class _Unit:
 
 class ResultMasking:
     def __init__(self, clearance: Clearance, analyse: Callable[[str], list[Lineage]],
-                 table_column: Callable[[int, int], SourceColumn | None]) -> None:
+                 table_column: Callable[[int, int], SourceColumn | None],
+                 column_type: Callable[[SourceColumn], int | None]) -> None:
         self.clearance = clearance
         self._analyse = analyse
         self._table_column = table_column
+        self._column_type = column_type  # a table column's type OID, for COPY, which has no RowDescription
         self._units: deque[_Unit] = deque()
         # Names as the server has them: prepared statements, portals and cursors.
         self._statements: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
         self._masker: RowMasker | None = None
         self._executing: _Unit | None = None
-        self._scrub_copy: Scrubber | None = None
+        self._copy: CopyMasker | None = None
+        # For COPY's text and CSV formats: client_encoding as the server last
+        # reported it (None: not yet), and whether a statement ran earlier in
+        # this cycle (it may have changed client_encoding, reported only at
+        # ReadyForQuery).
+        self._client_encoding: str | None = None
+        self._ran_in_cycle = False
 
     # -- what the client asks ---------------------------------------------------
 
@@ -145,9 +154,8 @@ class ResultMasking:
                     raise MaskingRefused(f"CREATE TABLE AS EXECUTE {found.stores} would store values this session"
                                          " may not see where they could be read back unmasked")
             result = plan(found, self.clearance)
-            if found.copy and result.hides_anything:
-                raise MaskingRefused("COPY of a column this session may not see unmasked is not supported;"
-                                     " SELECT it instead, where it is masked")
+            if found.copy is not None:
+                result = copy_plan(found, result, self._column_type, self._client_encoding)
             if found.defines is not None:
                 # DECLARE and PREPARE return no rows now; FETCH and EXECUTE will.
                 steps.append(_Step(_NO_ROWS, _Define(found.namespace, found.defines, result, found.holdable)))
@@ -196,10 +204,15 @@ class ResultMasking:
             self._row_description(backend.RowDescription.decode(message[5:]).fields)
         elif tag in (0x43, 0x49, 0x73):  # C CommandComplete, I EmptyQuery, s PortalSuspended
             self._result_done(tag == 0x43)
-        elif tag == 0x64 and self._scrub_copy is not None:  # d CopyData
-            return b"d" + message[1:5] + _scrub_copy_data(self._scrub_copy, message[5:])
+        elif tag == 0x64 and self._copy is not None:  # d CopyData
+            return self._copy.copy_data(message)
         elif tag == 0x48:  # H CopyOutResponse
-            self._copy_out()
+            self._copy_out(backend.CopyOutResponse.decode(message[5:]))
+        elif tag == 0x63 and self._copy is not None:  # c CopyDone
+            self._copy.done()
+            self._copy = None
+        elif tag == 0x53:  # S ParameterStatus
+            self._parameter_status(backend.ParameterStatus.decode(message[5:]))
         elif tag in (0x31, 0x32, 0x33, 0x6E):  # ParseComplete, BindComplete, CloseComplete, NoData
             self._confirm()
         elif tag == 0x45:  # E ErrorResponse
@@ -311,7 +324,8 @@ class ResultMasking:
 
     def _result_done(self, completed: bool) -> None:
         self._masker = None
-        self._scrub_copy = None
+        self._copy = None
+        self._ran_in_cycle = True
         head = self._head()
         if head is None:
             return
@@ -335,11 +349,14 @@ class ResultMasking:
         else:
             self._portals[defines.name] = _Portal(prepared, [], holdable=defines.holdable)
 
-    def _copy_out(self) -> None:
-        # COPY of hidden columns was refused before it ran (steps()); what
-        # remains is free text for the detectors.
+    def _copy_out(self, response: backend.CopyOutResponse) -> None:
         current = self._current()
-        self._scrub_copy = current.scrubber(self.clearance) if current is not None else self.clearance.scrubber
+        encoding = None if self._ran_in_cycle else self._client_encoding
+        self._copy = copy_masker(current if current is not None else HIDE_ALL, response, self.clearance, encoding)
+
+    def _parameter_status(self, status: backend.ParameterStatus) -> None:
+        if status.name == "client_encoding":
+            self._client_encoding = status.value
 
     def _confirm(self) -> None:
         """ParseComplete, BindComplete, CloseComplete or NoData: the request at the head succeeded."""
@@ -359,7 +376,7 @@ class ResultMasking:
     def _error(self) -> None:
         """The current request failed; in the extended protocol the server skips to Sync."""
         self._masker = None
-        self._scrub_copy = None
+        self._copy = None
         self._executing = None
         while self._units and self._units[0].kind not in ("query", "sync", "call"):
             self._units.popleft()
@@ -367,6 +384,7 @@ class ResultMasking:
             self._units[0].steps.clear()
 
     def _ready(self, status: bytes) -> None:
+        self._ran_in_cycle = False
         while self._units:
             unit = self._units.popleft()
             if unit.kind in ("query", "sync", "call"):
@@ -403,31 +421,6 @@ class ResultMasking:
 
 def _null(value: bytes) -> None:
     return None
-
-
-# bytea in COPY's text and CSV formats: `\x` and hex digits (the backslash doubled in text format).
-_HEX_BYTEA = re.compile(rb"\\x((?:[0-9a-f]{2})+)")
-
-
-def _scrub_copy_data(scrubber: Scrubber, data: bytes) -> bytes:
-    """COPY data with detectors applied to its text, and to the text that bytea's hex stands for.
-
-    Hex is scrubbed only as what it decodes to: a run of its digits can look
-    like a card number, and masking that would break the hex. Either way the
-    length stays, so COPY's binary format stays framed.
-    """
-    if b"\\x" not in data:
-        return scrubber.scrub_bytes(data)
-    parts = []
-    end = 0
-    for match in _HEX_BYTEA.finditer(data):
-        parts.append(scrubber.scrub_bytes(data[end:match.start()]))
-        raw = bytes.fromhex(match.group(1).decode("ascii"))
-        scrubbed = scrubber.scrub_bytes(raw) if is_text(raw) else raw
-        parts.append(match.group() if scrubbed is raw else b"\\x" + scrubbed.hex().encode("ascii"))
-        end = match.end()
-    parts.append(scrubber.scrub_bytes(data[end:]))
-    return b"".join(parts)
 
 
 class _Describeless(RowMasker):

@@ -45,7 +45,10 @@ class MaskingConfig:
             found = catalog().attributes.get((oid, attnum))
             return SourceColumn(*found) if found else None
 
-        return ResultMasking(clearance, lambda sql: lineages(sql, relations), table_column)
+        def column_type(column: SourceColumn) -> int | None:
+            return catalog().column_types.get((column.relation, column.column)) or None
+
+        return ResultMasking(clearance, lambda sql: lineages(sql, relations), table_column, column_type)
 
 
 class SessionRelations(Relations):

@@ -86,6 +86,9 @@ class Catalog:
     relation_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     attributes: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
     views: dict[str, str] = field(default_factory=dict)
+    # Each table column's type OID (a domain's base type, as RowDescription
+    # reports it), for COPY, whose data comes without RowDescription.
+    column_types: dict[tuple[str, str], int] = field(default_factory=dict)
     # User-defined functions' overloads by schema.name, and user-defined
     # operators' functions by the operator's schema.name.
     routines: dict[str, tuple[Routine, ...]] = field(default_factory=dict)
@@ -105,14 +108,16 @@ class Catalog:
         columns: dict[str, list[str]] = defaultdict(list)
         attributes: dict[tuple[int, int], tuple[str, str]] = {}
         views: dict[str, str] = {}
-        for oid, schema, relation, attnum, column, definition in rows:
+        types: dict[tuple[str, str], int] = {}
+        for oid, schema, relation, attnum, column, definition, type_oid in rows:
             qualified = f"{schema}.{relation}"
             columns[qualified].append(column or "")
             attributes[(int(oid or 0), int(attnum or 0))] = (qualified, column or "")
+            types[(qualified, column or "")] = int(type_oid or 0)
             if definition:
                 views[qualified] = definition
         return replace(self, relation_columns={k: tuple(v) for k, v in columns.items()},
-                       attributes=attributes, views=views)
+                       attributes=attributes, views=views, column_types=types)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[str, str, str]]) -> Catalog:
@@ -143,10 +148,12 @@ EMPTY = Catalog(frozenset(SYSTEM_SCHEMAS), frozenset(), {}, {})
 
 _RELATIONS = """\
 SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname,
-       CASE WHEN c.relkind IN ('v', 'm') AND a.attnum = 1 THEN pg_catalog.pg_get_viewdef(c.oid) END
+       CASE WHEN c.relkind IN ('v', 'm') AND a.attnum = 1 THEN pg_catalog.pg_get_viewdef(c.oid) END,
+       CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
 FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY c.oid, a.attnum"""
 

@@ -177,6 +177,10 @@ class Session:
         process_id, secret_key = self.cancels.register(cancel_upstream)
         masking = None if guard is None else self.masking.for_session(
             hello.roles, guard, lambda: self.catalogs.current(hello.target.name))
+        if masking is not None:
+            for frame in upstream.greeting:  # the settings the session starts with: client_encoding, for COPY
+                if frame.tag == ord("S"):
+                    masking.server(frame.tag, frame.data)
         protocol = self._protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec,
                                                     read_only=login.read_only, masking=masking, recorder=recorder)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)

@@ -407,14 +407,10 @@ REFUSED = [
     "SELECT query_to_xml('SELECT email FROM customers', true, true, '')",
     "SELECT table_to_xml('customers', true, true, '')",
     "SELECT database_to_xml(true, true, '')",
-    # COPY of hidden columns, in every format
-    f"COPY {C} TO STDOUT",
-    f"COPY {C} TO STDOUT WITH (FORMAT csv, HEADER)",
-    f"COPY {C} TO STDOUT WITH (FORMAT binary)",
-    f"COPY {C} (id, email) TO STDOUT",
-    f"COPY (SELECT ssn FROM {C}) TO STDOUT",
-    f"COPY (SELECT lower(email), phone FROM {C}) TO STDOUT WITH (FORMAT csv)",
-    f"COPY (SELECT row_to_json(c) FROM {C} c) TO STDOUT",
+    # COPY of hidden columns that pgguard could not read back exactly (masked otherwise: test_copy_of_hidden_*)
+    f"COPY {C} TO STDOUT (NULL '444-07-2101')",
+    f"COPY {C} TO STDOUT WITH (FORMAT csv, ENCODING 'SJIS')",
+    f"COPY {C} TO '/tmp/pgguard-customers'",
 ]
 
 
@@ -592,17 +588,19 @@ def test_a_renamed_view_column_gets_its_source_columns_function(analyst, raw, vi
     "SELECT ref FROM {renamed} WHERE tax_id LIKE '4%'",
     "SELECT ref FROM {over_view} ORDER BY contact_lower",
     "SELECT id FROM {materialized} ORDER BY 1, ssn",
-    "COPY (SELECT * FROM {renamed}) TO STDOUT",
 ])
-def test_inference_and_copy_through_views_are_refused(analyst, views, sql):
+def test_inference_through_views_is_refused(analyst, views, sql):
     sql = sql.format(renamed=views.renamed, over_view=views.over_view, materialized=views.materialized)
     with pytest.raises(psycopg.Error) as caught:
-        if sql.startswith("COPY"):
-            with analyst.cursor().copy(sql) as copy:
-                list(copy)
-        else:
-            analyst.execute(sql)
+        analyst.execute(sql)
     refused_message(caught.value)
+
+
+def test_copy_through_a_view_nulls_its_hidden_columns(analyst, views, raw):
+    """COPY has no RowDescription, and a view may cast: the type of a column read through one is unknown."""
+    with analyst.cursor().copy(f"COPY (SELECT * FROM {views.renamed} ORDER BY ref) TO STDOUT") as copy:
+        received = b"".join(bytes(block) for block in copy)
+    assert received.count(b"\\N") > 0 and not raw.leaked(copied(received))
 
 
 def test_a_view_created_behind_the_gateways_back_is_masked_before_and_after_the_catalog_knows_it(
@@ -882,6 +880,26 @@ def copied(data: bytes) -> str:
     return "\n".join([text, *decoded])
 
 
+@pytest.mark.parametrize("sql", [
+    f"COPY {C} TO STDOUT",
+    f"COPY {C} TO STDOUT WITH (FORMAT csv, HEADER)",
+    f"COPY {C} TO STDOUT WITH (FORMAT binary)",
+    f"COPY {C} (id, email) TO STDOUT",
+    f"COPY (SELECT ssn FROM {C}) TO STDOUT",
+    f"COPY (SELECT lower(email), phone FROM {C}) TO STDOUT WITH (FORMAT csv)",
+    f"COPY (SELECT row_to_json(c) FROM {C} c) TO STDOUT",
+    f"COPY (SELECT email::bytea, ssn || '', card_number FROM {C}) TO STDOUT WITH (FORMAT csv, QUOTE '|', ESCAPE '~')",
+    f"COPY (SELECT * FROM {C} ORDER BY id) TO STDOUT WITH (FORMAT text, DELIMITER ',', NULL '\\x')",
+])
+@pytest.mark.parametrize("client", ["simple", "extended"])
+def test_copy_of_hidden_columns_is_masked_in_every_format(analyst, raw, sql, client):
+    cursor = psycopg.ClientCursor(analyst) if client == "simple" else analyst.cursor()
+    with cursor.copy(sql) as copy:
+        received = b"".join(bytes(block) for block in copy)
+    assert received.count(b"\n") >= len(raw.emails) or "binary" in sql
+    assert not raw.leaked(copied(received))
+
+
 def test_copy_of_data_with_nothing_to_hide_is_untouched(analyst, postgres):
     for sql in ("COPY orders TO STDOUT", f"COPY (SELECT id, full_name, city FROM {C}) TO STDOUT WITH (FORMAT csv)"):
         with analyst.cursor().copy(sql) as copy:
@@ -900,9 +918,9 @@ def test_copy_through_asyncpg(analyst_async, raw):
         return out.getvalue()
 
     assert not raw.leaked(analyst_async.run(work()).decode())
-    with pytest.raises(asyncpg.PostgresError) as caught:
-        analyst_async.run(conn.copy_from_table(C, output=io.BytesIO()))
-    refused_message(caught.value)
+    hidden = io.BytesIO()
+    analyst_async.run(conn.copy_from_table(C, output=hidden))
+    assert hidden.getvalue().count(b"\n") == len(raw.emails) and not raw.leaked(hidden.getvalue().decode())
 
 
 # --- known limits: output masking cannot see these --------------------------------------------------
