@@ -24,8 +24,20 @@ policy-on/policy-off therefore includes that check as well as pgguard's.
 Runs are interleaved per setting so that drift (thermal, noisy neighbours)
 hits every target alike.
 
-    .venv/bin/python bench/run.py [--duration S] [--clients 1,8] [--modes simple,prepared]
+    .venv/bin/python bench/run.py [--bench select-only,large-select] [--duration S] [--clients 1,8]
+                                  [--modes simple,prepared] [--rows N] [--formats text,binary]
                                   [--rounds N] [--json FILE] [--markdown]
+
+Two benchmarks, over the same four targets:
+
+    select-only     pgbench -S: one indexed point SELECT per transaction (TPS, proxy CPU per transaction)
+    large-select    SELECT * of a 1,000,000-row table with two columns the gateway's config
+                    classifies as sensitive, streamed by libpq in text and in binary format
+                    (rows/s, proxy CPU per row, and the proxy's RSS before and at its peak)
+
+In the large SELECT, `pgguard+policy` (analyst) gets `email` and `phone`
+masked and the content detectors over `name`; `pgguard` (dba) is cleared for
+everything and gets the rows untouched.
 
 Everything started (PostgreSQL, PgBouncer, the gateway, temp dirs) is removed
 on exit, on failure and on Ctrl-C alike.
@@ -36,7 +48,8 @@ reporting to RATIOS. The table and the JSON follow from those.
 
 Adding a benchmark: write a function taking an `Environment` (its `targets`,
 by name, carry address, credentials and the proxy PID to charge CPU to) that
-calls `measure(target, pgbench_args, duration)`; see `select_only`.
+calls `measure(target, pgbench_args, duration)`; see `select_only`, or reads
+through the targets itself; see `large_select`.
 """
 
 from __future__ import annotations
@@ -66,6 +79,7 @@ from pgguard.demo import data
 from pgguard.demo.certs import issue_server_cert, make_ca
 from pgguard.demo.cluster import HOST, PostgresCluster, PostgresError, free_port
 from pgguard.demo.gateway_config import IDENTITIES, issue_tokens, write_config
+from psycopg import pq
 
 REPO = Path(__file__).resolve().parent.parent
 PGBOUNCER_CANDIDATES = ("/usr/sbin/pgbouncer", "pgbouncer")
@@ -75,6 +89,20 @@ PGBENCH_SCALE = 10  # 1M rows in pgbench_accounts
 START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 10
 PGBENCH_GRACE_SECONDS = 120  # beyond -T: connection setup, a slow shutdown
+
+# The large-SELECT benchmark's table: customers-like rows, two of whose columns the bench's
+# gateway config classifies as sensitive. `analyst` gets them masked (and the content
+# detectors over `name`); `dba` is cleared for everything and gets every row untouched.
+PEOPLE_TABLE = "bench_people"
+PEOPLE_ROWS = 1_000_000
+PEOPLE_MASKS = {"email": "email", "phone": "partial"}
+# Rows per result the client takes from libpq at a time (chunked rows mode): it streams, as an
+# application reading a large result would, instead of holding all of it.
+CHUNK_ROWS = 1000
+RESULT_FORMATS = {"text": 0, "binary": 1}
+
+SELECT_ONLY, LARGE_SELECT = "select-only", "large-select"
+BENCHMARKS = (SELECT_ONLY, LARGE_SELECT)
 
 # The targets, in the order runs are interleaved and columns printed. Everything per-target
 # (the environment, the table, the JSON) follows from these names.
@@ -205,6 +233,21 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (the peak of VmRSS) of a process, in KiB, from /proc/PID/status."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {key: int(value.split()[0]) for line in status.splitlines()
+            for key, _, value in [line.partition(":")] if key in ("VmRSS", "VmHWM")}
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Set a process's VmHWM back to its VmRSS, so the next peak read belongs to what runs in between."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError as exc:
+        raise BenchError(f"cannot reset the peak RSS of process {pid}: {exc}") from exc
+
+
 # --- background processes -----------------------------------------------------------------------
 
 
@@ -286,16 +329,17 @@ class Environment:
 
 
 @contextlib.contextmanager
-def environment(base: Path, *, scale: int = PGBENCH_SCALE, log: Callable[[str], None] = print
+def environment(base: Path, *, scale: int = PGBENCH_SCALE, people: int = 0, log: Callable[[str], None] = print
                 ) -> Iterator[Environment]:
-    """PostgreSQL with the demo data and pgbench's tables, PgBouncer and pgguard in front of it."""
+    """PostgreSQL with the demo data, pgbench's tables (scale 0: none) and `people` rows in
+    PEOPLE_TABLE (0: none), PgBouncer and pgguard in front of it."""
     with contextlib.ExitStack() as stack:
         log("starting PostgreSQL ...")
         cluster = stack.enter_context(private_postgres(base / "postgres"))
         superuser = Target("superuser", cluster.host, cluster.port, cluster.superuser, cluster.superuser_password)
         passwords = {login: secrets.token_urlsafe(18) for login in data.LOGINS}
-        log(f"loading demo data and pgbench -i -s {scale} ...")
-        load_data(cluster, superuser, passwords, scale)
+        log(f"loading demo data, pgbench's tables (scale {scale}) and {people:,} rows of {PEOPLE_TABLE} ...")
+        load_data(cluster, superuser, passwords, scale, people)
         direct = Target(DIRECT, cluster.host, cluster.port, UPSTREAM_ROLE, passwords[UPSTREAM_ROLE])
         log("starting PgBouncer ...")
         bouncer = stack.enter_context(pgbouncer(base / "pgbouncer", cluster, {UPSTREAM_ROLE: passwords[UPSTREAM_ROLE]}))
@@ -326,13 +370,36 @@ def private_postgres(directory: Path) -> Iterator[PostgresCluster]:
             print(f"bench: stopping PostgreSQL: {exc}", file=sys.stderr)
 
 
-def load_data(cluster: PostgresCluster, superuser: Target, passwords: Mapping[str, str], scale: int) -> None:
-    """The demo's tables and logins (what pgguard's config expects), then pgbench's tables."""
+def load_data(cluster: PostgresCluster, superuser: Target, passwords: Mapping[str, str], scale: int,
+              people: int) -> None:
+    """The demo's tables and logins (what pgguard's config expects), then the benchmarks' tables."""
     cluster.psql(f"CREATE DATABASE {data.DATABASE}")
     cluster.load(data.demo_data_sql() + data.logins_sql(dict(passwords)), data.DATABASE)
-    pgbench(superuser, "-i", "-s", str(scale), "-q", timeout=600)
-    tables = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
-    cluster.psql(f"GRANT SELECT ON {tables} TO {', '.join(data.LOGINS)}", data.DATABASE)
+    if scale > 0:
+        pgbench(superuser, "-i", "-s", str(scale), "-q", timeout=600)
+        tables = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
+        cluster.psql(f"GRANT SELECT ON {tables} TO {', '.join(data.LOGINS)}", data.DATABASE)
+    if people > 0:
+        cluster.load(people_sql(people) + f"GRANT SELECT ON {PEOPLE_TABLE} TO {', '.join(data.LOGINS)};\n",
+                     data.DATABASE)
+        # Frozen and analysed up front, so that no read pays for setting hint bits.
+        cluster.psql(f"VACUUM (FREEZE, ANALYZE) {PEOPLE_TABLE}", data.DATABASE)
+
+
+def people_sql(rows: int) -> str:
+    """PEOPLE_TABLE with `rows` rows: an id, a name, an email address, a phone number, a date.
+
+    The values look like what they stand for, so the masks do their real
+    work: `email` keeps the domain, `partial` the phone's last four digits.
+    """
+    return f"""\
+CREATE TABLE {PEOPLE_TABLE} (id integer NOT NULL, name text NOT NULL, email text NOT NULL,
+                             phone text NOT NULL, signup date NOT NULL);
+INSERT INTO {PEOPLE_TABLE}
+SELECT g, 'Customer ' || g, 'customer' || g || '@example.com', '+1 555 ' || lpad(g::text, 7, '0'),
+       date '2020-01-01' + g % 1500
+FROM generate_series(1, {rows}) AS g;
+"""
 
 
 @contextlib.contextmanager
@@ -405,10 +472,10 @@ def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, s
         pg_host=cluster.host, pg_port=cluster.port, pg_ca=ca_files.cert,
         database=data.DATABASE, login_passwords=dict(passwords),
     )
-    text = config_path.read_text()
-    if text.count('sslmode = "verify-full"') != 1:
-        raise BenchError(f"expected one `sslmode = \"verify-full\"` in {config_path} to replace")
-    config_path.write_text(text.replace('sslmode = "verify-full"', 'sslmode = "disable"'))
+    text = _replace_once(config_path, config_path.read_text(), 'sslmode = "verify-full"', 'sslmode = "disable"')
+    masked = "".join(f'"public.{PEOPLE_TABLE}.{column}" = "{function}"\n' for column, function in PEOPLE_MASKS.items())
+    text = _replace_once(config_path, text, "[masking.columns]\n", "[masking.columns]\n" + masked)
+    config_path.write_text(text)
     identities = issue_tokens(config_path)
     log_path = directory / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -422,6 +489,13 @@ def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, s
             yield targets, config_path, log_path
         finally:
             stop(proc, sig=signal.SIGINT)  # what the gateway handles as "stop"
+
+
+def _replace_once(path: Path, text: str, old: str, new: str) -> str:
+    """`text` with its one `old` replaced: the demo config changed shape if there is not exactly one."""
+    if text.count(old) != 1:
+        raise BenchError(f"expected one {old.strip()!r} in {path} to replace")
+    return text.replace(old, new)
 
 
 def database_role(target: Target) -> str:
@@ -531,6 +605,143 @@ def select_only(env: Environment, settings: Sequence[Setting], duration: int, ro
     return results
 
 
+@dataclass(frozen=True)
+class ProxyUsage:
+    """What the proxy in between spent and held during one read."""
+
+    cpu_seconds: float
+    rss_before_kib: int
+    rss_peak_kib: int  # VmHWM, reset just before the read
+
+
+@dataclass(frozen=True)
+class Read:
+    """One full read of PEOPLE_TABLE: how long it took and what the proxy, if any, spent on it."""
+
+    rows: int
+    seconds: float  # from sending the query to the last row, login excluded
+    proxy: ProxyUsage | None  # None when direct
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds
+
+    @property
+    def cpu_us_per_row(self) -> float | None:
+        return None if self.proxy is None else self.proxy.cpu_seconds * 1e6 / self.rows
+
+
+@dataclass
+class ReadResult:
+    """All reads in one result format, per target; medians are what gets reported."""
+
+    format: str
+    runs: dict[str, list[Read]] = field(default_factory=lambda: {name: [] for name in TARGET_NAMES})
+
+    def rows_per_second(self, target: str) -> float:
+        return statistics.median(run.rows_per_second for run in self.runs[target])
+
+    def ratio(self, ratio: Ratio) -> float:
+        return self.rows_per_second(ratio.numerator) / self.rows_per_second(ratio.denominator)
+
+    def cpu_us_per_row(self, target: str) -> float | None:
+        values = [v for run in self.runs[target] if (v := run.cpu_us_per_row) is not None]
+        return statistics.median(values) if values else None
+
+    def rss_mib(self, target: str) -> tuple[float, float] | None:
+        """The proxy's RSS before a read and its peak during one, the largest of each over the rounds."""
+        usages = [run.proxy for run in self.runs[target] if run.proxy is not None]
+        if not usages:
+            return None
+        return max(u.rss_before_kib for u in usages) / 1024, max(u.rss_peak_kib for u in usages) / 1024
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "format": self.format,
+            "targets": {
+                name: {
+                    "rows_per_second_median": self.rows_per_second(name),
+                    "cpu_us_per_row_median": self.cpu_us_per_row(name),
+                    "runs": [asdict(run) | {"rows_per_second": run.rows_per_second, "cpu_us_per_row": run.cpu_us_per_row}
+                             for run in runs],
+                }
+                for name, runs in self.runs.items()
+            },
+            **{ratio.key: self.ratio(ratio) for ratio in READ_RATIOS},
+        }
+
+
+READ_RATIOS = (
+    Ratio(PGGUARD, DIRECT, "pgguard_vs_direct", "pgguard/direct"),
+    Ratio(PGGUARD_POLICY, DIRECT, "pgguard_masked_vs_direct", "masked/direct"),
+    Ratio(PGGUARD, PGBOUNCER, "pgguard_vs_pgbouncer", "pgguard/pgbouncer"),
+    Ratio(PGGUARD_POLICY, PGBOUNCER, "pgguard_masked_vs_pgbouncer", "masked/pgbouncer"),
+    # What masking the rows costs: the same gateway, analyst over dba.
+    Ratio(PGGUARD_POLICY, PGGUARD, "masked_vs_unmasked", "masked/unmasked"),
+)
+
+
+def read_people(target: Target, fmt: int) -> tuple[int, float]:
+    """`SELECT *` of PEOPLE_TABLE through `target` with libpq, in result format `fmt`: (rows, seconds).
+
+    The client streams (chunked rows mode) and decodes nothing: what is
+    timed is the server, the proxy and the transport, not the client's
+    conversion to values.
+    """
+    conn = pq.PGconn.connect(target.conninfo(password=target.password).encode())
+    try:
+        if conn.status != pq.ConnStatus.OK:
+            raise BenchError(f"cannot connect to {target.name}: {conn.get_error_message()}")
+        rows = 0
+        start = time.perf_counter()
+        conn.send_query_params(f"SELECT * FROM {PEOPLE_TABLE}".encode(), None, result_format=fmt)
+        conn.set_chunked_rows_mode(CHUNK_ROWS)
+        while (result := conn.get_result()) is not None:
+            if result.status not in (pq.ExecStatus.TUPLES_CHUNK, pq.ExecStatus.TUPLES_OK):
+                raise BenchError(f"SELECT * FROM {PEOPLE_TABLE} through {target.name} failed: "
+                                 f"{result.get_error_message()}")
+            rows += result.ntuples
+        return rows, time.perf_counter() - start
+    finally:
+        conn.finish()
+
+
+def measure_read(target: Target, fmt: int, expected_rows: int) -> Read:
+    """Read PEOPLE_TABLE once through `target`, charging the proxy's CPU time and peak RSS to it."""
+    pid = target.pid
+    if pid is None:
+        rows, seconds = read_people(target, fmt)
+        usage = None
+    else:
+        rss_before = process_memory_kib(pid)["VmRSS"]
+        reset_peak_rss(pid)
+        cpu_before = process_cpu_seconds(pid)
+        rows, seconds = read_people(target, fmt)
+        usage = ProxyUsage(process_cpu_seconds(pid) - cpu_before, rss_before, process_memory_kib(pid)["VmHWM"])
+    if rows != expected_rows:
+        raise BenchError(f"read {rows} rows of {PEOPLE_TABLE} through {target.name}, expected {expected_rows}")
+    return Read(rows, seconds, usage)
+
+
+def large_select(env: Environment, formats: Sequence[str], rows: int, rounds: int,
+                 log: Callable[[str], None] = print) -> list[ReadResult]:
+    """The large-SELECT benchmark: PEOPLE_TABLE read whole, per format on every target, `rounds` times over."""
+    results = [ReadResult(fmt) for fmt in formats]
+    width = max(map(len, env.targets))
+    read_people(env.targets[DIRECT], RESULT_FORMATS["text"])  # unrecorded: the table into PostgreSQL's cache
+    for round_no in range(1, rounds + 1):
+        for result in results:
+            for name, target in env.targets.items():
+                run = measure_read(target, RESULT_FORMATS[result.format], rows)
+                result.runs[name].append(run)
+                proxy = "" if run.proxy is None else (
+                    f", proxy CPU {run.cpu_us_per_row:.2f} µs/row, RSS {run.proxy.rss_before_kib // 1024} MiB "
+                    f"before, peak {run.proxy.rss_peak_kib // 1024} MiB")
+                log(f"round {round_no}/{rounds} {result.format:<6} {name:<{width}} "
+                    f"{run.rows_per_second:>10.0f} rows/s ({run.seconds:.2f} s){proxy}")
+    return results
+
+
 # --- reporting ------------------------------------------------------------------------------------
 
 TABLE_RATIOS = tuple(ratio for ratio in RATIOS if ratio.in_table)
@@ -553,18 +764,41 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
     ]
 
 
-def print_table(results: Sequence[Result], markdown: bool) -> None:
-    rows = table_rows(results)
+READ_COLUMNS = ("format", *(f"{name} rows/s" for name in TARGET_NAMES), *(ratio.label for ratio in READ_RATIOS),
+                *(f"{name} CPU µs/row" for name in PROXIES), *(f"{name} RSS MiB before→peak" for name in PROXIES))
+
+
+def read_table_rows(results: Sequence[ReadResult]) -> list[list[str]]:
+    """One row per result format, cell for cell in the order of READ_COLUMNS."""
+    def us(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    def rss(value: tuple[float, float] | None) -> str:
+        return "-" if value is None else f"{value[0]:.0f}→{value[1]:.0f}"
+
+    return [
+        [r.format,
+         *(f"{r.rows_per_second(name):.0f}" for name in TARGET_NAMES),
+         *(f"{r.ratio(ratio):.2f}×" for ratio in READ_RATIOS),
+         *(us(r.cpu_us_per_row(name)) for name in PROXIES),
+         *(rss(r.rss_mib(name)) for name in PROXIES)]
+        for r in results
+    ]
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> None:
     if markdown:
-        print("| " + " | ".join(COLUMNS) + " |")
-        print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|")
+        print(f"{title}\n")
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
+        print()
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*COLUMNS, title="pgbench -S: median TPS per target")
+    table = Table(*columns, title=title)
     for column in table.columns[1:]:
         column.justify = "right"
     for row in rows:
@@ -630,13 +864,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the numbers (every run) to this file")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--keep-logs", type=Path, help="copy the gateway's and PgBouncer's logs here")
+    parser.add_argument("--bench", default=",".join(BENCHMARKS),
+                        help=f"comma-separated benchmarks to run: {', '.join(BENCHMARKS)} (default: both)")
+    parser.add_argument("--rows", type=int, default=PEOPLE_ROWS,
+                        help=f"rows the large SELECT reads (default {PEOPLE_ROWS:,})")
+    parser.add_argument("--formats", default=",".join(RESULT_FORMATS),
+                        help="comma-separated result formats of the large SELECT: text, binary (default both)")
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",") if c]
     args.modes = [m for m in args.modes.split(",") if m]
-    if bad := set(args.modes) - {"simple", "extended", "prepared"}:
-        parser.error(f"unknown mode(s): {', '.join(sorted(bad))}")
-    if args.rounds < 1 or args.duration <= 0 or not args.clients:
-        parser.error("--rounds, --duration and --clients must be positive")
+    args.bench = [b for b in args.bench.split(",") if b]
+    args.formats = [f for f in args.formats.split(",") if f]
+    for option, given, known in (("mode", args.modes, {"simple", "extended", "prepared"}),
+                                 ("benchmark", args.bench, set(BENCHMARKS)),
+                                 ("format", args.formats, set(RESULT_FORMATS))):
+        if bad := set(given) - known:
+            parser.error(f"unknown {option}(s): {', '.join(sorted(bad))}")
+    if args.rounds < 1 or args.duration <= 0 or not args.clients or args.rows <= 0:
+        parser.error("--rounds, --duration, --clients and --rows must be positive")
+    if not args.bench or not args.formats:
+        parser.error("--bench and --formats need at least one name")
     return args
 
 
@@ -649,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     settings = [Setting(mode, clients) for mode in args.modes for clients in args.clients]
+    run_select_only, run_large_select = SELECT_ONLY in args.bench, LARGE_SELECT in args.bench
     base = Path(tempfile.mkdtemp(prefix="pgguard-bench-"))
     base.chmod(0o755)  # PostgreSQL and PgBouncer run as another OS user when we are root
 
@@ -656,30 +904,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
     try:
-        with environment(base, scale=args.scale, log=log) as env:
+        with environment(base, scale=args.scale if run_select_only else 0,
+                         people=args.rows if run_large_select else 0, log=log) as env:
             machine = machine_info(env)
-            connections = connection_info(env)
-            log(f"warming up ({args.warmup:g}s per target) ...")
-            warm_up(env, args.warmup)
-            log(f"{len(settings)} settings × {len(env.targets)} targets × {args.rounds} round(s) "
-                f"× {args.duration:g}s")
-            results = select_only(env, settings, args.duration, args.rounds, log)
+            report: dict[str, object] = {"machine": machine, "rounds": args.rounds,
+                                         "connections": connection_info(env)}
+            tables: list[tuple[str, Sequence[str], list[list[str]]]] = []
+            if run_select_only:
+                log(f"warming up ({args.warmup:g}s per target) ...")
+                warm_up(env, args.warmup)
+                log(f"{len(settings)} settings × {len(env.targets)} targets × {args.rounds} round(s) "
+                    f"× {args.duration:g}s")
+                results = select_only(env, settings, args.duration, args.rounds, log)
+                tables.append(("pgbench -S: median TPS per target", COLUMNS, table_rows(results)))
+                report[SELECT_ONLY] = {"benchmark": "pgbench -S (select only)", "duration_seconds": args.duration,
+                                       "scale": args.scale, "results": [r.to_json() for r in results]}
+            if run_large_select:
+                log(f"{len(args.formats)} format(s) × {len(env.targets)} targets × {args.rounds} round(s) "
+                    f"× {args.rows:,} rows")
+                reads = large_select(env, args.formats, args.rows, args.rounds, log)
+                masked = ", ".join(f"{column} ({function})" for column, function in PEOPLE_MASKS.items())
+                tables.append((f"SELECT * of {args.rows:,} rows, {masked} masked for {PGGUARD_POLICY}: "
+                               "median rows/s per target", READ_COLUMNS, read_table_rows(reads)))
+                report[LARGE_SELECT] = {"benchmark": f"SELECT * FROM {PEOPLE_TABLE}", "rows": args.rows,
+                                        "masked_columns": PEOPLE_MASKS, "chunk_rows": CHUNK_ROWS,
+                                        "results": [r.to_json() for r in reads]}
             if args.keep_logs is not None:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
                 shutil.copy(env.gateway_log, args.keep_logs / "gateway.log")
                 shutil.copy(base / "pgbouncer" / "pgbouncer.log", args.keep_logs / "pgbouncer.log")
-        print_table(results, args.markdown)
+        for title, columns, rows in tables:
+            print_table(title, columns, rows, args.markdown)
         print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
         if args.json is not None:
-            args.json.write_text(json.dumps({
-                "benchmark": "pgbench -S (select only)",
-                "machine": machine,
-                "duration_seconds": args.duration,
-                "rounds": args.rounds,
-                "scale": args.scale,
-                "connections": connections,
-                "results": [r.to_json() for r in results],
-            }, indent=2) + "\n")
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
         return 0
     except (BenchError, PostgresError) as exc:
         log(f"failed: {exc}")
