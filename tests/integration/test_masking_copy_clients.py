@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from helpers import fetch_all, fetch_value, psql
-from pgguard.wire import backend
+from pgguard.wire import backend, frontend
 from rawclient import login_as
 from test_masking_attacks import SENSITIVE, RawValues, refused_message
 
@@ -164,6 +164,18 @@ def test_a_client_encoding_changed_in_the_same_query_reads_ascii_rows_and_nulls_
         assert errors and "encoding SJIS" in errors[0].message
         seen, _ = conn.query("COPY (SELECT email FROM customers ORDER BY id LIMIT 1) TO STDOUT (FORMAT binary)")
         assert any(isinstance(m, backend.CopyData) and b"***@" in m.data for m in seen)
+
+
+def test_copy_in_the_extended_protocol_is_masked_too(gateway, raw):
+    """Parse, Bind, Execute of a COPY: its data is masked with the plan of the statement the portal runs."""
+    with login_as(gateway, "analyst") as conn:
+        conn.send(frontend.Parse("copy", "COPY (SELECT id, ssn, email FROM customers ORDER BY id) TO STDOUT (FORMAT csv)",
+                                 []),
+                  frontend.Bind("", "copy", [], [], []), frontend.Execute("", 0), frontend.Sync())
+        seen, _ = conn.receive_until(backend.ReadyForQuery)
+    data = b"".join(m.data for m in seen if isinstance(m, backend.CopyData))
+    assert data.split(b"\n")[0] == b"1,[redacted],***@" + raw.emails[0].split("@")[1].encode()
+    assert data.count(b"\n") == len(raw.emails) and not raw.leaked(data.decode())
 
 
 @pytest.mark.parametrize("sql", [
