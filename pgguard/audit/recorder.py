@@ -40,6 +40,8 @@ _COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = 0x43, 0x49, 0x73
 _ERROR, _NOTICE, _READY = 0x45, 0x4E, 0x5A
 # Prepared statements and portals remembered at most; the oldest go first.
 _MAX_NAMES = 1000
+# RowDescriptions kept decoded: a session tends to repeat a few queries.
+_MAX_DESCRIPTIONS = 64
 
 
 class LogSink(Interface):
@@ -87,6 +89,7 @@ class SessionRecorder:
         # Server side: the result being received.
         self._columns: list[tuple[str, int, int]] = []
         self._rows: RowCapture | None = None
+        self._descriptions: dict[bytes, list[tuple[str, int, int]]] = {}
         self.counts: Counter[str] = Counter()
         self._last_refusal = ""
 
@@ -184,9 +187,9 @@ class SessionRecorder:
         elif tag == _COPY_DATA:
             (self._rows or self._new_rows()).add([message[5:]])
         elif tag == _ROW_DESCRIPTION:
-            self._columns = [(f.name, f.type_oid, f.format) for f in backend.RowDescription.decode(message[5:]).fields]
+            self._columns = self._describe(message)
         elif tag == _COMMAND_COMPLETE:
-            self._result(backend.CommandComplete.decode(message[5:]).tag, None)
+            self._result(message[5:-1].decode("utf-8", "replace"), None)
         elif tag == _EMPTY_QUERY or tag == _PORTAL_SUSPENDED:
             self._result(None, None)
         elif tag == _FUNCTION_RESULT:
@@ -199,6 +202,15 @@ class SessionRecorder:
             self._notice(dict(backend.NoticeResponse.decode(message[5:]).fields))
         elif tag == _READY:
             self._ready()
+
+    def _describe(self, message: bytes) -> list[tuple[str, int, int]]:
+        columns = self._descriptions.get(message)
+        if columns is None:
+            if len(self._descriptions) >= _MAX_DESCRIPTIONS:
+                self._descriptions.clear()
+            fields = backend.RowDescription.decode(message[5:]).fields
+            columns = self._descriptions[message] = [(f.name, f.type_oid, f.format) for f in fields]
+        return columns
 
     def _new_rows(self) -> RowCapture:
         self._rows = RowCapture(self.limits)

@@ -204,9 +204,14 @@ def close(*, reason: str, bytes_in: int, bytes_out: int, counts: Mapping[str, in
             "counts": dict(counts)}
 
 
+# One packer for every record: msgpack.packb would build a new one per call. It is not shared
+# between threads (records are packed on the relay's thread only).
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def encode(value: Any) -> bytes:
     """msgpack, with bytes as bin and str as str, so that each reads back as what it was."""
-    return msgpack.packb(value, use_bin_type=True)
+    return _PACKER.pack(value)
 
 
 def decode(payload: bytes | memoryview) -> Record:

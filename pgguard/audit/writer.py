@@ -60,6 +60,10 @@ class LogOptions:
     queue_records: int = 4096
     # Disk space kept allocated ahead of the accepted records.
     reserve_bytes: int = 1 << 20
+    # Once a record is queued, the writer lets more gather for this long before it writes:
+    # a busy session then costs one wake-up and one write per interval, not per record. A
+    # gateway killed outright loses at most this much of the end of its logs.
+    gather_seconds: float = 0.005
 
     def __post_init__(self) -> None:
         if self.fsync not in ("never", "checkpoint", "always"):
@@ -159,6 +163,8 @@ class SessionLogWriter:
         self._space_error: str | None = None
         self._since_checkpoint = 0
         self._checkpoint_at = trio.current_time()
+        # Taken from the queue, not yet written.
+        self._gathered: list[bytes | _Mark] = []
 
     @classmethod
     async def open(cls, directory: Path, header: Record, signer: Signer,
@@ -240,9 +246,8 @@ class SessionLogWriter:
             return None
         seq = self._chain.seq - 1
         self._since_checkpoint += 1
-        if (self._since_checkpoint >= self._options.checkpoint_records
-                or trio.current_time() - self._checkpoint_at >= self._options.checkpoint_seconds):
-            self._checkpoint()
+        if self._since_checkpoint >= self._options.checkpoint_records:
+            self._checkpoint()  # the time-based ones are run()'s
         return seq
 
     def _checkpoint(self) -> None:
@@ -288,19 +293,26 @@ class SessionLogWriter:
         once the log is closed and all of it was taken."""
         with trio.move_on_at(self._checkpoint_at + self._options.checkpoint_seconds):
             try:
-                batch = [await self._receive.receive()]
+                self._gathered.append(await self._receive.receive())
             except trio.EndOfChannel:
                 return None
-            while True:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    return batch
-        return []
+        if not self._gathered:
+            return []
+        if self._options.gather_seconds and not self._closing:
+            await trio.sleep(self._options.gather_seconds)  # if cancelled, _finish writes what was gathered
+        batch, self._gathered = self._gathered, []
+        while True:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return batch
 
     async def _flush(self, batch: list[bytes | _Mark]) -> None:
         self._queued -= len(batch)
         data = self._write(batch)
+        if (self._since_checkpoint and not self._closing
+                and trio.current_time() - self._checkpoint_at >= self._options.checkpoint_seconds):
+            self._checkpoint()  # a busy session: the records of T seconds are signed now
         await self._reserve()
         if _Mark.SYNC in batch or (data and self._options.fsync == "always"):
             await trio.to_thread.run_sync(os.fsync, self._fd)
@@ -342,7 +354,7 @@ class SessionLogWriter:
         reserved past the file's end."""
         try:
             if self.failure is None:
-                rest: list[bytes | _Mark] = []
+                rest, self._gathered = self._gathered, []
                 while True:
                     try:
                         rest.append(self._receive.receive_nowait())

@@ -113,7 +113,8 @@ async def test_a_full_queue_refuses_statements_and_a_lost_record_fails_the_log(t
 
 async def test_a_failed_write_fails_the_log_and_refuses_later_statements(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    writer = await SessionLogWriter.open(tmp_path, header(), SIGNER)
+    # No gathering: the write fails as soon as the writer runs.
+    writer = await SessionLogWriter.open(tmp_path, header(), SIGNER, LogOptions(gather_seconds=0))
     real_write = os.write
     log_fd = os.open(tmp_path / "s-1.pgglog", os.O_RDONLY)
     log_inode = os.fstat(log_fd).st_ino
