@@ -6,15 +6,19 @@ same private PostgreSQL, and reports pgguard relative to the others:
 
     direct          pgbench -> PostgreSQL
     pgbouncer       pgbench -> PgBouncer (session pooling) -> PostgreSQL
+    pgguard-nolog   pgbench -> pgguard with session logs off, `dba` identity -> PostgreSQL
     pgguard         pgbench -> pgguard (demo config, `dba` identity) -> PostgreSQL
     pgguard+policy  pgbench -> the same pgguard process, `analyst` identity -> PostgreSQL
 
 `dba` is allowed every statement class, so pgguard relays its statements
 without analysing them (policy off). `analyst` (role `analysts`, read
 public.*) has every statement parsed with pglast and checked (policy on).
-Comparing the two gateway targets isolates what the policy costs.
+Comparing the two gateway targets isolates what the policy costs. Both
+record every session in a session log; pgguard-nolog is a second gateway
+process with the log turned off, so pgguard/pgguard-nolog is what the log
+costs.
 
-All four speak plaintext over loopback (pgguard's upstream `sslmode` is set
+All of them speak plaintext over loopback (pgguard's upstream `sslmode` is set
 to `disable`, as PgBouncer's is). direct, pgbouncer and pgguard reach
 PostgreSQL as the same database role (`pgguard_admin`, the role pgguard uses
 for `dba`), so the only difference between them is the proxy in the middle.
@@ -107,13 +111,16 @@ BENCHMARKS = (SELECT_ONLY, LARGE_SELECT)
 # The targets, in the order runs are interleaved and columns printed. Everything per-target
 # (the environment, the table, the JSON) follows from these names.
 DIRECT, PGBOUNCER, PGGUARD, PGGUARD_POLICY = "direct", "pgbouncer", "pgguard", "pgguard+policy"
-TARGET_NAMES = (DIRECT, PGBOUNCER, PGGUARD, PGGUARD_POLICY)
+PGGUARD_NOLOG = "pgguard-nolog"
+TARGET_NAMES = (DIRECT, PGBOUNCER, PGGUARD_NOLOG, PGGUARD, PGGUARD_POLICY)
 # The targets with a process in between, whose CPU time is charged to each run.
-PROXIES = (PGBOUNCER, PGGUARD, PGGUARD_POLICY)
+PROXIES = (PGBOUNCER, PGGUARD_NOLOG, PGGUARD, PGGUARD_POLICY)
 # The gateway targets: one pgguard process, one demo identity each. `dba` may run every
 # statement class, so it is relayed unanalysed (policy off); `analyst` has every statement
-# parsed and checked (policy on).
+# parsed and checked (policy on). Both sessions are recorded in session logs.
 GATEWAY_IDENTITIES = {PGGUARD: "dba", PGGUARD_POLICY: "analyst"}
+# A second gateway process, with session logs off ([audit] enabled = false): `dba` again.
+UNLOGGED_IDENTITIES = {PGGUARD_NOLOG: "dba"}
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,8 @@ RATIOS = (
     Ratio(PGGUARD_POLICY, PGBOUNCER, "pgguard_policy_vs_pgbouncer", "pgguard+policy/pgbouncer"),
     # What the statement policy costs: the same gateway, policy on over policy off.
     Ratio(PGGUARD_POLICY, PGGUARD, "policy_on_vs_off", "policy on/off"),
+    # What the session log costs: the bare relay with its log over one without.
+    Ratio(PGGUARD, PGGUARD_NOLOG, "log_on_vs_off", "log on/off"),
 )
 
 
@@ -344,8 +353,11 @@ def environment(base: Path, *, scale: int = PGBENCH_SCALE, people: int = 0, log:
         log("starting PgBouncer ...")
         bouncer = stack.enter_context(pgbouncer(base / "pgbouncer", cluster, {UPSTREAM_ROLE: passwords[UPSTREAM_ROLE]}))
         log("starting pgguard ...")
-        gateways, config_path, gateway_log = stack.enter_context(pgguard(base / "gateway", cluster, passwords))
-        by_name = {DIRECT: direct, PGBOUNCER: bouncer, **gateways}
+        gateways, config_path, gateway_log = stack.enter_context(
+            pgguard(base / "gateway", cluster, passwords, GATEWAY_IDENTITIES))
+        unlogged, _, _ = stack.enter_context(
+            pgguard(base / "gateway-nolog", cluster, passwords, UNLOGGED_IDENTITIES, session_logs=False))
+        by_name = {DIRECT: direct, PGBOUNCER: bouncer, **gateways, **unlogged}
         targets = {name: by_name[name] for name in TARGET_NAMES}
         roles = {name: database_role(target) for name, target in targets.items()}
         log("database roles: " + ", ".join(f"{name} {role}" for name, role in roles.items()))
@@ -452,9 +464,11 @@ pidfile = {pidfile}
 
 
 @contextlib.contextmanager
-def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, str]
+def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, str],
+            identities_by_target: Mapping[str, str], *, session_logs: bool = True
             ) -> Iterator[tuple[dict[str, Target], Path, Path]]:
-    """The demo gateway with plaintext upstream, as a subprocess, and one target per GATEWAY_IDENTITIES.
+    """The demo gateway with plaintext upstream, as a subprocess, and one target per entry of
+    `identities_by_target` (target name -> demo identity).
 
     The targets share the process (and so its CPU counter) and differ only
     in the identity whose token is the password: that way the policy's cost
@@ -475,6 +489,8 @@ def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, s
     text = _replace_once(config_path, config_path.read_text(), 'sslmode = "verify-full"', 'sslmode = "disable"')
     masked = "".join(f'"public.{PEOPLE_TABLE}.{column}" = "{function}"\n' for column, function in PEOPLE_MASKS.items())
     text = _replace_once(config_path, text, "[masking.columns]\n", "[masking.columns]\n" + masked)
+    if not session_logs:
+        text = _replace_once(config_path, text, "[audit]\n", "[audit]\nenabled = false\n")
     config_path.write_text(text)
     identities = issue_tokens(config_path)
     log_path = directory / "gateway.log"
@@ -484,7 +500,7 @@ def pgguard(directory: Path, cluster: PostgresCluster, passwords: Mapping[str, s
         wait_until(lambda: _http_ok(f"http://{HOST}:{admin_port}/healthz"), proc, "pgguard", log_path)
         targets = {name: Target(name, HOST, port, identities[identity].user, identities[identity].token,
                                 pid=proc.pid)
-                   for name, identity in GATEWAY_IDENTITIES.items()}
+                   for name, identity in identities_by_target.items()}
         try:
             yield targets, config_path, log_path
         finally:

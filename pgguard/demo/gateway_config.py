@@ -39,6 +39,11 @@ tls_key = "{tls_key}"
 allow_plaintext_loopback = true
 session_dir = "{session_dir}"
 
+# Every session recorded, signed with the first signing key; see docs/session-log.md.
+[audit]
+fsync = "checkpoint"
+max_rows = 100
+
 [identity]
 issuer = "pgguard-demo"
 audience = "pgguard"

@@ -21,6 +21,7 @@ from pgguard.config import load
 from pgguard.identity.tokens import load_signing_key
 from conftest import PostgresServer, RunningGateway
 from helpers import scratch_table, unique_name
+from rawclient import config_edit, set_keys
 
 Records = list[dict[str, Any]]
 
@@ -237,8 +238,7 @@ def test_a_full_disk_refuses_statements_and_nothing_unrecorded_runs(
     sessions = small_disk / "sessions"
 
     def edit(text: str) -> str:
-        text = text.replace('session_dir = "', f'session_dir = "{sessions}"\n# was: "', 1)
-        return text + "\n[audit]\nreserve_bytes = 16384\n"
+        return set_keys(set_keys(text, "gateway", {"session_dir": str(sessions)}), "audit", {"reserve_bytes": 16384})
 
     running = gateway_factory(edit)
     padding = "x" * 3000  # each statement record is over 3 KB: the reservation runs out fast
@@ -292,17 +292,14 @@ def test_a_gateway_that_cannot_create_logs_refuses_sessions(
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("")
 
-    def edit(text: str) -> str:
-        return text.replace('session_dir = "', f'session_dir = "{blocked}/sessions"\n# was: "', 1)
-
-    running = gateway_factory(edit)
+    running = gateway_factory(config_edit({"gateway": {"session_dir": f"{blocked}/sessions"}}))
     with pytest.raises(psycopg.OperationalError, match="cannot open the session log"):
         psycopg.connect(running.dsn("analyst")).close()
     assert "cannot open its session log" in running.log_text()
 
 
 def test_logs_can_be_turned_off(gateway_factory: Callable[..., RunningGateway]) -> None:
-    running = gateway_factory(lambda text: text + "\n[audit]\nenabled = false\n")
+    running = gateway_factory(config_edit({"audit": {"enabled": False}}))
     with psycopg.connect(running.dsn("analyst")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert not list(session_dir(running).glob("*.pgglog"))
@@ -320,8 +317,8 @@ def test_prune_removes_finished_logs_older_than_the_retention(gateway: RunningGa
     old = time.time() - 3 * 86400
     os.utime(copy, (old, old))
     config = tmp_path / "pgguard.toml"
-    config.write_text(gateway.config_path.read_text().replace(
-        'session_dir = "', f'session_dir = "{copy.parent}"\n# was: "', 1) + '\n[audit]\nretention = "2d"\n')
+    config.write_text(config_edit({"gateway": {"session_dir": str(copy.parent)}, "audit": {"retention": "2d"}})(
+        gateway.config_path.read_text()))
     done = subprocess.run([sys.executable, "-m", "pgguard.cli", "sessions", "prune", "-c", str(config)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -184,3 +184,34 @@ def test_plain_http_jwks_is_allowed_on_loopback_only(demo_config: Path) -> None:
 ])
 def test_bad_limits_are_refused(demo_config: Path, section: str, values: dict[str, TomlValue], message: str) -> None:
     assert message in refusal(demo_config, section, values)
+
+
+def test_audit_defaults(demo_config: Path) -> None:
+    audit = load(demo_config).audit
+    assert audit.enabled and audit.fsync == "checkpoint" and audit.retention_seconds is None
+    assert audit.max_rows == 100 and "email" in audit.parameter_detectors
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"fsync": "sometimes"}, "fsync must be one of never, checkpoint, always"),
+    ({"retention": "soon"}, "[audit] retention: not a duration"),
+    ({"retention": "0d"}, "[audit] retention: must be longer than 0 s"),
+    ({"checkpoint_records": 0}, "checkpoint_records must be positive"),
+    ({"max_rows": -1}, "max_rows must not be negative"),
+    ({"compress": True}, "compress"),
+])
+def test_bad_audit_settings_are_refused(demo_config: Path, values: dict[str, TomlValue], message: str) -> None:
+    assert message in refusal(demo_config, "audit", values)
+
+
+def test_audit_retention_is_read(demo_config: Path) -> None:
+    demo_config.write_text(set_keys(demo_config.read_text(), "audit", {"retention": "30d", "fsync": "always"}))
+    audit = load(demo_config).audit
+    assert audit.retention_seconds == 30 * 86400 and audit.fsync == "always"
+
+
+def test_an_unknown_parameter_detector_is_refused(demo_config: Path) -> None:
+    text = demo_config.read_text().replace("[audit]\n", '[audit]\nparameter_detectors = ["email", "zip"]\n')
+    demo_config.write_text(text)
+    with pytest.raises(ConfigError, match="unknown detector 'zip'"):
+        load(demo_config)
