@@ -7,6 +7,7 @@ with the demo data loaded; tests that write must clean up after themselves
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import subprocess
@@ -163,7 +164,7 @@ class RunningGateway:
         return self.log_path.read_text()
 
 
-def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TestCertificates,
+def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TLSFiles,
                   edit: Callable[[str], str] = lambda text: text) -> RunningGateway:
     """Write the demo's config for the shared server (optionally edited) and serve it."""
     port = free_port()
@@ -214,7 +215,7 @@ def restart_gateway(gateway: RunningGateway) -> None:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer,
-            test_ca: TestCertificates) -> Iterator[RunningGateway]:
+            test_ca: TLSFiles) -> Iterator[RunningGateway]:
     """The demo's configuration served in front of the shared PostgreSQL."""
     running = start_gateway(tmp_path_factory.mktemp("gateway"), postgres, test_ca)
     yield running
@@ -223,7 +224,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer,
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path, postgres: PostgresServer,
-                    test_ca: TestCertificates) -> Iterator[Callable[..., RunningGateway]]:
+                    test_ca: TLSFiles) -> Iterator[Callable[..., RunningGateway]]:
     """Start extra gateways with an edited config; stopped after the test."""
     started: list[RunningGateway] = []
 
@@ -235,3 +236,20 @@ def gateway_factory(tmp_path: Path, postgres: PostgresServer,
     yield start
     for running in started:
         stop_gateway(running)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, where the disk really fills up; skipped where it cannot be mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
