@@ -13,7 +13,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -35,9 +35,22 @@ def only_this_connection_dropped(gateway: RunningGateway) -> Iterator[LogCursor]
         log = LogCursor(gateway)
         yield log
         assert bystander.execute("SELECT count(*) FROM customers").fetchone() == (1200,)
-    with psycopg.connect(gateway.dsn("support")) as newcomer:
+    with connect_once_a_slot_is_free(gateway.dsn("support")) as newcomer:
         assert newcomer.execute("SELECT current_user").fetchone() == (SUPPORT,)
     assert gateway.process.poll() is None, "the gateway process exited"
+
+
+def connect_once_a_slot_is_free(dsn: str, timeout: float = 5) -> psycopg.Connection[Any]:
+    """A session ends, and frees its connection slot, only once its session log is closed and
+    synced: a client that just closed others may be told 53300 for a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return psycopg.connect(dsn)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def assert_protocol_refusal(said: list[Message]) -> None:
