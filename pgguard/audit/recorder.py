@@ -117,8 +117,7 @@ class SessionRecorder:
              encoding: str) -> None:
         if self._skipping:
             return
-        parameters = [_parameter(value, _format(formats, index), encoding, self._scrubber)
-                      for index, value in enumerate(values)]
+        parameters = self._parameters(formats, values, encoding)
         _remember(self._portals, portal, (self._statements.get(statement), parameters))
 
     def execute(self, portal: str) -> bool:
@@ -135,10 +134,13 @@ class SessionRecorder:
 
     def function_call(self, oid: int, formats: list[int], args: list[bytes | None], encoding: str,
                       refused: Decision | None) -> bool:
-        parameters = [_parameter(value, _format(formats, index), encoding, self._scrubber)
-                      for index, value in enumerate(args)]
+        parameters = self._parameters(formats, args, encoding)
         return self._statement("function_call", f"-- FunctionCall of function OID {oid}", (), refused,
                                refused is None, parameters, until_ready=True)
+
+    def _parameters(self, formats: list[int], values: list[bytes | None], encoding: str) -> list[Value]:
+        return [_parameter(value, _format(formats, index), encoding, self._scrubber)
+                for index, value in enumerate(values)]
 
     def sync(self) -> None:
         self._skipping = False

@@ -239,8 +239,7 @@ class SessionProtocol:
         assert self.guard is not None
         parse = frontend.Parse.decode(frame.body)
         # The query as the server will read it: in the session's client_encoding.
-        start = frame.body.index(b"\0") + 1
-        body = frame.body[start:frame.body.index(b"\0", start)]
+        _, body = _parse_fields(frame.data)
         if self._encoding_unsure(body):
             decision = self.guard.encoding_changing()
         else:
