@@ -263,3 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())
