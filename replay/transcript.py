@@ -171,6 +171,8 @@ def load(path: Path) -> Session:
 
 def _add(session: Session, by_seq: dict[int, Statement], record: Record) -> None:
     kind = record["type"]
+    if kind == "checkpoint":  # the writer's, not the session's
+        return
     at = float(record.get("at", session.last_at))
     session.last_at = max(session.last_at, at)
     owner = by_seq.get(record.get("statement"))  # type: ignore[arg-type]
