@@ -83,19 +83,15 @@ def _list(args: argparse.Namespace) -> int:
                           for summary in chosen], indent=1))
         return 0
     out = render_text.console()
-    table = render_text.table(out)
-    for name in ("id", "user", "roles", "target", "client", "application", "start (UTC)", "duration",
-                 "statements", "refused", "held", "state"):
-        table.add_column(name, justify="right" if name in ("statements", "refused", "held", "duration") else "left",
-                         no_wrap=True)
-    for summary in chosen:
-        table.add_row(summary.id, summary.user, ",".join(summary.roles) or "-", summary.target, summary.client,
-                      summary.application or "-", render_text.timestamp(summary.started)[:19],
-                      render_text.duration(summary.duration), str(summary.statements),
-                      Text(str(summary.refused), style="bold red" if summary.refused else ""),
-                      Text(str(summary.held), style="bold yellow" if summary.held else ""),
-                      state(summary, directory))
-    out.print(table)
+    headers = ["id", "user", "roles", "target", "client", "application", "start (UTC)", "duration", "statements",
+               "refused", "held", "state"]
+    rows: list[list[render_text.Cell]] = [
+        [summary.id, summary.user, ",".join(summary.roles) or "-", summary.target, summary.client,
+         summary.application or "-", render_text.timestamp(summary.started)[:19], render_text.duration(summary.duration),
+         str(summary.statements), (str(summary.refused), "bold red" if summary.refused else ""),
+         (str(summary.held), "bold yellow" if summary.held else ""), state(summary, directory)]
+        for summary in chosen]
+    render_text.print_table(out, headers, rows, frozenset({"duration", "statements", "refused", "held"}))
     out.print(Text(f"{len(chosen)} session{'' if len(chosen) == 1 else 's'} in {directory}", style="dim"))
     return 0
 
@@ -144,15 +140,12 @@ def _search(args: argparse.Namespace) -> int:
                            "sql": hit.statement.sql} for hit in hits], indent=1))
         return 0
     out = render_text.console()
-    table = render_text.table(out)
-    for name in ("time (UTC)", "session", "user", "#", "decision", "tables", "statement"):
-        table.add_column(name, no_wrap=name != "statement")
-    for hit in hits:
-        statement = hit.statement
-        table.add_row(render_text.timestamp(statement.at), hit.session.id, hit.session.user, str(statement.seq),
-                      Text(statement.outcome, style=render_text.DECISION_STYLES.get(statement.decision, "")),
-                      ", ".join(hit.tables) if hit.tables is not None else "?", " ".join(statement.sql.split()))
-    out.print(table)
+    rows = [[render_text.timestamp(hit.statement.at), hit.session.id, hit.session.user, str(hit.statement.seq),
+             (hit.statement.outcome, render_text.DECISION_STYLES.get(hit.statement.decision, "")),
+             ", ".join(hit.tables) if hit.tables is not None else "?", " ".join(hit.statement.sql.split())]
+            for hit in hits]
+    render_text.print_table(out, ["time (UTC)", "session", "user", "#", "decision", "tables", "statement"], rows,
+                            frozenset({"#"}))
     out.print(Text(f"{len(hits)} statement{'' if len(hits) == 1 else 's'}", style="dim"))
     return 0
 
