@@ -69,7 +69,8 @@ def play(session: Session, out: Console, pace: Pacer, *, speed: float = 1.0, max
     """Prints the session event by event at its pace; False if the viewer stopped it."""
     for line in header_lines(session):
         out.print(line)
-    out.print(Text("(any key skips a wait, q stops)" if isinstance(pace, KeyboardPacer) else "", style="dim"))
+    if isinstance(pace, KeyboardPacer):
+        out.print(Text("(any key skips a wait, q stops)", style="dim"))
     previous = session.started
     for at, event, _ in session.timeline:
         gap = max(0.0, at - previous) / speed

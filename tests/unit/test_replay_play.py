@@ -4,12 +4,14 @@ when the viewer asks."""
 from __future__ import annotations
 
 import io
+import os
+import select
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from replay.play import play
+from replay.play import KeyboardPacer, play
 from replay.transcript import load
 from test_replay_transcript import HELD, held_session, write_log
 
@@ -59,3 +61,18 @@ def test_speed_and_max_gap(session_path: Path) -> None:
 def test_the_viewer_can_stop(session_path: Path) -> None:
     text = played(session_path, Recorder(stop_after=3))
     assert "SELECT id, email FROM customers" in text and "DELETE FROM orders" not in text
+
+
+def test_a_key_skips_the_wait_and_q_stops() -> None:
+    read, write = os.pipe()
+    try:
+        pacer = KeyboardPacer(read)
+        os.write(write, b" ")
+        assert pacer.wait(3600) is True  # a key: the hour-long gap is skipped
+        assert select.select([read], [], [], 0)[0] == []  # and the key was taken
+        os.write(write, b"q")
+        assert pacer.wait(3600) is False
+        assert pacer.wait(0) is True  # no key: the wait runs out
+    finally:
+        os.close(read)
+        os.close(write)
