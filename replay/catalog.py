@@ -97,7 +97,7 @@ class _Index:
         self.connection: sqlite3.Connection | None = None
         try:
             self.connection = self._open(directory / INDEX_NAME)
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):
             try:
                 (directory / INDEX_NAME).unlink(missing_ok=True)
                 self.connection = self._open(directory / INDEX_NAME)
@@ -106,6 +106,7 @@ class _Index:
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
+        path.touch(mode=0o600)  # it names who ran what, as the logs do: readable by the same few
         connection = sqlite3.connect(path)
         if connection.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
             connection.execute("DROP TABLE IF EXISTS sessions")

@@ -33,6 +33,7 @@ def test_summaries_are_indexed_and_the_index_follows_the_files(directory: Path) 
     found = summaries(directory)
     assert [s.id for s in found] == [HELD, OTHER] and [s.user for s in found] == ["erin", "frank"]
     assert set(indexed(directory)) == {f"{HELD}.pgglog", f"{OTHER}.pgglog"}
+    assert (directory / INDEX_NAME).stat().st_mode & 0o777 == 0o600
     # a log that grew (a live session) is read again
     write_log(directory, OTHER, held_session(), user="frank", start=START + 3600)
     assert [s.statements for s in summaries(directory)] == [4, 4]
