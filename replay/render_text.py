@@ -74,32 +74,43 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def _cell_lines(row: list[str | None], index: int) -> list[str]:
+    """A cell's lines; NULL, and a cell missing from a short row, are one empty line."""
+    value = row[index] if index < len(row) else None
+    return [""] if value is None else value.split("\n")
+
+
 def psql_table(result: Result) -> list[str]:
     """The result's recorded rows laid out as psql's aligned format prints them: a centred
-    header, numbers right-aligned, text left-aligned, NULL empty, and a row count. COPY data
-    (no columns) is shown as the lines the client received."""
+    header, numbers right-aligned, text left-aligned, NULL empty, a cell's further lines marked
+    with `+`, and a row count. COPY data (no columns) is shown as the lines the client received."""
     cells = grid(result.columns, result.rows)
     if not result.columns:
         return [(row[0] or "").rstrip("\n") for row in cells if row]
     names = [column[0] for column in result.columns]
     right = [column[1] in NUMERIC_TYPES for column in result.columns]
-    widths = [max([cell_len(name)] + [cell_len(row[i] or "") for row in cells if i < len(row)])
+    split = [[_cell_lines(row, i) for i in range(len(names))] for row in cells]
+    widths = [max([cell_len(name)] + [cell_len(part) for row in split for part in row[i]])
               for i, name in enumerate(names)]
     last = len(names) - 1
 
-    def line(values: list[str], aligned: list[bool]) -> str:
-        parts = []
-        for i, value in enumerate(values):
-            pad = " " * (widths[i] - cell_len(value))
-            parts.append(pad + value if aligned[i] else value + ("" if i == last else pad))
-        return " " + " | ".join(parts)
+    def segment(i: int, value: str, more: bool) -> str:
+        """One column of one line: a space, the value padded to the column, then `+` where
+        the cell goes on to another line, else a space (none at the end of a line)."""
+        pad = " " * (widths[i] - cell_len(value))
+        if i == last and not more and not right[i]:
+            return " " + value
+        return " " + (pad + value if right[i] else value + pad) + ("+" if more else " " if i < last else "")
 
     header = []
     for i, name in enumerate(names):
         spare = widths[i] - cell_len(name)
-        header.append(" " * (spare // 2) + name + " " * (spare - spare // 2))
-    lines = [" " + " | ".join(header) + " ", "+".join("-" * (width + 2) for width in widths)]
-    lines += [line([(row[i] if i < len(row) else None) or "" for i in range(len(names))], right) for row in cells]
+        header.append(" " + " " * (spare // 2) + name + " " * (spare - spare // 2) + " ")
+    lines = ["|".join(header), "+".join("-" * (width + 2) for width in widths)]
+    for row in split:
+        for k in range(max(len(parts) for parts in row)):
+            lines.append("|".join(segment(i, parts[k] if k < len(parts) else "", k < len(parts) - 1)
+                                  for i, parts in enumerate(row)))
     shown = len(result.rows)
     count = f"({result.row_count} row{'' if result.row_count == 1 else 's'})"
     if shown < result.row_count:

@@ -91,14 +91,19 @@ def test_list_shows_each_session_with_its_identity_and_counts(gateway: RunningGa
 def test_show_prints_rows_as_psql_printed_them(gateway: RunningGateway) -> None:
     application = unique_name("replay")
     query = "SELECT id, email, city, created_at FROM customers ORDER BY id LIMIT 4"
-    printed = psql(gateway.dsn("analyst", application_name=application), query)
+    lines = "SELECT E'one\\ntwo lines' AS text, 7 AS n, E'x\\ny\\nzz' AS last, NULL AS nothing"
+    printed = psql(gateway.dsn("analyst", application_name=application), query, lines)
     path = find_log(gateway, application)
     shown = replay(gateway, "show", session_id(path))
     assert shown.returncode == 0, shown.stderr
     assert "\x1b[" not in shown.stdout
-    # psql's table, line for line (analysts get emails masked: the log holds what psql got)
-    table = "\n".join("    " + line if line else "" for line in printed.rstrip("\n").split("\n"))
-    assert table in shown.stdout, f"psql printed:\n{printed}\nshow printed:\n{shown.stdout}"
+    # psql's tables, line for line (analysts get emails masked: the log holds what psql got),
+    # multi-line cells with their + marks included
+    blocks = printed.rstrip("\n").split("\n\n")
+    assert len(blocks) == 2 and "two lines |" in blocks[1]
+    for block in blocks:
+        table = "\n".join("    " + line for line in block.split("\n"))
+        assert table in shown.stdout, f"psql printed:\n{block}\nshow printed:\n{shown.stdout}"
     assert "***" in printed
 
 
