@@ -176,12 +176,16 @@ def session_logs(summary: dict[str, Any], application: str = APPLICATION, timeou
             records = [entry.record for entry in read_records(path)]
             if records and records[0].get("application_name") == application:
                 found.append((path, records))
-        if found and all(records[-1]["type"] in ("close", "checkpoint") and
-                         any(r["type"] == "close" for r in records) for _, records in found):
+        if found and all(_closed(records) for _, records in found):
             return [(path, verify(path, keys), records) for path, records in found]
         if time.monotonic() > deadline:
             raise RuntimeError(f"no closed session log of {application} in {summary['session_dir']}")
         time.sleep(0.1)
+
+
+def _closed(records: list[dict[str, Any]]) -> bool:
+    """A log is complete once its close record and the checkpoint that signs it are written."""
+    return len(records) >= 2 and (records[-2]["type"], records[-1]["type"]) == ("close", "checkpoint")
 
 
 @contextlib.contextmanager
@@ -212,6 +216,8 @@ def chat_model(name: str) -> BaseChatModel:
 
 
 def print_run(result: Run) -> None:
+    """The conversation, then per session log: whether it verifies, the statements that read
+    customers (the sample rows and the agent's query) and every refused statement."""
     for message in result.messages[1:]:
         if isinstance(message, AIMessage):
             for call in message.tool_calls:
@@ -223,8 +229,7 @@ def print_run(result: Run) -> None:
     for path, report, records in result.logs:
         print(f"\nsession log {path.name}: {'verified' if report.ok else report.problems}, {len(records)} records")
         for record in records:
-            if record["type"] == "statement" and record["decision"] != "allowed" or (
-                    record["type"] == "statement" and "customers" in str(record["sql"])):
+            if record["type"] == "statement" and (record["decision"] != "allowed" or "customers" in str(record["sql"])):
                 print(f"  {record['decision']:<8} {record['rule'] or '':<26} {str(record['sql'])[:90]}")
 
 
