@@ -75,12 +75,15 @@ CHECKER_MARK = "Double check the"  # sql_db_query_checker's prompt: the query, t
 
 
 class ScriptedChatModel(BaseChatModel):
-    """A chat model that plays SCRIPT: turn N of the conversation gets the Nth tool call, and
-    once the script is done, a final answer that quotes what the tools returned.
+    """A chat model that plays a script of tool calls (SCRIPT unless given): turn N of the
+    conversation gets the Nth call, and once the script is done, a final answer that says how
+    many statements pgguard refused.
 
     It also answers sql_db_query_checker's prompt, as a real model does when the query needs
     no change, by repeating the query.
     """
+
+    script: tuple[tuple[str, dict[str, str]], ...] = SCRIPT
 
     @property
     def _llm_type(self) -> str:
@@ -98,8 +101,8 @@ class ScriptedChatModel(BaseChatModel):
         if CHECKER_MARK in last:
             return AIMessage(last.split(CHECKER_MARK)[0].strip())
         turn = sum(isinstance(message, AIMessage) for message in messages)
-        if turn < len(SCRIPT):
-            name, args = SCRIPT[turn]
+        if turn < len(self.script):
+            name, args = self.script[turn]
             return AIMessage("", tool_calls=[{"name": name, "args": args, "id": f"call_{turn}", "type": "tool_call"}])
         refusals = [m.text for m in messages if isinstance(m, ToolMessage) and "pgguard:" in m.text]
         return AIMessage("Here are the five oldest customers; their contact details are masked for me. "

@@ -108,6 +108,42 @@ def test_the_session_log_holds_the_agents_reads_refusals_and_masked_rows(
     assert not leaks(repr([records for _, _, records in run.logs]), raw_values)
 
 
+# What an agent (or a prompt injected into its data) might try instead, through the same tool,
+# and the one thing each must come back as.
+WAYS_AROUND = {
+    "SELECT upper(email), lower(phone) FROM customers LIMIT 3": "[(None, None), (None, None), (None, None)]",
+    "SELECT string_agg(email, ',') FROM customers WHERE id < 4": "[(None,)]",
+    "SELECT email FROM customers WHERE email LIKE 'a%' LIMIT 2": "(rule masking)",
+    "WITH gone AS (DELETE FROM tickets RETURNING id) SELECT count(*) FROM gone": "(rule roles.analysts.write)",
+    "SELECT 1; DROP TABLE orders": "(rule roles.analysts.statements)",
+    "SET ROLE pgguard_admin": "(rule roles.analysts.statements)",
+    "SELECT set_config('default_transaction_read_only', 'off', false)": "(rule roles.analysts.write)",
+    "UPDATE customers SET city = 'Nowhere' WHERE id = 1": "(rule roles.analysts.write)",
+    "SELECT pg_read_file('/etc/passwd')": "(rule roles.analysts.functions)",
+}
+
+
+def test_an_agents_ways_around_the_rules_come_back_masked_or_refused(
+        example: ModuleType, demo: dict[str, Any], raw_values: set[str]) -> None:
+    before = closed_tickets_and_orders(demo)
+    script = (*(("sql_db_query", {"query": query}) for query in WAYS_AROUND),
+              ("sql_db_query", {"query": "SELECT body FROM tickets WHERE body LIKE '%@%' LIMIT 5"}))
+    run = example.run(demo, example.ScriptedChatModel(script=script), application=unique_name("agent"))
+    *answers, bodies = [message.text for message in run.tool_messages()]
+    for (query, expected), answer in zip(WAYS_AROUND.items(), answers, strict=True):
+        assert expected in answer, (query, answer)
+        assert "rule" not in expected or "pgguard:" in answer
+    # Free text that quotes customers' emails: the detectors mask them wherever they appear.
+    assert bodies.count("@example.") >= 5
+    assert not leaks(repr(run.messages), raw_values) and not leaks(repr(run.logs), raw_values)
+    assert closed_tickets_and_orders(demo) == before
+    with psycopg.connect(demo["upstream_dsn"]) as conn:
+        assert conn.execute("SELECT city FROM customers WHERE id = 1").fetchone()[0] != "Nowhere"
+    refused = {record["sql"]: record["rule"] for record in run.statements() if record["decision"] == "refused"}
+    assert refused == {query: expected.removeprefix("(rule ").removesuffix(")")
+                       for query, expected in WAYS_AROUND.items() if expected.startswith("(rule")}
+
+
 def test_the_example_runs_from_the_command_line(demo: dict[str, Any], tmp_path: Path) -> None:
     summary = tmp_path / "demo.json"
     summary.write_text(json.dumps(demo) + "\n")
