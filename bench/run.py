@@ -58,7 +58,7 @@ from pgguard.demo.cluster import PostgresError
 from idle import IDLE_CLIENTS, IDLE_COLUMNS, IdleMemory, idle_memory, idle_table_rows
 from large_select import (CHUNK_ROWS, MASKED_VS_DIRECT, READ_COLUMNS, RESULT_FORMATS, ReadResult, large_select,
                           read_table_rows)
-from logins import LOGIN_COLUMNS, LoginRate, login_rates, login_table_rows
+from logins import LOGIN_COLUMNS, LOGIN_RATIOS, LoginRate, login_rates, login_ratio, login_table_rows
 from procs import BenchError
 from report import CHECK_COLUMNS, Check, connection_info, machine_info, print_table
 from select_only import COLUMNS, GUARDED_VS_PGBOUNCER, Result, Setting, select_only, table_rows, warm_up
@@ -172,7 +172,8 @@ def run_benchmarks(args: argparse.Namespace, base: Path, log: Callable[[str], No
             log(f"logins for {args.duration}s per target ...")
             rates: dict[str, LoginRate] = login_rates(env, args.duration, log)
             tables.append(("logins per second, one client", LOGIN_COLUMNS, login_table_rows(rates)))
-            report[LOGINS] = {"duration_seconds": args.duration, "results": [r.to_json() for r in rates.values()]}
+            report[LOGINS] = {"duration_seconds": args.duration, "results": [r.to_json() for r in rates.values()],
+                              **{ratio.key: login_ratio(rates, ratio) for ratio in LOGIN_RATIOS}}
         if SELECT_ONLY in args.bench:
             log(f"warming up ({args.warmup:g}s per target) ...")
             warm_up(env, args.warmup)
