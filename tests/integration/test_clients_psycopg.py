@@ -9,7 +9,7 @@ of whole tables) as `dba`.
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import secrets
 import socket
 import struct
@@ -263,7 +263,8 @@ def test_large_result_set_is_intact(gateway: RunningGateway) -> None:
 
 @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
 def test_ten_megabyte_bytea_round_trip(gateway: RunningGateway, binary: bool) -> None:
-    payload = os.urandom(10 * 1024 * 1024)
+    # Seeded: the analyst's detectors rightly mask an md5 whose hex holds a card-like digit run.
+    payload = random.Random(10).randbytes(10 * 1024 * 1024)
     with psycopg.connect(gateway.dsn("analyst")) as conn:
         cur = conn.cursor(binary=binary)
         value, digest, size = cur.execute(
