@@ -130,11 +130,8 @@ class Reactor:
                     data += end.sock.recv(RECEIVE_SIZE)
         except _WOULD_BLOCK:
             return
-        except ssl.SSLZeroReturnError:
-            data = b""
-        except OSError:
-            self._finish(end.pipe, "connection lost")
-            return
+        except (ssl.SSLZeroReturnError, OSError):
+            data = b""  # closed, or reset: the other side is told as for a close
         pipe = end.pipe
         try:
             output = end.receive(data) if data else pipe.closed_output(end)
