@@ -114,6 +114,8 @@ class SessionProtocol:
         self.metrics = metrics if metrics is not None else Metrics()
         self._busy_since = 0.0
         self._said_error = False
+        # Set by end_when_idle(): the FATAL to send, and why, once no request is running.
+        self._drain: tuple[bytes, str] | None = None
         # What the guard made of the frame being handled, for the session log:
         # the statement classes, and the refusal whose stand-in replaces it.
         self._classes: tuple[str, ...] = ()
@@ -183,6 +185,14 @@ class SessionProtocol:
     def idle(self) -> bool:
         """No request is waiting for its ReadyForQuery."""
         return self._cycles_sent == self._cycles_done
+
+    @property
+    def draining(self) -> bool:
+        return self._drain is not None
+
+    def end_when_idle(self, error: bytes, reason: str) -> None:
+        """End the session right after the ReadyForQuery that answers its last request (a shutdown)."""
+        self._drain = (error, reason)
 
     def client_closed(self) -> Output:
         # Let the backend end cleanly rather than log an unexpected EOF.
@@ -405,6 +415,8 @@ class SessionProtocol:
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
             self.bytes_out += len(raw)
+            if self._drain is not None and self._cycles_done == self._cycles_sent:
+                return self._drained(raw)
             return Output(b"", raw)
         parts = []
         changed = False
@@ -430,7 +442,14 @@ class SessionProtocol:
             parts.append(data)
         out = b"".join(parts) if changed else raw
         self.bytes_out += len(out)
+        if self._drain is not None and self._cycles_done == self._cycles_sent:
+            return self._drained(out)
         return Output(b"", out)
+
+    def _drained(self, out: bytes) -> Output:
+        assert self._drain is not None
+        error, reason = self._drain
+        return Output(_TERMINATE_MESSAGE, out + error, close=reason)
 
     def _ready(self) -> None:
         self._cycles_done += 1

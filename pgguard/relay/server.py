@@ -45,7 +45,7 @@ SHUTDOWN_SQLSTATE = "57P01"
 SHUTDOWN_MESSAGE = "pgguard: the gateway is shutting down"
 # pgguard_logins_total's outcome for a failed login, by exception (others: "refused").
 _OUTCOMES: dict[type, str] = {ProtocolViolation: "protocol_violation", trio.TooSlowError: "timeout"}
-# How often, while shutting down, sessions are looked at for a statement that finished.
+# How often, while shutting down, the gateway looks whether every session has ended.
 _DRAIN_POLL = 0.05
 
 
@@ -152,12 +152,11 @@ class Gateway:
         if self._accepting is not None:
             self._accepting.cancel()
         log.info("shutting down: %d session(s) open; running statements get up to %g s", len(self.sessions), grace)
-        deadline = trio.current_time() + grace
-        while self.sessions and trio.current_time() < deadline:
-            for session in list(self.sessions):
-                if session.idle:
-                    session.terminate(SHUTDOWN_SQLSTATE, "the gateway is shutting down", SHUTDOWN_MESSAGE)
-            await trio.sleep(_DRAIN_POLL)
+        for session in list(self.sessions):
+            session.drain(SHUTDOWN_SQLSTATE, "the gateway is shutting down", SHUTDOWN_MESSAGE)
+        with trio.move_on_after(grace):
+            while self.sessions:
+                await trio.sleep(_DRAIN_POLL)
         for session in list(self.sessions):
             if session.terminate(SHUTDOWN_SQLSTATE, "the gateway is shutting down", SHUTDOWN_MESSAGE):
                 log.warning("session %s of %s ended with a statement still running: shutdown grace of %g s "

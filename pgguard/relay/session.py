@@ -36,6 +36,7 @@ from pgguard.policy.classify import Unsupported
 from pgguard.policy.guard import Policy, SessionGuard, startup_settings
 from pgguard.relay.protocol import SessionProtocol, python_codec, server_setting_problem
 from pgguard.relay.reactor import Pipe, Reactor
+from pgguard.relay.socket_stream import RECEIVE_SIZE
 from pgguard.relay.upstream import Upstream, connect, send_cancel
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import Frame
@@ -120,6 +121,7 @@ class Session:
         # Seconds with no request running and no byte either way before the session ends; 0: never.
         self.idle_timeout = idle_timeout
         self._guard_object: SessionGuard | None = None
+        self._counted = False
         self._pipe: Pipe | None = None
         self._protocol: SessionProtocol | None = None
         # Set by terminate(): why the session ends, and the FATAL that says so.
@@ -131,7 +133,8 @@ class Session:
 
     @property
     def protocol(self) -> SessionProtocol | None:
-        return self._protocol
+        """The relay's state while it relays; None before, and once its counts went to the metrics."""
+        return None if self._counted else self._protocol
 
     @property
     def idle(self) -> bool:
@@ -213,6 +216,8 @@ class Session:
                 await self._watch(pipe, protocol)
             if self._ending is not None:
                 await self._farewell(upstream, pipe, cancel_upstream)
+            elif protocol.draining:
+                await self._hang_up()  # the protocol sent the FATAL after the last answer
         finally:
             self.reactor.detach(pipe)
             self.cancels.unregister(process_id)
@@ -220,6 +225,7 @@ class Session:
             self.metrics.bytes_in += protocol.bytes_in
             self.metrics.bytes_out += protocol.bytes_out
             self.metrics.masked_rows += masking.masked_rows if masking is not None else 0
+            self._counted = True
             log.info("session %d ended: %s after %.1fs", process_id, pipe.end_reason, time.monotonic() - started)
 
     async def _watch(self, pipe: Pipe, protocol: SessionProtocol) -> None:
@@ -310,6 +316,14 @@ class Session:
         self._guard_object = guard
         return guard
 
+    def drain(self, sqlstate: str, reason: str, message: str) -> None:
+        """End the session once no request runs: now if none does, else right after the last one's answer."""
+        protocol = self._protocol
+        if protocol is None or protocol.idle:
+            self.terminate(sqlstate, reason, message)
+        else:
+            protocol.end_when_idle(backend.ErrorResponse.build("FATAL", sqlstate, message).encode(), reason)
+
     def terminate(self, sqlstate: str, reason: str, message: str | None = None) -> bool:
         """End the session from outside (revocation, token expiry), idle or busy.
 
@@ -336,7 +350,7 @@ class Session:
                 await self.hello.stream.send_all(bytes(pipe.client.pending) + error)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        self.hello.stream.close()
+        await self._hang_up()
         if not pipe.upstream.pending:  # else a message is half sent, and a Terminate would garble it
             try:
                 upstream.stream.socket.send(frontend.Terminate().encode())
@@ -345,6 +359,33 @@ class Session:
         # A statement still running (pg_sleep, a long UPDATE) would go on, and
         # might commit, after its socket closed: cancel it.
         await cancel_upstream()
+
+    async def _hang_up(self) -> None:
+        """Close the client's connection after the FATAL the gateway sent it, without a reset.
+
+        Closing a socket with unread data (the client's next query, sent
+        before the FATAL reached it) resets the connection, and on a reset
+        the client's system drops the FATAL unread. So the gateway closes its
+        side first, then reads and drops what the client still sends until it
+        closes too, for FAREWELL_TIMEOUT at most.
+        """
+        sock = self.hello.stream.socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.hello.stream.close()
+            return
+        with trio.move_on_after(FAREWELL_TIMEOUT):
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    if not sock.recv(RECEIVE_SIZE):
+                        break
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    break
+        self.hello.stream.close()
 
     async def _greet(self, upstream: Upstream, process_id: int, secret_key: int) -> None:
         parts = [backend.AuthenticationOk().encode()]
