@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from opsclient import deltas, metrics, request, request_json
+import psycopg
+
+from helpers import unique_name
+from opsclient import deltas, find_log, metrics, request, request_json
 from rawclient import config_edit, login_as, login_error
 from pgguard.wire import backend, frontend
 
@@ -89,3 +93,18 @@ def test_readyz_reports_an_unreachable_target(gateway_factory: Callable[..., Run
     assert status == 503, body
     assert body["status"] == "not ready"
     assert f"127.0.0.1:{closed_port} unreachable" in body["problems"]["target demo"]
+
+
+def test_json_logs_carry_the_session_id_on_every_line_of_the_session(
+        gateway_factory: Callable[..., RunningGateway]) -> None:
+    gateway = gateway_factory(config_edit({"gateway": {"log_format": "json"}}))
+    application = unique_name("jsonlog")
+    with psycopg.connect(gateway.dsn("analyst", application_name=application), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    session_id = find_log(gateway, application)[0]["session_id"]
+    entries = [json.loads(line) for line in gateway.log_text().splitlines()]  # every line is JSON
+    of_session = [entry for entry in entries if entry.get("session_id") == session_id]
+    messages = [entry["message"] for entry in of_session]
+    assert any(message.startswith("login: alice") for message in messages), messages
+    assert any(" ended: client terminated" in message for message in messages), messages
+    assert all(entry.get("session_id") for entry in entries if entry["logger"] == "pgguard.session")
