@@ -350,7 +350,6 @@ class Session:
                 await self.hello.stream.send_all(bytes(pipe.client.pending) + error)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        await self._hang_up()
         if not pipe.upstream.pending:  # else a message is half sent, and a Terminate would garble it
             try:
                 upstream.stream.socket.send(frontend.Terminate().encode())
@@ -359,6 +358,7 @@ class Session:
         # A statement still running (pg_sleep, a long UPDATE) would go on, and
         # might commit, after its socket closed: cancel it.
         await cancel_upstream()
+        await self._hang_up()
 
     async def _hang_up(self) -> None:
         """Close the client's connection after the FATAL the gateway sent it, without a reset.
