@@ -2,7 +2,8 @@
 
 Every line logged by a session's task (and the tasks it starts) carries that
 session's id, the id of its session log: a context variable set when the
-session starts, which trio copies into each task the session spawns.
+session starts, which trio copies into each task the session spawns. The
+reactor, one task for all sessions, names the session in the line instead.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from contextvars import ContextVar
 SESSION_ID: ContextVar[str | None] = ContextVar("pgguard_session_id", default=None)
 
 
-class _SessionIdFilter(logging.Filter):
+class SessionIdFilter(logging.Filter):
+    """The session id of the task logging, unless the line names one (`extra={"session_id": ...}`)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.session_id = SESSION_ID.get()
+        if getattr(record, "session_id", None) is None:
+            record.session_id = SESSION_ID.get()
         return True
 
 
@@ -49,7 +53,7 @@ class _TextFormatter(logging.Formatter):
 def setup_logging(json_lines: bool = False, level: int = logging.INFO) -> None:
     """Log to stderr, as text or JSON lines; replaces whatever handlers were set up before."""
     handler = logging.StreamHandler()
-    handler.addFilter(_SessionIdFilter())
+    handler.addFilter(SessionIdFilter())
     handler.setFormatter(JsonFormatter() if json_lines else
                          _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

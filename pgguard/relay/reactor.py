@@ -70,6 +70,8 @@ class Pipe:
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.finished = trio.Event()
         self.end_reason = "closed"
+        # For the log lines the reactor writes about this pipe (its task is no session's).
+        self.session_id: str | None = None
 
     def closed_output(self, end: _End) -> Output:
         if end is self.client:
@@ -138,7 +140,7 @@ class Reactor:
         except Exception:
             # A bug in one session's processing ends that session, closed:
             # nothing of what it was given is forwarded.
-            log.exception("session failed while processing a message")
+            log.exception("session failed while processing a message", extra={"session_id": pipe.session_id})
             output = Output(to_client=_INTERNAL_ERROR, close="internal error")
         if output.to_upstream:
             self._send(pipe.upstream, output.to_upstream)

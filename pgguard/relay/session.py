@@ -207,6 +207,7 @@ class Session:
                                                     read_only=login.read_only, masking=masking, recorder=recorder,
                                                     metrics=self.metrics)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
+        pipe.session_id = self.id
         try:
             await self._greet(upstream, process_id, secret_key)
             log.info("session %d (%s): %s (%s) -> %s as %s", process_id, self.id, self.user, self.peer,

@@ -3,6 +3,7 @@ keeps and refuses, the metrics' text format, and JSON log lines."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from pgguard.admin.metrics import Histogram, Metrics, render
 from pgguard.config import ConfigError, load
-from pgguard.logging_json import SESSION_ID, JsonFormatter
+from pgguard.logging_json import SESSION_ID, JsonFormatter, SessionIdFilter
 from pgguard.reload import prepare
 from rawclient import set_keys
 from test_config import demo_config, refusal  # noqa: F401  (a fixture, and its helper)
@@ -103,3 +104,22 @@ def test_json_log_lines_carry_the_session_id() -> None:
     entry = json.loads(formatter.format(record))
     assert entry["message"] == "session 7 ended" and entry["session_id"] == "20261122T100000Z-abc"
     assert entry["level"] == "info" and entry["logger"] == "pgguard.session" and entry["time"].endswith("Z")
+
+
+def test_a_line_that_names_its_session_keeps_it_and_others_get_the_tasks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(SessionIdFilter())
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("pgguard.test-ops-units")
+    logger.addHandler(handler)
+    logger.propagate = False
+    token = SESSION_ID.set("task-session")
+    try:
+        logger.warning("from the task")
+        logger.warning("about a pipe", extra={"session_id": "pipe-session"})
+    finally:
+        SESSION_ID.reset(token)
+        logger.removeHandler(handler)
+    assert [json.loads(line)["session_id"] for line in stream.getvalue().splitlines()] == \
+        ["task-session", "pipe-session"]
