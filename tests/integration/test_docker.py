@@ -95,8 +95,9 @@ def test_compose_wires_what_exists_and_agrees(services: dict[str, Any], dockerfi
                                               config: dict[str, Any]) -> None:
     env = env_of(dockerfile)
     setup, postgres, gateway = services["setup"], services["postgres"], services["pgguard"]
-    build = setup["build"]
-    assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKER / "Dockerfile"
+    for service in (setup, gateway):
+        build = service["build"]
+        assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKER / "Dockerfile"
     assert gateway["image"] == setup["image"]
     # The config: mounted where the image looks for it, from a file that exists.
     config_source = mounts(gateway)[env["PGGUARD_CONFIG"]]
