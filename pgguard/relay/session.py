@@ -122,6 +122,8 @@ class Session:
         self.idle_timeout = idle_timeout
         self._guard_object: SessionGuard | None = None
         self._counted = False
+        # The watcher's wait, cut short when a reload changes the idle timeout.
+        self._nap: trio.CancelScope | None = None
         self._pipe: Pipe | None = None
         self._protocol: SessionProtocol | None = None
         # Set by terminate(): why the session ends, and the FATAL that says so.
@@ -254,7 +256,7 @@ class Session:
                     return
                 # Checked again when the timeout would run out, or every few seconds while busy.
                 deadline = min(deadline, idle_since + self.idle_timeout, now + max(self.idle_timeout, 1.0))
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(deadline) as self._nap:
                 await pipe.finished.wait()
 
     def reconfigure(self, config: Config, policy: Policy, masking: MaskingConfig) -> str | None:
@@ -268,7 +270,10 @@ class Session:
         hello = self.hello
         roles = config.roles_for_groups(list(hello.identity.groups))
         names = [role.name for role in roles]
-        self.idle_timeout = config.gateway.idle_timeout
+        if config.gateway.idle_timeout != self.idle_timeout:
+            self.idle_timeout = config.gateway.idle_timeout
+            if self._nap is not None:
+                self._nap.cancel()  # the watcher looks again with the new timeout
         if not roles:
             return "the reloaded configuration maps its groups to no role"
         if roles[-1].login != hello.roles[-1].login:

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from opsclient import metrics, request_json
-from rawclient import LogCursor, config_edit, set_keys
+from pgguard.wire import backend
+from rawclient import LogCursor, config_edit, login_as, login_error, set_keys
 
 if TYPE_CHECKING:
     from conftest import RunningGateway
@@ -130,3 +131,14 @@ def test_post_reload_needs_a_token_of_an_admin_group(gateway_factory: Callable[.
 def test_without_admin_groups_post_reload_refuses_everyone(narrow: RunningGateway) -> None:
     status, body = request_json(narrow, "/reload", method="POST", token=narrow.identities["dba"].token)
     assert status == 403, body
+
+
+def test_a_reload_changes_the_limits_for_new_and_open_sessions(narrow: RunningGateway) -> None:
+    with login_as(narrow, "analyst") as open_session:
+        rewrite(narrow, "gateway", {"max_connections": 1, "idle_timeout": 1})
+        sighup(narrow, r"configuration reloaded")
+        assert login_error(narrow, "support").code == "53300"  # the open session holds the one slot
+        # The open session took the idle timeout too.
+        said = open_session.wait_closed(timeout=10)
+    assert [(m.code, m.message) for m in said if isinstance(m, backend.ErrorResponse)] == \
+        [("57P05", "pgguard: session ended: idle for 1 s ([gateway] idle_timeout)")]
