@@ -22,7 +22,7 @@ from pgguard.runtime import run_gateway, setup_logging
 
 def _serve(args: argparse.Namespace) -> int:
     config = load(args.config)
-    setup_logging()
+    setup_logging(json_lines=args.log_json or config.gateway.log_format == "json")
     trio.run(run_gateway, config)
     return 0
 
@@ -115,7 +115,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("-c", "--config", required=True, help="path to pgguard.toml")
         return sub
 
-    with_config("serve", "run the gateway").set_defaults(func=_serve)
+    server = with_config("serve", "run the gateway")
+    server.add_argument("--log-json", action="store_true",
+                        help='log one JSON object a line (as [gateway] log_format = "json")')
+    server.set_defaults(func=_serve)
     with_config("check", "validate a config and print its roles").set_defaults(func=_check)
     explainer = with_config("explain", "the decision for a statement, as the gateway would make it")
     explainer.add_argument("--user", default="explain", help="the caller's user name (for the output)")

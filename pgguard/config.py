@@ -61,6 +61,19 @@ class GatewayConfig:
     # new connections are refused at accept; 0 turns the limit off.
     max_failed_logins: int
     failed_login_window: float
+    # Seconds a session may sit with no request running and no byte either
+    # way before it is ended (FATAL 57P05); 0 keeps idle sessions forever.
+    idle_timeout: float = 0.0
+    # On SIGTERM: seconds running statements get to finish before their
+    # sessions are ended anyway.
+    shutdown_grace: float = 30.0
+    # Statements that may wait for an approver at once (enforced by approvals).
+    max_held_requests: int = 100
+    # "text" or "json" (one object a line, with the session id where there is one).
+    log_format: str = "text"
+    # Groups whose bearer tokens may use the admin API's operator endpoints
+    # (POST /reload); none: those endpoints refuse everyone.
+    admin_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,7 +260,8 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
     _known(table, where, {
         "listen", "unix_socket_dir", "admin_listen", "tls_cert", "tls_key", "allow_plaintext_loopback",
         "session_dir", "max_message_size", "max_connections", "login_timeout",
-        "max_failed_logins", "failed_login_window",
+        "max_failed_logins", "failed_login_window", "idle_timeout", "shutdown_grace", "max_held_requests",
+        "log_format", "admin_groups",
     })
     listen = tuple(Listen.parse(item, f"[{where}] listen") for item in _get(table, "listen", where, list))
     if not listen:
@@ -273,7 +287,26 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
         login_timeout=float(_get(table, "login_timeout", where, (int, float), 10)),
         max_failed_logins=_not_negative(table, "max_failed_logins", where, int, 50),
         failed_login_window=_seconds(table, "failed_login_window", where, 60),
+        idle_timeout=_seconds(table, "idle_timeout", where, 0),
+        shutdown_grace=_seconds(table, "shutdown_grace", where, 30),
+        max_held_requests=_not_negative(table, "max_held_requests", where, int, 100),
+        log_format=_choice(table, "log_format", where, ("text", "json"), "text"),
+        admin_groups=tuple(_strings(table, "admin_groups", where)),
     )
+
+
+def _choice(table: dict[str, Any], key: str, where: str, choices: tuple[str, ...], default: str) -> str:
+    value = _get(table, key, where, str, default)
+    if value not in choices:
+        raise ConfigError(f"[{where}] {key} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    values = _get(table, key, where, list, [])
+    if not all(isinstance(value, str) and value for value in values):
+        raise ConfigError(f"[{where}] {key} must be a list of names")
+    return values
 
 
 def _not_negative(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any) -> Any:

@@ -179,12 +179,13 @@ def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TLSFiles,
                           issue_tokens(config_path), _serve(config_path, log_path, port))
 
 
-def _serve(config_path: Path, log_path: Path, port: int) -> subprocess.Popen[bytes]:
-    """`pgguard serve`, logging to `log_path` (appended), once it accepts connections."""
+def _serve(config_path: Path, log_path: Path, port: int, command: list[str] | None = None,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`pgguard serve` (or `command`), logging to `log_path` (appended), once it accepts connections."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT,
+            command or [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + 20
     while True:

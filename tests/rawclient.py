@@ -293,6 +293,8 @@ def _toml(value: str | int | float | bool | Path) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 

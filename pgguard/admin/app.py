@@ -9,11 +9,43 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from pgguard.config import Listen
+from pgguard.config import ConfigError, Listen
+from pgguard.identity import TokenError
 from pgguard.relay.server import Gateway
+
+# How long /readyz waits for a target to accept a TCP connection.
+READY_TIMEOUT = 2.0
+
+
+async def _reachable(host: str, port: int) -> str | None:
+    """None when the target accepts a TCP connection, else why not."""
+    try:
+        with trio.fail_after(READY_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        return str(exc) or type(exc).__name__
+    await stream.aclose()
+    return None
+
+
+async def _operator(gateway: Gateway, request: Request) -> str | JSONResponse:
+    """The user name of a bearer token in one of [gateway] admin_groups, or the response that refuses it."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return JSONResponse({"error": "a bearer token is required"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    try:
+        identity = await gateway.verifier.verify(token.strip())
+    except TokenError as exc:
+        return JSONResponse({"error": f"invalid token: {exc}"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not set(identity.groups) & set(gateway.config.gateway.admin_groups):
+        return JSONResponse({"error": "the token's groups are not in [gateway] admin_groups"}, status_code=403)
+    return identity.username
 
 
 def build_app(gateway: Gateway) -> Starlette:
@@ -21,8 +53,30 @@ def build_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ready", "connections": gateway.connections,
-                             "sessions": len(gateway.sessions)})
+        problems: dict[str, str] = {}
+        if not gateway.listening:
+            problems["gateway"] = "shutting down" if gateway.stopping else "not listening yet"
+        for name, target in gateway.config.targets.items():
+            problem = await _reachable(target.host, target.port)
+            if problem is not None:
+                problems[f"target {name}"] = f"{target.host}:{target.port} unreachable: {problem}"
+        body = {"status": "not ready" if problems else "ready", "connections": gateway.connections,
+                "sessions": len(gateway.sessions), "problems": problems}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(gateway.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def reload(request: Request) -> JSONResponse:
+        operator = await _operator(gateway, request)
+        if isinstance(operator, JSONResponse):
+            return operator
+        try:
+            reloaded = await gateway.reload()
+        except ConfigError as exc:
+            return JSONResponse({"status": "refused", "error": str(exc)}, status_code=422)
+        return JSONResponse({"status": "reloaded", "by": operator, "roles": list(reloaded.config.roles),
+                             "ignored_until_restart": list(reloaded.ignored)})
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(gateway.tokens.jwks())
@@ -30,6 +84,8 @@ def build_app(gateway: Gateway) -> Starlette:
     return Starlette(routes=[
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/reload", reload, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks),
     ])
 

@@ -137,6 +137,8 @@ class ResultMasking:
         # ReadyForQuery).
         self._client_encoding: str | None = None
         self._ran_in_cycle = False
+        # Rows in which a value was masked, for the gateway's metrics.
+        self.masked_rows = 0
 
     # -- what the client asks ---------------------------------------------------
 
@@ -190,6 +192,11 @@ class ResultMasking:
     def function_call(self) -> None:
         self._units.append(_Unit("call"))
 
+    def adopt(self, other: ResultMasking) -> None:
+        """Mask from now on as `other` would (a reloaded config); names planned already keep their plans."""
+        self.clearance = other.clearance
+        self._analyse = other._analyse
+
     # -- what the server answers --------------------------------------------------
 
     def server(self, tag: int, message: bytes) -> bytes:
@@ -199,7 +206,12 @@ class ResultMasking:
             if head is not None and head.kind == "execute" and head is not self._executing:
                 self._executing = head
                 self._start_execute(head)
-            return self._masker.mask(message) if self._masker is not None else message
+            if self._masker is None:
+                return message
+            masked = self._masker.mask(message)
+            if masked is not message:
+                self.masked_rows += 1
+            return masked
         if tag == 0x54:  # T RowDescription
             self._row_description(backend.RowDescription.decode(message[5:]).fields)
         elif tag in (0x43, 0x49, 0x73):  # C CommandComplete, I EmptyQuery, s PortalSuspended

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pgguard.admin.metrics import Metrics
 from pgguard.audit.recorder import SessionRecorder
 from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
@@ -99,7 +101,8 @@ class _Refusal:
 class SessionProtocol:
     def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer,
                  guard: SessionGuard | None = None, encoding: str = "utf-8", *, read_only: bool = False,
-                 masking: ResultMasking | None = None, recorder: SessionRecorder | None = None) -> None:
+                 masking: ResultMasking | None = None, recorder: SessionRecorder | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._client = client_framer
         self._upstream = upstream_framer
         self.guard = guard
@@ -107,6 +110,12 @@ class SessionProtocol:
         self.recorder = recorder
         self.bytes_in = 0
         self.bytes_out = 0
+        # The gateway's counters (admin/metrics.py), and when the request being answered was sent.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._busy_since = 0.0
+        self._said_error = False
+        # Set by end_when_idle(): the FATAL to send, and why, once no request is running.
+        self._drain: tuple[bytes, str] | None = None
         # What the guard made of the frame being handled, for the session log:
         # the statement classes, and the refusal whose stand-in replaces it.
         self._classes: tuple[str, ...] = ()
@@ -142,7 +151,11 @@ class SessionProtocol:
             tag = frame.tag
             replacement: bytes | None = None
             if tag == _QUERY or tag == _SYNC or tag == _FUNCTION_CALL:
+                if self._cycles_sent == self._cycles_done:
+                    self._busy_since = time.monotonic()
                 self._cycles_sent += 1
+            if tag == _QUERY or tag == _PARSE or tag == _FUNCTION_CALL:
+                self.metrics.statements += 1
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
@@ -168,6 +181,19 @@ class SessionProtocol:
                 parts.append(replacement if replacement is not None else frame.data)
         return Output(b"".join(parts)) if parts is not None else Output(raw)
 
+    @property
+    def idle(self) -> bool:
+        """No request is waiting for its ReadyForQuery."""
+        return self._cycles_sent == self._cycles_done
+
+    @property
+    def draining(self) -> bool:
+        return self._drain is not None
+
+    def end_when_idle(self, error: bytes, reason: str) -> None:
+        """End the session right after the ReadyForQuery that answers its last request (a shutdown)."""
+        self._drain = (error, reason)
+
     def client_closed(self) -> Output:
         # Let the backend end cleanly rather than log an unexpected EOF.
         return Output(to_upstream=_TERMINATE_MESSAGE, close="client disconnected")
@@ -187,6 +213,7 @@ class SessionProtocol:
         return self._stand_in("42501", decision.message, decision.hint, before_sync)
 
     def _stand_in(self, sqlstate: str, text: str, hint: str | None, before_sync: bool) -> str:
+        self.metrics.statements_refused += 1
         token = secrets.token_hex(8)
         self._refusals[token] = _Refusal(sqlstate, text, hint, self._cycles_sent + before_sync)
         return f"SELECT '{_MARKER}{token}'::pg_catalog.int4"
@@ -377,15 +404,19 @@ class SessionProtocol:
                           close=f"target protocol violation: {exc}")
         if not frames:
             return _NOTHING
+        # A server that closes after an ErrorResponse (FATAL) has told the client why.
+        self._said_error = frames[-1].tag == _ERROR
         if not self._refusals and self.masking is None and self.recorder is None:
             for frame in frames:
                 if frame.tag == _READY:
-                    self._cycles_done += 1
+                    self._ready()
                 elif frame.tag == _PARAMETER_STATUS:
                     problem = self._parameter(frame)
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
             self.bytes_out += len(raw)
+            if self._drain is not None and self._cycles_done == self._cycles_sent:
+                return self._drained(raw)
             return Output(b"", raw)
         parts = []
         changed = False
@@ -397,7 +428,7 @@ class SessionProtocol:
             if tag == _ERROR and self._refusals:
                 data = self._rewrite_error(frame)
             elif tag == _READY:
-                self._cycles_done += 1
+                self._ready()
                 self._expire()
             elif tag == _PARAMETER_STATUS:
                 problem = self._parameter(frame)
@@ -411,7 +442,19 @@ class SessionProtocol:
             parts.append(data)
         out = b"".join(parts) if changed else raw
         self.bytes_out += len(out)
+        if self._drain is not None and self._cycles_done == self._cycles_sent:
+            return self._drained(out)
         return Output(b"", out)
+
+    def _drained(self, out: bytes) -> Output:
+        assert self._drain is not None
+        error, reason = self._drain
+        return Output(_TERMINATE_MESSAGE, out + error, close=reason)
+
+    def _ready(self) -> None:
+        self._cycles_done += 1
+        if self._cycles_done == self._cycles_sent:
+            self.metrics.latency.observe(time.monotonic() - self._busy_since)
 
     def _parameter(self, frame: Frame) -> str | None:
         """Follow a server setting; a reason to end the session if the change defeats pgguard."""
@@ -440,4 +483,7 @@ class SessionProtocol:
                 del self._refusals[token]
 
     def upstream_closed(self) -> Output:
-        return Output(close="target closed the connection")
+        if self._said_error:
+            return Output(close="target closed the connection")
+        return Output(to_client=_fatal("the target database closed the connection unexpectedly", "08006"),
+                      close="target closed the connection unexpectedly")

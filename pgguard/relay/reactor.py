@@ -70,6 +70,8 @@ class Pipe:
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.finished = trio.Event()
         self.end_reason = "closed"
+        # For the log lines the reactor writes about this pipe (its task is no session's).
+        self.session_id: str | None = None
 
     def closed_output(self, end: _End) -> Output:
         if end is self.client:
@@ -130,18 +132,15 @@ class Reactor:
                     data += end.sock.recv(RECEIVE_SIZE)
         except _WOULD_BLOCK:
             return
-        except ssl.SSLZeroReturnError:
-            data = b""
-        except OSError:
-            self._finish(end.pipe, "connection lost")
-            return
+        except (ssl.SSLZeroReturnError, OSError):
+            data = b""  # closed, or reset: the other side is told as for a close
         pipe = end.pipe
         try:
             output = end.receive(data) if data else pipe.closed_output(end)
         except Exception:
             # A bug in one session's processing ends that session, closed:
             # nothing of what it was given is forwarded.
-            log.exception("session failed while processing a message")
+            log.exception("session failed while processing a message", extra={"session_id": pipe.session_id})
             output = Output(to_client=_INTERNAL_ERROR, close="internal error")
         if output.to_upstream:
             self._send(pipe.upstream, output.to_upstream)

@@ -15,24 +15,28 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 
 import trio
 
+from pgguard.admin.metrics import Metrics
 from pgguard.audit import records
 from pgguard.audit.recorder import SessionRecorder
 from pgguard.audit.sessions import SessionLogs, new_session_id
 from pgguard.audit.writer import SessionLogWriter
-from pgguard.config import Login
+from pgguard.config import Config, Login
 from pgguard.relay.cancel import CancelRegistry
 from pgguard.relay.handshake import ClientHello
 from pgguard.errors import fatal
+from pgguard.logging_json import SESSION_ID
 from pgguard.masking.session import MaskingConfig
 from pgguard.policy.catalog import Catalogs
 from pgguard.policy.classify import Unsupported
 from pgguard.policy.guard import Policy, SessionGuard, startup_settings
 from pgguard.relay.protocol import SessionProtocol, python_codec, server_setting_problem
 from pgguard.relay.reactor import Pipe, Reactor
+from pgguard.relay.socket_stream import RECEIVE_SIZE
 from pgguard.relay.upstream import Upstream, connect, send_cancel
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import Frame
@@ -41,6 +45,7 @@ log = logging.getLogger("pgguard.session")
 
 # How long a session ended from outside may take to tell its client why.
 FAREWELL_TIMEOUT = 1.0
+IDLE_SQLSTATE = "57P05"  # PostgreSQL's own for idle_session_timeout
 
 
 def upstream_params(params: dict[str, str], login: Login) -> dict[str, str]:
@@ -100,7 +105,8 @@ def tls_of(sock: socket.socket) -> tuple[str, str] | None:
 class Session:
     def __init__(self, hello: ClientHello, peer: str, cancels: CancelRegistry, reactor: Reactor,
                  upstream_tls: ssl.SSLContext | None, policy: Policy, catalogs: Catalogs,
-                 masking: MaskingConfig, logs: SessionLogs) -> None:
+                 masking: MaskingConfig, logs: SessionLogs, *, metrics: Metrics | None = None,
+                 idle_timeout: float = 0.0) -> None:
         self.id = new_session_id()
         self.hello = hello
         self.peer = peer
@@ -111,6 +117,13 @@ class Session:
         self.catalogs = catalogs
         self.masking = masking
         self.logs = logs
+        self.metrics = metrics if metrics is not None else Metrics()
+        # Seconds with no request running and no byte either way before the session ends; 0: never.
+        self.idle_timeout = idle_timeout
+        self._guard_object: SessionGuard | None = None
+        self._counted = False
+        # The watcher's wait, cut short when a reload changes the idle timeout.
+        self._nap: trio.CancelScope | None = None
         self._pipe: Pipe | None = None
         self._protocol: SessionProtocol | None = None
         # Set by terminate(): why the session ends, and the FATAL that says so.
@@ -120,7 +133,18 @@ class Session:
     def user(self) -> str:
         return self.hello.identity.username
 
+    @property
+    def protocol(self) -> SessionProtocol | None:
+        """The relay's state while it relays; None before, and once its counts went to the metrics."""
+        return None if self._counted else self._protocol
+
+    @property
+    def idle(self) -> bool:
+        """Relaying, with no request waiting for its answer; or not relaying yet."""
+        return self._protocol is None or self._protocol.idle
+
     async def run(self) -> None:
+        SESSION_ID.set(self.id)
         login = choose_login(self.hello)
         guard = await self._guard(login)
         opened = await self._open_log()
@@ -182,25 +206,97 @@ class Session:
                 if frame.tag == ord("S"):
                     masking.server(frame.tag, frame.data)
         protocol = self._protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec,
-                                                    read_only=login.read_only, masking=masking, recorder=recorder)
+                                                    read_only=login.read_only, masking=masking, recorder=recorder,
+                                                    metrics=self.metrics)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
+        pipe.session_id = self.id
         try:
             await self._greet(upstream, process_id, secret_key)
             log.info("session %d (%s): %s (%s) -> %s as %s", process_id, self.id, self.user, self.peer,
                      hello.target.name, ",".join(r.name for r in hello.roles))
             if self._ending is None:
                 self.reactor.attach(pipe)
-                with trio.move_on_at(trio.current_time() + hello.ends_at - time.time()):
-                    await pipe.finished.wait()
-                if not pipe.finished.is_set():
-                    self.terminate("57P01", "token expired")
+                await self._watch(pipe, protocol)
             if self._ending is not None:
                 await self._farewell(upstream, pipe, cancel_upstream)
+            elif protocol.draining:
+                await self._hang_up()  # the protocol sent the FATAL after the last answer
         finally:
             self.reactor.detach(pipe)
             self.cancels.unregister(process_id)
             upstream.stream.close()
+            self.metrics.bytes_in += protocol.bytes_in
+            self.metrics.bytes_out += protocol.bytes_out
+            self.metrics.masked_rows += masking.masked_rows if masking is not None else 0
+            self._counted = True
             log.info("session %d ended: %s after %.1fs", process_id, pipe.end_reason, time.monotonic() - started)
+
+    async def _watch(self, pipe: Pipe, protocol: SessionProtocol) -> None:
+        """Wait for the pipe to finish; end the session when its token expires or it idles too long.
+
+        Idle means no request waiting for an answer and no byte either way:
+        a long statement is never idle, and neither is a COPY.
+        """
+        expires = trio.current_time() + self.hello.ends_at - time.time()
+        traffic = -1
+        idle_since = trio.current_time()
+        while not pipe.finished.is_set():
+            now = trio.current_time()
+            if now >= expires:
+                self.terminate("57P01", "token expired")
+                return
+            seen = protocol.bytes_in + protocol.bytes_out
+            if seen != traffic or not protocol.idle:
+                traffic, idle_since = seen, now
+            deadline = expires
+            if self.idle_timeout > 0:
+                if now - idle_since >= self.idle_timeout:
+                    self.terminate(IDLE_SQLSTATE, "idle timeout",
+                                   f"pgguard: session ended: idle for {self.idle_timeout:g} s ([gateway] idle_timeout)")
+                    return
+                # Checked again when the timeout would run out, or every few seconds while busy.
+                deadline = min(deadline, idle_since + self.idle_timeout, now + max(self.idle_timeout, 1.0))
+            with trio.move_on_at(deadline) as self._nap:
+                await pipe.finished.wait()
+
+    def reconfigure(self, config: Config, policy: Policy, masking: MaskingConfig) -> str | None:
+        """Take a reloaded configuration from the next statement on; why the session must end, if it must.
+
+        The policy and masking rules are swapped in place. What a session
+        cannot change while it runs -- its database login, whether its
+        statements are analysed at all, whether its results are masked at
+        all -- ends it instead, with a FATAL saying so (fail closed).
+        """
+        hello = self.hello
+        roles = config.roles_for_groups(list(hello.identity.groups))
+        names = [role.name for role in roles]
+        if config.gateway.idle_timeout != self.idle_timeout:
+            self.idle_timeout = config.gateway.idle_timeout
+            if self._nap is not None:
+                self._nap.cancel()  # the watcher looks again with the new timeout
+        if not roles:
+            return "the reloaded configuration maps its groups to no role"
+        if roles[-1].login != hello.roles[-1].login:
+            return "the reloaded configuration needs another database login for it"
+        guarded_before = not (self.policy.unrestricted(role.name for role in hello.roles)
+                              and not self.masking.active_for(hello.roles))
+        guarded = not (policy.unrestricted(names) and not masking.active_for(roles))
+        masked_before = self.masking.active_for(hello.roles)
+        if guarded != guarded_before or masking.active_for(roles) != masked_before:
+            return "the reloaded configuration changes whether its statements are analysed or masked"
+        self.hello = replace(hello, roles=roles)
+        self.policy, self.masking = policy, masking
+        guard = self._guard_object
+        if guard is not None:
+            guard.policy = policy
+            guard.scopes = [policy.scopes[name] for name in names]
+            guard.roles_label = ", ".join(names)
+            current = self._protocol.masking if self._protocol is not None else None
+            if current is not None:
+                fresh = masking.for_session(roles, guard, lambda: self.catalogs.current(hello.target.name))
+                assert fresh is not None  # active, as checked above
+                current.adopt(fresh)
+        return None
 
     async def _guard(self, login: Login) -> SessionGuard | None:
         """The session's policy guard, once the startup packet's settings passed it.
@@ -223,9 +319,18 @@ class Session:
             raise fatal("42501", f"pgguard: {exc}") from exc
         if not decision.allowed:
             raise fatal("42501", decision.message, decision.hint)
+        self._guard_object = guard
         return guard
 
-    def terminate(self, sqlstate: str, reason: str) -> bool:
+    def drain(self, sqlstate: str, reason: str, message: str) -> None:
+        """End the session once no request runs: now if none does, else right after the last one's answer."""
+        protocol = self._protocol
+        if protocol is None or protocol.idle:
+            self.terminate(sqlstate, reason, message)
+        else:
+            protocol.end_when_idle(backend.ErrorResponse.build("FATAL", sqlstate, message).encode(), reason)
+
+    def terminate(self, sqlstate: str, reason: str, message: str | None = None) -> bool:
         """End the session from outside (revocation, token expiry), idle or busy.
 
         The pipe leaves the reactor at once, so not one more byte is relayed;
@@ -234,7 +339,7 @@ class Session:
         """
         if self._ending is not None or (self._pipe is not None and self._pipe.finished.is_set()):
             return False
-        error = backend.ErrorResponse.build("FATAL", sqlstate, f"pgguard: session ended: {reason}")
+        error = backend.ErrorResponse.build("FATAL", sqlstate, message or f"pgguard: session ended: {reason}")
         self._ending = (reason, error.encode())
         if self._pipe is not None:
             self.reactor.detach(self._pipe)
@@ -251,7 +356,6 @@ class Session:
                 await self.hello.stream.send_all(bytes(pipe.client.pending) + error)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        self.hello.stream.close()
         if not pipe.upstream.pending:  # else a message is half sent, and a Terminate would garble it
             try:
                 upstream.stream.socket.send(frontend.Terminate().encode())
@@ -260,6 +364,34 @@ class Session:
         # A statement still running (pg_sleep, a long UPDATE) would go on, and
         # might commit, after its socket closed: cancel it.
         await cancel_upstream()
+        await self._hang_up()
+
+    async def _hang_up(self) -> None:
+        """Close the client's connection after the FATAL the gateway sent it, without a reset.
+
+        Closing a socket with unread data (the client's next query, sent
+        before the FATAL reached it) resets the connection, and on a reset
+        the client's system drops the FATAL unread. So the gateway closes its
+        side first, then reads and drops what the client still sends until it
+        closes too, for FAREWELL_TIMEOUT at most.
+        """
+        sock = self.hello.stream.socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.hello.stream.close()
+            return
+        with trio.move_on_after(FAREWELL_TIMEOUT):
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    if not sock.recv(RECEIVE_SIZE):
+                        break
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    break
+        self.hello.stream.close()
 
     async def _greet(self, upstream: Upstream, process_id: int, secret_key: int) -> None:
         parts = [backend.AuthenticationOk().encode()]

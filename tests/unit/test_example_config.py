@@ -39,6 +39,9 @@ def test_example_config_loads_with_every_section(tmp_path, monkeypatch):
     assert config.roles_for_groups(["data-agents"])[0].login == "reader"
     assert not config.gateway.allow_plaintext_loopback
     assert config.gateway.max_failed_logins == 50
+    assert (config.gateway.idle_timeout, config.gateway.shutdown_grace, config.gateway.max_held_requests) == \
+        (3600, 30, 100)
+    assert (config.gateway.log_format, config.gateway.admin_groups) == ("json", ("dba",))
     assert [provider.name for provider in config.identity.providers] == ["okta", "keycloak"]
     assert config.identity.providers[1].groups_claim == "realm_access.roles"
     assert config.identity.providers[1].algorithms == ASYMMETRIC_ALGORITHMS
