@@ -219,7 +219,7 @@ async def main(args: argparse.Namespace) -> None:
                                       snapshot, None) for _ in range(args.repeat)])
                 figures.append(best * 1e6)
                 if args.profile:
-                    profiler = cProfile.Profile()
+                    profiler = cProfile.Profile(time.process_time)
                     await run(setup, mode, args.transactions, config, logs, policy, masking_config, snapshot,
                               profiler)
                     profiles.append((mode, profiler))

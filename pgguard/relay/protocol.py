@@ -125,6 +125,8 @@ class SessionProtocol:
         # for the unnamed one) that change it when a Bind runs them.
         self._encoding_settles = 0
         self._encoding_statements: set[str] = set()
+        # The last Bind decoded, with its frame: masking and the log both read it.
+        self._last_bind: tuple[Frame | None, frontend.Bind | None] = (None, None)
 
     # -- from the client -----------------------------------------------------
 
@@ -264,6 +266,14 @@ class SessionProtocol:
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
 
+    def _bind_of(self, frame: Frame) -> frontend.Bind:
+        """The Bind in `frame`, decoded once however many parts of the session read it."""
+        decoded, bind = self._last_bind
+        if decoded is not frame or bind is None:
+            bind = frontend.Bind.decode(frame.body)
+            self._last_bind = (frame, bind)
+        return bind
+
     def _guard_function_call(self) -> bytes | None:
         assert self.guard is not None
         if self.guard.unrestricted:
@@ -288,7 +298,7 @@ class SessionProtocol:
                 name, query = _parse_fields(sent)
                 masking.parse(name, self._text(query) or "")
             elif tag == _BIND:
-                bind = frontend.Bind.decode(frame.body)
+                bind = self._bind_of(frame)
                 masking.bind(bind.portal, bind.statement, bind.result_formats)
             elif tag == _DESCRIBE or tag == _CLOSE:
                 target = frontend.Describe.decode(frame.body)
@@ -329,7 +339,7 @@ class SessionProtocol:
             name, query = _parse_fields(frame.data)
             recorder.parse(name, self._log_text(query), classes, refused)
         elif tag == _BIND:
-            bind = frontend.Bind.decode(frame.body)
+            bind = self._bind_of(frame)
             recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
         elif tag == _EXECUTE:
             if not recorder.execute(frontend.Execute.decode(frame.body).portal):
