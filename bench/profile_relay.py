@@ -176,7 +176,7 @@ async def run(setup: str, mode: str, transactions: int, config: Config, logs: Se
             await trio.sleep(0)
             # One session at full speed outruns the disk's fsync at every checkpoint: wait for
             # the writer (idle time, not CPU time) rather than have it refuse statements.
-            while session.writer is not None and session.writer._queued > QUEUE_HIGH:
+            while session.writer is not None and session.writer.backlog > QUEUE_HIGH:
                 await trio.sleep(0.001)
         if session.recorder is not None:
             session.recorder.close("bench done", protocol.bytes_in, protocol.bytes_out)
