@@ -387,20 +387,24 @@ class SessionProtocol:
                           close=f"target protocol violation: {exc}")
         if not frames:
             return _NOTHING
-        if not self._refusals and self.masking is None and self.recorder is None:
+        recorder = self.recorder
+        if not self._refusals and self.masking is None:
+            # Nothing to change: the very bytes go on, and the log reads them as they pass.
             for frame in frames:
-                if frame.tag == _READY:
+                tag = frame.tag
+                if tag == _READY:
                     self._cycles_done += 1
-                elif frame.tag == _PARAMETER_STATUS:
+                elif tag == _PARAMETER_STATUS:
                     problem = self._parameter(frame)
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
+                if recorder is not None:
+                    recorder.server(tag, frame.data)
             self.bytes_out += len(raw)
             return Output(b"", raw)
         parts = []
         changed = False
         masking = self.masking
-        recorder = self.recorder
         for frame in frames:
             tag = frame.tag
             data = frame.data
@@ -408,7 +412,8 @@ class SessionProtocol:
                 data = self._rewrite_error(frame)
             elif tag == _READY:
                 self._cycles_done += 1
-                self._expire()
+                if self._refusals:
+                    self._expire()
             elif tag == _PARAMETER_STATUS:
                 problem = self._parameter(frame)
                 if problem:
