@@ -204,6 +204,26 @@ def read_done(data: bytes, pos: int) -> None:
         raise ProtocolViolation(f"{len(data) - pos} unexpected bytes after message")
 
 
+class Repeated(Generic[T]):
+    """What a function makes of messages a session sends again and again (RowDescriptions: a
+    session tends to repeat a few queries), made once per message: the last `size` are kept."""
+
+    __slots__ = ("_make", "_size", "_made")
+
+    def __init__(self, make: Callable[[bytes], T], size: int = 64) -> None:
+        self._make = make
+        self._size = size
+        self._made: dict[bytes, T] = {}
+
+    def __call__(self, message: bytes) -> T:
+        made = self._made.get(message)
+        if made is None:
+            if len(self._made) >= self._size:
+                self._made.clear()
+            made = self._made[message] = self._make(message)
+        return made
+
+
 @dataclass(frozen=True, slots=True)
 class Field(Generic[T]):
     """How one message attribute is read from and packed into a body."""
