@@ -137,13 +137,10 @@ def signature_valid(record: dict[str, Any], key: Ed25519PublicKey) -> bool:
 class Chain:
     """Turns records into frames, each chained to the one before.
 
-    `seal()` frames a record at the current position without moving on, so that a caller can
-    look at the frame (its size, for the disk-space check) and still decline it; `advance()`
-    takes a sealed frame as the next record. `append()` does both.
-
-    `link()` is the same in two steps, for a writer that encodes records as they come and
-    hashes them in batches: `unlinked()` encodes a record at its seq, with a size that is
-    final, and `link()` completes it when every record before it is linked.
+    `append()` frames a record as the next one. A writer that encodes records as they come
+    and hashes them in batches does the same in two steps: `unlinked()` encodes a record at
+    its seq, with a size that is final (for the disk-space check, which may still decline
+    it), and `link()` completes it once every record before it is linked.
     """
 
     __slots__ = ("seq", "prev")
@@ -152,12 +149,6 @@ class Chain:
         self.seq = 0
         self.prev = genesis(session_id)
 
-    def seal(self, record: Record) -> bytes:
-        """The frame of `record` as the next record. Sets the record's `seq` and `prev`."""
-        record["seq"] = self.seq
-        record["prev"] = self.prev
-        return frame(encode(record))
-
     def link(self, payload: bytes) -> bytes:
         """The frame of a payload made by `unlinked()` for the next seq, taken as the next record."""
         payload = payload[:-HASH_SIZE] + self.prev
@@ -165,14 +156,9 @@ class Chain:
         self.seq += 1
         return frame(payload)
 
-    def advance(self, sealed: bytes) -> None:
-        self.prev = hashlib.sha256(memoryview(sealed)[FRAME.size:]).digest()
-        self.seq += 1
-
     def append(self, record: Record) -> bytes:
-        sealed = self.seal(record)
-        self.advance(sealed)
-        return sealed
+        """The frame of `record` as the next record. Sets the record's `seq` and `prev`."""
+        return self.link(unlinked(record, self.seq))
 
     def checkpoint(self, signer: Signer, at: float) -> bytes:
         """A signed checkpoint over everything so far, appended."""
