@@ -2,7 +2,7 @@
 
 The guard classifies a statement and result masking then traces its lineage from the same
 text, moments apart. Each reads the tree pglast gives as JSON and neither changes it, so the
-last few texts' trees are kept: the second reader finds the tree the first one parsed.
+trees of the last few texts are kept: the second reader finds the tree the first one parsed.
 """
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ from typing import Any
 
 from pglast import parser
 
-# Texts whose trees are kept. A few are enough (the readers of a text follow each other), and
-# a few huge statements cannot hold much memory.
+# Texts whose trees are kept: a few are enough, since the readers of a text follow each other.
 _KEPT = 8
+# Longer texts are parsed for each reader: a few huge statements must not stay in memory.
+_LONGEST_KEPT = 64 * 1024
 
 
-@lru_cache(maxsize=_KEPT)
 def parse_tree(sql: str) -> dict[str, Any]:
     """The tree of `sql`; pglast's ParseError if it does not parse. Callers must not change it."""
+    return _parse(sql) if len(sql) > _LONGEST_KEPT else _kept(sql)
+
+
+def _parse(sql: str) -> dict[str, Any]:
     return json.loads(parser.parse_sql_json(sql))  # type: ignore[no-any-return]
+
+
+_kept = lru_cache(maxsize=_KEPT)(_parse)

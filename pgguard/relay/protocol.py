@@ -160,6 +160,8 @@ class SessionProtocol:
                 replacement = self._track(frame, replacement)
             if self.recorder is not None:
                 replacement = self._record(frame, replacement)
+            if tag == _BIND:
+                self._last_bind = (None, None)  # a large Bind is not kept past its turn
             if tag == _TERMINATE:
                 # Anything after Terminate is not the protocol; drop it.
                 kept = parts if parts is not None else [f.data for f in frames[:index]]
