@@ -164,6 +164,8 @@ def read_count(data: bytes, pos: int) -> int:
 def read_int16s(data: bytes, pos: int) -> tuple[list[int], int]:
     """A counted array of Int16 (format codes)."""
     count = read_count(data, pos)
+    if count == 0:  # the usual case: the server's default format for all
+        return [], pos + 2
     end = pos + 2 + 2 * count
     if end > len(data):
         raise ProtocolViolation("message body is truncated")
