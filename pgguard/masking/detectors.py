@@ -16,6 +16,9 @@ for, so:
 - a value holding none of the bytes some match would need (a digit, or `@`
   for an email) costs one scan for them, and a detector is skipped when the
   data lacks the one byte all its matches contain (`@`, `-` for an SSN);
+- a value shorter than the shortest text a detector can find (13 bytes for a
+  card number) skips that detector, and one shorter than all of them skips
+  every scan: ids and amounts cost a length check;
 - when nothing is found `scrub_bytes` returns the very object it was given,
   so the caller can tell "unchanged" by identity and forward the original
   message without copying it.
