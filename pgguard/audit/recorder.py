@@ -32,7 +32,7 @@ from pgguard.audit.records import Limits, Record, RowCapture, Value
 from pgguard.masking.detectors import Scrubber
 from pgguard.policy.guard import Decision
 from pgguard.wire import backend
-from pgguard.wire.codec import Repeated
+from pgguard.wire.codec import Repeated, read_done, read_nullables
 
 log = logging.getLogger("pgguard.audit")
 
@@ -184,7 +184,9 @@ class SessionRecorder:
             if rows.truncated:
                 rows.count += 1  # past the caps: counted without decoding
             else:
-                rows.add(backend.DataRow.decode(message[5:]).values)
+                values, end = read_nullables(message, 5)  # DataRow's body, read in place
+                read_done(message, end)
+                rows.add(values)
         elif tag == _COPY_DATA:
             (self._rows or self._new_rows()).add([message[5:]])
         elif tag == _ROW_DESCRIPTION:
