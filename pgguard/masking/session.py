@@ -52,7 +52,7 @@ class MaskingConfig:
 
 
 # Statement texts whose lineage a session keeps; all are dropped when there are more.
-_KEPT_LINEAGES = 256
+_KEPT_LINEAGES = 64
 
 
 class SessionRelations(Relations):
@@ -70,16 +70,17 @@ class SessionRelations(Relations):
         """The lineage of each statement of `sql`, traced once per text for as long as what it
         depends on stays: the catalog snapshot (the very object) and the session's search paths
         (which only grow). A lineage that met a relation the catalog did not know is traced again."""
-        catalog = self.catalog()
-        paths = len(self.guard.search_paths)
         kept = self._kept.get(sql)
-        if kept is not None and kept[0] is catalog and kept[1] == paths:
+        if kept is not None and kept[0] is self.catalog() and kept[1] == len(self.guard.search_paths):
             return kept[2]
+        catalog, paths = self.catalog(), len(self.guard.search_paths)
         found = lineages(sql, self)
-        if not any(lineage.unresolved for lineage in found):
-            if len(self._kept) >= _KEPT_LINEAGES:
-                self._kept.clear()
-            self._kept[sql] = (catalog, paths, found)
+        for lineage in found:
+            if lineage.unresolved:
+                return found
+        if len(self._kept) >= _KEPT_LINEAGES:
+            self._kept.clear()
+        self._kept[sql] = (catalog, paths, found)
         return found
 
     def resolve(self, schema: str | None, name: str) -> str | None:
