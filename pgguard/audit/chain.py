@@ -44,6 +44,20 @@ def genesis(session_id: str) -> bytes:
     return hashlib.sha256(b"pgguard-session-log\x00%d\x00%s" % (FORMAT_VERSION, session_id.encode())).digest()
 
 
+# `prev` as a record holds it until the chain links it: zeros of the hash's size.
+_UNLINKED = bytes(HASH_SIZE)
+_SIGNATURE_SIZE = 64  # Ed25519
+
+
+def unlinked(record: Record, seq: int) -> bytes:
+    """The payload of `record` as record `seq`, `prev` last and zeroed: its size is final, and
+    `Chain.link()` fills in `prev` when the records before it are linked. Sets `seq` and `prev`."""
+    record["seq"] = seq
+    record.pop("prev", None)  # so that `prev` is the last key, whose value ends the payload
+    record["prev"] = _UNLINKED
+    return encode(record)
+
+
 def frame(payload: bytes) -> bytes:
     head = _HEAD.pack(len(payload), zlib.crc32(payload))
     return head + _CHECK.pack(zlib.crc32(head)) + payload
@@ -101,8 +115,14 @@ class Signer:
         return cls(key.kid, load_signing_key(key))
 
     def checkpoint(self, seq: int, prev: bytes, at: float) -> Record:
-        return {"type": "checkpoint", "at": at, "kid": self.kid,
-                "sig": self._key.sign(_signed_bytes(seq, prev, at, self.kid))}
+        return self._record(at, self._key.sign(_signed_bytes(seq, prev, at, self.kid)))
+
+    def checkpoint_size(self, seq: int, at: float) -> int:
+        """The frame size of the checkpoint that will be record `seq`: what it signs does not change it."""
+        return FRAME.size + len(unlinked(self._record(at, bytes(_SIGNATURE_SIZE)), seq))
+
+    def _record(self, at: float, sig: bytes) -> Record:
+        return {"type": "checkpoint", "at": at, "kid": self.kid, "sig": sig}
 
 
 def signature_valid(record: dict[str, Any], key: Ed25519PublicKey) -> bool:
@@ -117,9 +137,10 @@ def signature_valid(record: dict[str, Any], key: Ed25519PublicKey) -> bool:
 class Chain:
     """Turns records into frames, each chained to the one before.
 
-    `seal()` frames a record at the current position without moving on, so that a caller can
-    look at the frame (its size, for the disk-space check) and still decline it; `advance()`
-    takes a sealed frame as the next record. `append()` does both.
+    `append()` frames a record as the next one. A writer that encodes records as they come
+    and hashes them in batches does the same in two steps: `unlinked()` encodes a record at
+    its seq, with a size that is final (for the disk-space check, which may still decline
+    it), and `link()` completes it once every record before it is linked.
     """
 
     __slots__ = ("seq", "prev")
@@ -128,20 +149,16 @@ class Chain:
         self.seq = 0
         self.prev = genesis(session_id)
 
-    def seal(self, record: Record) -> bytes:
-        """The frame of `record` as the next record. Sets the record's `seq` and `prev`."""
-        record["seq"] = self.seq
-        record["prev"] = self.prev
-        return frame(encode(record))
-
-    def advance(self, sealed: bytes) -> None:
-        self.prev = hashlib.sha256(memoryview(sealed)[FRAME.size:]).digest()
+    def link(self, payload: bytes) -> bytes:
+        """The frame of a payload made by `unlinked()` for the next seq, taken as the next record."""
+        payload = payload[:-HASH_SIZE] + self.prev
+        self.prev = hashlib.sha256(payload).digest()
         self.seq += 1
+        return frame(payload)
 
     def append(self, record: Record) -> bytes:
-        sealed = self.seal(record)
-        self.advance(sealed)
-        return sealed
+        """The frame of `record` as the next record. Sets the record's `seq` and `prev`."""
+        return self.link(unlinked(record, self.seq))
 
     def checkpoint(self, signer: Signer, at: float) -> bytes:
         """A signed checkpoint over everything so far, appended."""

@@ -32,6 +32,7 @@ from pgguard.audit.records import Limits, Record, RowCapture, Value
 from pgguard.masking.detectors import Scrubber
 from pgguard.policy.guard import Decision
 from pgguard.wire import backend
+from pgguard.wire.codec import Repeated, read_done, read_nullables
 
 log = logging.getLogger("pgguard.audit")
 
@@ -40,8 +41,6 @@ _COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = 0x43, 0x49, 0x73
 _ERROR, _NOTICE, _READY = 0x45, 0x4E, 0x5A
 # Prepared statements and portals remembered at most; the oldest go first.
 _MAX_NAMES = 1000
-# RowDescriptions kept decoded: a session tends to repeat a few queries.
-_MAX_DESCRIPTIONS = 64
 
 
 class LogSink(Interface):
@@ -89,7 +88,7 @@ class SessionRecorder:
         # Server side: the result being received.
         self._columns: list[tuple[str, int, int]] = []
         self._rows: RowCapture | None = None
-        self._descriptions: dict[bytes, list[tuple[str, int, int]]] = {}
+        self._describe = Repeated(_columns)
         self.counts: Counter[str] = Counter()
         self._last_refusal = ""
 
@@ -185,7 +184,9 @@ class SessionRecorder:
             if rows.truncated:
                 rows.count += 1  # past the caps: counted without decoding
             else:
-                rows.add(backend.DataRow.decode(message[5:]).values)
+                values, end = read_nullables(message, 5)  # DataRow's body, read in place
+                read_done(message, end)
+                rows.add(values)
         elif tag == _COPY_DATA:
             (self._rows or self._new_rows()).add([message[5:]])
         elif tag == _ROW_DESCRIPTION:
@@ -204,15 +205,6 @@ class SessionRecorder:
             self._notice(dict(backend.NoticeResponse.decode(message[5:]).fields))
         elif tag == _READY:
             self._ready()
-
-    def _describe(self, message: bytes) -> list[tuple[str, int, int]]:
-        columns = self._descriptions.get(message)
-        if columns is None:
-            if len(self._descriptions) >= _MAX_DESCRIPTIONS:
-                self._descriptions.clear()
-            fields = backend.RowDescription.decode(message[5:]).fields
-            columns = self._descriptions[message] = [(f.name, f.type_oid, f.format) for f in fields]
-        return columns
 
     def _new_rows(self) -> RowCapture:
         self._rows = RowCapture(self.limits)
@@ -265,6 +257,11 @@ def _remember(names: dict[str, _Named], name: str, value: _Named) -> None:
     names[name] = value
     if len(names) > _MAX_NAMES:
         del names[next(iter(names))]
+
+
+def _columns(message: bytes) -> list[tuple[str, int, int]]:
+    """A RowDescription's columns as a result record keeps them: name, type OID, format."""
+    return [(f.name, f.type_oid, f.format) for f in backend.RowDescription.decode(message[5:]).fields]
 
 
 def _format(formats: list[int], index: int) -> int:

@@ -4,7 +4,7 @@ A record is a plain dict with a `type` and an `at`, so that the relay can build 
 few dict insertions on its hot path and hand it to the writer; no class instances are
 created and none have to be converted. The keyword-only signatures below are the schema;
 docs/session-log.md is its public description. `seq` and `prev` are not set here: the chain
-(`chain.py`) adds them when it seals the record.
+(`chain.py`) adds them when it encodes and links the record.
 
 Times are float seconds since the Unix epoch (UTC): `time.time()` costs nothing to take,
 msgpack stores a float in 9 bytes, and every reader can turn one into a date. Durations are

@@ -1,12 +1,13 @@
 """Writing one session's log beside the relay, failing closed; and pruning old logs.
 
 The relay calls `admit()` and `emit()`. Both are synchronous and never touch the disk: they
-seal the record into its frame at once, then queue the frame on a bounded trio memory channel.
-Sealing costs microseconds, and the frame is a snapshot of the record, so later changes to
-the objects the record referred to cannot alter what is written. `run()`, a trio task beside
-the session, writes queued frames with os.write on an O_APPEND descriptor (to the page cache:
-no wait on the disk), and runs fsync and space reservation, which do wait on it, in worker
-threads.
+encode the record at once, at its seq and at its final size, and queue the bytes. The bytes
+are a snapshot of the record, so later changes to the objects the record referred to cannot
+alter what is written. `run()`, a trio task beside the session, takes what has gathered in
+one batch, links it into the hash chain and frames it in one loop (the SHA-256 of each record
+needs the one before it, and nothing else does), and writes the frames with os.write on an
+O_APPEND descriptor (to the page cache: no wait on the disk). It runs fsync and space
+reservation, which do wait on the disk, in worker threads.
 
 Fail closed, without waiting on the disk: the writer keeps disk space allocated to the file
 ahead of what it has accepted (fallocate with FALLOC_FL_KEEP_SIZE: the blocks are the file's,
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Literal
 
 import trio
 
-from pgguard.audit.chain import Chain, Signer
+from pgguard.audit.chain import FRAME, Chain, Signer, unlinked
 from pgguard.audit.records import SUFFIX, Record
 
 log = logging.getLogger("pgguard.audit")
@@ -79,6 +81,17 @@ class _Mark(enum.Enum):
 
     SYNC = "fsync once what came before is written"
     WAKE = "the relay is waiting for more disk space to be reserved"
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """Where a checkpoint goes: the writer signs it once it has linked the records before it."""
+
+    at: float
+
+
+# A record's payload from `unlinked()`, a checkpoint, or a mark.
+_Item = bytes | _Checkpoint | _Mark
 
 
 _FALLOC_FL_KEEP_SIZE = 1
@@ -147,14 +160,18 @@ class SessionLogWriter:
         self._fd = fd
         self._signer = signer
         self._options = options
+        # The writer's side: links what it takes from the queue.
         self._chain = Chain(session_id)
-        self._send, self._receive = trio.open_memory_channel[bytes | _Mark](options.queue_records)
+        # The relay's side: what is queued, the seq of the next record it accepts, and the
+        # writer task when it waits for the queue.
+        self._queue: deque[_Item] = deque()
+        self._seq = 0
+        self._waiting = trio.lowlevel.ParkingLot()
         # Why the log cannot be written any more; set once, never cleared.
         self.failure: str | None = None
         # Why the last admit() or emit() returned None.
         self.refusal = ""
         self._closing = False
-        self._queued = 0
         # File offsets: where the next accepted frame will start; how far space is allocated
         # (infinite where it cannot be); how far the relay has asked for.
         self._accepted = 0
@@ -163,8 +180,6 @@ class SessionLogWriter:
         self._space_error: str | None = None
         self._since_checkpoint = 0
         self._checkpoint_at = trio.current_time()
-        # Taken from the queue, not yet written.
-        self._gathered: list[bytes | _Mark] = []
 
     @classmethod
     async def open(cls, directory: Path, header: Record, signer: Signer,
@@ -189,6 +204,11 @@ class SessionLogWriter:
         return self.failure is None
 
     @property
+    def backlog(self) -> int:
+        """Records (and checkpoints) queued, not yet taken by the writer."""
+        return len(self._queue)
+
+    @property
     def out_of_space(self) -> bool:
         """The disk had no room for the space this log reserves ahead."""
         return self._space_error is not None
@@ -202,17 +222,17 @@ class SessionLogWriter:
         refusal, so the log stays usable."""
         if not self._usable():
             return None
-        if self._queued >= self._options.queue_records // 2:
+        if len(self._queue) >= self._options.queue_records // 2:
             self.refusal = "the session log is behind (its disk is slow); try again"
             return None
-        sealed = self._chain.seal(record)
-        if self._accepted + len(sealed) > self._reserved:
-            self._wanted = self._accepted + len(sealed)
+        payload = unlinked(record, self._seq)
+        size = FRAME.size + len(payload)
+        if self._accepted + size > self._reserved:
+            self._wanted = self._accepted + size
             self.refusal = self._space_error or "the session log is reserving disk space; try again"
-            self._enqueue(_Mark.WAKE)
+            self._enqueue(_Mark.WAKE, 0)
             return None
-        self._chain.advance(sealed)
-        return self._accept(sealed)
+        return self._accept(payload, size)
 
     def emit(self, record: Record) -> int | None:
         """Queues the record of something that has already happened: a result, a notice, a
@@ -220,7 +240,8 @@ class SessionLogWriter:
         does not fit in the queue is lost, so the log fails, and later admits are refused."""
         if not self._usable():
             return None
-        return self._accept(self._chain.append(record))
+        payload = unlinked(record, self._seq)
+        return self._accept(payload, FRAME.size + len(payload))
 
     def close(self, record: Record) -> None:
         """Ends the log with `record` (a close record) and a final checkpoint; `run()` returns
@@ -230,7 +251,7 @@ class SessionLogWriter:
         if self.emit(record) is not None and self._since_checkpoint:
             self._checkpoint()
         self._closing = True
-        self._send.close()
+        self._waiting.unpark_all()
 
     def _usable(self) -> bool:
         if self.failure is not None:
@@ -241,30 +262,34 @@ class SessionLogWriter:
             return False
         return True
 
-    def _accept(self, sealed: bytes) -> int | None:
-        if not self._enqueue(sealed):
+    def _accept(self, payload: bytes, size: int) -> int | None:
+        if not self._enqueue(payload, size):
             return None
-        seq = self._chain.seq - 1
+        seq = self._seq
+        self._seq = seq + 1
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._options.checkpoint_records:
             self._checkpoint()  # the time-based ones are run()'s
         return seq
 
     def _checkpoint(self) -> None:
-        if self._enqueue(self._chain.checkpoint(self._signer, time.time())) and self._options.fsync == "checkpoint":
-            self._enqueue(_Mark.SYNC)
+        at = time.time()
+        if self._enqueue(_Checkpoint(at), self._signer.checkpoint_size(self._seq, at)):
+            self._seq += 1
+            if self._options.fsync == "checkpoint":
+                self._enqueue(_Mark.SYNC, 0)
         self._since_checkpoint = 0
         self._checkpoint_at = trio.current_time()
 
-    def _enqueue(self, item: bytes | _Mark) -> bool:
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+    def _enqueue(self, item: _Item, size: int) -> bool:
+        """Queues `item`, whose frame will be `size` bytes; False when the queue is full."""
+        if len(self._queue) >= self._options.queue_records:
             self._fail("its queue overflowed and a record was lost")
             return False
-        self._queued += 1
-        if isinstance(item, bytes):
-            self._accepted += len(item)
+        self._queue.append(item)
+        self._accepted += size
+        if self._waiting:
+            self._waiting.unpark_all()
         return True
 
     def _fail(self, reason: str) -> None:
@@ -288,27 +313,23 @@ class SessionLogWriter:
         finally:
             self._finish()
 
-    async def _next_batch(self) -> list[bytes | _Mark] | None:
+    async def _next_batch(self) -> list[_Item] | None:
         """Everything queued, waiting for something; [] when a checkpoint is due first; None
         once the log is closed and all of it was taken."""
-        with trio.move_on_at(self._checkpoint_at + self._options.checkpoint_seconds):
-            try:
-                self._gathered.append(await self._receive.receive())
-            except trio.EndOfChannel:
+        if not self._queue:
+            if self._closing:
                 return None
-        if not self._gathered:
-            return []
+            with trio.move_on_at(self._checkpoint_at + self._options.checkpoint_seconds):
+                await self._waiting.park()
+            if not self._queue:
+                return None if self._closing else []
         if self._options.gather_seconds and not self._closing:
-            await trio.sleep(self._options.gather_seconds)  # if cancelled, _finish writes what was gathered
-        batch, self._gathered = self._gathered, []
-        while True:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return batch
+            await trio.sleep(self._options.gather_seconds)  # if cancelled, _finish writes what is queued
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
 
-    async def _flush(self, batch: list[bytes | _Mark]) -> None:
-        self._queued -= len(batch)
+    async def _flush(self, batch: list[_Item]) -> None:
         data = self._write(batch)
         if (self._since_checkpoint and not self._closing
                 and trio.current_time() - self._checkpoint_at >= self._options.checkpoint_seconds):
@@ -317,9 +338,17 @@ class SessionLogWriter:
         if _Mark.SYNC in batch or (data and self._options.fsync == "always"):
             await trio.to_thread.run_sync(os.fsync, self._fd)
 
-    def _write(self, batch: list[bytes | _Mark]) -> int:
-        """Writes the frames in `batch` with as few system calls as it takes; their size."""
-        view = memoryview(b"".join(item for item in batch if isinstance(item, bytes)))
+    def _write(self, batch: list[_Item]) -> int:
+        """Links the records in `batch` into the chain and writes their frames with as few
+        system calls as it takes; their size."""
+        chain = self._chain
+        frames = []
+        for item in batch:
+            if type(item) is bytes:
+                frames.append(chain.link(item))
+            elif type(item) is _Checkpoint:
+                frames.append(chain.checkpoint(self._signer, item.at))
+        view = memoryview(b"".join(frames))
         size = len(view)
         while view:
             view = view[os.write(self._fd, view):]
@@ -354,12 +383,8 @@ class SessionLogWriter:
         reserved past the file's end."""
         try:
             if self.failure is None:
-                rest, self._gathered = self._gathered, []
-                while True:
-                    try:
-                        rest.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+                rest = list(self._queue)
+                self._queue.clear()
                 if self._write(rest) and self._options.fsync != "never":
                     os.fsync(self._fd)
             os.ftruncate(self._fd, os.fstat(self._fd).st_size)
@@ -369,7 +394,6 @@ class SessionLogWriter:
             if not self._closing:
                 self._fail("the writer stopped before the session closed its log")
             os.close(self._fd)
-            self._receive.close()
 
 
 def prune(directory: Path, older_than_seconds: float, now: float | None = None) -> list[Path]:

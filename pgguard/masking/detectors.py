@@ -16,6 +16,9 @@ for, so:
 - a value holding none of the bytes some match would need (a digit, or `@`
   for an email) costs one scan for them, and a detector is skipped when the
   data lacks the one byte all its matches contain (`@`, `-` for an SSN);
+- a value shorter than the shortest text a detector can find (13 bytes for a
+  card number) skips that detector, and one shorter than all of them skips
+  every scan: ids and amounts cost a length check;
 - when nothing is found `scrub_bytes` returns the very object it was given,
   so the caller can tell "unchanged" by identity and forward the original
   message without copying it.
@@ -304,15 +307,18 @@ class Detector:
     # Replacements for one candidate, as (offset, bytes) pairs each as long as
     # what it replaces; empty when the candidate fails validation.
     edits: Callable[[re.Match[bytes]], Edits]
+    # Bytes in the shortest text it can find: shorter values (ids, amounts,
+    # codes) skip it without a scan.
+    shortest: int
 
 
 DETECTORS: dict[str, Detector] = {
     d.name: d for d in (
-        Detector("card_number", _CARD, _DIGITS, _card_edits),
-        Detector("email", _EMAIL, b"@", _email_edits),
-        Detector("ssn", _SSN, b"-", _all_digits),
-        Detector("iban", _IBAN, _DIGITS, _iban_edits),
-        Detector("phone", _PHONE, _DIGITS, _all_digits),
+        Detector("card_number", _CARD, _DIGITS, _card_edits, _CARD_LENGTHS.start),  # 4222222222222
+        Detector("email", _EMAIL, b"@", _email_edits, 5),  # a@b.c
+        Detector("ssn", _SSN, b"-", _all_digits, 11),  # 123-45-6789
+        Detector("iban", _IBAN, _DIGITS, _iban_edits, _IBAN_MIN),  # NO9386011117947
+        Detector("phone", _PHONE, _DIGITS, _all_digits, 9),  # +12345678
     )
 }
 
@@ -328,13 +334,14 @@ def _quote_masked_number(match: re.Match[bytes]) -> bytes:
 class Scrubber:
     """A configured set of detectors, applied together to one value at a time."""
 
-    __slots__ = ("names", "_detectors", "_prefilter")
+    __slots__ = ("names", "_detectors", "_prefilter", "_shortest")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = tuple(dict.fromkeys(names))
         self._detectors = tuple(DETECTORS[name] for name in self.names)
         needles = bytes(sorted({b for d in self._detectors for b in d.needles}))
         self._prefilter = re.compile(b"[" + re.escape(needles) + b"]") if needles else None
+        self._shortest = min((d.shortest for d in self._detectors), default=0)
 
     @classmethod
     def parse(cls, value: object, where: str) -> Scrubber:
@@ -353,11 +360,12 @@ class Scrubber:
         so overlapping finds (an IBAN whose digits also pass Luhn) combine as
         the union of what each masks, whatever the detectors' order.
         """
-        if self._prefilter is None or self._prefilter.search(data) is None:
+        size = len(data)
+        if size < self._shortest or self._prefilter is None or self._prefilter.search(data) is None:
             return data
         out = None
         for detector in self._detectors:
-            if len(detector.needles) == 1 and detector.needles not in data:
+            if size < detector.shortest or (len(detector.needles) == 1 and detector.needles not in data):
                 continue
             for match in detector.pattern.finditer(data):
                 for offset, replacement in detector.edits(match):

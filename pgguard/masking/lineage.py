@@ -31,6 +31,7 @@ from pglast import parser
 
 from pgguard.masking.bodies import Routine, body_of
 from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
+from pgguard.policy.tree import parse_tree
 
 Node = dict[str, Any]
 
@@ -134,7 +135,7 @@ def lineage(sql: str, relations: Relations) -> Lineage:
 
 def lineages(sql: str, relations: Relations) -> list[Lineage]:
     """The lineage of every statement of `sql`, in order."""
-    tree = json.loads(parser.parse_sql_json(sql))
+    tree = parse_tree(sql)
     out = []
     for raw in tree.get("stmts", []):
         (kind, node), = raw["stmt"].items()

@@ -36,6 +36,7 @@ from pgguard.masking.plan import (EVERY_DETECTOR, NULLIFY, Clearance, MaskingRef
                                   detector_mask, plan, row_masker)
 from pgguard.wire import backend
 from pgguard.wire.backend import FieldDescription
+from pgguard.wire.codec import Repeated
 
 # A result whose lineage is lost (EXECUTE or FETCH of a name never seen):
 # every column hidden, whatever its shape.
@@ -139,6 +140,7 @@ class ResultMasking:
         self._ran_in_cycle = False
         # Rows in which a value was masked, for the gateway's metrics.
         self.masked_rows = 0
+        self._fields = Repeated(lambda message: backend.RowDescription.decode(message[5:]).fields)
 
     # -- what the client asks ---------------------------------------------------
 
@@ -213,7 +215,7 @@ class ResultMasking:
                 self.masked_rows += 1
             return masked
         if tag == 0x54:  # T RowDescription
-            self._row_description(backend.RowDescription.decode(message[5:]).fields)
+            self._row_description(self._fields(message))
         elif tag in (0x43, 0x49, 0x73):  # C CommandComplete, I EmptyQuery, s PortalSuspended
             self._result_done(tag == 0x43)
         elif tag == 0x64 and self._copy is not None:  # d CopyData

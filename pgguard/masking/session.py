@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from pgguard.config import Config, RoleConfig
 from pgguard.masking.bodies import Routine
-from pgguard.masking.lineage import Relations, SourceColumn, lineages
+from pgguard.masking.lineage import Lineage, Relations, SourceColumn, lineages
 from pgguard.masking.plan import Clearance, MaskingRefused, MaskingRules, clearance_for
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
@@ -48,7 +48,11 @@ class MaskingConfig:
         def column_type(column: SourceColumn) -> int | None:
             return catalog().column_types.get((column.relation, column.column)) or None
 
-        return ResultMasking(clearance, lambda sql: lineages(sql, relations), table_column, column_type)
+        return ResultMasking(clearance, relations.lineages, table_column, column_type)
+
+
+# Statement texts whose lineage a session keeps; all are dropped when there are more.
+_KEPT_LINEAGES = 64
 
 
 class SessionRelations(Relations):
@@ -59,6 +63,25 @@ class SessionRelations(Relations):
         self.catalog = catalog
         self.sensitive_relations = {name.rsplit(".", 1)[0] for name in rules.columns}
         self._sensitive = frozenset(SourceColumn(*name.rsplit(".", 1)) for name in rules.columns)
+        # Text -> (the catalog snapshot and the number of search paths it was traced with, its lineages).
+        self._kept: dict[str, tuple[Catalog, int, list[Lineage]]] = {}
+
+    def lineages(self, sql: str) -> list[Lineage]:
+        """The lineage of each statement of `sql`, traced once per text for as long as what it
+        depends on stays: the catalog snapshot (the very object) and the session's search paths
+        (which only grow). A lineage that met a relation the catalog did not know is traced again."""
+        kept = self._kept.get(sql)
+        if kept is not None and kept[0] is self.catalog() and kept[1] == len(self.guard.search_paths):
+            return kept[2]
+        catalog, paths = self.catalog(), len(self.guard.search_paths)
+        found = lineages(sql, self)
+        for lineage in found:
+            if lineage.unresolved:
+                return found
+        if len(self._kept) >= _KEPT_LINEAGES:
+            self._kept.clear()
+        self._kept[sql] = (catalog, paths, found)
+        return found
 
     def resolve(self, schema: str | None, name: str) -> str | None:
         known = self.catalog().relation_columns

@@ -11,11 +11,12 @@ class may run: what cannot be classified is refused, never guessed at.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import parser
+
+from pgguard.policy.tree import parse_tree
 
 Node = dict[str, Any]
 
@@ -114,7 +115,7 @@ class Statement:
 def parse(sql: str) -> list[Statement]:
     """Classify every statement of `sql`; raises Unsupported if it does not parse."""
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree = parse_tree(sql)
     except parser.ParseError as exc:
         raise Unsupported(f"the statement does not parse: {exc}") from exc
     encoded = sql.encode()

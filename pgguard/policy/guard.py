@@ -130,9 +130,11 @@ class SessionGuard:
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
         self.prepared: dict[str, Statement] = {}
-        # The expanded search paths, recomputed only when they or the catalog change.
-        self._path_key: tuple[frozenset[tuple[str, ...]], frozenset[str]] | None = None
+        # The expanded search paths and the set of their schemas, recomputed only when they or
+        # the catalog change (search_paths only grows, so its size tells).
+        self._path_key: tuple[int, frozenset[str]] | None = None
         self._paths: list[tuple[str, ...]] = []
+        self._path_schema_set: set[str] = set()
         # Without a catalog (pgguard explain --offline), unqualified functions
         # and operators are taken to be PostgreSQL's own.
         self.assume_builtin = assume_builtin
@@ -274,9 +276,10 @@ class SessionGuard:
     # -- names -------------------------------------------------------------------
 
     def _path_schemas(self) -> list[tuple[str, ...]]:
-        key = (frozenset(self.search_paths), self.catalog.schemas)
+        key = (len(self.search_paths), self.catalog.schemas)
         if key != self._path_key:
             self._path_key, self._paths = key, self._expand_paths()
+            self._path_schema_set = {schema for path in self._paths for schema in path}
         return self._paths
 
     def _expand_paths(self) -> list[tuple[str, ...]]:
@@ -314,7 +317,8 @@ class SessionGuard:
         return list(dict.fromkeys(candidates))
 
     def _path_set(self) -> set[str]:
-        return {schema for path in self._path_schemas() for schema in path}
+        self._path_schemas()
+        return self._path_schema_set
 
     def user_defined(self, name: Name, defined: dict[str, frozenset[str]]) -> list[str] | None:
         """Qualified user-defined candidates for a function or operator; None if unknown."""

@@ -134,6 +134,8 @@ class SessionProtocol:
         # for the unnamed one) that change it when a Bind runs them.
         self._encoding_settles = 0
         self._encoding_statements: set[str] = set()
+        # The last Bind decoded, with its frame: masking and the log both read it.
+        self._last_bind: tuple[Frame | None, frontend.Bind | None] = (None, None)
 
     # -- from the client -----------------------------------------------------
 
@@ -171,6 +173,8 @@ class SessionProtocol:
                 replacement = self._track(frame, replacement)
             if self.recorder is not None:
                 replacement = self._record(frame, replacement)
+            if tag == _BIND:
+                self._last_bind = (None, None)  # a large Bind is not kept past its turn
             if tag == _TERMINATE:
                 # Anything after Terminate is not the protocol; drop it.
                 kept = parts if parts is not None else [f.data for f in frames[:index]]
@@ -291,6 +295,14 @@ class SessionProtocol:
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
 
+    def _bind_of(self, frame: Frame) -> frontend.Bind:
+        """The Bind in `frame`, decoded once however many parts of the session read it."""
+        decoded, bind = self._last_bind
+        if decoded is not frame or bind is None:
+            bind = frontend.Bind.decode(frame.body)
+            self._last_bind = (frame, bind)
+        return bind
+
     def _guard_function_call(self) -> bytes | None:
         assert self.guard is not None
         if self.guard.unrestricted:
@@ -315,7 +327,7 @@ class SessionProtocol:
                 name, query = _parse_fields(sent)
                 masking.parse(name, self._text(query) or "")
             elif tag == _BIND:
-                bind = frontend.Bind.decode(frame.body)
+                bind = self._bind_of(frame)
                 masking.bind(bind.portal, bind.statement, bind.result_formats)
             elif tag == _DESCRIBE or tag == _CLOSE:
                 target = frontend.Describe.decode(frame.body)
@@ -356,7 +368,7 @@ class SessionProtocol:
             name, query = _parse_fields(frame.data)
             recorder.parse(name, self._log_text(query), classes, refused)
         elif tag == _BIND:
-            bind = frontend.Bind.decode(frame.body)
+            bind = self._bind_of(frame)
             recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
         elif tag == _EXECUTE:
             if not recorder.execute(frontend.Execute.decode(frame.body).portal):
@@ -406,14 +418,19 @@ class SessionProtocol:
             return _NOTHING
         # A server that closes after an ErrorResponse (FATAL) has told the client why.
         self._said_error = frames[-1].tag == _ERROR
-        if not self._refusals and self.masking is None and self.recorder is None:
+        recorder = self.recorder
+        if not self._refusals and self.masking is None:
+            # Nothing to change: the very bytes go on, and the log reads them as they pass.
             for frame in frames:
-                if frame.tag == _READY:
+                tag = frame.tag
+                if tag == _READY:
                     self._ready()
-                elif frame.tag == _PARAMETER_STATUS:
+                elif tag == _PARAMETER_STATUS:
                     problem = self._parameter(frame)
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
+                if recorder is not None:
+                    recorder.server(tag, frame.data)
             self.bytes_out += len(raw)
             if self._drain is not None and self._cycles_done == self._cycles_sent:
                 return self._drained(raw)
@@ -421,7 +438,6 @@ class SessionProtocol:
         parts = []
         changed = False
         masking = self.masking
-        recorder = self.recorder
         for frame in frames:
             tag = frame.tag
             data = frame.data
@@ -429,7 +445,8 @@ class SessionProtocol:
                 data = self._rewrite_error(frame)
             elif tag == _READY:
                 self._ready()
-                self._expire()
+                if self._refusals:
+                    self._expire()
             elif tag == _PARAMETER_STATUS:
                 problem = self._parameter(frame)
                 if problem:

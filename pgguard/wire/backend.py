@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from typing import Self
 
 from pgguard.wire.codec import CSTRING, INT8, INT16, INT32, NULLABLE, REST, UINT32, Field, Message, Reader
-from pgguard.wire.codec import array, array_of, char, char_of, cstring, fixed, int32
+from pgguard.wire.codec import array, array_of, char, char_of, cstring, fixed, int32, read_done, read_nullables
 from pgguard.wire.framing import Frame, ProtocolViolation
 from pgguard.wire.frontend import CopyData as CopyData, CopyDone as CopyDone  # both directions
 
-_U16 = struct.Struct("!H")
-_I32 = struct.Struct("!i")
 
 # --- authentication ('R') -------------------------------------------------------
 
@@ -256,29 +254,9 @@ class DataRow(Message):
 
     @classmethod
     def decode(cls, body: bytes) -> Self:
-        # The most frequent message of all (the session log reads every row it keeps): read by
-        # hand, with the same checks as the generic decoder.
-        if len(body) < 2:
-            raise ProtocolViolation("message body is truncated")
-        (count,) = _U16.unpack_from(body)
-        values: list[bytes | None] = []
-        pos, end = 2, len(body)
-        for _ in range(count):
-            if pos + 4 > end:
-                raise ProtocolViolation("message body is truncated")
-            (length,) = _I32.unpack_from(body, pos)
-            pos += 4
-            if length < 0:
-                if length != -1:
-                    raise ProtocolViolation(f"negative length {length}")
-                values.append(None)
-                continue
-            if pos + length > end:
-                raise ProtocolViolation("message body is truncated")
-            values.append(body[pos:pos + length])
-            pos += length
-        if pos != end:
-            raise ProtocolViolation(f"{end - pos} unexpected bytes after message")
+        # The most frequent message of all (the session log reads every row it keeps): read by hand.
+        values, pos = read_nullables(body, 0)
+        read_done(body, pos)
         return cls(values)
 
 

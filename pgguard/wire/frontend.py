@@ -9,9 +9,11 @@ defined here once; `backend` re-exports them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 from pgguard.wire.codec import CSTRING, INT16, INT32, NULLABLE, REST, UINT32, Field, Message, Reader
-from pgguard.wire.codec import array_of, char_of, cstring
+from pgguard.wire.codec import (array_of, char_of, cstring, read_cstring, read_done, read_int16s, read_int32,
+                               read_nullables)
 from pgguard.wire.framing import Frame, ProtocolViolation
 
 PROTOCOL_3_0 = 3 << 16  # 196608; the low 16 bits are the minor version
@@ -159,6 +161,17 @@ class Bind(Message):
     params: list[bytes | None]
     result_formats: list[int]
 
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        # Once per prepared statement's execution: read by hand.
+        portal, pos = read_cstring(body, 0)
+        statement, pos = read_cstring(body, pos)
+        param_formats, pos = read_int16s(body, pos)
+        params, pos = read_nullables(body, pos)
+        result_formats, pos = read_int16s(body, pos)
+        read_done(body, pos)
+        return cls(portal, statement, param_formats, params, result_formats)
+
 
 @dataclass(frozen=True, slots=True)
 class _Target(Message):
@@ -167,6 +180,16 @@ class _Target(Message):
     LAYOUT = (char_of("SP"), CSTRING)
     kind: str
     name: str
+
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        kind = body[:1]
+        if kind != b"S" and kind != b"P":
+            raise ProtocolViolation(f"unexpected code {kind.decode('latin-1')!r}, expected one of 'SP'"
+                                    if kind else "message body is truncated")
+        name, pos = read_cstring(body, 1)
+        read_done(body, pos)
+        return cls(kind.decode(), name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +210,13 @@ class Execute(Message):
     LAYOUT = (CSTRING, INT32)
     portal: str
     max_rows: int
+
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        portal, pos = read_cstring(body, 0)
+        max_rows, pos = read_int32(body, pos)
+        read_done(body, pos)
+        return cls(portal, max_rows)
 
 
 @dataclass(frozen=True, slots=True)

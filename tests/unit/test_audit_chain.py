@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pgguard.audit import records
-from pgguard.audit.chain import FRAME, Chain, FrameError, Signer, frame, frames, genesis, signature_valid
+from pgguard.audit.chain import (FRAME, Chain, FrameError, Signer, frame, frames, genesis, signature_valid,
+                                 unlinked)
 from pgguard.audit.records import Limits
 
 
@@ -56,13 +57,32 @@ def test_each_record_links_to_the_one_before_and_the_first_to_the_session() -> N
     assert genesis("s1") != genesis("s2")
 
 
-def test_a_sealed_record_is_not_taken_until_the_chain_advances() -> None:
+def test_an_unlinked_record_is_not_taken_until_it_is_linked() -> None:
     chain = Chain("s1")
-    declined = chain.seal({"type": "statement", "sql": "a"})
-    taken = chain.seal({"type": "statement", "sql": "b"})
-    assert records.decode(declined[FRAME.size:])["seq"] == records.decode(taken[FRAME.size:])["seq"] == 0
-    chain.advance(taken)
-    assert (chain.seq, chain.prev) == (1, hashlib.sha256(taken[FRAME.size:]).digest())
+    declined = unlinked({"type": "statement", "sql": "a"}, chain.seq)
+    taken = unlinked({"type": "statement", "sql": "b"}, chain.seq)
+    assert records.decode(declined)["seq"] == records.decode(taken)["seq"] == 0
+    assert (chain.seq, chain.prev) == (0, genesis("s1"))
+    sealed = chain.link(taken)
+    assert len(sealed) == FRAME.size + len(taken)  # the size admission checked is the size written
+    assert records.decode(sealed[FRAME.size:]) == {"type": "statement", "sql": "b", "seq": 0, "prev": genesis("s1")}
+    assert (chain.seq, chain.prev) == (1, hashlib.sha256(sealed[FRAME.size:]).digest())
+
+
+def test_linking_in_two_steps_writes_what_appending_writes() -> None:
+    one, two = Chain("s1"), Chain("s1")
+    made = [{"type": "header", "prev": b"stale", "session_id": "s1"}, {"type": "statement", "sql": "x" * 300}]
+    appended = [one.append(dict(record)) for record in made]
+    linked = [two.link(unlinked(dict(record), seq)) for seq, record in enumerate(made)]
+    assert appended == linked and one.prev == two.prev
+
+
+def test_a_checkpoint_is_the_size_it_was_admitted_at() -> None:
+    signer = Signer("k1", Ed25519PrivateKey.generate())
+    chain = Chain("s1")
+    for seq in (0, 1, 127, 128, 65535, 65536):
+        chain.seq = seq
+        assert len(chain.checkpoint(signer, 1700000000.25)) == signer.checkpoint_size(seq, 1700000000.25), seq
 
 
 def test_a_checkpoint_signs_its_position_link_time_and_key() -> None:

@@ -287,6 +287,34 @@ def test_phone_lookalikes(text: str) -> None:
     assert scrub(text, "phone") is text
 
 
+# --- the shortest find --------------------------------------------------------------------
+
+SHORTEST = {"card_number": "4222222222222", "email": "a@b.c", "ssn": "123-45-6789", "iban": "NO9386011117947",
+            "phone": "+12345678"}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_each_detector_finds_a_value_as_short_as_it_claims(name: str) -> None:
+    example = SHORTEST[name]
+    assert len(example) == DETECTORS[name].shortest
+    assert scrub(example, name) != example
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_no_detector_finds_anything_in_a_value_shorter_than_it_claims(name: str) -> None:
+    """The length check skips the scan only where the scan could not have found anything."""
+    detector = DETECTORS[name]
+    pick = random.Random(name)
+    alphabet = "0123456789-+(). @aZ"
+    near = [SHORTEST[name][:cut] + SHORTEST[name][cut + 1:] for cut in range(len(SHORTEST[name]))]
+    samples = near + ["".join(pick.choice(alphabet) for _ in range(pick.randrange(1, detector.shortest)))
+                      for _ in range(5000)]
+    for text in samples:
+        data = text.encode()
+        assert not [edit for match in detector.pattern.finditer(data) for edit in detector.edits(match)], text
+        assert Scrubber([name]).scrub_bytes(data) is data
+
+
 # --- the detector set --------------------------------------------------------------------
 
 

@@ -1,0 +1,82 @@
+"""A session traces each statement text's lineage once, and again whenever what it depends on changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgguard.config import Config, load
+from pgguard.demo import data
+from pgguard.demo.gateway_config import write_config
+from pgguard.masking.plan import MaskingRefused
+from pgguard.masking.session import MaskingConfig, SessionRelations
+from pgguard.policy.catalog import Catalog
+from pgguard.policy.classify import parse
+from pgguard.policy.guard import Policy, SessionGuard
+
+SQL = "SELECT email FROM customers WHERE id = 1"
+
+
+def catalog(*schemas: str) -> Catalog:
+    """`customers` (with email) in each of `schemas`."""
+    names = Catalog.from_rows([("s", schema, "") for schema in ("public", "pg_catalog", *schemas)]
+                              + [("o", "pg_catalog", "=")])
+    rows = [[str(16000 + index), schema, "customers", str(attnum), column, None, "25"]
+            for index, schema in enumerate(("public", *schemas)) for attnum, column in enumerate(("id", "email"), 1)]
+    return names.with_relations(rows)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    directory: Path = tmp_path_factory.mktemp("lineages")
+    for name in ("c", "k", "ca"):
+        (directory / name).write_text("not read by these tests\n")
+    return load(write_config(directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c",
+                             tls_key=directory / "k", pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca",
+                             database=data.DATABASE, login_passwords={login: "x" for login in data.LOGINS}))
+
+
+class Session:
+    def __init__(self, config: Config, snapshot: Catalog) -> None:
+        self.snapshot = snapshot
+        self.refreshes = 0
+        self.guard = SessionGuard(Policy(config), ["analysts"], data.READER, lambda: self.snapshot,
+                                  on_ddl=self.refresh)
+        self.relations = SessionRelations(self.guard, lambda: self.snapshot, MaskingConfig(config).rules)
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+
+
+def test_a_text_is_traced_once(config: Config) -> None:
+    session = Session(config, catalog())
+    first = session.relations.lineages(SQL)
+    assert session.relations.lineages(SQL) is first
+    assert session.relations.lineages(SQL + " ") is not first  # another text
+
+
+def test_a_new_catalog_snapshot_is_traced_again_even_if_equal(config: Config) -> None:
+    session = Session(config, catalog())
+    first = session.relations.lineages(SQL)
+    session.snapshot = catalog()
+    again = session.relations.lineages(SQL)
+    assert again is not first and again == first
+
+
+def test_a_new_search_path_is_traced_again_and_may_change_the_answer(config: Config) -> None:
+    """`customers` in `shadow` too: once the session may be resolving it there, pgguard cannot tell which."""
+    session = Session(config, catalog("shadow"))
+    assert session.relations.lineages(SQL)[0].columns
+    for statement in parse("SET search_path = shadow, public"):
+        session.guard.apply(statement)
+    with pytest.raises(MaskingRefused, match="cannot tell which"):
+        session.relations.lineages(SQL)
+
+
+def test_a_relation_the_catalog_does_not_know_is_traced_every_time(config: Config) -> None:
+    session = Session(config, catalog())
+    sql = "SELECT * FROM made_since"
+    first = session.relations.lineages(sql)
+    assert first[0].unresolved and session.refreshes == 1
+    assert session.relations.lineages(sql) is not first
