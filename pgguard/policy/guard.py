@@ -267,7 +267,11 @@ class SessionGuard:
         return None
 
     def _classes(self) -> set[str]:
-        return set().union(*(scope.statements for scope in self.scopes))
+        """The classes the roles may run; `write` only where some role may write somewhere."""
+        classes = set().union(*(scope.statements for scope in self.scopes))
+        if not any(scope.writes_anything for scope in self.scopes):
+            classes.discard(WRITE)
+        return classes
 
     def _refuse(self, st: Statement | None, reason: str, rule_key: str, hint: str | None) -> Decision:
         rule = f"roles.{self.roles_label}.{rule_key}" if rule_key else ""

@@ -281,3 +281,17 @@ def test_a_caller_with_two_roles_gets_the_union_of_their_grants(gateway: Running
         finally:
             fetch_all(direct, "DELETE FROM tickets WHERE id = %s RETURNING id", (ticket,))
         assert "may not write (delete) public.orders" in assert_refused(conn, "DELETE FROM orders WHERE id = 1")
+
+
+# --- analysts -------------------------------------------------------------------------------------------
+
+
+def test_analysts_ddl_hint_lists_only_what_they_may_run(gateway: RunningGateway) -> None:
+    """Analysts have the write class but no table to write: the hint must not offer writing."""
+    with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("CREATE TABLE analysts_hint_probe (id int)")
+    diag = caught.value.diag
+    assert caught.value.sqlstate == "42501"
+    assert "may not run ddl statements" in (diag.message_primary or "")
+    assert diag.message_hint == "allowed classes: read, session, transaction"
