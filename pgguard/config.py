@@ -85,6 +85,23 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    """[approvals]: who approves held statements, for how long they wait (docs/approvals.md)."""
+
+    approver_groups: tuple[str, ...]
+    # Seconds a held statement waits before it fails as timed out.
+    timeout: int
+    # Held requests at most, across the gateway; past it, statements needing approval are refused.
+    max_pending: int
+    # Told (POST, JSON with a Slack-compatible `text`) of every request and decision; None: nobody.
+    webhook_url: str | None
+    # The admin listener's address as approvers reach it, for the notice; None: the bound address.
+    public_url: str | None
+    # The longest grant (`approve --grant`) an approver may give.
+    max_grant: int
+
+
+@dataclass(frozen=True)
 class SigningKey:
     kid: str
     private_key_file: Path
@@ -177,6 +194,7 @@ class Config:
     roles: dict[str, RoleConfig]
     audit: AuditConfig
     raw: dict[str, Any]
+    approvals: ApprovalsConfig = field(default_factory=lambda: _approvals({}))
 
     def roles_for_groups(self, groups: list[str]) -> list[RoleConfig]:
         wanted = set(groups)
@@ -205,7 +223,13 @@ def load(path: str | os.PathLike[str]) -> Config:
         name: _role(name, _table(raw["roles"], name, "roles"), targets)
         for name in _table(raw, "roles")
     }
-    return Config(path, gateway, identity, targets, roles, _audit(_table(raw, "audit")), raw)
+    config = Config(path, gateway, identity, targets, roles, _audit(_table(raw, "audit")), raw,
+                    _approvals(_table(raw, "approvals")))
+    # Approval rules are compiled by the package that enforces them, which builds on this module.
+    from pgguard.approvals.rules import compile_rules
+    for role in roles.values():
+        compile_rules(role)
+    return config
 
 
 def _table(parent: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
@@ -317,6 +341,27 @@ def _audit(table: dict[str, Any]) -> AuditConfig:
         max_text_bytes=_positive(table, "max_text_bytes", where, 64 * 1024),
         parameter_detectors=tuple(detectors),
         retention_seconds=None if retention is None else _duration(retention, f"[{where}] retention"),
+    )
+
+
+def _approvals(table: dict[str, Any]) -> ApprovalsConfig:
+    where = "approvals"
+    _known(table, where, {"approver_groups", "timeout", "max_pending", "webhook_url", "public_url", "max_grant"})
+    groups = _get(table, "approver_groups", where, list, [])
+    if not all(isinstance(group, str) for group in groups):
+        raise ConfigError(f"[{where}] approver_groups must be strings")
+    webhook = _get(table, "webhook_url", where, str, None)
+    public = _get(table, "public_url", where, str, None)
+    for key, url in (("webhook_url", webhook), ("public_url", public)):
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"[{where}] {key} must be an http or https URL, got {url!r}")
+    return ApprovalsConfig(
+        approver_groups=tuple(groups),
+        timeout=_duration(_get(table, "timeout", where, str, "10m"), f"[{where}] timeout"),
+        max_pending=_positive(table, "max_pending", where, 100),
+        webhook_url=webhook,
+        public_url=public.rstrip("/") if public else None,
+        max_grant=_duration(_get(table, "max_grant", where, str, "8h"), f"[{where}] max_grant"),
     )
 
 

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pgguard.admin import approvals_page
+from pgguard.admin.approvals_api import approval_routes
 from pgguard.config import Listen
 from pgguard.relay.server import Gateway
 
@@ -31,6 +33,8 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
+        *approval_routes(gateway.approvals),
+        *approvals_page.ROUTES,
     ])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from pgguard.approvals.service import Approvals
 from pgguard.audit.sessions import SessionLogs
 from pgguard.config import Config, TargetConfig
 from pgguard.errors import GatewayError, fatal
@@ -88,6 +89,7 @@ class Gateway:
         self.masking = MaskingConfig(config)
         self.catalogs = Catalogs()
         self.logs = SessionLogs(config)
+        self.approvals = Approvals(config.approvals, self.verifier)
         if not self.logs.enabled:
             log.warning("[audit] enabled = false: sessions are not recorded")
 
@@ -110,6 +112,7 @@ class Gateway:
             nursery.start_soon(self.verifier.prefetch)
             nursery.start_soon(self.catalogs.keep_fresh)
             nursery.start_soon(self.logs.keep_pruned)
+            nursery.start_soon(self.approvals.webhook.run)
             task_status.started(listeners)
             await trio.serve_listeners(self.handle, listeners)
 
@@ -165,7 +168,7 @@ class Gateway:
                  connection.peer, identity.provider, identity.subject, identity.jti or "-",
                  ",".join(identity.groups), _utc(identity.valid_until))
         session = Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
-                          self.policy, self.catalogs, self.masking, self.logs)
+                          self.policy, self.catalogs, self.masking, self.logs, self.approvals)
         # Registered before the first checkpoint after the token was checked
         # against the revocation list: no revocation can slip in between.
         self.sessions.add(session)
