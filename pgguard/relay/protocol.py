@@ -125,11 +125,20 @@ class _Held:
     frames: list[Frame]
 
 
-def _shown(value: bytes | None, fmt: int, encoding: str) -> str | None:
-    """A parameter as approvers see it: text where it decodes, else hex."""
+# Binary parameters approvers see as values: integers (int2, int4, int8, oid) and booleans.
+_BINARY_INTEGERS = {21: 2, 23: 4, 20: 8, 26: 4}
+_BOOL, _TEXT_TYPES = 16, (25, 1043, 1042, 19)
+
+
+def _shown(value: bytes | None, fmt: int, type_oid: int, encoding: str) -> str | None:
+    """A parameter as approvers see it: text where it decodes, a few binary types as values, else hex."""
     if value is None:
         return None
-    if fmt == 0:
+    if fmt == 1 and len(value) == _BINARY_INTEGERS.get(type_oid, -1):
+        return str(int.from_bytes(value, "big", signed=type_oid != 26))
+    if fmt == 1 and type_oid == _BOOL and len(value) == 1:
+        return "true" if value[0] else "false"
+    if fmt == 0 or type_oid in _TEXT_TYPES:
         try:
             return value.decode(encoding)
         except (UnicodeDecodeError, LookupError):
@@ -179,7 +188,7 @@ class SessionProtocol:
         self.approvals = approvals
         # Prepared statements (by name) and portals that need approval to run, with their SQL and
         # a portal's parameters; what the frame being handled needs; the statement being held.
-        self._held_statements: dict[str, tuple[ApprovalRule, str]] = {}
+        self._held_statements: dict[str, tuple[ApprovalRule, str, list[int]]] = {}
         self._held_portals: dict[str, _Ask] = {}
         self._ask: _Ask | None = None
         self._held: _Held | None = None
@@ -453,7 +462,7 @@ class SessionProtocol:
         if decision.statement is not None:
             self._classes = tuple(sorted(decision.statement.classes))
         if decision.allowed and decision.approval is not None:
-            self._held_statements[parse.name] = (decision.approval, self._log_text(body))
+            self._held_statements[parse.name] = (decision.approval, self._log_text(body), parse.param_types)
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -473,7 +482,9 @@ class SessionProtocol:
         held = self._held_statements.get(name)
         if held is not None:
             bind = frontend.Bind.decode(body)
-            shown = tuple(_shown(value, _format_of(bind.param_formats, index), self.encoding)
+            types = held[2]
+            shown = tuple(_shown(value, _format_of(bind.param_formats, index),
+                                 types[index] if index < len(types) else 0, self.encoding)
                           for index, value in enumerate(bind.params))
             self._held_portals[portal] = _Ask(held[0], held[1], shown)
 
