@@ -466,3 +466,50 @@ def test_config_path_finds_the_admin_listener(gw: RunningGateway) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "pending" in listed.stderr
 
+
+
+def test_an_asyncpg_batch_holds_each_statement_and_a_denial_undoes_the_batch(gw: RunningGateway,
+                                                                             postgres: PostgresServer) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def batch(numbers: list[int]) -> None:
+        conn = await asyncpg.connect(gw.dsn("engineer"), timeout=10)
+        try:
+            # Pipelined: every Bind and Execute, then one Sync; one implicit transaction.
+            await conn.executemany("DELETE FROM orders WHERE id = $1", [(number,) for number in numbers])
+        finally:
+            await conn.close()
+
+    with order(postgres) as first, order(postgres) as second:
+        client = Background(lambda: asyncio.run(batch([first, second])))
+        request = pending(gw, "DELETE FROM orders WHERE id = $1")
+        # asyncpg leaves the type to the server and binds binary: approvers see the bytes.
+        assert request["parameters"] == [f"\\x{first:08x}"]
+        api(gw, f"/api/approvals/{request['id']}/approve", token(gw, "dba"), {})
+        # The approval released the first Execute only: the second, with its own parameter, waits anew.
+        later = pending(gw, "DELETE FROM orders WHERE id = $1", besides={request["id"]})
+        assert later["parameters"] == [f"\\x{second:08x}"]
+        api(gw, f"/api/approvals/{later['id']}/deny", token(gw, "dba"), {"reason": "one is enough"})
+        client.join()
+        assert isinstance(client.error, asyncpg.exceptions.InsufficientPrivilegeError), client.error
+        assert exists(postgres, first) and exists(postgres, second)  # nothing of the batch committed
+
+
+def test_explain_and_check_show_what_is_held(gw: RunningGateway) -> None:
+    def pgguard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pgguard.cli", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    explained = pgguard("explain", "-c", str(gw.config_path), "--group", "engineering", "--offline",
+                        "DELETE FROM orders WHERE id = 1")
+    assert explained.returncode == 0, explained.stderr
+    assert "decision:  held for approval (rule roles.engineering.approval[1]: tables public.orders; " \
+           "kinds delete, update)" in explained.stdout
+    as_json = pgguard("explain", "-c", str(gw.config_path), "--group", "engineering", "--offline", "--json",
+                      "SELECT 1; DROP TABLE tickets")
+    assert [item["decision"] for item in json.loads(as_json.stdout)] == ["allowed", "held"]
+    checked = pgguard("check", "-c", str(gw.config_path))
+    assert "  held for approval (roles.engineering.approval[0]): classes ddl" in checked.stdout
+    assert "approvals: approver groups dba; timeout 600 s; at most 100 pending" in checked.stdout
