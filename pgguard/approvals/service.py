@@ -213,5 +213,6 @@ class SessionApprovals:
     def notice(self, request: Request) -> str:
         return self.approvals.notice(request)
 
-    def withdraw(self, request_id: str, reason: str) -> None:
-        self.approvals.withdraw(request_id, reason)
+    def withdraw(self, request_id: str, reason: str) -> bool:
+        """False when the request was decided already."""
+        return self.approvals.withdraw(request_id, reason) is not None

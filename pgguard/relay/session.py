@@ -242,10 +242,10 @@ class Session:
     async def _cancel(self, cancel_upstream: Callable[[], Awaitable[None]]) -> None:
         """A CancelRequest: withdraws the request of a held statement, else cancels upstream."""
         held = self._protocol.holding if self._protocol is not None else None
-        if held is not None and self.approvals is not None:
-            self.approvals.withdraw(held.id, "the client cancelled the statement")
+        if held is not None and self.approvals is not None and \
+                self.approvals.withdraw(held.id, "the client cancelled the statement") is not None:
             return
-        await cancel_upstream()
+        await cancel_upstream()  # nothing held, or decided already and about to run
 
     async def _guard(self, login: Login) -> SessionGuard | None:
         """The session's policy guard, once the startup packet's settings passed it.
