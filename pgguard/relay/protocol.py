@@ -95,12 +95,6 @@ def server_setting_problem(name: str, value: str, guarded: bool, read_only: bool
     return None
 
 
-def _format_of(formats: list[int], index: int) -> int:
-    if not formats:
-        return 0
-    return formats[0] if len(formats) == 1 else formats[index]
-
-
 def _parse_fields(data: bytes) -> tuple[str, bytes]:
     """A Parse message's statement name, and its query as sent (in the session's client_encoding)."""
     body = data[5:]
@@ -483,7 +477,7 @@ class SessionProtocol:
         if held is not None:
             bind = frontend.Bind.decode(body)
             types = held[2]
-            shown = tuple(_shown(value, _format_of(bind.param_formats, index),
+            shown = tuple(_shown(value, bind.param_format(index),
                                  types[index] if index < len(types) else 0, self.encoding)
                           for index, value in enumerate(bind.params))
             self._held_portals[portal] = _Ask(held[0], held[1], shown)
