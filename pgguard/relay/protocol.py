@@ -226,13 +226,17 @@ class SessionProtocol:
                     replacement = self._guard_function_call()
                 elif tag == _CLOSE:
                     self._forget(frame)
-                if self._ask is not None:
+            if self.masking is not None:
+                replacement = self._track(frame, replacement)
+            if self._ask is not None:
+                # Held only when nothing refuses it first (masking may have).
+                if replacement is not None:
+                    self._ask = None
+                else:
                     replacement, notice = self._hold(frame, frames[index:])
                     if self._held is not None:
                         kept = parts if parts is not None else [f.data for f in frames[:index]]
                         return Output(b"".join(kept), notice, hold=self._held.request)
-            if self.masking is not None:
-                replacement = self._track(frame, replacement)
             if self.recorder is not None:
                 replacement = self._record(frame, replacement)
             if tag == _TERMINATE:
@@ -323,8 +327,7 @@ class SessionProtocol:
         self._refused = None
         if recorder is not None and held.seq is not None:
             recorder.release(held.seq, simple, runs=replacement is None)
-        if self.masking is not None:
-            replacement = self._track(frame, replacement)
+        # Result masking tracked the statement before it was held: a stand-in's error ends its results.
         first = replacement if replacement is not None else frame.data
         after = self._frames(rest, None) if rest else _NOTHING
         return Output(first + after.to_upstream, after.to_client, after.close, after.hold)
