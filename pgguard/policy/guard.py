@@ -223,11 +223,13 @@ class SessionGuard:
         return self._check(statement) or self._approval(statement, runs)
 
     def _approval(self, statement: Statement, runs: Statement) -> Decision:
-        """Allowed; held when an approval rule of the caller's roles matches what runs (not a PREPARE)."""
+        """Allowed; held when an approval rule of the caller's roles matches the statement or what it
+        executes (`CREATE TABLE … AS EXECUTE p` is both). A PREPARE runs nothing: its EXECUTE is held."""
         rules = [rule for scope in self.scopes for rule in scope.approval]
         if not rules or statement.prepares is not None:
             return Decision(True, statement)
-        matched = [rule for rule in rules if rule.matches(runs, self.resolve)]
+        matched = [rule for rule in rules
+                   if rule.matches(statement, self.resolve) or runs is not statement and rule.matches(runs, self.resolve)]
         if not matched:
             return Decision(True, statement)
         rule = max(matched, key=lambda rule: rule.approvers)

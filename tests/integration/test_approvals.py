@@ -513,3 +513,22 @@ def test_explain_and_check_show_what_is_held(gw: RunningGateway) -> None:
     checked = pgguard("check", "-c", str(gw.config_path))
     assert "  held for approval (roles.engineering.approval[0]): classes ddl" in checked.stdout
     assert "approvals: approver groups dba; timeout 600 s; at most 100 pending" in checked.stdout
+
+
+def test_engineering_ddl_runs_once_approved(gw: RunningGateway, postgres: PostgresServer) -> None:
+    table = f"approved_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(gw.dsn("engineer"), autocommit=True) as conn:
+            for sql in (f"CREATE TABLE public.{table} (id int)", f"DROP TABLE public.{table}"):
+                client = Background(lambda sql=sql: conn.execute(sql))
+                request = pending(gw, sql)
+                assert request["rule"] == "roles.engineering.approval[0]"
+                api(gw, f"/api/approvals/{request['id']}/approve", token(gw, "dba"), {})
+                client.join()
+                assert client.error is None, client.error
+                with psycopg.connect(postgres.dsn()) as direct:
+                    made = direct.execute(f"SELECT to_regclass('public.{table}') IS NOT NULL").fetchone()
+                assert made == (sql.startswith("CREATE"),)
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS public.{table}")

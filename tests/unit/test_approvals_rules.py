@@ -88,6 +88,7 @@ def decisions(config: Path, sql: str, rules: str | None = None) -> list[str]:
     ("DROP TABLE tickets", ["roles.engineering.approval[0]"]),
     # Preparing runs nothing; executing runs what was prepared.
     ("PREPARE d AS DELETE FROM orders WHERE id = $1; EXECUTE d(1)", ["allowed", "roles.engineering.approval[1]"]),
+    ("PREPARE s AS SELECT 1; CREATE TABLE public.made AS EXECUTE s", ["allowed", "roles.engineering.approval[0]"]),
 ])
 def test_the_demo_rules(demo_config: Path, sql: str, expected: list[str]) -> None:
     assert decisions(demo_config, sql) == expected
