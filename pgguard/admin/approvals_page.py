@@ -25,6 +25,8 @@ th, td {{ text-align: left; border-bottom: 1px solid #ddd; padding: .4rem; verti
 pre {{ margin: 0; white-space: pre-wrap; }}
 #status {{ margin-top: 1rem; min-height: 1.2em; }}
 .error {{ color: #a00; }}
+td div {{ display: flex; gap: .3rem; margin-bottom: .3rem; }}
+td button {{ min-width: 5rem; }}
 </style></head>
 <body>
 <h1>pgguard: statements waiting for approval</h1>
@@ -89,15 +91,17 @@ async function refresh() {{
     cell(row, r.rule + ": " + r.rule_text + (r.approved_by.length ? "\\napproved by " + r.approved_by.join(", ") : ""), true);
     cell(row, Math.round(r.age_seconds) + " s");
     const td = row.insertCell();
-    const reason = document.createElement("input");
-    reason.placeholder = "reason (for a denial)"; reason.id = "reason-" + r.id;
+    const approving = document.createElement("div"), denying = document.createElement("div");
+    td.append(approving, denying);
     const grant = document.createElement("input");
-    grant.placeholder = "grant, e.g. 30m (optional)"; grant.id = "grant-" + r.id; grant.size = 12;
-    button(td, "Approve", "approve-" + r.id,
+    grant.placeholder = "grant for, e.g. 30m (optional)"; grant.id = "grant-" + r.id;
+    button(approving, "Approve", "approve-" + r.id,
            () => decide(r.id, "approve", grant.value ? {{grant: grant.value}} : {{}}));
-    td.appendChild(grant);
-    button(td, "Deny", "deny-" + r.id, () => decide(r.id, "deny", {{reason: reason.value}}));
-    td.appendChild(reason);
+    approving.appendChild(grant);
+    const reason = document.createElement("input");
+    reason.placeholder = "reason (optional)"; reason.id = "reason-" + r.id;
+    button(denying, "Deny", "deny-" + r.id, () => decide(r.id, "deny", {{reason: reason.value}}));
+    denying.appendChild(reason);
   }}
   if (!status.classList.contains("error") && !status.textContent.startsWith("request"))
     say(answer.pending.length + " pending; signed in as " + answer.approver);
