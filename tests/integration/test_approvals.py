@@ -239,30 +239,46 @@ def test_the_webhook_hears_the_request_and_the_decision(gw: RunningGateway, post
         assert "denied by" in told[1]["text"] and told[1]["request"]["status"] == "denied"
 
 
-def test_the_session_log_records_the_hold_and_the_approval(gw: RunningGateway, postgres: PostgresServer) -> None:
-    with order(postgres) as number:
-        sql = DELETE.format(number)
-        client = engineer_execute(gw, sql)
-        request = pending(gw, sql)
-        api(gw, f"/api/approvals/{request['id']}/approve", token(gw, "dba"), {})
-        client.join()
-    sessions = load(gw.config_path).gateway.session_dir
+def logged(gateway: RunningGateway, sql: str, request_id: str, events: int) -> tuple[Any, list[Any], list[Any]]:
+    """The held statement's record, its request's approval records and its results, once all are written."""
+    sessions = load(gateway.config_path).gateway.session_dir
     deadline = time.monotonic() + WAIT
     while True:
         for path in sessions.glob("*.pgglog"):
             records = [entry.record for entry in read_records(path)]
             held = [r for r in records if r["type"] == "statement" and r["sql"] == sql]
-            approvals = [r for r in records if r["type"] == "approval" and r["request"] == request["id"]]
+            approvals = [r for r in records if r["type"] == "approval" and r["request"] == request_id]
             results = [r for r in records if r["type"] == "result" and held and r["statement"] == held[0]["seq"]]
-            if held and len(approvals) == 2 and results:
-                assert held[0]["decision"] == "held" and held[0]["rule"] == "roles.engineering.approval[1]"
-                assert [(a["event"], a["by"]) for a in approvals] == [
-                    ("requested", None), ("approved", gw.identities["dba"].user)]
+            if held and len(approvals) == events and results:
+                assert held[0]["decision"] == "held" and request_id in held[0]["reason"]
                 assert all(a["statement"] == held[0]["seq"] for a in approvals)
-                assert results[0]["command_tag"] == "DELETE 1"
-                return
+                return held[0], approvals, results
         assert time.monotonic() < deadline, "no session log with the held statement"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny", "cancel"])
+def test_the_session_log_records_the_hold_and_its_outcome(gw: RunningGateway, postgres: PostgresServer,
+                                                          decision: str) -> None:
+    with order(postgres) as number, psycopg.connect(gw.dsn("engineer"), autocommit=True) as conn:
+        sql = DELETE.format(number)
+        client = Background(lambda: conn.execute(sql))
+        request = pending(gw, sql)
+        if decision == "cancel":
+            conn.cancel_safe()
+        else:
+            api(gw, f"/api/approvals/{request['id']}/{decision}", token(gw, "dba"), {"reason": "logged"})
+        client.join()
+    held, approvals, results = logged(gw, sql, request["id"], 2)
+    assert held["rule"] == "roles.engineering.approval[1]"
+    dba = gw.identities["dba"].user
+    expected = {"approve": ("approved", dba, None), "deny": ("denied", dba, "logged"),
+                "cancel": ("cancelled", None, "the client cancelled the statement")}[decision]
+    assert [(a["event"], a["by"], a["reason"]) for a in approvals] == [("requested", None, None), expected]
+    if decision == "approve":
+        assert results[0]["command_tag"] == "DELETE 1" and results[0]["error"] is None
+    else:
+        assert results[0]["error"]["sqlstate"] == ("57014" if decision == "cancel" else "42501")
 
 
 # -- adversarial -----------------------------------------------------------------------------
@@ -395,6 +411,10 @@ def test_a_grant_lets_the_same_rule_run_and_nothing_else(gw: RunningGateway, pos
         approved = cli(gw, token(gw, "dba"), "approve", request["id"], "--grant", "30m")
         assert approved.returncode == 0, approved.stderr
         client.join()
+        _, approvals, _ = logged(gw, DELETE.format(first), request["id"], 3)
+        assert [a["event"] for a in approvals] == ["requested", "approved", "granted"]
+        assert approvals[2]["reason"] == "roles.engineering.approval[1]"
+        assert 0 < approvals[2]["until"] - approvals[2]["at"] <= 1800
         assert conn.execute(DELETE.format(second)).statusmessage == "DELETE 1"  # not held
         ddl = Background(lambda: conn.execute("COMMENT ON TABLE orders IS NULL"))
         other = pending(gw, "COMMENT ON TABLE orders IS NULL")
@@ -532,3 +552,43 @@ def test_engineering_ddl_runs_once_approved(gw: RunningGateway, postgres: Postgr
     finally:
         with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS public.{table}")
+
+
+def test_a_grant_expires_by_itself(gw: RunningGateway, postgres: PostgresServer) -> None:
+    subject = f"eng-{uuid.uuid4().hex[:8]}"
+    engineer = TokenService(load(gw.config_path).identity).issue(subject, ["engineering"], 600)
+    with order(postgres) as first, order(postgres) as second, \
+            psycopg.connect(gw.dsn("engineer", user=subject, token=engineer), autocommit=True) as conn:
+        client = Background(lambda: conn.execute(DELETE.format(first)))
+        request = pending(gw, DELETE.format(first))
+        status, answer = api(gw, f"/api/approvals/{request['id']}/approve", token(gw, "dba"), {"grant": "9h"})
+        assert status == 400 and "a grant lasts from 1 s to 8h" in answer["error"]  # over max_grant
+        api(gw, f"/api/approvals/{request['id']}/approve", token(gw, "dba"), {"grant": "1s"})
+        client.join()
+        _, approvals, _ = logged(gw, DELETE.format(first), request["id"], 4)  # waits for `expired`
+        assert [a["event"] for a in approvals] == ["requested", "approved", "granted", "expired"]
+        later = Background(lambda: conn.execute(DELETE.format(second)))
+        again = pending(gw, DELETE.format(second))  # held again
+        api(gw, f"/api/approvals/{again['id']}/deny", token(gw, "dba"), {})
+        later.join()
+        assert exists(postgres, second)
+
+
+def test_revoking_the_requesters_token_withdraws_the_request(gw: RunningGateway, postgres: PostgresServer) -> None:
+    subject = f"eng-{uuid.uuid4().hex[:8]}"
+    engineer = TokenService(load(gw.config_path).identity).issue(subject, ["engineering"], 600)
+    with order(postgres) as number:
+        sql = DELETE.format(number)
+
+        def call() -> None:
+            with psycopg.connect(gw.dsn("engineer", user=subject, token=engineer), autocommit=True) as conn:
+                conn.execute(sql)
+        client = Background(call)
+        request = pending(gw, sql)
+        revoked = subprocess.run([sys.executable, "-m", "pgguard.cli", "token", "revoke", "-c", str(gw.config_path),
+                                  "--sub", subject], capture_output=True, text=True, timeout=60)
+        assert revoked.returncode == 0, revoked.stderr
+        client.join()
+        assert isinstance(client.error, psycopg.errors.AdminShutdown), client.error
+        assert api(gw, f"/api/approvals/{request['id']}", token(gw, "dba"))[1]["status"] == "cancelled"
+        assert exists(postgres, number)
