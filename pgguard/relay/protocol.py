@@ -220,7 +220,7 @@ class SessionProtocol:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
                     self._bind(frame)
-                elif tag == _EXECUTE:
+                elif tag == _EXECUTE and self._held_portals:
                     self._guard_execute(frame)
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
@@ -468,13 +468,18 @@ class SessionProtocol:
         return frontend.Parse(parse.name, self._refuse(decision, before_sync=True), []).encode()
 
     def _bind(self, frame: Frame) -> None:
-        """A Bind of a statement that changes client_encoding: unsure until its Sync is answered."""
+        """A Bind of a statement that changes client_encoding (unsure until its Sync is answered), or that
+        needs approval."""
         body = frame.body
         start = body.find(b"\0") + 1  # after the portal name
         name = body[start:body.find(b"\0", start)].decode("utf-8", "surrogateescape")
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
-        portal = body[:start - 1].decode("utf-8", "surrogateescape")
+        if self._held_statements or self._held_portals:
+            self._bind_held(body, body[:start - 1].decode("utf-8", "surrogateescape"), name)
+
+    def _bind_held(self, body: bytes, portal: str, name: str) -> None:
+        """A portal of a statement that needs approval: its parameters, as approvers will see them."""
         self._held_portals.pop(portal, None)
         held = self._held_statements.get(name)
         if held is not None:
