@@ -11,6 +11,7 @@ import jwt
 import trio
 
 from pgguard import __version__
+from pgguard.approvals import client as approvals_client
 from pgguard.audit.writer import prune
 from pgguard.config import ConfigError, load, parse_duration
 from pgguard.identity import TokenError, revocation
@@ -50,6 +51,12 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  write: {', '.join(scope.write) or '-'}")
         if scope.allow_functions:
             print(f"  user-defined functions: {', '.join(scope.allow_functions)}")
+        for rule in scope.approval:
+            print(f"  held for approval ({rule.label}): {rule}")
+    approvals = config.approvals
+    print(f"approvals: approver groups {', '.join(approvals.approver_groups) or '- (nobody can approve)'}; "
+          f"timeout {approvals.timeout} s; at most {approvals.max_pending} pending; "
+          f"webhook {approvals.webhook_url or '-'}")
     return 0
 
 
@@ -150,6 +157,8 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--sub", help="the subject (sub claim): all its tokens issued until now")
     revoke.add_argument("--reason", default="", help="recorded with the revocation and logged by the gateway")
     revoke.set_defaults(func=_token_revoke)
+
+    approvals_client.add_parser(commands)
 
     sessions = commands.add_parser("sessions", help="the session logs")
     session_commands = sessions.add_subparsers(dest="sessions_command", required=True)

@@ -67,8 +67,6 @@ class GatewayConfig:
     # On SIGTERM: seconds running statements get to finish before their
     # sessions are ended anyway.
     shutdown_grace: float = 30.0
-    # Statements that may wait for an approver at once (enforced by approvals).
-    max_held_requests: int = 100
     # "text" or "json" (one object a line, with the session id where there is one).
     log_format: str = "text"
     # Groups whose bearer tokens may use the admin API's operator endpoints
@@ -95,6 +93,23 @@ class AuditConfig:
     parameter_detectors: tuple[str, ...]
     # Logs of finished sessions older than this are pruned; None keeps them.
     retention_seconds: int | None
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    """[approvals]: who approves held statements, for how long they wait (docs/approvals.md)."""
+
+    approver_groups: tuple[str, ...]
+    # Seconds a held statement waits before it fails as timed out.
+    timeout: int
+    # Held requests at most, across the gateway; past it, statements needing approval are refused.
+    max_pending: int
+    # Told (POST, JSON with a Slack-compatible `text`) of every request and decision; None: nobody.
+    webhook_url: str | None
+    # The admin listener's address as approvers reach it, for the notice; None: the bound address.
+    public_url: str | None
+    # The longest grant (`approve --grant`) an approver may give.
+    max_grant: int
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,7 @@ class Config:
     roles: dict[str, RoleConfig]
     audit: AuditConfig
     raw: dict[str, Any]
+    approvals: ApprovalsConfig = field(default_factory=lambda: _approvals({}))
 
     def roles_for_groups(self, groups: list[str]) -> list[RoleConfig]:
         wanted = set(groups)
@@ -218,7 +234,13 @@ def load(path: str | os.PathLike[str]) -> Config:
         name: _role(name, _table(raw["roles"], name, "roles"), targets)
         for name in _table(raw, "roles")
     }
-    return Config(path, gateway, identity, targets, roles, _audit(_table(raw, "audit")), raw)
+    config = Config(path, gateway, identity, targets, roles, _audit(_table(raw, "audit")), raw,
+                    _approvals(_table(raw, "approvals")))
+    # Approval rules are compiled by the package that enforces them, which builds on this module.
+    from pgguard.approvals.rules import compile_rules
+    for role in roles.values():
+        compile_rules(role)
+    return config
 
 
 def _table(parent: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
@@ -260,7 +282,7 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
     _known(table, where, {
         "listen", "unix_socket_dir", "admin_listen", "tls_cert", "tls_key", "allow_plaintext_loopback",
         "session_dir", "max_message_size", "max_connections", "login_timeout",
-        "max_failed_logins", "failed_login_window", "idle_timeout", "shutdown_grace", "max_held_requests",
+        "max_failed_logins", "failed_login_window", "idle_timeout", "shutdown_grace",
         "log_format", "admin_groups",
     })
     listen = tuple(Listen.parse(item, f"[{where}] listen") for item in _get(table, "listen", where, list))
@@ -289,7 +311,6 @@ def _gateway(table: dict[str, Any], base: Path) -> GatewayConfig:
         failed_login_window=_seconds(table, "failed_login_window", where, 60),
         idle_timeout=_seconds(table, "idle_timeout", where, 0),
         shutdown_grace=_seconds(table, "shutdown_grace", where, 30),
-        max_held_requests=_not_negative(table, "max_held_requests", where, int, 100),
         log_format=_choice(table, "log_format", where, ("text", "json"), "text"),
         admin_groups=tuple(_strings(table, "admin_groups", where)),
     )
@@ -350,6 +371,27 @@ def _audit(table: dict[str, Any]) -> AuditConfig:
         max_text_bytes=_positive(table, "max_text_bytes", where, 64 * 1024),
         parameter_detectors=tuple(detectors),
         retention_seconds=None if retention is None else _duration(retention, f"[{where}] retention"),
+    )
+
+
+def _approvals(table: dict[str, Any]) -> ApprovalsConfig:
+    where = "approvals"
+    _known(table, where, {"approver_groups", "timeout", "max_pending", "webhook_url", "public_url", "max_grant"})
+    groups = _get(table, "approver_groups", where, list, [])
+    if not all(isinstance(group, str) for group in groups):
+        raise ConfigError(f"[{where}] approver_groups must be strings")
+    webhook = _get(table, "webhook_url", where, str, None)
+    public = _get(table, "public_url", where, str, None)
+    for key, url in (("webhook_url", webhook), ("public_url", public)):
+        if url is not None and urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"[{where}] {key} must be an http or https URL, got {url!r}")
+    return ApprovalsConfig(
+        approver_groups=tuple(groups),
+        timeout=_duration(_get(table, "timeout", where, str, "10m"), f"[{where}] timeout"),
+        max_pending=_positive(table, "max_pending", where, 100),
+        webhook_url=webhook,
+        public_url=public.rstrip("/") if public else None,
+        max_grant=_duration(_get(table, "max_grant", where, str, "8h"), f"[{where}] max_grant"),
     )
 
 

@@ -7,7 +7,7 @@ file that fails any of that leaves the gateway on the configuration it has.
 What a reload changes, from the next statement of every open session:
 [roles], [masking], [approvals], and the [gateway] limits (max_connections,
 login_timeout, idle_timeout, max_message_size for new sessions,
-max_failed_logins and failed_login_window, shutdown_grace, max_held_requests,
+max_failed_logins and failed_login_window, shutdown_grace,
 allow_plaintext_loopback, admin_groups). What it cannot change -- the
 addresses the gateway listens on, its TLS files, where session logs go, the
 log format, [identity], [targets] and [audit] -- is kept as it is and logged

@@ -47,6 +47,7 @@ async def run_gateway(config: Config, on_ready: Callable[[Bound], Awaitable[None
             if config.gateway.admin_listen is not None:
                 binds = await nursery.start(serve_admin, gateway, config.gateway.admin_listen)
                 admin_url = binds[0]
+                gateway.approvals.admin_url = gateway.approvals.admin_url or admin_url
             if on_ready is not None:
                 await on_ready(Bound(host, port, admin_url))
             async for signum in signals:

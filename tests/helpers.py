@@ -83,3 +83,11 @@ def pipeline_transcript(dsn: str, table: str, failing: str) -> list[str]:
         seen.append(repr(conn.execute("SELECT 1").fetchone()))
         seen.append(repr(conn.execute(f"SELECT count(*) FROM {table}").fetchone()))
     return seen
+
+
+def without_ddl_approval(config_text: str) -> str:
+    """The demo config without the rule that holds engineering's DDL for approval (docs/approvals.md):
+    for tests of policy or masking, not of approvals."""
+    rule = '    { classes = ["ddl"] },\n'
+    assert rule in config_text
+    return config_text.replace(rule, "")

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from pgguard.admin import approvals_page
+from pgguard.admin.approvals_api import approval_routes
 from pgguard.config import ConfigError, Listen
 from pgguard.identity import TokenError
 from pgguard.relay.server import Gateway
@@ -87,6 +89,8 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/metrics", metrics),
         Route("/reload", reload, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks),
+        *approval_routes(gateway.approvals),
+        *approvals_page.ROUTES,
     ])
 
 

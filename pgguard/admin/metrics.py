@@ -63,9 +63,6 @@ class Metrics:
         self.bytes_out = 0
         self.masked_rows = 0
         self.reloads = {"ok": 0, "rejected": 0}
-        # Statements waiting for an approver. The approvals code sets it
-        # (Gateway.metrics.held_requests = n) as requests are held and released.
-        self.held_requests = 0
 
 
 def _number(value: float) -> str:
@@ -79,7 +76,7 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, i
 
 
 def render(metrics: Metrics, *, connections: int, sessions: int, live_bytes_in: int, live_bytes_out: int,
-           live_masked_rows: int, max_connections: int) -> str:
+           live_masked_rows: int, max_connections: int, held_requests: int) -> str:
     """The exposition text; live values are passed in by the gateway, which knows its sessions."""
     lines: list[str] = []
     lines += _family("pgguard_connections", "gauge", "Client connections open now, logging in or in a session.",
@@ -109,7 +106,7 @@ def render(metrics: Metrics, *, connections: int, sessions: int, live_bytes_in: 
     lines += _family("pgguard_masked_rows_total", "counter", "Result rows in which at least one value was masked.",
                      [("", metrics.masked_rows + live_masked_rows)])
     lines += _family("pgguard_held_requests", "gauge", "Statements held for approval now.",
-                     [("", metrics.held_requests)])
+                     [("", held_requests)])
     lines += _family("pgguard_config_reloads_total", "counter", "Configuration reloads, by result.",
                      [(f'{{result="{result}"}}', count) for result, count in metrics.reloads.items()])
     return "\n".join(lines) + "\n"

@@ -119,17 +119,52 @@ class SessionRecorder:
         parameters = self._parameters(formats, values, encoding)
         _remember(self._portals, portal, (self._statements.get(statement), parameters))
 
-    def execute(self, portal: str) -> bool:
-        """An Execute about to be forwarded. False: refuse it, its record could not be written."""
+    def execute(self, portal: str, refused: Decision | None = None) -> bool:
+        """An Execute about to be forwarded, or refused in favour of a stand-in.
+        False: refuse it, its record could not be written."""
         if self._skipping:
             return True  # the server skips it: nothing runs, nothing to record
-        prepared, parameters = self._portals.get(portal, (None, []))
-        sql = prepared.sql if prepared is not None else ""
-        classes = prepared.classes if prepared is not None else ()
-        if self._statement("extended", sql, classes, None, True, parameters, until_ready=False):
+        sql, classes, parameters = self._portal(portal)
+        if self._statement("extended", sql, classes, refused, refused is None, parameters, until_ready=False):
+            self._skipping = refused is not None
             return True
         self._skipping = True
         return False
+
+    def _portal(self, portal: str) -> tuple[str, tuple[str, ...], list[Value]]:
+        prepared, parameters = self._portals.get(portal, (None, []))
+        return (prepared.sql if prepared is not None else "", prepared.classes if prepared is not None else (),
+                parameters)
+
+    # -- held statements (docs/approvals.md) ---------------------------------------
+
+    def hold_query(self, sql: str, classes: tuple[str, ...], rule: str, reason: str) -> int | None:
+        """A Query held for approval: its record, admitted before the request is known. None: not written."""
+        return self.sink.admit(records.statement(protocol="simple", sql=sql, decision="held", limits=self.limits,
+                                                 rule=rule, reason=reason, classes=classes))
+
+    def hold_execute(self, portal: str, rule: str, reason: str) -> int | None:
+        """An Execute held for approval, with its Bind's parameters."""
+        sql, classes, parameters = self._portal(portal)
+        return self.sink.admit(records.statement(protocol="extended", sql=sql, decision="held", limits=self.limits,
+                                                 parameters=parameters, rule=rule, reason=reason, classes=classes))
+
+    def approval(self, statement: int, request: str, event: records.ApprovalEvent, by: str | None = None,
+                 reason: str | None = None, until: float | None = None) -> bool:
+        """A step of a held statement's request. An approval that releases it is admitted, so nothing
+        runs unrecorded; False when it could not be written."""
+        record = records.approval(statement=statement, request=request, event=event, by=by, reason=reason,
+                                  until=until)
+        return (self.sink.admit(record) if event == "approved" else self.sink.emit(record)) is not None
+
+    def release(self, statement: int, simple: bool, runs: bool) -> None:
+        """A held statement leaves the gateway: itself (`runs`) or the stand-in of its refusal.
+        Its answer is the held statement's result."""
+        self.counts["statements"] += 1
+        if not runs:
+            self.counts["refused"] += 1
+            self._skipping = not simple
+        self._pending.append(_Pending(statement, simple, time.monotonic()))
 
     def function_call(self, oid: int, formats: list[int], args: list[bytes | None], encoding: str,
                       refused: Decision | None) -> bool:

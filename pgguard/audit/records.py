@@ -36,7 +36,7 @@ Record = dict[str, Any]
 Value = bytes | str | None
 Protocol = Literal["simple", "extended", "function_call"]
 Decision = Literal["allowed", "refused", "held"]
-ApprovalEvent = Literal["requested", "approved", "denied", "timed_out", "cancelled"]
+ApprovalEvent = Literal["requested", "approved", "denied", "timed_out", "cancelled", "granted", "expired"]
 
 
 @dataclass(frozen=True)
@@ -163,10 +163,14 @@ def statement(*, protocol: Protocol, sql: str, decision: Decision, limits: Limit
 
 
 def approval(*, statement: int, request: str, event: ApprovalEvent, by: str | None = None,
-             reason: str | None = None, at: float | None = None) -> Record:
-    """A step in the life of a held statement; `statement` is the seq of its statement record."""
-    return {"type": "approval", "at": _now(at), "statement": statement, "request": request, "event": event,
-            "by": by, "reason": reason}
+             reason: str | None = None, until: float | None = None, at: float | None = None) -> Record:
+    """A step in the life of a held statement; `statement` is the seq of its statement record.
+    A `granted` event carries `until`, when the grant it made expires."""
+    record = {"type": "approval", "at": _now(at), "statement": statement, "request": request, "event": event,
+              "by": by, "reason": reason}
+    if until is not None:
+        record["until"] = until
+    return record
 
 
 def result(*, statement: int | None, limits: Limits, columns: Sequence[tuple[str, int, int]] = (),

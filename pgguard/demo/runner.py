@@ -104,4 +104,7 @@ def _print_summary(summary: dict) -> None:
         table.add_row(name, ident["user"], f"psql '{ident['dsn']}'")
     console.print(table)
     console.print(f"config: {summary['config']}\nupstream (superuser): {summary['upstream_dsn']}")
+    console.print(f"approvals: the engineer's DELETEs on orders and DDL wait for the dba, at "
+                  f"{summary['admin_url']}/approvals/ui or with PGGUARD_TOKEN=<dba token> "
+                  f"pgguard approvals list --admin {summary['admin_url']}")
     console.print("Press Ctrl-C to stop; everything the demo started is removed.")

@@ -53,9 +53,10 @@ def to_json(decisions: list[Decision]) -> list[dict[str, Any]]:
             "functions": sorted(map(str, st.functions)) if st else [],
             "operators": sorted(map(str, st.operators)) if st else [],
             "allowed": decision.allowed,
+            "decision": "refused" if not decision.allowed else "held" if decision.approval else "allowed",
             "rule": decision.rule,
             "message": None if decision.allowed else decision.message,
-            "hint": decision.hint,
+            "hint": str(decision.approval) if decision.approval else decision.hint,
         })
     return out
 
@@ -70,7 +71,9 @@ def render(decisions: list[Decision]) -> str:
         lines.append(f"  writes:    {writes or '-'}")
         lines.append(f"  functions: {', '.join(item['functions']) or '-'}")
         lines.append(f"  operators: {', '.join(item['operators']) or '-'}")
-        if item["allowed"]:
+        if item["decision"] == "held":
+            lines.append(f"  decision:  held for approval (rule {item['rule']}: {item['hint']})")
+        elif item["allowed"]:
             lines.append("  decision:  allowed")
         else:
             lines.append(f"  decision:  REFUSED: {item['message']}")

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from pgguard.approvals.rules import ApprovalRule
 from pgguard.config import Config
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
@@ -38,6 +39,8 @@ class Decision:
     rule: str = ""
     reason: str = ""
     hint: str | None = None
+    # Allowed, but only once an approver approves it: the rule that holds it.
+    approval: ApprovalRule | None = None
 
     @property
     def message(self) -> str:
@@ -207,6 +210,7 @@ class SessionGuard:
     # -- deciding --------------------------------------------------------------
 
     def decide(self, statement: Statement) -> Decision:
+        runs = statement
         if statement.executes is not None:
             held = self.prepared.get(statement.executes)
             if held is None:
@@ -215,9 +219,23 @@ class SessionGuard:
             decision = self.decide(held)
             if not decision.allowed:
                 return decision
+            runs = held
         if self.unrestricted:
             return Decision(True, statement)
-        return self._check(statement) or Decision(True, statement)
+        return self._check(statement) or self._approval(statement, runs)
+
+    def _approval(self, statement: Statement, runs: Statement) -> Decision:
+        """Allowed; held when an approval rule of the caller's roles matches the statement or what it
+        executes (`CREATE TABLE … AS EXECUTE p` is both). A PREPARE runs nothing: its EXECUTE is held."""
+        rules = [rule for scope in self.scopes for rule in scope.approval]
+        if not rules or statement.prepares is not None:
+            return Decision(True, statement)
+        matched = [rule for rule in rules
+                   if rule.matches(statement, self.resolve) or runs is not statement and rule.matches(runs, self.resolve)]
+        if not matched:
+            return Decision(True, statement)
+        rule = max(matched, key=lambda rule: rule.approvers)
+        return Decision(True, statement, rule.label, f"needs approval ({rule})", approval=rule)
 
     def _check(self, st: Statement) -> Decision | None:
         for cls in sorted(st.classes):

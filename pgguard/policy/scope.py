@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from pgguard.approvals.rules import ApprovalRule, compile_rules
 from pgguard.config import ConfigError, RoleConfig
 from pgguard.policy.classify import CLASSES, READ, SESSION, TRANSACTION, WRITE
 
@@ -68,6 +69,8 @@ class Scope:
     statements: frozenset[str]
     allow_functions: tuple[str, ...]
     deny_functions: tuple[str, ...]
+    # What of its statements waits for an approver (docs/approvals.md).
+    approval: tuple[ApprovalRule, ...] = ()
 
     @property
     def unrestricted(self) -> bool:
@@ -136,4 +139,5 @@ def compile_scope(role: RoleConfig) -> Scope:
         statements=classes,
         allow_functions=_strings(role.rules, "allow_functions", where),
         deny_functions=_strings(role.rules, "deny_functions", where),
+        approval=compile_rules(role),
     )

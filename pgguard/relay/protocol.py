@@ -5,6 +5,13 @@ comes back; nothing here touches a socket, so every decision can be tested
 with plain bytes. Messages are framed on the way through, and a batch that
 needs no change is forwarded as the very bytes that arrived.
 
+A statement an approval rule holds (docs/approvals.md) stops the client's
+stream at its message: that message and every later one are kept, the client
+gets a notice, and the output says `hold`. The I/O layer stops reading the
+client (the upstream still flows), waits for the decision and hands it to
+`resume()`, which lets the held message go, or its refusal's stand-in, and
+carries on with what was kept.
+
 Refusals keep PostgreSQL's own semantics by letting PostgreSQL produce them:
 a refused statement is replaced, upstream, by one that fails harmlessly at
 parse time (`SELECT 'pgguard-refusal:ID'::pg_catalog.int4`). The server then
@@ -23,6 +30,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pgguard.admin.metrics import Metrics
+from pgguard.approvals.rules import ApprovalRule
+from pgguard.approvals.service import ApprovalError, SessionApprovals
+from pgguard.approvals.store import Request
 from pgguard.audit.recorder import SessionRecorder
 from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
@@ -42,11 +52,16 @@ _MARKER = "pgguard-refusal:"
 
 
 class Output(NamedTuple):
-    """Bytes to send each way, and why the session ends after them (None: it goes on)."""
+    """Bytes to send each way, and why the session ends after them (None: it goes on).
+
+    `hold`: a statement waits for approval; read nothing more from the client
+    until `resume()` is given the request's outcome.
+    """
 
     to_upstream: bytes = b""
     to_client: bytes = b""
     close: str | None = None
+    hold: Request | None = None
 
 
 _NOTHING = Output()
@@ -90,6 +105,44 @@ def _parse_fields(data: bytes) -> tuple[str, bytes]:
 
 
 @dataclass
+class _Ask:
+    """What the guard found needs approval in the frame being handled."""
+
+    rule: ApprovalRule
+    sql: str
+    parameters: tuple[str | None, ...] | None  # an Execute's, from its Bind; None for a Query
+
+
+@dataclass
+class _Held:
+    request: Request
+    seq: int | None  # the held statement's record
+    # The held message first, then every later one the client sent.
+    frames: list[Frame]
+
+
+# Binary parameters approvers see as values: integers (int2, int4, int8, oid) and booleans.
+_BINARY_INTEGERS = {21: 2, 23: 4, 20: 8, 26: 4}
+_BOOL, _TEXT_TYPES = 16, (25, 1043, 1042, 19)
+
+
+def _shown(value: bytes | None, fmt: int, type_oid: int, encoding: str) -> str | None:
+    """A parameter as approvers see it: text where it decodes, a few binary types as values, else hex."""
+    if value is None:
+        return None
+    if fmt == 1 and len(value) == _BINARY_INTEGERS.get(type_oid, -1):
+        return str(int.from_bytes(value, "big", signed=type_oid != 26))
+    if fmt == 1 and type_oid == _BOOL and len(value) == 1:
+        return "true" if value[0] else "false"
+    if fmt == 0 or type_oid in _TEXT_TYPES:
+        try:
+            return value.decode(encoding)
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return "\\x" + value.hex()
+
+
+@dataclass
 class _Refusal:
     sqlstate: str
     message: str
@@ -102,7 +155,7 @@ class SessionProtocol:
     def __init__(self, client_framer: MessageFramer, upstream_framer: MessageFramer,
                  guard: SessionGuard | None = None, encoding: str = "utf-8", *, read_only: bool = False,
                  masking: ResultMasking | None = None, recorder: SessionRecorder | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, approvals: SessionApprovals | None = None) -> None:
         self._client = client_framer
         self._upstream = upstream_framer
         self.guard = guard
@@ -136,6 +189,15 @@ class SessionProtocol:
         self._encoding_statements: set[str] = set()
         # The last Bind decoded, with its frame: masking and the log both read it.
         self._last_bind: tuple[Frame | None, frontend.Bind | None] = (None, None)
+        self.approvals = approvals
+        # Prepared statements (by name) and portals that need approval to run, with their SQL and
+        # a portal's parameters; what the frame being handled needs; the statement being held.
+        self._held_statements: dict[str, tuple[ApprovalRule, str, list[int]]] = {}
+        self._held_portals: dict[str, _Ask] = {}
+        self._ask: _Ask | None = None
+        self._held: _Held | None = None
+        # Grants made by approvals of this session's requests: request id -> its statement record.
+        self._grants: dict[str, int] = {}
 
     # -- from the client -----------------------------------------------------
 
@@ -148,6 +210,13 @@ class SessionProtocol:
                           close=f"client protocol violation: {exc}")
         if not frames:
             return _NOTHING
+        if self._held is not None:
+            self._held.frames.extend(frames)  # read before the hold took effect: kept with it
+            return _NOTHING
+        return self._frames(frames, raw)
+
+    def _frames(self, frames: list[Frame], raw: bytes | None) -> Output:
+        """What goes upstream for `frames` (`raw`: their bytes, if they came in together)."""
         parts: list[bytes] | None = None
         for index, frame in enumerate(frames):
             tag = frame.tag
@@ -165,12 +234,23 @@ class SessionProtocol:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
                     self._bind(frame)
+                elif tag == _EXECUTE and self._held_portals:
+                    self._guard_execute(frame)
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
                 elif tag == _CLOSE:
                     self._forget(frame)
             if self.masking is not None:
                 replacement = self._track(frame, replacement)
+            if self._ask is not None:
+                # Held only when nothing refuses it first (masking may have).
+                if replacement is not None:
+                    self._ask = None
+                else:
+                    replacement, notice = self._hold(frame, frames[index:])
+                    if self._held is not None:
+                        kept = parts if parts is not None else [f.data for f in frames[:index]]
+                        return Output(b"".join(kept), notice, hold=self._held.request)
             if self.recorder is not None:
                 replacement = self._record(frame, replacement)
             if tag == _BIND:
@@ -183,12 +263,125 @@ class SessionProtocol:
                 parts = [f.data for f in frames[:index]]
             if parts is not None:
                 parts.append(replacement if replacement is not None else frame.data)
-        return Output(b"".join(parts)) if parts is not None else Output(raw)
+        if parts is not None:
+            return Output(b"".join(parts))
+        return Output(raw if raw is not None else b"".join(f.data for f in frames))
+
+    # -- holding a statement for approval -------------------------------------------
+
+    def _hold(self, frame: Frame, frames: list[Frame]) -> tuple[bytes | None, bytes]:
+        """Open the request for what `_ask` says needs approval, and keep `frames`.
+
+        Returns the frame's replacement when it is refused instead (no request
+        could be opened, or its record could not be written), and the notice.
+        """
+        ask, self._ask = self._ask, None
+        assert ask is not None
+        simple = frame.tag == _QUERY
+        if self.approvals is None:
+            return self._refused_frame(frame, Decision(False, None, ask.rule.label, "the statement needs approval,"
+                                                       " and approvals are not served here")), b""
+        try:
+            request = self.approvals.open("simple" if simple else "extended", ask.sql, ask.parameters or (), ask.rule)
+        except ApprovalError as exc:
+            decision = Decision(False, None, ask.rule.label, f"the statement needs approval, but {exc.message}")
+            return self._refused_frame(frame, decision), b""
+        seq = None
+        if self.recorder is not None:
+            reason = f"needs approval ({ask.rule}); request {request.id}"
+            seq = (self.recorder.hold_query(self._log_text(frame.data[5:-1]), self._classes, ask.rule.label, reason)
+                   if simple else self.recorder.hold_execute(frontend.Execute.decode(frame.body).portal,
+                                                             ask.rule.label, reason))
+            self._classes = ()
+            if seq is None:
+                self.approvals.withdraw(request.id, "its session-log record could not be written")
+                return self._refused_frame(frame, None), b""
+            self.recorder.approval(seq, request.id, "requested")
+        self._held = _Held(request, seq, frames)
+        notice = backend.NoticeResponse.build("NOTICE", "01000", self.approvals.notice(request))
+        return None, notice.encode()
+
+    def _refused_frame(self, frame: Frame, decision: Decision | None) -> bytes:
+        """The stand-in for a Query or Execute refused at the hold (None: its record could not be written)."""
+        before_sync = frame.tag != _QUERY
+        if decision is not None:
+            return self._stand_in_frame(frame, self._refuse(decision, before_sync))
+        text = self._unrecorded(before_sync)
+        self._refused = Decision(False, None, "", "its session-log record could not be written")
+        return self._stand_in_frame(frame, text)
+
+    @staticmethod
+    def _stand_in_frame(frame: Frame, stand_in: str) -> bytes:
+        if frame.tag == _QUERY:
+            return frontend.Query(stand_in).encode()
+        # An Execute's: fails at Parse, so the server skips the rest of the batch;
+        # a name of its own leaves the client's unnamed statement alone.
+        return frontend.Parse(f"pgguard_refused_{secrets.token_hex(8)}", stand_in, []).encode()
+
+    def resume(self, request: Request) -> Output:
+        """The held statement's outcome: it goes, or fails as denied, timed out or cancelled."""
+        held, self._held = self._held, None
+        assert held is not None
+        frame, rest = held.frames[0], held.frames[1:]
+        simple = frame.tag == _QUERY
+        recorder = self.recorder
+        replacement: bytes | None = None
+        if request.status == "approved":
+            if recorder is not None and held.seq is not None:
+                if not recorder.approval(held.seq, request.id, "approved", request.decided_by):
+                    replacement = self._refused_frame(frame, None)
+                elif request.grant_seconds is not None and request.decided_at is not None:
+                    self._grants[request.id] = held.seq
+                    recorder.approval(held.seq, request.id, "granted", request.decided_by, request.rule,
+                                      until=request.decided_at + request.grant_seconds)
+        else:
+            if recorder is not None and held.seq is not None:
+                event = "cancelled" if request.status == "pending" else request.status
+                recorder.approval(held.seq, request.id, event, request.decided_by, request.reason)
+            replacement = self._outcome_stand_in(frame, request)
+        # Recorded with the held statement's record, not as a refusal of its own.
+        self._refused = None
+        if recorder is not None and held.seq is not None:
+            recorder.release(held.seq, simple, runs=replacement is None)
+        # Result masking tracked the statement before it was held: a stand-in's error ends its results.
+        first = replacement if replacement is not None else frame.data
+        after = self._frames(rest, None) if rest else _NOTHING
+        return Output(first + after.to_upstream, after.to_client, after.close, after.hold)
+
+    def _outcome_stand_in(self, frame: Frame, request: Request) -> bytes:
+        if request.status == "denied":
+            text = f"pgguard: statement denied by {request.decided_by}" + \
+                (f": {request.reason}" if request.reason else "") + f" (request {request.id}, rule {request.rule})"
+            sqlstate, hint = "42501", None
+        elif request.status == "timed_out":
+            text = f"pgguard: approval request {request.id} timed out: {request.reason} (rule {request.rule})"
+            sqlstate, hint = "42501", "ask an approver to watch for requests, then run the statement again"
+        else:
+            text = f"pgguard: canceling statement: approval request {request.id} withdrawn ({request.reason})"
+            sqlstate, hint = "57014", None
+        return self._stand_in_frame(frame, self._stand_in(sqlstate, text, hint, frame.tag != _QUERY))
+
+    def abandon(self, request: Request) -> None:
+        """The session ends while its statement is held: nothing is sent, the request's end is recorded."""
+        held, self._held = self._held, None
+        if held is not None and held.seq is not None and self.recorder is not None:
+            self.recorder.approval(held.seq, request.id, "cancelled", None, request.reason)
+
+    def grant_expired(self, request: Request) -> None:
+        """The grant that came with `request`'s approval is over."""
+        seq = self._grants.pop(request.id, None)
+        if seq is not None and self.recorder is not None:
+            self.recorder.approval(seq, request.id, "expired", request.decided_by)
+
+    @property
+    def holding(self) -> Request | None:
+        """The request the session waits for, if it waits."""
+        return self._held.request if self._held is not None else None
 
     @property
     def idle(self) -> bool:
-        """No request is waiting for its ReadyForQuery."""
-        return self._cycles_sent == self._cycles_done
+        """No request is waiting for its ReadyForQuery, nor held for approval."""
+        return self._held is None and self._cycles_sent == self._cycles_done
 
     @property
     def draining(self) -> bool:
@@ -249,16 +442,30 @@ class SessionProtocol:
         if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
+        held = self._needs_approval([d.approval for d in decisions if d.allowed and d.approval is not None])
         if refused is None:
+            if held is not None:
+                self._ask = _Ask(held, sql, None)
             return None
         # Statements before the refused one still run, as PostgreSQL would
         # have run them before failing on it: the very bytes the client sent.
+        # Unless one of them needs approval: then none of them runs.
         location = refused.statement.location if refused.statement is not None else 0
         kept = sql.encode()[:location].decode()
         prefix = kept.encode(self.encoding)
-        if not body.startswith(prefix):
+        if not body.startswith(prefix) or held is not None:
             prefix = b""  # the text does not survive a round trip: run none of it
         return self._refused_query(prefix, refused)
+
+    def _needs_approval(self, rules: list[ApprovalRule]) -> ApprovalRule | None:
+        """The rule that holds a statement, of those that matched it and no grant covers."""
+        if not rules:
+            return None
+        if self.approvals is None:
+            # Nowhere to ask (approvals are not served): such a statement cannot be held, so it is refused.
+            return rules[0]
+        uncovered = [rule for rule in rules if not self.approvals.covered(rule)]
+        return max(uncovered, key=lambda rule: rule.approvers) if uncovered else None
 
     def _refused_query(self, prefix: bytes, decision: Decision) -> bytes:
         # Built as bytes: the prefix is in the session's client_encoding, not UTF-8.
@@ -278,8 +485,11 @@ class SessionProtocol:
             decision = (self.guard.undecodable(self.encoding) if sql is None
                         else self.guard.check_parse(parse.name, sql))
         self._encoding_statements.discard(parse.name)
+        self._held_statements.pop(parse.name, None)
         if decision.statement is not None:
             self._classes = tuple(sorted(decision.statement.classes))
+        if decision.allowed and decision.approval is not None:
+            self._held_statements[parse.name] = (decision.approval, self._log_text(body), parse.param_types)
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -288,12 +498,33 @@ class SessionProtocol:
         return frontend.Parse(parse.name, self._refuse(decision, before_sync=True), []).encode()
 
     def _bind(self, frame: Frame) -> None:
-        """A Bind of a statement that changes client_encoding: unsure until its Sync is answered."""
+        """A Bind of a statement that changes client_encoding (unsure until its Sync is answered), or that
+        needs approval."""
         body = frame.body
         start = body.find(b"\0") + 1  # after the portal name
         name = body[start:body.find(b"\0", start)].decode("utf-8", "surrogateescape")
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
+        if self._held_statements or self._held_portals:
+            self._bind_held(body, body[:start - 1].decode("utf-8", "surrogateescape"), name)
+
+    def _bind_held(self, body: bytes, portal: str, name: str) -> None:
+        """A portal of a statement that needs approval: its parameters, as approvers will see them."""
+        self._held_portals.pop(portal, None)
+        held = self._held_statements.get(name)
+        if held is not None:
+            bind = frontend.Bind.decode(body)
+            types = held[2]
+            shown = tuple(_shown(value, bind.param_format(index),
+                                 types[index] if index < len(types) else 0, self.encoding)
+                          for index, value in enumerate(bind.params))
+            self._held_portals[portal] = _Ask(held[0], held[1], shown)
+
+    def _guard_execute(self, frame: Frame) -> None:
+        """An Execute of a portal whose statement needs approval is held, unless a grant covers it."""
+        ask = self._held_portals.get(frontend.Execute.decode(frame.body).portal)
+        if ask is not None and self._needs_approval([ask.rule]) is not None:
+            self._ask = ask
 
     def _bind_of(self, frame: Frame) -> frontend.Bind:
         """The Bind in `frame`, decoded once however many parts of the session read it."""
@@ -371,7 +602,7 @@ class SessionProtocol:
             bind = self._bind_of(frame)
             recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
         elif tag == _EXECUTE:
-            if not recorder.execute(frontend.Execute.decode(frame.body).portal):
+            if not recorder.execute(frontend.Execute.decode(frame.body).portal, refused):
                 # Fails at Parse, so the server skips the rest of the batch as after any error;
                 # a name of its own leaves the client's unnamed statement alone.
                 stand_in = self._unrecorded(before_sync=True)
@@ -405,6 +636,9 @@ class SessionProtocol:
         if close.kind == "S":
             self.guard.forget(close.name)
             self._encoding_statements.discard(close.name)
+            self._held_statements.pop(close.name, None)
+        else:
+            self._held_portals.pop(close.name, None)
 
     # -- from the upstream ----------------------------------------------------
 

@@ -11,6 +11,10 @@ and closes its sockets.
 
 Back-pressure: when a socket cannot take all that is sent to it, the rest is
 kept and the reactor stops reading from the other side until it drains.
+
+Holds: while a statement waits for approval the client is not read (only
+its hang-up is watched for), and the upstream goes on; the session's task
+hands the outcome back with `resume()`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import select
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -34,6 +39,7 @@ _INTERNAL_ERROR = backend.ErrorResponse.build(
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _HANGUP = select.EPOLLHUP | select.EPOLLERR
+_RDHUP = select.EPOLLRDHUP
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 # Events taken per poll, and polls served back to back before other tasks get
 # a turn: serving what is ready without a trip through trio's scheduler is
@@ -45,7 +51,7 @@ _BATCHES_PER_YIELD = 8
 class _End:
     """One side of a pipe: a socket, what is waiting to be sent to it, and whether it is read."""
 
-    __slots__ = ("pipe", "sock", "fd", "peer", "pending", "reading", "mask", "receive")
+    __slots__ = ("pipe", "sock", "fd", "peer", "pending", "reading", "paused", "mask", "receive")
 
     def __init__(self, pipe: Pipe, sock: socket.socket,
                  receive: Callable[[bytes], Output]) -> None:
@@ -56,6 +62,8 @@ class _End:
         self.peer: _End = self
         self.pending = bytearray()
         self.reading = True
+        # A statement of this client waits for approval: read nothing until it is decided.
+        self.paused = False
         self.mask = 0
         self.receive = receive
 
@@ -72,6 +80,8 @@ class Pipe:
         self.end_reason = "closed"
         # For the log lines the reactor writes about this pipe (its task is no session's).
         self.session_id: str | None = None
+        # Told when the protocol holds a statement (with its request); the session waits for the outcome.
+        self.on_hold: Callable[[Any], None] = lambda request: None
 
     def closed_output(self, end: _End) -> Output:
         if end is self.client:
@@ -114,7 +124,7 @@ class Reactor:
                         continue  # its pipe finished earlier in this batch
                     if mask & _OUT:
                         self._flush(end)
-                    if mask & (_IN | _HANGUP) and not end.pipe.finished.is_set():
+                    if mask & (_IN | _HANGUP | _RDHUP) and not end.pipe.finished.is_set():
                         self._read(end)
                 served_without_yield += 1
                 if served_without_yield >= _BATCHES_PER_YIELD:
@@ -142,12 +152,36 @@ class Reactor:
             # nothing of what it was given is forwarded.
             log.exception("session failed while processing a message", extra={"session_id": pipe.session_id})
             output = Output(to_client=_INTERNAL_ERROR, close="internal error")
+        self._deliver(pipe, output)
+
+    def _deliver(self, pipe: Pipe, output: Output) -> None:
         if output.to_upstream:
             self._send(pipe.upstream, output.to_upstream)
         if output.to_client:
             self._send(pipe.client, output.to_client)
         if output.close is not None:
             self._finish(pipe, output.close)
+        elif output.hold is not None and not pipe.finished.is_set():
+            pipe.client.paused = True
+            self._update(pipe.client)
+            pipe.on_hold(output.hold)
+
+    def resume(self, pipe: Pipe, decided: Callable[[], Output]) -> None:
+        """A held statement was decided: send what the protocol makes of it, and read the client again."""
+        if pipe.finished.is_set():
+            return
+        pipe.client.paused = False
+        self._update(pipe.client)
+        try:
+            output = decided()
+        except Exception:
+            log.exception("session failed while resuming a held statement", extra={"session_id": pipe.session_id})
+            output = Output(to_client=_INTERNAL_ERROR, close="internal error")
+        self._deliver(pipe, output)
+        client = pipe.client
+        if not client.paused and isinstance(client.sock, ssl.SSLSocket) and client.sock.pending() \
+                and not pipe.finished.is_set():
+            self._read(client)  # decrypted bytes that epoll cannot see
 
     def _send(self, end: _End, data: bytes) -> None:
         if end.pending:
@@ -181,7 +215,7 @@ class Reactor:
             self._update(end)
 
     def _update(self, end: _End) -> None:
-        mask = (_IN if end.reading else 0) | (_OUT if end.pending else 0)
+        mask = (_RDHUP if end.paused else _IN if end.reading else 0) | (_OUT if end.pending else 0)
         if mask != end.mask and self._ends.get(end.fd) is end:
             end.mask = mask
             self._epoll.modify(end.fd, mask)

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from pgguard.admin.metrics import Metrics, render
+from pgguard.approvals.service import Approvals
 from pgguard.audit.sessions import SessionLogs
 from pgguard.config import Config, ConfigError, TargetConfig
 from pgguard.errors import GatewayError, fatal
@@ -98,6 +99,7 @@ class Gateway:
         self.masking = MaskingConfig(config)
         self.catalogs = Catalogs()
         self.logs = SessionLogs(config)
+        self.approvals = Approvals(config.approvals, self.verifier)
         if not self.logs.enabled:
             log.warning("[audit] enabled = false: sessions are not recorded")
         self.metrics = Metrics()
@@ -129,6 +131,7 @@ class Gateway:
             nursery.start_soon(self.verifier.prefetch)
             nursery.start_soon(self.catalogs.keep_fresh)
             nursery.start_soon(self.logs.keep_pruned)
+            nursery.start_soon(self.approvals.webhook.run)
             async with trio.open_nursery() as connections:
                 with trio.CancelScope() as self._accepting:
                     task_status.started(listeners)
@@ -181,6 +184,7 @@ class Gateway:
         config = reloaded.config
         previous = self.config.gateway
         self.config, self.policy, self.masking = config, reloaded.policy, reloaded.masking
+        self.approvals.reconfigure(config.approvals)
         if (config.gateway.max_failed_logins, config.gateway.failed_login_window) != \
                 (previous.max_failed_logins, previous.failed_login_window):
             self.throttle = LoginThrottle(config.gateway.max_failed_logins, config.gateway.failed_login_window)
@@ -204,6 +208,7 @@ class Gateway:
             live_bytes_out=sum(protocol.bytes_out for protocol in live),
             live_masked_rows=sum(protocol.masking.masked_rows for protocol in live if protocol.masking is not None),
             max_connections=self.config.gateway.max_connections,
+            held_requests=self.approvals.pending_count(),
         )
 
     @property
@@ -269,8 +274,8 @@ class Gateway:
         self.metrics.logins["ok"] += 1
         identity = client.identity
         session = Session(client, connection.peer, self.cancels, self.reactor, self.upstream_tls(client.target),
-                          self.policy, self.catalogs, self.masking, self.logs, metrics=self.metrics,
-                          idle_timeout=self.config.gateway.idle_timeout)
+                          self.policy, self.catalogs, self.masking, self.logs, self.approvals,
+                          metrics=self.metrics, idle_timeout=self.config.gateway.idle_timeout)
         SESSION_ID.set(session.id)
         log.info("login: %s from %s via %s (sub %s, jti %s, groups %s), token valid until %s", identity.username,
                  connection.peer, identity.provider, identity.subject, identity.jti or "-",

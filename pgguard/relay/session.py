@@ -21,6 +21,8 @@ from functools import partial
 import trio
 
 from pgguard.admin.metrics import Metrics
+from pgguard.approvals.service import Approvals, SessionApprovals
+from pgguard.approvals.store import Request
 from pgguard.audit import records
 from pgguard.audit.recorder import SessionRecorder
 from pgguard.audit.sessions import SessionLogs, new_session_id
@@ -105,8 +107,8 @@ def tls_of(sock: socket.socket) -> tuple[str, str] | None:
 class Session:
     def __init__(self, hello: ClientHello, peer: str, cancels: CancelRegistry, reactor: Reactor,
                  upstream_tls: ssl.SSLContext | None, policy: Policy, catalogs: Catalogs,
-                 masking: MaskingConfig, logs: SessionLogs, *, metrics: Metrics | None = None,
-                 idle_timeout: float = 0.0) -> None:
+                 masking: MaskingConfig, logs: SessionLogs, approvals: Approvals | None = None, *,
+                 metrics: Metrics | None = None, idle_timeout: float = 0.0) -> None:
         self.id = new_session_id()
         self.hello = hello
         self.peer = peer
@@ -124,6 +126,7 @@ class Session:
         self._counted = False
         # The watcher's wait, cut short when a reload changes the idle timeout.
         self._nap: trio.CancelScope | None = None
+        self.approvals = approvals
         self._pipe: Pipe | None = None
         self._protocol: SessionProtocol | None = None
         # Set by terminate(): why the session ends, and the FATAL that says so.
@@ -198,16 +201,18 @@ class Session:
             raise
         cancel_upstream = partial(send_cancel, hello.target, self.upstream_tls, upstream.process_id,
                                   upstream.secret_key)
-        process_id, secret_key = self.cancels.register(cancel_upstream)
+        process_id, secret_key = self.cancels.register(partial(self._cancel, cancel_upstream))
         masking = None if guard is None else self.masking.for_session(
             hello.roles, guard, lambda: self.catalogs.current(hello.target.name))
         if masking is not None:
             for frame in upstream.greeting:  # the settings the session starts with: client_encoding, for COPY
                 if frame.tag == ord("S"):
                     masking.server(frame.tag, frame.data)
+        approvals = None if guard is None or self.approvals is None else SessionApprovals(
+            self.approvals, hello.identity, self.id, hello.target.name)
         protocol = self._protocol = SessionProtocol(hello.framer, upstream.framer, guard, codec,
                                                     read_only=login.read_only, masking=masking, recorder=recorder,
-                                                    metrics=self.metrics)
+                                                    metrics=self.metrics, approvals=approvals)
         pipe = self._pipe = Pipe(hello.stream.socket, upstream.stream.socket, protocol)
         pipe.session_id = self.id
         try:
@@ -215,8 +220,12 @@ class Session:
             log.info("session %d (%s): %s (%s) -> %s as %s", process_id, self.id, self.user, self.peer,
                      hello.target.name, ",".join(r.name for r in hello.roles))
             if self._ending is None:
-                self.reactor.attach(pipe)
-                await self._watch(pipe, protocol)
+                async with trio.open_nursery() as holds:
+                    # A held statement's wait, and a grant's expiry, are tasks of the session.
+                    pipe.on_hold = partial(holds.start_soon, self._await_decision, holds, pipe, protocol)
+                    self.reactor.attach(pipe)
+                    await self._watch(pipe, protocol)
+                    holds.cancel_scope.cancel()
             if self._ending is not None:
                 await self._farewell(upstream, pipe, cancel_upstream)
             elif protocol.draining:
@@ -297,6 +306,41 @@ class Session:
                 assert fresh is not None  # active, as checked above
                 current.adopt(fresh)
         return None
+
+    async def _await_decision(self, holds: trio.Nursery, pipe: Pipe, protocol: SessionProtocol,
+                              request: Request) -> None:
+        """Wait for the held statement's outcome, then let the reactor carry on with it.
+
+        If the session ends first (the client left, revocation, shutdown),
+        the request is withdrawn and its end recorded.
+        """
+        assert self.approvals is not None
+        decided: Request | None = None
+        try:
+            decided = await self.approvals.outcome(request.id)
+        finally:
+            if decided is None:
+                reason = pipe.end_reason if pipe.finished.is_set() else "the session ended"
+                ended = self.approvals.withdraw(request.id, reason)
+                protocol.abandon(ended or self.approvals.store.get(request.id) or request)
+        log.info("session %s: request %s %s", self.id, request.id, decided.status)
+        self.reactor.resume(pipe, partial(protocol.resume, decided))
+        if decided.status == "approved" and decided.grant_seconds is not None:
+            holds.start_soon(self._grant_expires, protocol, decided)
+
+    @staticmethod
+    async def _grant_expires(protocol: SessionProtocol, request: Request) -> None:
+        assert request.decided_at is not None and request.grant_seconds is not None
+        await trio.sleep(max(0.0, request.decided_at + request.grant_seconds - time.time()))
+        protocol.grant_expired(request)
+
+    async def _cancel(self, cancel_upstream: Callable[[], Awaitable[None]]) -> None:
+        """A CancelRequest: withdraws the request of a held statement, else cancels upstream."""
+        held = self._protocol.holding if self._protocol is not None else None
+        if held is not None and self.approvals is not None and \
+                self.approvals.withdraw(held.id, "the client cancelled the statement") is not None:
+            return
+        await cancel_upstream()  # nothing held, or decided already and about to run
 
     async def _guard(self, login: Login) -> SessionGuard | None:
         """The session's policy guard, once the startup packet's settings passed it.

@@ -172,6 +172,12 @@ class Bind(Message):
         read_done(body, pos)
         return cls(portal, statement, param_formats, params, result_formats)
 
+    def param_format(self, index: int) -> int:
+        """The format of parameter `index`."""
+        if not self.param_formats:
+            return 0
+        return self.param_formats[0] if len(self.param_formats) == 1 else self.param_formats[index]
+
 
 @dataclass(frozen=True, slots=True)
 class _Target(Message):

@@ -50,7 +50,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from helpers import fetch_all, fetch_value, scratch_table
+from helpers import fetch_all, fetch_value, scratch_table, without_ddl_approval
 from pgguard.demo import data
 from pgguard.wire import backend, frontend
 from rawclient import RawConnection, login_as
@@ -1051,7 +1051,8 @@ def test_engineer_cannot_copy_hidden_values_where_they_would_be_read_back_raw(en
     assert fetch_value(postgres.dsn(), f"SELECT count(*) FROM {table}") == 0
 
 
-def test_engineer_cannot_store_a_prepared_statements_hidden_rows_in_a_table(gateway):
+def test_engineer_cannot_store_a_prepared_statements_hidden_rows_in_a_table(gateway_factory):
+    gateway = gateway_factory(without_ddl_approval)  # the allowed CREATE TABLE AS would wait for approval
     with psycopg.connect(gateway.dsn("engineer"), autocommit=True) as conn:
         conn.execute(f"PREPARE stored AS SELECT id, ssn FROM {C}")
         conn.execute("PREPARE harmless AS SELECT id, city FROM customers")

@@ -10,6 +10,7 @@ from pathlib import Path
 from pgguard.config import ASYMMETRIC_ALGORITHMS, load
 from pgguard.demo.certs import issue_server_cert, make_ca
 from pgguard.identity.tokens import generate_signing_key
+from pgguard.policy.guard import Policy
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pgguard.toml"
 
@@ -39,12 +40,16 @@ def test_example_config_loads_with_every_section(tmp_path, monkeypatch):
     assert config.roles_for_groups(["data-agents"])[0].login == "reader"
     assert not config.gateway.allow_plaintext_loopback
     assert config.gateway.max_failed_logins == 50
-    assert (config.gateway.idle_timeout, config.gateway.shutdown_grace, config.gateway.max_held_requests) == \
-        (3600, 30, 100)
+    assert (config.gateway.idle_timeout, config.gateway.shutdown_grace) == (3600, 30)
     assert (config.gateway.log_format, config.gateway.admin_groups) == ("json", ("dba",))
     assert [provider.name for provider in config.identity.providers] == ["okta", "keycloak"]
     assert config.identity.providers[1].groups_claim == "realm_access.roles"
     assert config.identity.providers[1].algorithms == ASYMMETRIC_ALGORITHMS
+    assert config.approvals.approver_groups == ("dba",) and config.approvals.timeout == 600
+    assert config.approvals.webhook_url is not None and config.approvals.max_grant == 8 * 3600
+    rules = Policy(config).scopes["writers"].approval
+    assert [(rule.kinds, rule.approvers) for rule in rules] == [
+        (frozenset({"update", "delete"}), 1), (frozenset({"unfiltered", "truncate"}), 2)]
 
 
 def test_pgguard_check_prints_roles(tmp_path):
@@ -55,6 +60,8 @@ def test_pgguard_check_prints_roles(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "role analysts: groups analysts, data-agents; login reader" in result.stdout
+    assert "held for approval (roles.writers.approval[1]): kinds truncate, unfiltered; 2 approvers" in result.stdout
+    assert "approvals: approver groups dba; timeout 600 s" in result.stdout
 
 
 def test_pgguard_check_names_a_missing_secret(tmp_path):

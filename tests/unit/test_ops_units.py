@@ -20,13 +20,13 @@ from test_config import demo_config, refusal  # noqa: F401  (a fixture, and its 
 
 def test_operations_keys_have_defaults_and_are_read(demo_config: Path) -> None:  # noqa: F811
     gateway = load(demo_config).gateway
-    assert (gateway.idle_timeout, gateway.shutdown_grace, gateway.max_held_requests) == (0.0, 30.0, 100)
+    assert (gateway.idle_timeout, gateway.shutdown_grace) == (0.0, 30.0)
     assert (gateway.log_format, gateway.admin_groups) == ("text", ())
     demo_config.write_text(set_keys(demo_config.read_text(), "gateway", {
-        "idle_timeout": 600, "shutdown_grace": 5, "max_held_requests": 3, "log_format": "json",
+        "idle_timeout": 600, "shutdown_grace": 5, "log_format": "json",
         "admin_groups": ["dba", "sre"]}))
     gateway = load(demo_config).gateway
-    assert (gateway.idle_timeout, gateway.shutdown_grace, gateway.max_held_requests) == (600.0, 5.0, 3)
+    assert (gateway.idle_timeout, gateway.shutdown_grace) == (600.0, 5.0)
     assert (gateway.log_format, gateway.admin_groups) == ("json", ("dba", "sre"))
 
 
@@ -35,7 +35,6 @@ def test_operations_keys_have_defaults_and_are_read(demo_config: Path) -> None: 
     ({"admin_groups": [""]}, "admin_groups must be a list of names"),
     ({"idle_timeout": -1}, "idle_timeout must not be negative"),
     ({"shutdown_grace": "soon"}, "shutdown_grace must be a int or float"),
-    ({"max_held_requests": -5}, "max_held_requests must not be negative"),
 ])
 def test_operations_keys_are_checked(demo_config: Path, values: dict, named: str) -> None:  # noqa: F811
     assert named in refusal(demo_config, "gateway", values)
@@ -78,9 +77,8 @@ def test_metrics_text_has_a_help_and_type_for_each_family_and_one_sample_a_line(
     metrics = Metrics()
     metrics.logins["ok"] = 3
     metrics.statements, metrics.statements_refused = 10, 4
-    metrics.held_requests = 2
     text = render(metrics, connections=5, sessions=3, live_bytes_in=7, live_bytes_out=8, live_masked_rows=1,
-                  max_connections=100)
+                  max_connections=100, held_requests=2)
     lines = text.splitlines()
     assert 'pgguard_logins_total{outcome="ok"} 3' in lines
     assert 'pgguard_statements_total{decision="allowed"} 6' in lines

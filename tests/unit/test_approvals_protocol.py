@@ -1,0 +1,141 @@
+"""The hold, sans I/O: what the protocol keeps, sends and records for a statement that needs approval."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pgguard.approvals.service import Approvals, SessionApprovals
+from pgguard.approvals.store import Grant, Request
+from pgguard.config import Config, load
+from pgguard.demo import data
+from pgguard.demo.gateway_config import write_config
+from pgguard.identity import Identity
+from pgguard.policy.catalog import Catalog
+from pgguard.policy.guard import Policy, SessionGuard
+from pgguard.relay.protocol import SessionProtocol
+from pgguard.wire import backend, frontend
+from pgguard.wire.codec import message
+from pgguard.wire.framing import MessageFramer
+
+CATALOG = Catalog.from_rows([("s", "public", ""), ("r", "pg_catalog", "pg_class")])
+STAND_IN = re.compile(rb"SELECT 'pgguard-refusal:([0-9a-f]{16})'::pg_catalog\.int4")
+ENGINEER = Identity("pgguard", "pgguard", "engineer-sub", "engineer", ("engineering",), "j1", 0, 2e9, 2e9)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    directory: Path = tmp_path_factory.mktemp("hold")
+    for name in ("c", "k", "ca"):
+        (directory / name).write_text("not read by these tests\n")
+    return load(write_config(
+        directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c", tls_key=directory / "k",
+        pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca", database=data.DATABASE,
+        login_passwords={login: "x" for login in data.LOGINS}))
+
+
+@pytest.fixture
+def approvals(config: Config) -> Approvals:
+    return Approvals(config.approvals, verifier=None)  # type: ignore[arg-type]  # nobody decides by token here
+
+
+def engineer(config: Config, approvals: Approvals) -> SessionProtocol:
+    guard = SessionGuard(Policy(config), ["engineering"], data.ENGINEER, lambda: CATALOG, assume_builtin=True)
+    return SessionProtocol(MessageFramer(), MessageFramer(), guard,
+                           approvals=SessionApprovals(approvals, ENGINEER, "session-1", data.DATABASE))
+
+
+def query(text: str) -> bytes:
+    return message(b"Q", text.encode() + b"\0")
+
+
+def notices(data_: bytes) -> list[str]:
+    _, frames = MessageFramer().feed(data_)
+    return [dict(backend.NoticeResponse.decode(f.body).fields)["M"] for f in frames if f.tag == ord("N")]
+
+
+def decided(approvals: Approvals, request: Request, status: str, by: str | None = "dba") -> Request:
+    closed = (approvals.store.approve(request.id, "dba") if status == "approved"
+              else approvals.store.close(request.id, status, by, "not during the freeze"))  # type: ignore[arg-type]
+    assert closed is not None
+    return closed
+
+
+def test_a_read_goes_straight_up(config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    sent = query("SELECT * FROM orders WHERE id = 1")
+    out = protocol.client_bytes(sent)
+    assert out.to_upstream == sent and out.hold is None
+    assert approvals.pending_count() == 0
+
+
+def test_a_delete_on_orders_is_held_with_everything_after_it(config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    held = query("DELETE FROM orders WHERE id = 7")
+    later = query("SELECT 1")
+    out = protocol.client_bytes(query("SELECT 2") + held + later)
+    assert out.to_upstream == query("SELECT 2")
+    assert out.hold is not None and out.hold.sql == "DELETE FROM orders WHERE id = 7"
+    [text] = notices(out.to_client)
+    assert out.hold.id in text and f"pgguard approvals approve {out.hold.id}" in text
+    assert protocol.client_bytes(query("SELECT 3")) == ((b"", b"", None, None))  # kept, not sent
+    released = protocol.resume(decided(approvals, out.hold, "approved"))
+    assert released.to_upstream == held + later + query("SELECT 3")
+    assert protocol.holding is None
+
+
+def test_a_denial_sends_a_stand_in_and_rewrites_its_error(config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("DROP TABLE tickets"))
+    assert out.hold is not None and out.to_upstream == b""
+    denied = protocol.resume(decided(approvals, out.hold, "denied"))
+    match = STAND_IN.search(denied.to_upstream)
+    assert match and b"DROP" not in denied.to_upstream
+    error = backend.ErrorResponse.build("ERROR", "22P02", f'invalid input: "pgguard-refusal:{match[1].decode()}"')
+    back = protocol.upstream_bytes(error.encode() + backend.ReadyForQuery("I").encode())
+    _, frames = MessageFramer().feed(back.to_client)
+    fields = dict(backend.ErrorResponse.decode(frames[0].body).fields)
+    assert fields["C"] == "42501" and "denied by dba: not during the freeze" in fields["M"]
+
+
+def test_a_refused_statement_after_a_held_one_runs_nothing_of_the_query(config: Config,
+                                                                        approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 7; ALTER SYSTEM SET work_mem = '1MB'"))
+    assert out.hold is None and STAND_IN.fullmatch(out.to_upstream[5:-1])
+    assert approvals.pending_count() == 0
+
+
+def test_an_execute_is_held_with_its_parameters_and_its_batch(config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    parse_bind = frontend.Parse("", "DELETE FROM orders WHERE id = $1", []).encode() + \
+        frontend.Bind("", "", [0], [b"42"], []).encode()
+    execute, sync = frontend.Execute("", 0).encode(), frontend.Sync().encode()
+    out = protocol.client_bytes(parse_bind + execute + sync)
+    assert out.to_upstream == parse_bind and out.hold is not None
+    assert out.hold.parameters == ("42",) and out.hold.protocol == "extended"
+    denied = protocol.resume(decided(approvals, out.hold, "timed_out", None))
+    assert denied.to_upstream.startswith(b"P") and denied.to_upstream.endswith(sync)
+    assert STAND_IN.search(denied.to_upstream) and execute not in denied.to_upstream
+
+
+def test_a_grant_covers_the_same_rule_only(config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("UPDATE orders SET status = 'x' WHERE id = 1"))
+    assert out.hold is not None
+    approvals.store.approve(out.hold.id, "dba", 1800)
+    approvals.store.add_grant(Grant("pgguard", "engineer-sub", out.hold.rule, 4e9, "dba", out.hold.id))
+    protocol.resume(approvals.store.get(out.hold.id))  # type: ignore[arg-type]
+    again = query("DELETE FROM orders WHERE id = 2")
+    assert protocol.client_bytes(again) == (again, b"", None, None)
+    assert protocol.client_bytes(query("DROP TABLE tickets")).hold is not None  # another rule
+
+
+def test_max_pending_refuses_with_42501(config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    for index in range(config.approvals.max_pending):
+        engineer(config, approvals).client_bytes(query(f"DELETE FROM orders WHERE id = {index}"))
+    out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1"))
+    assert out.hold is None and STAND_IN.fullmatch(out.to_upstream[5:-1])
