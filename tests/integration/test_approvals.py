@@ -91,6 +91,13 @@ def cli(gateway: RunningGateway, token: str, *args: str) -> subprocess.Completed
                           env={"PGGUARD_TOKEN": token, "PATH": "/usr/bin:/bin"})
 
 
+def held_gauge(gateway: RunningGateway) -> int:
+    """/metrics' count of statements waiting for an approver."""
+    with urllib.request.urlopen(admin(gateway) + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("pgguard_held_requests ")))
+
+
 def token(gateway: RunningGateway, name: str) -> str:
     return gateway.identities[name].token
 
@@ -195,6 +202,7 @@ def test_psycopg_delete_with_a_parameter_is_held_and_released(gw: RunningGateway
         client = engineer_execute(gw, "DELETE FROM orders WHERE id = %s", (number,), notices)
         request = pending(gw, "DELETE FROM orders WHERE id = $1")
         assert request["parameters"] == [str(number)] and request["protocol"] == "extended"
+        assert held_gauge(gw) >= 1
         status, answer = api(gw, f"/api/approvals/{request['id']}/approve", token(gw, "dba"), {})
         assert status == 200 and answer["status"] == "approved", answer
         assert client.join() == "DELETE 1"
