@@ -4,7 +4,9 @@
 of classifications keyed by exact statement text (a classification depends
 on nothing else, so no constant can reuse another's). `SessionGuard` holds
 what one session has done that changes later decisions: the search paths it
-may be using, and the statements it has prepared.
+may be using, and the statements it has prepared (held.py), each with the
+generation of the configuration it was decided under, so that a reload
+reaches statements prepared before it.
 
 Names resolve conservatively. An unqualified relation is checked in every
 schema the session's search path could resolve it to, and the search path
@@ -17,9 +19,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pgguard.config import Config
+from pgguard.policy.held import ALL, Held, HeldStatements
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, parse, pg_true, setting, split_identifiers)
@@ -29,6 +32,8 @@ DEFAULT_SEARCH_PATH = ('"$user"', "public")
 _CACHE_SIZE = 4096
 # Seconds before a name the catalog did not know has it read again.
 _ASK_AGAIN = 5.0
+# EXECUTE of a statement that is itself an EXECUTE: followed no further than this.
+_MAX_INDIRECTION = 4
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,10 @@ class SessionGuard:
         # The target's current snapshot, which a refresh may replace mid-session.
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
-        self.prepared: dict[str, Statement] = {}
+        # What the server may hold under each prepared-statement name, and the
+        # configuration generation (one more per reload) it was decided under.
+        self.held = HeldStatements()
+        self.generation = 0
         # The expanded search paths and the set of their schemas, recomputed only when they or
         # the catalog change (search_paths only grows, so its size tells).
         self._path_key: tuple[int, frozenset[str]] | None = None
@@ -152,10 +160,17 @@ class SessionGuard:
     def unrestricted(self) -> bool:
         return any(scope.unrestricted for scope in self.scopes)
 
+    def reconfigure(self, policy: Policy, roles: list[str]) -> None:
+        """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
+        self.policy = policy
+        self.scopes = [policy.scopes[name] for name in roles]
+        self.roles_label = ", ".join(roles)
+        self.generation += 1
+
     # -- entry points ---------------------------------------------------------
 
-    def check_query(self, sql: str) -> list[Decision]:
-        """Decisions for the statements of a simple Query, stopping at the first refusal."""
+    def check_query(self, sql: str, *, parsing: bool = False) -> list[Decision]:
+        """Decisions for the statements of a simple Query (or a Parse), stopping at the first refusal."""
         try:
             statements = self.policy.classify(sql)
         except Unsupported as exc:
@@ -166,21 +181,39 @@ class SessionGuard:
             decisions.append(decision)
             if not decision.allowed:
                 break
-            self.apply(statement)
+            self.apply(statement, parsing=parsing)
         return decisions
 
     def check_parse(self, name: str, sql: str) -> Decision:
         """The decision for an extended-protocol Parse; remembers the statement by name."""
-        decisions = self.check_query(sql)
+        decisions = self.check_query(sql, parsing=True)
         refused = next((d for d in decisions if not d.allowed), None)
         if refused is not None:
             return refused
-        if name and len(decisions) == 1 and decisions[0].statement is not None:
-            self.prepared[name] = decisions[0].statement
+        if len(decisions) <= 1:  # the server refuses a Parse of several statements
+            statement = decisions[0].statement if decisions else None
+            self.held.prepare(name, Held(statement, sql, self.generation), replaces=True)
         return decisions[0] if decisions else Decision(True, None)
 
     def forget(self, name: str) -> None:
-        self.prepared.pop(name, None)
+        """A Close of a prepared statement."""
+        self.held.close(name)
+
+    def check_again(self, name: str) -> Decision | None:
+        """For a Bind or Describe of prepared statement `name`: a refusal if what it may hold was
+        decided before a reload and is refused now; None when all of it is allowed."""
+        for held in self.held.candidates(name):
+            if held.generation != self.generation and held.statement is not None:
+                decision = self.decide(held.statement)
+                if not decision.allowed:
+                    label = f'"{name}"' if name else "the unnamed statement"
+                    return replace(decision, hint=f"prepared statement {label} was prepared before a"
+                                   " configuration reload, and is decided again under the new one")
+        return None
+
+    def held_statements(self, name: str) -> list[Statement]:
+        """The statements an EXECUTE of `name` may run."""
+        return [held.statement for held in self.held.candidates(name) if held.statement is not None]
 
     def undecodable(self, encoding: str) -> Decision:
         return self._refuse(None, f"the statement is not valid {encoding}", "",
@@ -206,15 +239,17 @@ class SessionGuard:
 
     # -- deciding --------------------------------------------------------------
 
-    def decide(self, statement: Statement) -> Decision:
+    def decide(self, statement: Statement, depth: int = 0) -> Decision:
         if statement.executes is not None:
-            held = self.prepared.get(statement.executes)
-            if held is None:
+            # Every statement the name may hold, decided under the current policy.
+            held = self.held.candidates(statement.executes)
+            if not held or depth >= _MAX_INDIRECTION:
                 return self._refuse(statement, f"EXECUTE of {statement.executes!r}, which pgguard did not see"
                                     " prepared", "", None)
-            decision = self.decide(held)
-            if not decision.allowed:
-                return decision
+            for candidate in held:
+                decision = self.decide(candidate.statement, depth + 1) if candidate.statement else None
+                if decision is not None and not decision.allowed:
+                    return decision
         if self.unrestricted:
             return Decision(True, statement)
         return self._check(statement) or Decision(True, statement)
@@ -360,13 +395,17 @@ class SessionGuard:
 
     # -- session state ---------------------------------------------------------------
 
-    def apply(self, statement: Statement) -> None:
-        """Record what an allowed statement changes for later decisions."""
+    def apply(self, statement: Statement, *, parsing: bool = False, depth: int = 0) -> None:
+        """Record what an allowed statement changes for later decisions.
+
+        `parsing`: it is being prepared by a Parse, and may never run, so a
+        DEALLOCATE in it closes nothing (a PREPARE in it only may have run).
+        """
         if statement.executes is not None:
             # EXECUTE does what was prepared: a set_config('search_path', …) among it.
-            held = self.prepared.get(statement.executes)
-            if held is not None and held is not statement:
-                self.apply(held)
+            for held in self.held_statements(statement.executes):
+                if depth < _MAX_INDIRECTION:
+                    self.apply(held, depth=depth + 1)
         if DDL in statement.classes:
             self.on_ddl()
         for setting, values in statement.settings:
@@ -375,8 +414,7 @@ class SessionGuard:
             elif setting == "all" and values is None:
                 self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
         if statement.prepares is not None and statement.inner is not None:
-            self.prepared[statement.prepares] = statement.inner
-        if statement.deallocates == "*":
-            self.prepared.clear()
-        elif statement.deallocates is not None:
-            self.prepared.pop(statement.deallocates, None)
+            # It fails if the name is taken: the name may hold it, or what it held.
+            self.held.prepare(statement.prepares, Held(statement.inner, None, self.generation), replaces=False)
+        if statement.deallocates is not None and not parsing:
+            self.held.close(ALL if statement.deallocates == "*" else statement.deallocates)

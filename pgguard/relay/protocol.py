@@ -161,12 +161,18 @@ class SessionProtocol:
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
+                    self.guard.held.request_sent()
                 elif tag == _PARSE:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
-                    self._bind(frame)
+                    replacement = self._bind(frame)
+                elif tag == _SYNC:
+                    self.guard.held.request_sent()
+                elif tag == _DESCRIBE:
+                    replacement = self._describe(frame)
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
+                    self.guard.held.request_sent()
                 elif tag == _CLOSE:
                     self._forget(frame)
             if self.masking is not None:
@@ -231,7 +237,8 @@ class SessionProtocol:
         if statement is None:
             return False
         if statement.executes is not None:
-            statement = self.guard.prepared.get(statement.executes, statement)
+            return any(self._changes_encoding(held) for held in self.guard.held_statements(statement.executes)
+                       if held.executes is None)
         return PROCEDURAL in statement.classes or any(
             name in ("client_encoding", "all") for name, _ in statement.settings)
 
@@ -287,13 +294,48 @@ class SessionProtocol:
             return None
         return frontend.Parse(parse.name, self._refuse(decision, before_sync=True), []).encode()
 
-    def _bind(self, frame: Frame) -> None:
-        """A Bind of a statement that changes client_encoding: unsure until its Sync is answered."""
+    def _bind(self, frame: Frame) -> bytes | None:
+        """A Bind of a statement that changes client_encoding: unsure until its Sync is answered.
+        After a reload, a refusal's stand-in if what it binds is refused now (`_check_again`)."""
         body = frame.body
         start = body.find(b"\0") + 1  # after the portal name
         name = body[start:body.find(b"\0", start)].decode("utf-8", "surrogateescape")
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
+        assert self.guard is not None
+        return self._check_again(name) if self.guard.generation else None
+
+    def _describe(self, frame: Frame) -> bytes | None:
+        """After a reload, a Describe of a prepared statement is checked as a Bind of it would be."""
+        assert self.guard is not None
+        if not self.guard.generation or frame.body[:1] != b"S":
+            return None
+        return self._check_again(frame.body[1:-1].decode("utf-8", "surrogateescape"))
+
+    def _check_again(self, name: str) -> bytes | None:
+        """A prepared statement decided before a reload is decided, and its masking planned, again.
+
+        What is refused now is replaced by a stand-in that fails at Parse
+        (under a name of its own), so the server skips the rest of the batch
+        up to Sync as after any error.
+        """
+        guard = self.guard
+        assert guard is not None
+        decision = guard.check_again(name)
+        if decision is None and self.masking is not None:
+            for held in guard.held.candidates(name):
+                if held.generation != guard.generation and held.sql is not None:
+                    try:
+                        self.masking.steps(held.sql)
+                    except Exception as exc:
+                        decision = self._masking_refusal(exc)
+                        break
+        if decision is None:
+            guard.held.renew(name, guard.generation)  # not checked again at its next Bind
+            return None
+        self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
+        stand_in = self._refuse(decision, before_sync=True)
+        return frontend.Parse(f"pgguard_refused_{secrets.token_hex(8)}", stand_in, []).encode()
 
     def _bind_of(self, frame: Frame) -> frontend.Bind:
         """The Bind in `frame`, decoded once however many parts of the session read it."""
@@ -340,11 +382,7 @@ class SessionProtocol:
                 masking.function_call()
         except Exception as exc:
             # What cannot be masked is refused, never forwarded (fail closed).
-            if not isinstance(exc, MaskingRefused):
-                log.warning("masking could not analyse a statement; refused", exc_info=True)
-                exc = MaskingRefused("pgguard cannot establish what this statement returns")
-            decision = Decision(False, None, "masking", str(exc),
-                                "select the column's masked value, or ask for a role cleared for it")
+            decision = self._masking_refusal(exc)
             if tag == _PARSE:
                 name = frontend.Parse.decode(frame.body).name
                 masking.parse(name, "")
@@ -352,6 +390,14 @@ class SessionProtocol:
             masking.query("")
             return self._refused_query(b"", decision)
         return replacement
+
+    @staticmethod
+    def _masking_refusal(exc: Exception) -> Decision:
+        if not isinstance(exc, MaskingRefused):
+            log.warning("masking could not analyse a statement; refused", exc_info=True)
+            exc = MaskingRefused("pgguard cannot establish what this statement returns")
+        return Decision(False, None, "masking", str(exc),
+                        "select the column's masked value, or ask for a role cleared for it")
 
     def _record(self, frame: Frame, replacement: bytes | None) -> bytes | None:
         """Record what goes upstream; a refusal instead of what cannot be recorded (fail closed)."""
@@ -367,9 +413,12 @@ class SessionProtocol:
         elif tag == _PARSE:
             name, query = _parse_fields(frame.data)
             recorder.parse(name, self._log_text(query), classes, refused)
-        elif tag == _BIND:
-            bind = self._bind_of(frame)
-            recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
+        elif tag == _BIND or tag == _DESCRIBE:
+            if refused is not None:  # decided again after a reload, and refused
+                recorder.refused(refused.statement.text if refused.statement is not None else "", classes, refused)
+            elif tag == _BIND:
+                bind = self._bind_of(frame)
+                recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
         elif tag == _EXECUTE:
             if not recorder.execute(frontend.Execute.decode(frame.body).portal):
                 # Fails at Parse, so the server skips the rest of the batch as after any error;
@@ -425,6 +474,8 @@ class SessionProtocol:
                 tag = frame.tag
                 if tag == _READY:
                     self._ready()
+                elif tag == _ERROR:
+                    self._error()
                 elif tag == _PARAMETER_STATUS:
                     problem = self._parameter(frame)
                     if problem:
@@ -441,8 +492,10 @@ class SessionProtocol:
         for frame in frames:
             tag = frame.tag
             data = frame.data
-            if tag == _ERROR and self._refusals:
-                data = self._rewrite_error(frame)
+            if tag == _ERROR:
+                self._error()
+                if self._refusals:
+                    data = self._rewrite_error(frame)
             elif tag == _READY:
                 self._ready()
                 if self._refusals:
@@ -468,7 +521,13 @@ class SessionProtocol:
         error, reason = self._drain
         return Output(_TERMINATE_MESSAGE, out + error, close=reason)
 
+    def _error(self) -> None:
+        if self.guard is not None:
+            self.guard.held.error()
+
     def _ready(self) -> None:
+        if self.guard is not None:
+            self.guard.held.ready()
         self._cycles_done += 1
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)

@@ -1,0 +1,116 @@
+"""The prepared statements a session's server may hold, by name, and the configuration each was decided under.
+
+A Bind or an EXECUTE runs what the server holds under a name, which may
+have been decided under a configuration since reloaded; so it is decided
+again, and that needs what the server holds, not what the client last
+asked for. Those differ when the server does not run a request: an error
+makes it skip the rest of an extended-protocol batch up to Sync, a Parse
+or PREPARE of a name it holds already fails, and a DEALLOCATE in a failed
+transaction fails.
+
+So a change (Parse, Close, PREPARE, DEALLOCATE) takes effect here only
+when the ReadyForQuery that ends its request comes back with no error
+seen since it was sent. Until then, and whenever an error leaves it
+unsure, the change can only add to what a name may hold: a name may hold
+several statements, and each of them is decided. A Bind or EXECUTE later
+in the same request as the change, though, runs only if the change
+succeeded, so for it the change is certain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pgguard.policy.classify import Statement
+
+ALL = "*"  # DEALLOCATE ALL, DISCARD ALL
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A statement a name may hold: as classified, its text (for masking), and the generation it was decided in."""
+
+    statement: Statement | None  # None: an empty query
+    sql: str | None  # the Parse's text; None for a SQL PREPARE's inner statement
+    generation: int
+
+
+@dataclass(slots=True)
+class _Change:
+    request: int  # the count of requests sent (Query, Sync, FunctionCall) when its answer is complete
+    name: str
+    held: Held | None  # None: the name is closed
+    certain: bool  # False: it may not run, so it only adds to what the name may hold
+
+
+class HeldStatements:
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[Held, ...]] = {}
+        self._changes: list[_Change] = []
+        self._sent = 0  # requests sent that end in ReadyForQuery
+        self._done = 0  # ReadyForQuery seen
+        self._failing = False  # an error came, and the ReadyForQuery that ends its request has not
+
+    # -- what the client sends ----------------------------------------------------
+
+    def request_sent(self) -> None:
+        """A Query, Sync or FunctionCall went upstream (after the guard decided a Query's statements)."""
+        self._sent += 1
+
+    def prepare(self, name: str, held: Held, replaces: bool) -> None:
+        """A Parse (`replaces`: once it succeeds the name holds it alone), or a PREPARE (it may run or not)."""
+        self._changes.append(_Change(self._sent + 1, name, held, replaces and not self._failing))
+
+    def close(self, name: str) -> None:
+        """A Close or DEALLOCATE of `name`, or of every name (ALL)."""
+        if not self._failing:  # else it may not run: the name keeps what it may hold
+            self._changes.append(_Change(self._sent + 1, name, None, True))
+
+    def candidates(self, name: str) -> tuple[Held, ...]:
+        """Every statement `name` may hold when a request sent now runs."""
+        held = self._held.get(name, ())
+        for change in self._changes:
+            if change.name != name and change.name != ALL:
+                continue
+            if change.certain and change.request == self._sent + 1:
+                # Earlier in this very request: if it failed, the request never runs.
+                held = () if change.held is None else (change.held,)
+            elif change.held is not None:
+                held = (*held, change.held)
+        return held
+
+    # -- what the server answers --------------------------------------------------
+
+    def error(self) -> None:
+        """An ErrorResponse: the changes not yet answered may have been skipped."""
+        self._failing = True
+        kept = []
+        for change in self._changes:
+            if change.held is not None:
+                change.certain = False
+                kept.append(change)
+        self._changes = kept
+
+    def ready(self) -> None:
+        """A ReadyForQuery: the changes its request (and those before) ended take effect."""
+        self._done += 1
+        self._failing = False
+        if not self._changes:
+            return
+        done = [change for change in self._changes if change.request <= self._done]
+        self._changes = [change for change in self._changes if change.request > self._done]
+        for change in done:
+            if change.name == ALL:
+                self._held.clear()
+            elif change.held is None:
+                self._held.pop(change.name, None)
+            elif change.certain:
+                self._held[change.name] = (change.held,)
+            else:
+                self._held[change.name] = (*self._held.get(change.name, ()), change.held)
+
+    def renew(self, name: str, generation: int) -> None:
+        """What `name` is known to hold was decided again under `generation`, and allowed."""
+        held = self._held.get(name)
+        if held:
+            self._held[name] = tuple(replace(each, generation=generation) for each in held)
