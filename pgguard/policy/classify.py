@@ -103,6 +103,10 @@ class Statement:
     executes: str | None = None
     deallocates: str | None = None  # "*" for ALL
     inner: Statement | None = None  # the statement a PREPARE holds
+    # DECLARE, FETCH or MOVE, and CLOSE of a cursor ("*" for CLOSE ALL).
+    declares: str | None = None
+    fetches: str | None = None
+    closes: str | None = None
 
     def write(self, relation: Name, kind: str) -> None:
         self.writes.setdefault(relation, set()).add(kind)
@@ -393,7 +397,16 @@ class _Walker:
 
     def _stmt_DeclareCursorStmt(self, node: Node) -> None:
         (kind, inner), = node["query"].items()
+        self.out.declares = node.get("portalname")
         self.statement(kind, inner)
+
+    def _stmt_FetchStmt(self, node: Node) -> None:
+        self.out.classes.add(READ)
+        self.out.fetches = node.get("portalname")
+
+    def _stmt_ClosePortalStmt(self, node: Node) -> None:
+        self.out.classes.add(SESSION)
+        self.out.closes = node.get("portalname") or "*"
 
     def _stmt_TransactionStmt(self, node: Node) -> None:
         if node.get("kind") in ("TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED",

@@ -134,9 +134,10 @@ class SessionGuard:
         # The target's current snapshot, which a refresh may replace mid-session.
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
-        # What the server may hold under each prepared-statement name, and the
-        # configuration generation (one more per reload) it was decided under.
+        # What the server may hold under each prepared-statement and cursor name, and
+        # the configuration generation (one more per reload) it was decided under.
         self.held = HeldStatements()
+        self.cursors = HeldStatements()
         self.generation = 0
         # The expanded search paths and the set of their schemas, recomputed only when they or
         # the catalog change (search_paths only grows, so its size tells).
@@ -159,6 +160,19 @@ class SessionGuard:
     @property
     def unrestricted(self) -> bool:
         return any(scope.unrestricted for scope in self.scopes)
+
+    def request_sent(self) -> None:
+        """A Query, Sync or FunctionCall went upstream, after the guard decided what it carries."""
+        self.held.request_sent()
+        self.cursors.request_sent()
+
+    def answered_error(self) -> None:
+        self.held.error()
+        self.cursors.error()
+
+    def answered_ready(self) -> None:
+        self.held.ready()
+        self.cursors.ready()
 
     def reconfigure(self, policy: Policy, roles: list[str]) -> None:
         """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
@@ -202,13 +216,17 @@ class SessionGuard:
     def check_again(self, name: str) -> Decision | None:
         """For a Bind or Describe of prepared statement `name`: a refusal if what it may hold was
         decided before a reload and is refused now; None when all of it is allowed."""
-        for held in self.held.candidates(name):
-            if held.generation != self.generation and held.statement is not None:
-                decision = self.decide(held.statement)
+        label = f'prepared statement "{name}"' if name else "the unnamed prepared statement"
+        return self._decide_again(self.held.candidates(name), f"{label} was prepared")
+
+    def _decide_again(self, held: tuple[Held, ...], what: str) -> Decision | None:
+        """A refusal if one of `held`, decided before a reload, is refused now."""
+        for each in held:
+            if each.generation != self.generation and each.statement is not None:
+                decision = self.decide(each.statement)
                 if not decision.allowed:
-                    label = f'"{name}"' if name else "the unnamed statement"
-                    return replace(decision, hint=f"prepared statement {label} was prepared before a"
-                                   " configuration reload, and is decided again under the new one")
+                    return replace(decision, hint=f"{what} before a configuration reload, and is decided"
+                                   " again under the new one")
         return None
 
     def held_statements(self, name: str) -> list[Statement]:
@@ -250,6 +268,12 @@ class SessionGuard:
                 decision = self.decide(candidate.statement, depth + 1) if candidate.statement else None
                 if decision is not None and not decision.allowed:
                     return decision
+        if statement.fetches is not None and self.generation:
+            # A cursor declared before a reload: what it reads is decided again.
+            refused = self._decide_again(self.cursors.candidates(statement.fetches),
+                                         f'cursor "{statement.fetches}" was declared')
+            if refused is not None:
+                return replace(refused, statement=statement)
         if self.unrestricted:
             return Decision(True, statement)
         return self._check(statement) or Decision(True, statement)
@@ -398,8 +422,9 @@ class SessionGuard:
     def apply(self, statement: Statement, *, parsing: bool = False, depth: int = 0) -> None:
         """Record what an allowed statement changes for later decisions.
 
-        `parsing`: it is being prepared by a Parse, and may never run, so a
-        DEALLOCATE in it closes nothing (a PREPARE in it only may have run).
+        `parsing`: it is being prepared by a Parse, and may run at any later
+        Execute or never: a DEALLOCATE or CLOSE in it closes nothing, and a
+        PREPARE or DECLARE in it only adds to what the name may hold.
         """
         if statement.executes is not None:
             # EXECUTE does what was prepared: a set_config('search_path', …) among it.
@@ -414,7 +439,13 @@ class SessionGuard:
             elif setting == "all" and values is None:
                 self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
         if statement.prepares is not None and statement.inner is not None:
-            # It fails if the name is taken: the name may hold it, or what it held.
-            self.held.prepare(statement.prepares, Held(statement.inner, None, self.generation), replaces=False)
+            # Sure to hold it once its request is answered without an error, unless a
+            # Parse prepares it: it then runs at each Execute, if any.
+            self.held.prepare(statement.prepares, Held(statement.inner, None, self.generation),
+                              replaces=not parsing)
         if statement.deallocates is not None and not parsing:
             self.held.close(ALL if statement.deallocates == "*" else statement.deallocates)
+        if statement.declares is not None:
+            self.cursors.prepare(statement.declares, Held(statement, None, self.generation), replaces=not parsing)
+        if statement.closes is not None and not parsing:
+            self.cursors.close(ALL if statement.closes == "*" else statement.closes)

@@ -1,4 +1,7 @@
-"""The prepared statements a session's server may hold, by name, and the configuration each was decided under.
+"""What a session's server may hold under a name, and the configuration each was decided under.
+
+One instance follows prepared statements (Parse, PREPARE), another cursors
+(DECLARE).
 
 A Bind or an EXECUTE runs what the server holds under a name, which may
 have been decided under a configuration since reloaded; so it is decided
@@ -76,7 +79,7 @@ class HeldStatements:
                 # Earlier in this very request: if it failed, the request never runs.
                 held = () if change.held is None else (change.held,)
             elif change.held is not None:
-                held = (*held, change.held)
+                held = _added(held, change.held)
         return held
 
     # -- what the server answers --------------------------------------------------
@@ -107,10 +110,27 @@ class HeldStatements:
             elif change.certain:
                 self._held[change.name] = (change.held,)
             else:
-                self._held[change.name] = (*self._held.get(change.name, ()), change.held)
+                self._held[change.name] = _added(self._held.get(change.name, ()), change.held)
 
     def renew(self, name: str, generation: int) -> None:
         """What `name` is known to hold was decided again under `generation`, and allowed."""
         held = self._held.get(name)
         if held:
             self._held[name] = tuple(replace(each, generation=generation) for each in held)
+
+
+def _added(held: tuple[Held, ...], new: Held) -> tuple[Held, ...]:
+    """`held` and `new`, the same text once (with the older generation): a name prepared again and
+    again with the same text, each time perhaps failing, does not grow without end."""
+    key = _key(new)
+    for index, each in enumerate(held):
+        if _key(each) == key:
+            if each.generation <= new.generation:
+                return held
+            return (*held[:index], new, *held[index + 1:])
+    return (*held, new)
+
+
+def _key(held: Held) -> tuple[str | None, int]:
+    statement = held.statement
+    return (held.sql, 0) if statement is None else (statement.text, statement.location)

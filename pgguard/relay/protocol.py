@@ -161,18 +161,18 @@ class SessionProtocol:
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
-                    self.guard.held.request_sent()
+                    self.guard.request_sent()
                 elif tag == _PARSE:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
                     replacement = self._bind(frame)
                 elif tag == _SYNC:
-                    self.guard.held.request_sent()
+                    self.guard.request_sent()
                 elif tag == _DESCRIBE:
                     replacement = self._describe(frame)
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
-                    self.guard.held.request_sent()
+                    self.guard.request_sent()
                 elif tag == _CLOSE:
                     self._forget(frame)
             if self.masking is not None:
@@ -523,11 +523,11 @@ class SessionProtocol:
 
     def _error(self) -> None:
         if self.guard is not None:
-            self.guard.held.error()
+            self.guard.answered_error()
 
     def _ready(self) -> None:
         if self.guard is not None:
-            self.guard.held.ready()
+            self.guard.answered_ready()
         self._cycles_done += 1
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)

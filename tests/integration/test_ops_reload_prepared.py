@@ -161,3 +161,15 @@ def test_a_cursor_declared_before_a_reload_is_fetched_masked(gateway: RunningGat
         assert conn.execute("FETCH 1 FROM towns").fetchone() != MASKED
         mask_the_city(gateway)
         assert conn.execute("FETCH 2 FROM towns").fetchall() == [MASKED, MASKED]
+
+
+def test_a_cursor_declared_before_a_reload_that_takes_its_table_away_is_refused(gateway: RunningGateway) -> None:
+    with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
+        conn.execute("DECLARE ids CURSOR WITH HOLD FOR SELECT id FROM orders ORDER BY id")
+        conn.execute("DECLARE towns CURSOR WITH HOLD FOR SELECT city FROM customers ORDER BY id")
+        assert conn.execute("FETCH 2 FROM ids").fetchall() == [(1,), (2,)]
+        take_orders_away(gateway)
+        for fetch in ("FETCH 2 FROM ids", "MOVE 10 IN ids", "FETCH ALL FROM ids"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="(FETCH|MOVE) refused: .* public.orders"):
+                conn.execute(fetch)
+        assert len(conn.execute("FETCH 3 FROM towns").fetchall()) == 3

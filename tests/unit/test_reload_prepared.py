@@ -186,23 +186,23 @@ def test_sql_execute_is_decided_again_even_after_a_failed_prepare_of_its_name(
         policies: tuple[Policy, Policy]) -> None:
     guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: CATALOG)
     assert guard.check_query("PREPARE x AS SELECT * FROM orders")[0].allowed
-    guard.held.request_sent()
-    guard.held.ready()
+    guard.request_sent()
+    guard.answered_ready()
     guard.reconfigure(policies[1], ["analysts"])
     assert not guard.check_query("EXECUTE x")[0].allowed
-    guard.held.request_sent()
-    guard.held.ready()
+    guard.request_sent()
+    guard.answered_ready()
     # PREPARE of a taken name fails upstream: x still holds what it held.
     assert guard.check_query("PREPARE x AS SELECT 1")[0].allowed
-    guard.held.request_sent()
-    guard.held.error()
-    guard.held.ready()
+    guard.request_sent()
+    guard.answered_error()
+    guard.answered_ready()
     assert guard.check_query("EXECUTE x")[0].reason == "role analysts may not read public.orders"
     # Once DEALLOCATE x is answered, and x prepared again, EXECUTE runs the new one.
     for sql in ("DEALLOCATE x", "PREPARE x AS SELECT 1"):
         assert guard.check_query(sql)[0].allowed
-        guard.held.request_sent()
-        guard.held.ready()
+        guard.request_sent()
+        guard.answered_ready()
     assert guard.check_query("EXECUTE x")[0].allowed
 
 
@@ -233,3 +233,25 @@ def test_held_statements_follow_what_the_server_ran() -> None:
     held.request_sent()
     held.ready()
     assert held.candidates("a") == ()
+
+
+def test_fetch_from_a_cursor_declared_before_the_reload_is_decided_again(policies: tuple[Policy, Policy]) -> None:
+    guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: CATALOG)
+    for sql in ("BEGIN", "DECLARE o CURSOR FOR SELECT * FROM orders", "DECLARE c CURSOR FOR SELECT 1"):
+        assert guard.check_query(sql)[0].allowed
+        guard.request_sent()
+        guard.answered_ready()
+    guard.reconfigure(policies[1], ["analysts"])
+    refused = guard.check_query("FETCH 10 FROM o")[0]
+    assert refused.message == \
+        "pgguard: FETCH refused: role analysts may not read public.orders (rule roles.analysts.read)"
+    assert refused.hint == 'cursor "o" was declared before a configuration reload, and is decided again under' \
+        " the new one"
+    assert not guard.check_query("MOVE 1 IN o")[0].allowed
+    assert guard.check_query("FETCH 10 FROM c")[0].allowed
+    # Closed, and declared again under the new policy, the name is free.
+    for sql in ("CLOSE o", "DECLARE o CURSOR FOR SELECT * FROM customers"):
+        assert guard.check_query(sql)[0].allowed
+        guard.request_sent()
+        guard.answered_ready()
+    assert guard.check_query("FETCH 10 FROM o")[0].allowed
