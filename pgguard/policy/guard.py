@@ -219,6 +219,18 @@ class SessionGuard:
         label = f'prepared statement "{name}"' if name else "the unnamed prepared statement"
         return self._decide_again(self.held.candidates(name), f"{label} was prepared")
 
+    def check_cursor(self, name: str) -> Decision | None:
+        """For a FETCH, MOVE or Execute of cursor `name`: a refusal if it was declared before a reload
+        for a statement refused now."""
+        if not self.generation:
+            return None
+        return self._decide_again(self.cursors.candidates(name), f'cursor "{name}" was declared')
+
+    def bound_before_reload(self, portal: str) -> Decision:
+        label = f'portal "{portal}"' if portal else "the unnamed portal"
+        return self._refuse(None, f"{label} may have been bound before a configuration reload", "",
+                            "bind it again, or run it in a transaction begun after the reload")
+
     def _decide_again(self, held: tuple[Held, ...], what: str) -> Decision | None:
         """A refusal if one of `held`, decided before a reload, is refused now."""
         for each in held:
@@ -268,10 +280,8 @@ class SessionGuard:
                 decision = self.decide(candidate.statement, depth + 1) if candidate.statement else None
                 if decision is not None and not decision.allowed:
                     return decision
-        if statement.fetches is not None and self.generation:
-            # A cursor declared before a reload: what it reads is decided again.
-            refused = self._decide_again(self.cursors.candidates(statement.fetches),
-                                         f'cursor "{statement.fetches}" was declared')
+        if statement.fetches is not None:
+            refused = self.check_cursor(statement.fetches)
             if refused is not None:
                 return replace(refused, statement=statement)
         if self.unrestricted:

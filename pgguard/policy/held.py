@@ -47,12 +47,21 @@ class _Change:
 
 
 class HeldStatements:
-    def __init__(self) -> None:
+    def __init__(self, unknown: Held | None = None) -> None:
+        # What a name holds before anything is known of it: nothing, or `unknown`.
+        self._unknown: tuple[Held, ...] = () if unknown is None else (unknown,)
         self._held: dict[str, tuple[Held, ...]] = {}
         self._changes: list[_Change] = []
         self._sent = 0  # requests sent that end in ReadyForQuery
         self._done = 0  # ReadyForQuery seen
         self._failing = False  # an error came, and the ReadyForQuery that ends its request has not
+
+    def following(self, unknown: Held) -> HeldStatements:
+        """A tracker of other names from now on, where any name may hold `unknown` until a change
+        to it is certain; in step with this one, so it must be told all this one is told."""
+        other = HeldStatements(unknown)
+        other._sent, other._done, other._failing = self._sent, self._done, self._failing
+        return other
 
     # -- what the client sends ----------------------------------------------------
 
@@ -71,7 +80,7 @@ class HeldStatements:
 
     def candidates(self, name: str) -> tuple[Held, ...]:
         """Every statement `name` may hold when a request sent now runs."""
-        held = self._held.get(name, ())
+        held = self._held.get(name, self._unknown)
         for change in self._changes:
             if change.name != name and change.name != ALL:
                 continue
@@ -110,7 +119,7 @@ class HeldStatements:
             elif change.certain:
                 self._held[change.name] = (change.held,)
             else:
-                self._held[change.name] = _added(self._held.get(change.name, ()), change.held)
+                self._held[change.name] = _added(self._held.get(change.name, self._unknown), change.held)
 
     def renew(self, name: str, generation: int) -> None:
         """What `name` is known to hold was decided again under `generation`, and allowed."""

@@ -28,6 +28,7 @@ from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
+from pgguard.policy.held import Held, HeldStatements
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -39,6 +40,8 @@ _DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _MARKER = "pgguard-refusal:"
+# What a portal may be while the session has not been out of a transaction since a reload.
+_PORTAL_BEFORE_RELOAD = Held(None, None, -1)
 
 
 class Output(NamedTuple):
@@ -136,6 +139,11 @@ class SessionProtocol:
         self._encoding_statements: set[str] = set()
         # The last Bind decoded, with its frame: masking and the log both read it.
         self._last_bind: tuple[Frame | None, frontend.Bind | None] = (None, None)
+        # The guard's generation when the session was last out of any transaction, so no portal
+        # of an earlier one exists; until it catches up after a reload, the portals bound since
+        # (any other may have been bound before it).
+        self._portals_known = 0
+        self._portals: HeldStatements | None = None
 
     # -- from the client -----------------------------------------------------
 
@@ -161,18 +169,21 @@ class SessionProtocol:
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
-                    self.guard.request_sent()
+                    self._request_sent()
                 elif tag == _PARSE:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
                     replacement = self._bind(frame)
+                elif tag == _EXECUTE:
+                    if self.guard.generation != self._portals_known:
+                        replacement = self._execute(frame)
                 elif tag == _SYNC:
-                    self.guard.request_sent()
+                    self._request_sent()
                 elif tag == _DESCRIBE:
                     replacement = self._describe(frame)
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
-                    self.guard.request_sent()
+                    self._request_sent()
                 elif tag == _CLOSE:
                     self._forget(frame)
             if self.masking is not None:
@@ -303,7 +314,36 @@ class SessionProtocol:
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
         assert self.guard is not None
-        return self._check_again(name) if self.guard.generation else None
+        if not self.guard.generation:
+            return None
+        if self.guard.generation != self._portals_known:
+            portal = body[:start - 1].decode("utf-8", "surrogateescape")
+            self._bound_portals().prepare(portal, Held(None, None, self.guard.generation), replaces=True)
+        return self._check_again(name)
+
+    def _bound_portals(self) -> HeldStatements:
+        assert self.guard is not None
+        if self._portals is None:
+            self._portals = self.guard.held.following(_PORTAL_BEFORE_RELOAD)
+        return self._portals
+
+    def _execute(self, frame: Frame) -> bytes | None:
+        """An Execute while a portal bound before a reload may exist: refused unless its portal was bound
+        after it; a cursor DECLAREd before it is decided again, as its FETCH would be."""
+        assert self.guard is not None
+        portal = frontend.Execute.decode(frame.body).portal
+        decision = self.guard.check_cursor(portal)
+        if decision is None:
+            held = self._bound_portals().candidates(portal)
+            if not held or any(each.generation != self.guard.generation for each in held):
+                decision = self.guard.bound_before_reload(portal)
+        return None if decision is None else self._refused_message(decision)
+
+    def _request_sent(self) -> None:
+        assert self.guard is not None
+        self.guard.request_sent()
+        if self._portals is not None:
+            self._portals.request_sent()
 
     def _describe(self, frame: Frame) -> bytes | None:
         """After a reload, a Describe of a prepared statement is checked as a Bind of it would be."""
@@ -334,6 +374,10 @@ class SessionProtocol:
             guard.held.renew(name, guard.generation)  # not checked again at its next Bind
             return None
         self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
+        return self._refused_message(decision)
+
+    def _refused_message(self, decision: Decision) -> bytes:
+        """The stand-in for a Bind, Describe or Execute: a Parse that fails, under a name of its own."""
         stand_in = self._refuse(decision, before_sync=True)
         return frontend.Parse(f"pgguard_refused_{secrets.token_hex(8)}", stand_in, []).encode()
 
@@ -413,12 +457,12 @@ class SessionProtocol:
         elif tag == _PARSE:
             name, query = _parse_fields(frame.data)
             recorder.parse(name, self._log_text(query), classes, refused)
-        elif tag == _BIND or tag == _DESCRIBE:
-            if refused is not None:  # decided again after a reload, and refused
-                recorder.refused(refused.statement.text if refused.statement is not None else "", classes, refused)
-            elif tag == _BIND:
-                bind = self._bind_of(frame)
-                recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
+        elif refused is not None and (tag == _BIND or tag == _DESCRIBE or tag == _EXECUTE):
+            # Decided again after a reload, and refused.
+            recorder.refused(refused.statement.text if refused.statement is not None else "", classes, refused)
+        elif tag == _BIND:
+            bind = self._bind_of(frame)
+            recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
         elif tag == _EXECUTE:
             if not recorder.execute(frontend.Execute.decode(frame.body).portal):
                 # Fails at Parse, so the server skips the rest of the batch as after any error;
@@ -473,7 +517,7 @@ class SessionProtocol:
             for frame in frames:
                 tag = frame.tag
                 if tag == _READY:
-                    self._ready()
+                    self._ready(frame)
                 elif tag == _ERROR:
                     self._error()
                 elif tag == _PARAMETER_STATUS:
@@ -497,7 +541,7 @@ class SessionProtocol:
                 if self._refusals:
                     data = self._rewrite_error(frame)
             elif tag == _READY:
-                self._ready()
+                self._ready(frame)
                 if self._refusals:
                     self._expire()
             elif tag == _PARAMETER_STATUS:
@@ -524,10 +568,16 @@ class SessionProtocol:
     def _error(self) -> None:
         if self.guard is not None:
             self.guard.answered_error()
+            if self._portals is not None:
+                self._portals.error()
 
-    def _ready(self) -> None:
+    def _ready(self, frame: Frame) -> None:
         if self.guard is not None:
             self.guard.answered_ready()
+            if frame.data[5] == 0x49:  # I: out of any transaction, so no portal of an earlier one
+                self._portals_known, self._portals = self.guard.generation, None
+            elif self._portals is not None:
+                self._portals.ready()
         self._cycles_done += 1
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)

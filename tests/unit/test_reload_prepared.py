@@ -58,6 +58,10 @@ def reload(protocol: SessionProtocol, policy: Policy) -> None:
     protocol.guard.reconfigure(policy, ["analysts"])
 
 
+def query(text: bytes) -> bytes:
+    return frontend.Query(text.decode()).encode()
+
+
 def parse(text: bytes, name: str = "") -> bytes:
     return frontend.Parse(name, text.decode(), []).encode()
 
@@ -85,13 +89,13 @@ def prepared_before_the_reload(policies: tuple[Policy, Policy], text: bytes = OR
     return protocol
 
 
-def refusal(protocol: SessionProtocol, sent: bytes) -> backend.ErrorResponse:
+def refusal(protocol: SessionProtocol, sent: bytes, ready: bytes = READY) -> backend.ErrorResponse:
     """The error the client gets for a stand-in in `sent`, answered as PostgreSQL would."""
     match = STAND_IN.search(sent)
     assert match, sent
     error = backend.ErrorResponse.build(
         "ERROR", "22P02", f'invalid input syntax for type integer: "pgguard-refusal:{match[1].decode()}"')
-    out = protocol.upstream_bytes(error.encode() + READY)
+    out = protocol.upstream_bytes(error.encode() + ready)
     _, frames = MessageFramer().feed(out.to_client)
     first = backend.decode_backend(frames[0])
     assert isinstance(first, backend.ErrorResponse)
@@ -255,3 +259,35 @@ def test_fetch_from_a_cursor_declared_before_the_reload_is_decided_again(policie
         guard.request_sent()
         guard.answered_ready()
     assert guard.check_query("FETCH 10 FROM o")[0].allowed
+
+
+def test_a_portal_bound_before_the_reload_is_not_run_after_it(policies: tuple[Policy, Policy]) -> None:
+    protocol = session(policies[0])
+    in_transaction = backend.ReadyForQuery("T").encode()
+    sent = parse(b"SELECT 1", "one") + frontend.Bind("p", "one", [], [], []).encode() + SYNC
+    assert protocol.client_bytes(sent).to_upstream == sent
+    protocol.upstream_bytes(backend.ParseComplete().encode() + backend.BindComplete().encode() + in_transaction)
+    reload(protocol, policies[1])
+    more = frontend.Execute("p", 10).encode() + SYNC
+    error = refusal(protocol, protocol.client_bytes(more).to_upstream, backend.ReadyForQuery("E").encode())
+    assert (error.code, error.message) == \
+        ("42501", 'pgguard: statement refused: portal "p" may have been bound before a configuration reload')
+    protocol.client_bytes(query(b"ROLLBACK TO SAVEPOINT s"))
+    protocol.upstream_bytes(backend.CommandComplete("ROLLBACK").encode() + in_transaction)
+    # Bound again after the reload (once its old one is closed), it runs, in later requests too.
+    again = frontend.Close("P", "p").encode() + frontend.Bind("p", "one", [], [], []).encode() + more
+    assert protocol.client_bytes(again).to_upstream == again
+    protocol.upstream_bytes(backend.CloseComplete().encode() + backend.BindComplete().encode()
+                            + backend.PortalSuspended().encode() + in_transaction)
+    assert protocol.client_bytes(more).to_upstream == more
+    protocol.upstream_bytes(backend.PortalSuspended().encode() + in_transaction)
+    # A Bind of it that fails (the name is taken) leaves it unknown.
+    other = frontend.Bind("q", "one", [], [], []).encode() + SYNC
+    assert protocol.client_bytes(other).to_upstream == other
+    protocol.upstream_bytes(backend.ErrorResponse.build("ERROR", "42P03", 'cursor "q" already exists').encode()
+                            + in_transaction)
+    assert STAND_IN.search(protocol.client_bytes(frontend.Execute("q", 10).encode() + SYNC).to_upstream)
+    # Once out of the transaction, no portal of before the reload is left.
+    protocol.upstream_bytes(backend.ErrorResponse.build("ERROR", "42501", "refused").encode() + READY)
+    assert protocol.client_bytes(frontend.Execute("q", 10).encode() + SYNC).to_upstream == \
+        frontend.Execute("q", 10).encode() + SYNC
