@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from test_ops_reload import ORDERS, rewrite, sighup
+from test_session_log import find_log, records_of
 
 if TYPE_CHECKING:
     from conftest import RunningGateway
@@ -62,15 +63,16 @@ def gateway(gateway_factory: Callable[..., RunningGateway]) -> RunningGateway:
 # -- psycopg 3: prepared statements it binds by name --------------------------------------------------
 
 
-def psycopg_prepared(gateway: RunningGateway) -> psycopg.Connection:
-    conn = psycopg.connect(gateway.dsn("analyst"), autocommit=True, prepare_threshold=0)
+def psycopg_prepared(gateway: RunningGateway, application: str = "") -> psycopg.Connection:
+    conn = psycopg.connect(gateway.dsn("analyst"), autocommit=True, prepare_threshold=0,
+                           application_name=application)
     assert conn.execute(COUNT_ORDERS).fetchone() == (ORDERS,)
     assert conn.execute(CITY).fetchone() != MASKED
     return conn
 
 
 def test_psycopg_prepared_statement_refused_after_a_reload_takes_the_table_away(gateway: RunningGateway) -> None:
-    with psycopg_prepared(gateway) as conn:
+    with psycopg_prepared(gateway, "reload-refusal") as conn:
         take_orders_away(gateway)
         for _ in range(2):  # psycopg keeps binding its statement: refused each time
             with pytest.raises(psycopg.errors.InsufficientPrivilege,
@@ -80,6 +82,12 @@ def test_psycopg_prepared_statement_refused_after_a_reload_takes_the_table_away(
         # The connection goes on, with what the role may still read.
         assert conn.execute(CITY).fetchone() != MASKED
         assert conn.execute("SELECT count(*) FROM customers").fetchone() == (1200,)
+    # The session log has each refused Bind as a refused statement, answered by the 42501.
+    records = records_of(find_log(gateway, "reload-refusal"))
+    refused = [r for r in records if r["type"] == "statement" and r["decision"] == "refused"]
+    assert [(r["sql"], r["rule"]) for r in refused] == [(COUNT_ORDERS, "roles.analysts.read")] * 2
+    errors = [r["error"]["sqlstate"] for r in records if r["type"] == "result" and r["statement"] == refused[0]["seq"]]
+    assert errors == ["42501"]
 
 
 def test_psycopg_prepared_statement_masked_after_a_reload_masks_the_column(gateway: RunningGateway) -> None:
