@@ -170,9 +170,10 @@ class SessionGuard:
         self.held.error()
         self.cursors.error()
 
-    def answered_ready(self) -> None:
+    def answered_ready(self, idle: bool) -> None:
+        """A ReadyForQuery; `idle`: out of any transaction."""
         self.held.ready()
-        self.cursors.ready()
+        self.cursors.ready(idle)
 
     def reconfigure(self, policy: Policy, roles: list[str]) -> None:
         """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
@@ -234,7 +235,12 @@ class SessionGuard:
     def _decide_again(self, held: tuple[Held, ...], what: str) -> Decision | None:
         """A refusal if one of `held`, decided before a reload, is refused now."""
         for each in held:
-            if each.generation != self.generation and each.statement is not None:
+            if each.generation == self.generation:
+                continue
+            if not each.known:
+                return self._refuse(None, f"{what} before a configuration reload, and pgguard cannot tell what it"
+                                    " holds", "", "close it, then prepare or declare it again")
+            if each.statement is not None:
                 decision = self.decide(each.statement)
                 if not decision.allowed:
                     return replace(decision, hint=f"{what} before a configuration reload, and is decided"
@@ -277,6 +283,9 @@ class SessionGuard:
                 return self._refuse(statement, f"EXECUTE of {statement.executes!r}, which pgguard did not see"
                                     " prepared", "", None)
             for candidate in held:
+                if not candidate.known:
+                    return self._refuse(statement, f"EXECUTE of {statement.executes!r}, which may hold more"
+                                        " statements than pgguard follows", "", "DEALLOCATE it and PREPARE it again")
                 decision = self.decide(candidate.statement, depth + 1) if candidate.statement else None
                 if decision is not None and not decision.allowed:
                     return decision
@@ -456,6 +465,7 @@ class SessionGuard:
         if statement.deallocates is not None and not parsing:
             self.held.close(ALL if statement.deallocates == "*" else statement.deallocates)
         if statement.declares is not None:
-            self.cursors.prepare(statement.declares, Held(statement, None, self.generation), replaces=not parsing)
+            self.cursors.prepare(statement.declares, Held(statement, None, self.generation, not statement.with_hold),
+                                 replaces=not parsing)
         if statement.closes is not None and not parsing:
             self.cursors.close(ALL if statement.closes == "*" else statement.closes)

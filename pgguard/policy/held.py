@@ -27,15 +27,22 @@ from dataclasses import dataclass, replace
 from pgguard.policy.classify import Statement
 
 ALL = "*"  # DEALLOCATE ALL, DISCARD ALL
+# Statements a name may hold, at most; past them, it holds one pgguard cannot tell.
+_MAX_CANDIDATES = 16
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
     """A statement a name may hold: as classified, its text (for masking), and the generation it was decided in."""
 
-    statement: Statement | None  # None: an empty query
+    statement: Statement | None  # None: an empty query (with its `sql`), or not known (no `sql`)
     sql: str | None  # the Parse's text; None for a SQL PREPARE's inner statement
     generation: int
+    transient: bool = False  # gone once the session is out of any transaction (a cursor not WITH HOLD)
+
+    @property
+    def known(self) -> bool:
+        return self.statement is not None or self.sql is not None
 
 
 @dataclass(slots=True)
@@ -55,6 +62,7 @@ class HeldStatements:
         self._sent = 0  # requests sent that end in ReadyForQuery
         self._done = 0  # ReadyForQuery seen
         self._failing = False  # an error came, and the ReadyForQuery that ends its request has not
+        self._transient = False  # something transient is held
 
     def following(self, unknown: Held) -> HeldStatements:
         """A tracker of other names from now on, where any name may hold `unknown` until a change
@@ -103,10 +111,15 @@ class HeldStatements:
                 kept.append(change)
         self._changes = kept
 
-    def ready(self) -> None:
-        """A ReadyForQuery: the changes its request (and those before) ended take effect."""
+    def ready(self, idle: bool = False) -> None:
+        """A ReadyForQuery: the changes its request (and those before) ended take effect;
+        `idle`: out of any transaction, so what is transient is gone."""
         self._done += 1
         self._failing = False
+        if idle and self._transient:
+            self._held = {name: kept for name, held in self._held.items()
+                          if (kept := tuple(each for each in held if not each.transient))}
+            self._transient = False
         if not self._changes:
             return
         done = [change for change in self._changes if change.request <= self._done]
@@ -120,6 +133,7 @@ class HeldStatements:
                 self._held[change.name] = (change.held,)
             else:
                 self._held[change.name] = _added(self._held.get(change.name, self._unknown), change.held)
+            self._transient = self._transient or change.held is not None and change.held.transient
 
     def renew(self, name: str, generation: int) -> None:
         """What `name` is known to hold was decided again under `generation`, and allowed."""
@@ -130,7 +144,11 @@ class HeldStatements:
 
 def _added(held: tuple[Held, ...], new: Held) -> tuple[Held, ...]:
     """`held` and `new`, the same text once (with the older generation): a name prepared again and
-    again with the same text, each time perhaps failing, does not grow without end."""
+    again with the same text, each time perhaps failing, does not grow without end; past
+    _MAX_CANDIDATES texts, it holds one it cannot tell, of the oldest generation."""
+    if len(held) >= _MAX_CANDIDATES or any(not each.known for each in held):
+        return (Held(None, None, min(each.generation for each in (*held, new)),
+                     all(each.transient for each in (*held, new))),)
     key = _key(new)
     for index, each in enumerate(held):
         if _key(each) == key:

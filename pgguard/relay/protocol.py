@@ -573,8 +573,9 @@ class SessionProtocol:
 
     def _ready(self, frame: Frame) -> None:
         if self.guard is not None:
-            self.guard.answered_ready()
-            if frame.data[5] == 0x49:  # I: out of any transaction, so no portal of an earlier one
+            idle = frame.data[5] == 0x49  # I: out of any transaction, so no portal of an earlier one
+            self.guard.answered_ready(idle)
+            if idle:
                 self._portals_known, self._portals = self.guard.generation, None
             elif self._portals is not None:
                 self._portals.ready()

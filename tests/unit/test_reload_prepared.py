@@ -191,22 +191,22 @@ def test_sql_execute_is_decided_again_even_after_a_failed_prepare_of_its_name(
     guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: CATALOG)
     assert guard.check_query("PREPARE x AS SELECT * FROM orders")[0].allowed
     guard.request_sent()
-    guard.answered_ready()
+    guard.answered_ready(idle=True)
     guard.reconfigure(policies[1], ["analysts"])
     assert not guard.check_query("EXECUTE x")[0].allowed
     guard.request_sent()
-    guard.answered_ready()
+    guard.answered_ready(idle=True)
     # PREPARE of a taken name fails upstream: x still holds what it held.
     assert guard.check_query("PREPARE x AS SELECT 1")[0].allowed
     guard.request_sent()
     guard.answered_error()
-    guard.answered_ready()
+    guard.answered_ready(idle=True)
     assert guard.check_query("EXECUTE x")[0].reason == "role analysts may not read public.orders"
     # Once DEALLOCATE x is answered, and x prepared again, EXECUTE runs the new one.
     for sql in ("DEALLOCATE x", "PREPARE x AS SELECT 1"):
         assert guard.check_query(sql)[0].allowed
         guard.request_sent()
-        guard.answered_ready()
+        guard.answered_ready(idle=True)
     assert guard.check_query("EXECUTE x")[0].allowed
 
 
@@ -244,7 +244,7 @@ def test_fetch_from_a_cursor_declared_before_the_reload_is_decided_again(policie
     for sql in ("BEGIN", "DECLARE o CURSOR FOR SELECT * FROM orders", "DECLARE c CURSOR FOR SELECT 1"):
         assert guard.check_query(sql)[0].allowed
         guard.request_sent()
-        guard.answered_ready()
+        guard.answered_ready(idle=False)
     guard.reconfigure(policies[1], ["analysts"])
     refused = guard.check_query("FETCH 10 FROM o")[0]
     assert refused.message == \
@@ -257,7 +257,7 @@ def test_fetch_from_a_cursor_declared_before_the_reload_is_decided_again(policie
     for sql in ("CLOSE o", "DECLARE o CURSOR FOR SELECT * FROM customers"):
         assert guard.check_query(sql)[0].allowed
         guard.request_sent()
-        guard.answered_ready()
+        guard.answered_ready(idle=False)
     assert guard.check_query("FETCH 10 FROM o")[0].allowed
 
 
@@ -291,3 +291,26 @@ def test_a_portal_bound_before_the_reload_is_not_run_after_it(policies: tuple[Po
     protocol.upstream_bytes(backend.ErrorResponse.build("ERROR", "42501", "refused").encode() + READY)
     assert protocol.client_bytes(frontend.Execute("q", 10).encode() + SYNC).to_upstream == \
         frontend.Execute("q", 10).encode() + SYNC
+
+
+def test_a_name_given_too_many_texts_holds_one_pgguard_cannot_tell(policies: tuple[Policy, Policy]) -> None:
+    guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: CATALOG)
+    for n in range(20):  # each PREPARE fails upstream (the name is taken), so x may hold any of them
+        assert guard.check_query(f"PREPARE x AS SELECT {n}")[0].allowed
+        guard.request_sent()
+        guard.answered_error()
+        guard.answered_ready(idle=True)
+    assert len(guard.held.candidates("x")) == 1
+    assert guard.check_query("EXECUTE x")[0].reason == \
+        "EXECUTE of 'x', which may hold more statements than pgguard follows"
+
+
+def test_cursors_not_with_hold_are_forgotten_out_of_a_transaction(policies: tuple[Policy, Policy]) -> None:
+    guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: CATALOG)
+    for sql in ("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM orders", "DECLARE gone CURSOR FOR SELECT 1"):
+        assert guard.check_query(sql)[0].allowed
+        guard.request_sent()
+        guard.answered_ready(idle=False)
+    guard.answered_ready(idle=True)
+    assert guard.cursors.candidates("gone") == ()
+    assert len(guard.cursors.candidates("kept")) == 1
