@@ -34,6 +34,8 @@ _CACHE_SIZE = 4096
 _ASK_AGAIN = 5.0
 # EXECUTE of a statement that is itself an EXECUTE: followed no further than this.
 _MAX_INDIRECTION = 4
+# What a portal may be while the session has not been out of a transaction since a reload.
+_PORTAL_BEFORE_RELOAD = Held(None, None, -1)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,11 @@ class SessionGuard:
         self.held = HeldStatements()
         self.cursors = HeldStatements()
         self.generation = 0
+        # The generation when the session was last out of any transaction, so that no portal of an
+        # earlier one exists; until it catches up after a reload, the portals bound since (any other
+        # may have been bound before it).
+        self._portals_known = 0
+        self._portals: HeldStatements | None = None
         # The expanded search paths and the set of their schemas, recomputed only when they or
         # the catalog change (search_paths only grows, so its size tells).
         self._path_key: tuple[int, frozenset[str]] | None = None
@@ -165,15 +172,23 @@ class SessionGuard:
         """A Query, Sync or FunctionCall went upstream, after the guard decided what it carries."""
         self.held.request_sent()
         self.cursors.request_sent()
+        if self._portals is not None:
+            self._portals.request_sent()
 
     def answered_error(self) -> None:
         self.held.error()
         self.cursors.error()
+        if self._portals is not None:
+            self._portals.error()
 
     def answered_ready(self, idle: bool) -> None:
-        """A ReadyForQuery; `idle`: out of any transaction."""
+        """A ReadyForQuery; `idle`: out of any transaction, so no portal of an earlier one is left."""
         self.held.ready()
         self.cursors.ready(idle)
+        if idle:
+            self._portals_known, self._portals = self.generation, None
+        elif self._portals is not None:
+            self._portals.ready()
 
     def reconfigure(self, policy: Policy, roles: list[str]) -> None:
         """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
@@ -227,7 +242,22 @@ class SessionGuard:
             return None
         return self._decide_again(self.cursors.candidates(name), f'cursor "{name}" was declared')
 
-    def bound_before_reload(self, portal: str) -> Decision:
+    def bound(self, portal: str) -> None:
+        """A Bind of `portal` (told only once a reload happened)."""
+        if self.generation != self._portals_known:
+            if self._portals is None:
+                self._portals = self.held.following(_PORTAL_BEFORE_RELOAD)
+            self._portals.prepare(portal, Held(None, None, self.generation), replaces=True)
+
+    def check_execute(self, portal: str) -> Decision | None:
+        """For an Execute (once a reload happened): a refusal if its portal may have been bound before
+        the reload, or is a cursor declared before it for a statement refused now."""
+        refused = self.check_cursor(portal)
+        if refused is not None or self.generation == self._portals_known:
+            return refused
+        held = self._portals.candidates(portal) if self._portals is not None else (_PORTAL_BEFORE_RELOAD,)
+        if held and all(each.generation == self.generation for each in held):
+            return None
         label = f'portal "{portal}"' if portal else "the unnamed portal"
         return self._refuse(None, f"{label} may have been bound before a configuration reload", "",
                             "bind it again, or run it in a transaction begun after the reload")

@@ -28,7 +28,6 @@ from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
-from pgguard.policy.held import Held, HeldStatements
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -40,8 +39,6 @@ _DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _MARKER = "pgguard-refusal:"
-# What a portal may be while the session has not been out of a transaction since a reload.
-_PORTAL_BEFORE_RELOAD = Held(None, None, -1)
 
 
 class Output(NamedTuple):
@@ -139,11 +136,6 @@ class SessionProtocol:
         self._encoding_statements: set[str] = set()
         # The last Bind decoded, with its frame: masking and the log both read it.
         self._last_bind: tuple[Frame | None, frontend.Bind | None] = (None, None)
-        # The guard's generation when the session was last out of any transaction, so no portal
-        # of an earlier one exists; until it catches up after a reload, the portals bound since
-        # (any other may have been bound before it).
-        self._portals_known = 0
-        self._portals: HeldStatements | None = None
 
     # -- from the client -----------------------------------------------------
 
@@ -169,21 +161,23 @@ class SessionProtocol:
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
-                    self._request_sent()
+                    self.guard.request_sent()
                 elif tag == _PARSE:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
                     replacement = self._bind(frame)
                 elif tag == _EXECUTE:
-                    if self.guard.generation != self._portals_known:
-                        replacement = self._execute(frame)
+                    if self.guard.generation:  # after a reload: a portal bound before it is not run
+                        replacement = self._refused_message(
+                            self.guard.check_execute(frontend.Execute.decode(frame.body).portal))
                 elif tag == _SYNC:
-                    self._request_sent()
+                    self.guard.request_sent()
                 elif tag == _DESCRIBE:
-                    replacement = self._describe(frame)
+                    if self.guard.generation and frame.body[:1] == b"S":  # as its Bind would be
+                        replacement = self._check_again(frame.body[1:-1].decode("utf-8", "surrogateescape"))
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
-                    self._request_sent()
+                    self.guard.request_sent()
                 elif tag == _CLOSE:
                     self._forget(frame)
             if self.masking is not None:
@@ -316,41 +310,8 @@ class SessionProtocol:
         assert self.guard is not None
         if not self.guard.generation:
             return None
-        if self.guard.generation != self._portals_known:
-            portal = body[:start - 1].decode("utf-8", "surrogateescape")
-            self._bound_portals().prepare(portal, Held(None, None, self.guard.generation), replaces=True)
+        self.guard.bound(body[:start - 1].decode("utf-8", "surrogateescape"))
         return self._check_again(name)
-
-    def _bound_portals(self) -> HeldStatements:
-        assert self.guard is not None
-        if self._portals is None:
-            self._portals = self.guard.held.following(_PORTAL_BEFORE_RELOAD)
-        return self._portals
-
-    def _execute(self, frame: Frame) -> bytes | None:
-        """An Execute while a portal bound before a reload may exist: refused unless its portal was bound
-        after it; a cursor DECLAREd before it is decided again, as its FETCH would be."""
-        assert self.guard is not None
-        portal = frontend.Execute.decode(frame.body).portal
-        decision = self.guard.check_cursor(portal)
-        if decision is None:
-            held = self._bound_portals().candidates(portal)
-            if not held or any(each.generation != self.guard.generation for each in held):
-                decision = self.guard.bound_before_reload(portal)
-        return None if decision is None else self._refused_message(decision)
-
-    def _request_sent(self) -> None:
-        assert self.guard is not None
-        self.guard.request_sent()
-        if self._portals is not None:
-            self._portals.request_sent()
-
-    def _describe(self, frame: Frame) -> bytes | None:
-        """After a reload, a Describe of a prepared statement is checked as a Bind of it would be."""
-        assert self.guard is not None
-        if not self.guard.generation or frame.body[:1] != b"S":
-            return None
-        return self._check_again(frame.body[1:-1].decode("utf-8", "surrogateescape"))
 
     def _check_again(self, name: str) -> bytes | None:
         """A prepared statement decided before a reload is decided, and its masking planned, again.
@@ -376,8 +337,10 @@ class SessionProtocol:
         self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
         return self._refused_message(decision)
 
-    def _refused_message(self, decision: Decision) -> bytes:
-        """The stand-in for a Bind, Describe or Execute: a Parse that fails, under a name of its own."""
+    def _refused_message(self, decision: Decision | None) -> bytes | None:
+        """The stand-in for a Bind, Describe or Execute refused: a Parse that fails, under a name of its own."""
+        if decision is None:
+            return None
         stand_in = self._refuse(decision, before_sync=True)
         return frontend.Parse(f"pgguard_refused_{secrets.token_hex(8)}", stand_in, []).encode()
 
@@ -568,17 +531,10 @@ class SessionProtocol:
     def _error(self) -> None:
         if self.guard is not None:
             self.guard.answered_error()
-            if self._portals is not None:
-                self._portals.error()
 
     def _ready(self, frame: Frame) -> None:
         if self.guard is not None:
-            idle = frame.data[5] == 0x49  # I: out of any transaction, so no portal of an earlier one
-            self.guard.answered_ready(idle)
-            if idle:
-                self._portals_known, self._portals = self.guard.generation, None
-            elif self._portals is not None:
-                self._portals.ready()
+            self.guard.answered_ready(idle=frame.data[5] == 0x49)  # I: out of any transaction
         self._cycles_done += 1
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)
