@@ -93,8 +93,14 @@ def test_psycopg_prepared_statement_refused_after_a_reload_takes_the_table_away(
 def test_psycopg_prepared_statement_masked_after_a_reload_masks_the_column(gateway: RunningGateway) -> None:
     with psycopg_prepared(gateway) as conn:
         raw = conn.execute(CITY).fetchone()
+        by_city = "SELECT count(*) FROM customers WHERE city = 'Lyon'"
+        conn.execute(by_city)
         mask_the_city(gateway)
         assert conn.execute(CITY).fetchone() == MASKED == city_now(gateway)
+        # What the new rules cannot mask (the analysts' strict_inference: no filtering on a hidden
+        # column) is refused at its Bind, as its Parse would be now.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="filters, .* on public.customers.city"):
+            conn.execute(by_city)
         assert raw[0] != REDACTED and raw[1] == raw[0].lower()
         # Binary results too, through a statement prepared before the reload.
         with conn.cursor(binary=True) as cursor:
