@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pgguard.config import Config
-from pgguard.policy.held import ALL, Held, HeldStatements
+from pgguard.policy.held import ALL, Held, HeldStatements, Requests
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, parse, pg_true, setting, split_identifiers)
@@ -138,8 +138,9 @@ class SessionGuard:
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
         # What the server may hold under each prepared-statement and cursor name, and
         # the configuration generation (one more per reload) it was decided under.
-        self.held = HeldStatements()
-        self.cursors = HeldStatements()
+        self.requests = Requests()
+        self.held = HeldStatements(self.requests)
+        self.cursors = HeldStatements(self.requests)
         self.generation = 0
         # The generation when the session was last out of any transaction, so that no portal of an
         # earlier one exists; until it catches up after a reload, the portals bound since (any other
@@ -170,12 +171,10 @@ class SessionGuard:
 
     def request_sent(self) -> None:
         """A Query, Sync or FunctionCall went upstream, after the guard decided what it carries."""
-        self.held.request_sent()
-        self.cursors.request_sent()
-        if self._portals is not None:
-            self._portals.request_sent()
+        self.requests.sent += 1
 
     def answered_error(self) -> None:
+        self.requests.failing = True
         self.held.error()
         self.cursors.error()
         if self._portals is not None:
@@ -183,6 +182,9 @@ class SessionGuard:
 
     def answered_ready(self, idle: bool) -> None:
         """A ReadyForQuery; `idle`: out of any transaction, so no portal of an earlier one is left."""
+        requests = self.requests
+        requests.done += 1
+        requests.failing = False
         self.held.ready()
         self.cursors.ready(idle)
         if idle:
@@ -246,7 +248,7 @@ class SessionGuard:
         """A Bind of `portal` (told only once a reload happened)."""
         if self.generation != self._portals_known:
             if self._portals is None:
-                self._portals = self.held.following(_PORTAL_BEFORE_RELOAD)
+                self._portals = HeldStatements(self.requests, _PORTAL_BEFORE_RELOAD)
             self._portals.prepare(portal, Held(None, None, self.generation), replaces=True)
 
     def check_execute(self, portal: str) -> Decision | None:

@@ -46,6 +46,15 @@ class Held:
 
 
 @dataclass(slots=True)
+class Requests:
+    """The session's requests, counted once for every tracker of names."""
+
+    sent: int = 0  # requests sent that end in ReadyForQuery (Query, Sync, FunctionCall)
+    done: int = 0  # ReadyForQuery seen
+    failing: bool = False  # an error came, and the ReadyForQuery that ends its request has not
+
+
+@dataclass(slots=True)
 class _Change:
     request: int  # the count of requests sent (Query, Sync, FunctionCall) when its answer is complete
     name: str
@@ -54,45 +63,37 @@ class _Change:
 
 
 class HeldStatements:
-    def __init__(self, unknown: Held | None = None) -> None:
+    """The names of one kind. The session's `Requests` are counted by its owner, which tells
+    this tracker of each ErrorResponse and ReadyForQuery after counting them."""
+
+    def __init__(self, requests: Requests, unknown: Held | None = None) -> None:
+        self._requests = requests
         # What a name holds before anything is known of it: nothing, or `unknown`.
         self._unknown: tuple[Held, ...] = () if unknown is None else (unknown,)
         self._held: dict[str, tuple[Held, ...]] = {}
         self._changes: list[_Change] = []
-        self._sent = 0  # requests sent that end in ReadyForQuery
-        self._done = 0  # ReadyForQuery seen
-        self._failing = False  # an error came, and the ReadyForQuery that ends its request has not
         self._transient = False  # something transient is held
-
-    def following(self, unknown: Held) -> HeldStatements:
-        """A tracker of other names from now on, where any name may hold `unknown` until a change
-        to it is certain; in step with this one, so it must be told all this one is told."""
-        other = HeldStatements(unknown)
-        other._sent, other._done, other._failing = self._sent, self._done, self._failing
-        return other
 
     # -- what the client sends ----------------------------------------------------
 
-    def request_sent(self) -> None:
-        """A Query, Sync or FunctionCall went upstream (after the guard decided a Query's statements)."""
-        self._sent += 1
-
     def prepare(self, name: str, held: Held, replaces: bool) -> None:
         """A Parse (`replaces`: once it succeeds the name holds it alone), or a PREPARE (it may run or not)."""
-        self._changes.append(_Change(self._sent + 1, name, held, replaces and not self._failing))
+        requests = self._requests
+        self._changes.append(_Change(requests.sent + 1, name, held, replaces and not requests.failing))
 
     def close(self, name: str) -> None:
         """A Close or DEALLOCATE of `name`, or of every name (ALL)."""
-        if not self._failing:  # else it may not run: the name keeps what it may hold
-            self._changes.append(_Change(self._sent + 1, name, None, True))
+        if not self._requests.failing:  # else it may not run: the name keeps what it may hold
+            self._changes.append(_Change(self._requests.sent + 1, name, None, True))
 
     def candidates(self, name: str) -> tuple[Held, ...]:
         """Every statement `name` may hold when a request sent now runs."""
         held = self._held.get(name, self._unknown)
+        current = self._requests.sent + 1
         for change in self._changes:
             if change.name != name and change.name != ALL:
                 continue
-            if change.certain and change.request == self._sent + 1:
+            if change.certain and change.request == current:
                 # Earlier in this very request: if it failed, the request never runs.
                 held = () if change.held is None else (change.held,)
             elif change.held is not None:
@@ -103,7 +104,6 @@ class HeldStatements:
 
     def error(self) -> None:
         """An ErrorResponse: the changes not yet answered may have been skipped."""
-        self._failing = True
         kept = []
         for change in self._changes:
             if change.held is not None:
@@ -114,16 +114,15 @@ class HeldStatements:
     def ready(self, idle: bool = False) -> None:
         """A ReadyForQuery: the changes its request (and those before) ended take effect;
         `idle`: out of any transaction, so what is transient is gone."""
-        self._done += 1
-        self._failing = False
         if idle and self._transient:
             self._held = {name: kept for name, held in self._held.items()
                           if (kept := tuple(each for each in held if not each.transient))}
             self._transient = False
         if not self._changes:
             return
-        done = [change for change in self._changes if change.request <= self._done]
-        self._changes = [change for change in self._changes if change.request > self._done]
+        answered = self._requests.done
+        done = [change for change in self._changes if change.request <= answered]
+        self._changes = [change for change in self._changes if change.request > answered]
         for change in done:
             if change.name == ALL:
                 self._held.clear()

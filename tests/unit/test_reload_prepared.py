@@ -18,7 +18,7 @@ from pgguard.demo import data
 from pgguard.demo.gateway_config import write_config
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.guard import Policy, SessionGuard
-from pgguard.policy.held import Held, HeldStatements
+from pgguard.policy.held import Held
 from pgguard.relay.protocol import SessionProtocol
 from pgguard.wire import backend, frontend
 from pgguard.wire.framing import MessageFramer
@@ -210,32 +210,36 @@ def test_sql_execute_is_decided_again_even_after_a_failed_prepare_of_its_name(
     assert guard.check_query("EXECUTE x")[0].allowed
 
 
-def test_held_statements_follow_what_the_server_ran() -> None:
-    held = HeldStatements()
+def test_held_statements_follow_what_the_server_ran(policies: tuple[Policy, Policy]) -> None:
+    guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: CATALOG)
+    held = guard.held
+
+    def answered(error: bool = False) -> None:
+        guard.request_sent()
+        if error:
+            guard.answered_error()
+        guard.answered_ready(idle=True)
+
     old, new, other = (Held(None, text, 0) for text in ("old", "new", "other"))
     held.prepare("a", old, replaces=True)
     assert held.candidates("a") == (old,)  # the same request: it ran if anything after it runs
-    held.request_sent()
+    guard.request_sent()
     assert held.candidates("a") == (old,)  # not answered yet: it may or may not have run
-    held.ready()
+    guard.answered_ready(idle=True)
     held.prepare("a", new, replaces=True)
-    held.request_sent()
+    guard.request_sent()
     assert held.candidates("a") == (old, new)
-    held.ready()
+    guard.answered_ready(idle=True)
     assert held.candidates("a") == (new,)
     # A PREPARE may fail (the name is taken): the name may hold either.
     held.prepare("a", other, replaces=False)
-    held.request_sent()
-    held.ready()
+    answered()
     assert held.candidates("a") == (new, other)
     held.close("*")
-    held.request_sent()
-    held.error()  # DEALLOCATE ALL in a failed transaction
-    held.ready()
+    answered(error=True)  # DEALLOCATE ALL in a failed transaction
     assert held.candidates("a") == (new, other)
     held.close("*")
-    held.request_sent()
-    held.ready()
+    answered()
     assert held.candidates("a") == ()
 
 
