@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from pgguard.config import Config
-from pgguard.policy.held import ALL, Held, HeldStatements, Requests
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, parse, pg_true, setting, split_identifiers)
+from pgguard.policy.held import ALL, Held, HeldStatements, Requests
 from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
