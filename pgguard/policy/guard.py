@@ -34,7 +34,7 @@ _CACHE_SIZE = 4096
 _ASK_AGAIN = 5.0
 # EXECUTE of a statement that is itself an EXECUTE: followed no further than this.
 _MAX_INDIRECTION = 4
-# What a portal may be while the session has not been out of a transaction since a reload.
+# What the unnamed portal may be while the session has not been out of a transaction since a reload.
 _PORTAL_BEFORE_RELOAD = Held(None, None, -1)
 
 
@@ -140,13 +140,14 @@ class SessionGuard:
         # the configuration generation (one more per reload) it was decided under.
         self.requests = Requests()
         self.held = HeldStatements(self.requests)
-        self.cursors = HeldStatements(self.requests)
+        # Cursors (DECLARE) and named portals (Bind), by name, with what each runs.
+        self.portals = HeldStatements(self.requests)
         self.generation = 0
-        # The generation when the session was last out of any transaction, so that no portal of an
-        # earlier one exists; until it catches up after a reload, the portals bound since (any other
-        # may have been bound before it).
-        self._portals_known = 0
-        self._portals: HeldStatements | None = None
+        # The generation when the session was last out of any transaction, so that no unnamed
+        # portal of an earlier one exists; until it catches up after a reload, the unnamed portal
+        # as bound since (before, it may have been bound before the reload).
+        self._unnamed_known = 0
+        self._unnamed: HeldStatements | None = None
         # The expanded search paths and the set of their schemas, recomputed only when they or
         # the catalog change (search_paths only grows, so its size tells).
         self._path_key: tuple[int, frozenset[str]] | None = None
@@ -176,9 +177,9 @@ class SessionGuard:
     def answered_error(self) -> None:
         self.requests.failing = True
         self.held.error()
-        self.cursors.error()
-        if self._portals is not None:
-            self._portals.error()
+        self.portals.error()
+        if self._unnamed is not None:
+            self._unnamed.error()
 
     def answered_ready(self, idle: bool) -> None:
         """A ReadyForQuery; `idle`: out of any transaction, so no portal of an earlier one is left."""
@@ -186,11 +187,11 @@ class SessionGuard:
         requests.done += 1
         requests.failing = False
         self.held.ready()
-        self.cursors.ready(idle)
+        self.portals.ready(idle)
         if idle:
-            self._portals_known, self._portals = self.generation, None
-        elif self._portals is not None:
-            self._portals.ready()
+            self._unnamed_known, self._unnamed = self.generation, None
+        elif self._unnamed is not None:
+            self._unnamed.ready()
 
     def reconfigure(self, policy: Policy, roles: list[str]) -> None:
         """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
@@ -237,32 +238,28 @@ class SessionGuard:
         label = f'prepared statement "{name}"' if name else "the unnamed prepared statement"
         return self._decide_again(self.held.candidates(name), f"{label} was prepared")
 
-    def check_cursor(self, name: str) -> Decision | None:
-        """For a FETCH, MOVE or Execute of cursor `name`: a refusal if it was declared before a reload
-        for a statement refused now."""
-        if not self.generation:
-            return None
-        return self._decide_again(self.cursors.candidates(name), f'cursor "{name}" was declared')
+    def bound(self, portal: str, statement: str) -> None:
+        """A Bind of prepared statement `statement` to `portal`: told of every named portal, and of the
+        unnamed one once a reload happened (it is bound for nearly every statement)."""
+        if portal:
+            # A Bind of a name the server holds fails; it holds one of the statement's candidates.
+            for index, held in enumerate(self.held.candidates(statement) or (_PORTAL_BEFORE_RELOAD,)):
+                self.portals.prepare(portal, replace(held, generation=self.generation, transient=True),
+                                     replaces=index == 0)
+        elif self.generation != self._unnamed_known:
+            if self._unnamed is None:
+                self._unnamed = HeldStatements(self.requests, _PORTAL_BEFORE_RELOAD)
+            self._unnamed.prepare("", Held(None, None, self.generation), replaces=True)
 
-    def bound(self, portal: str) -> None:
-        """A Bind of `portal` (told only once a reload happened)."""
-        if self.generation != self._portals_known:
-            if self._portals is None:
-                self._portals = HeldStatements(self.requests, _PORTAL_BEFORE_RELOAD)
-            self._portals.prepare(portal, Held(None, None, self.generation), replaces=True)
-
-    def check_execute(self, portal: str) -> Decision | None:
-        """For an Execute (once a reload happened): a refusal if its portal may have been bound before
-        the reload, or is a cursor declared before it for a statement refused now."""
-        refused = self.check_cursor(portal)
-        if refused is not None or self.generation == self._portals_known:
-            return refused
-        held = self._portals.candidates(portal) if self._portals is not None else (_PORTAL_BEFORE_RELOAD,)
-        if held and all(each.generation == self.generation for each in held):
+    def check_portal(self, name: str) -> Decision | None:
+        """For an Execute, FETCH or MOVE of a portal (once a reload happened): a refusal if it was opened
+        before the reload for a statement refused now, or may have been and pgguard cannot tell."""
+        if name:
+            return self._decide_again(self.portals.candidates(name), f'cursor "{name}" was opened')
+        if self.generation == self._unnamed_known:
             return None
-        label = f'portal "{portal}"' if portal else "the unnamed portal"
-        return self._refuse(None, f"{label} may have been bound before a configuration reload", "",
-                            "bind it again, or run it in a transaction begun after the reload")
+        held = self._unnamed.candidates("") if self._unnamed is not None else (_PORTAL_BEFORE_RELOAD,)
+        return self._decide_again(held, "the unnamed portal was bound")
 
     def _decide_again(self, held: tuple[Held, ...], what: str) -> Decision | None:
         """A refusal if one of `held`, decided before a reload, is refused now."""
@@ -321,8 +318,8 @@ class SessionGuard:
                 decision = self.decide(candidate.statement, depth + 1) if candidate.statement else None
                 if decision is not None and not decision.allowed:
                     return decision
-        if statement.fetches is not None:
-            refused = self.check_cursor(statement.fetches)
+        if statement.fetches is not None and self.generation:
+            refused = self.check_portal(statement.fetches)
             if refused is not None:
                 return replace(refused, statement=statement)
         if self.unrestricted:
@@ -497,7 +494,7 @@ class SessionGuard:
         if statement.deallocates is not None and not parsing:
             self.held.close(ALL if statement.deallocates == "*" else statement.deallocates)
         if statement.declares is not None:
-            self.cursors.prepare(statement.declares, Held(statement, None, self.generation, not statement.with_hold),
+            self.portals.prepare(statement.declares, Held(statement, None, self.generation, not statement.with_hold),
                                  replaces=not parsing)
         if statement.closes is not None and not parsing:
-            self.cursors.close(ALL if statement.closes == "*" else statement.closes)
+            self.portals.close(ALL if statement.closes == "*" else statement.closes)

@@ -167,9 +167,9 @@ class SessionProtocol:
                 elif tag == _BIND:
                     replacement = self._bind(frame)
                 elif tag == _EXECUTE:
-                    if self.guard.generation:  # after a reload: a portal bound before it is not run
+                    if self.guard.generation:  # after a reload: a portal opened before it is decided again
                         replacement = self._refused_message(
-                            self.guard.check_execute(frontend.Execute.decode(frame.body).portal))
+                            self.guard.check_portal(frontend.Execute.decode(frame.body).portal))
                 elif tag == _SYNC:
                     self.guard.request_sent()
                 elif tag == _DESCRIBE:
@@ -308,10 +308,9 @@ class SessionProtocol:
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
         assert self.guard is not None
-        if not self.guard.generation:
-            return None
-        self.guard.bound(body[:start - 1].decode("utf-8", "surrogateescape"))
-        return self._check_again(name)
+        if start > 1 or self.guard.generation:  # a named portal, or any after a reload
+            self.guard.bound(body[:start - 1].decode("utf-8", "surrogateescape"), name)
+        return self._check_again(name) if self.guard.generation else None
 
     def _check_again(self, name: str) -> bytes | None:
         """A prepared statement decided before a reload is decided, and its masking planned, again.
