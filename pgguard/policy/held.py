@@ -1,7 +1,8 @@
 """What a session's server may hold under a name, and the configuration each was decided under.
 
 The guard keeps one for prepared statements (Parse, PREPARE), one for
-cursors (DECLARE), and after a reload one for the portals bound since.
+cursors and named portals (DECLARE, Bind), and after a reload one for the
+unnamed portal.
 
 A Bind or an EXECUTE runs what the server holds under a name, which may
 have been decided under a configuration since reloaded; so it is decided
