@@ -115,13 +115,14 @@ class HeldStatements:
     def ready(self, idle: bool = False) -> None:
         """A ReadyForQuery: the changes its request (and those before) ended take effect;
         `idle`: out of any transaction, so what is transient is gone."""
+        if self._changes:
+            self._apply(self._requests.done)
         if idle and self._transient:
             self._held = {name: kept for name, held in self._held.items()
                           if (kept := tuple(each for each in held if not each.transient))}
             self._transient = False
-        if not self._changes:
-            return
-        answered = self._requests.done
+
+    def _apply(self, answered: int) -> None:
         done = [change for change in self._changes if change.request <= answered]
         self._changes = [change for change in self._changes if change.request > answered]
         for change in done:
