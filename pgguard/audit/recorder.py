@@ -109,6 +109,11 @@ class SessionRecorder:
         if refused is None:
             _remember(self._statements, name, _Prepared(sql, classes))
             return
+        self.refused(sql, classes, refused)
+
+    def refused(self, sql: str, classes: tuple[str, ...], refused: Decision) -> None:
+        """An extended-protocol message refused (a Parse, or a Bind decided again after a reload):
+        recorded as refused, and the server skips the rest of its batch."""
         self._statement("extended", sql, classes, refused, False, None, until_ready=False)
         self._skipping = True
 

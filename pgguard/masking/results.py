@@ -68,6 +68,11 @@ class _Define:
     name: str
     plan: ResultPlan
     holdable: bool = False  # DECLARE ... WITH HOLD
+    # Where it was planned from, to plan it again after a reload: the text, the statement's
+    # place in it, and the masking generation it was planned in.
+    sql: str | None = None
+    index: int = 0
+    generation: int = 0
 
 
 @dataclass(eq=False)
@@ -77,7 +82,12 @@ class _Prepared:
     plan: ResultPlan | _Use
     fields: list[FieldDescription] | None = None  # from a Describe of the statement
     defines: _Define | None = None  # the statement is itself a PREPARE or DECLARE
-    sql: str | None = None  # its text, to plan again what the catalog did not know at Parse
+    # Its text, to plan again what the catalog did not know at Parse, or after a reload: the
+    # statement at `index` in it; its plan is that of the PREPARE or DECLARE there if `defined`.
+    sql: str | None = None
+    index: int = 0
+    defined: bool = False
+    generation: int = 0  # the masking rules' generation it was planned in
 
 
 @dataclass(eq=False)
@@ -140,6 +150,8 @@ class ResultMasking:
         self._ran_in_cycle = False
         # Rows in which a value was masked, for the gateway's metrics.
         self.masked_rows = 0
+        # One more per reload: what was planned in an earlier one is planned again before use.
+        self.generation = 0
         self._fields = Repeated(lambda message: backend.RowDescription.decode(message[5:]).fields)
 
     # -- what the client asks ---------------------------------------------------
@@ -147,7 +159,7 @@ class ResultMasking:
     def steps(self, sql: str) -> list[_Step]:
         """One step per statement; raises MaskingRefused for a statement that cannot be masked."""
         steps = []
-        for found in self._analyse(sql):
+        for index, found in enumerate(self._analyse(sql)):
             if found.uses is not None:
                 steps.append(_Step(_Use(found.namespace, found.uses)))
                 continue
@@ -162,7 +174,8 @@ class ResultMasking:
                 result = copy_plan(found, result, self._column_type, self._client_encoding)
             if found.defines is not None:
                 # DECLARE and PREPARE return no rows now; FETCH and EXECUTE will.
-                steps.append(_Step(_NO_ROWS, _Define(found.namespace, found.defines, result, found.holdable)))
+                steps.append(_Step(_NO_ROWS, _Define(found.namespace, found.defines, result, found.holdable, sql,
+                                                     index, self.generation)))
             else:
                 steps.append(_Step(result))
         return steps
@@ -172,8 +185,8 @@ class ResultMasking:
 
     def parse(self, name: str, sql: str) -> None:
         steps = self.steps(sql)
-        prepared = _Prepared(steps[0].plan, defines=steps[0].defines, sql=sql) if len(steps) == 1 else \
-            _Prepared(HIDE_ALL)
+        prepared = _Prepared(steps[0].plan, defines=steps[0].defines, sql=sql, generation=self.generation) \
+            if len(steps) == 1 else _Prepared(HIDE_ALL)
         self._units.append(_Unit("parse", name=name, prepared=prepared))
 
     def bind(self, portal: str, statement: str, formats: list[int]) -> None:
@@ -195,9 +208,14 @@ class ResultMasking:
         self._units.append(_Unit("call"))
 
     def adopt(self, other: ResultMasking) -> None:
-        """Mask from now on as `other` would (a reloaded config); names planned already keep their plans."""
+        """Mask from now on as `other` would (a reloaded config).
+
+        Statements and cursors planned already are planned again from their
+        text before their next rows (`_plan_of`).
+        """
         self.clearance = other.clearance
         self._analyse = other._analyse
+        self.generation += 1
 
     # -- what the server answers --------------------------------------------------
 
@@ -252,29 +270,36 @@ class ResultMasking:
             found = (self._statements if planned.namespace == "S" else self._portals).get(planned.name)
             if found is None:
                 return HIDE_ALL
-            planned = found.plan if isinstance(found, _Prepared) else found.prepared.plan
+            planned = self._plan_of(found if isinstance(found, _Prepared) else found.prepared)
         return planned if isinstance(planned, ResultPlan) else HIDE_ALL
 
     def _planned(self, prepared: _Prepared) -> ResultPlan:
-        """A prepared statement's plan; planned again if it read a relation the catalog did not know then.
+        return self._resolve(self._plan_of(prepared))
+
+    def _plan_of(self, prepared: _Prepared) -> ResultPlan | _Use:
+        """A prepared statement's or cursor's plan; planned again if the masking rules were reloaded
+        since, or if it read a relation the catalog did not know then.
 
         Clients keep prepared statements for the whole session (asyncpg
-        caches every query), and a plan made before the catalog knew a new
-        view would keep masking its rows with detectors only. Rows are on
-        their way when this runs, so what cannot be masked now is NULL.
+        caches every query): a plan made under the rules before a reload, or
+        before the catalog knew a new view, would keep masking its rows the
+        old way. Rows are on their way when this runs, so what cannot be
+        masked now is NULL.
         """
-        result = self._resolve(prepared.plan)
-        if not result.unresolved or prepared.sql is None:
-            return result
+        planned = prepared.plan
+        stale = prepared.generation != self.generation
+        if not stale and not (isinstance(planned, ResultPlan) and planned.unresolved):
+            return planned
+        if prepared.sql is None:
+            return HIDE_ALL if stale else planned
         try:
-            steps = self.steps(prepared.sql)
+            step = self.steps(prepared.sql)[prepared.index]
+            fresh = step.plan if not prepared.defined else step.defines.plan if step.defines else HIDE_ALL
         except Exception:  # MaskingRefused, or a statement it cannot analyse now: fail closed
-            prepared.plan = HIDE_ALL
-            return HIDE_ALL
-        if len(steps) == 1 and isinstance(steps[0].plan, ResultPlan) and not steps[0].plan.unresolved:
-            prepared.plan = steps[0].plan
-            return prepared.plan
-        return result
+            fresh = HIDE_ALL
+        if stale or fresh is HIDE_ALL or (isinstance(fresh, ResultPlan) and not fresh.unresolved):
+            prepared.plan, prepared.generation = fresh, self.generation
+        return prepared.plan
 
     def _portal_of(self, head: _Unit) -> _Portal | None:
         """An Execute's portal, looked up once, when the server starts answering it."""
@@ -357,7 +382,8 @@ class ResultMasking:
 
     def _define(self, defines: _Define) -> None:
         """A PREPARE or DECLARE completed: the name now has its plan."""
-        prepared = _Prepared(defines.plan)
+        prepared = _Prepared(defines.plan, sql=defines.sql, index=defines.index, defined=True,
+                             generation=defines.generation)
         if defines.namespace == "S":
             self._statements[defines.name] = prepared
         else:

@@ -54,6 +54,8 @@ READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_re
 # Settings that change how PostgreSQL reads the text of later statements.
 LEXICAL_SETTINGS = frozenset({"standard_conforming_strings"})
 
+_CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt's option bit for WITH HOLD
+
 # Functions that change state although they are called from a SELECT.
 SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
 NOTIFIERS = frozenset({"pg_notify"})
@@ -103,6 +105,11 @@ class Statement:
     executes: str | None = None
     deallocates: str | None = None  # "*" for ALL
     inner: Statement | None = None  # the statement a PREPARE holds
+    # DECLARE (WITH HOLD: it outlives its transaction), FETCH or MOVE, and CLOSE of a cursor ("*" for CLOSE ALL).
+    declares: str | None = None
+    with_hold: bool = False
+    fetches: str | None = None
+    closes: str | None = None
 
     def write(self, relation: Name, kind: str) -> None:
         self.writes.setdefault(relation, set()).add(kind)
@@ -393,7 +400,17 @@ class _Walker:
 
     def _stmt_DeclareCursorStmt(self, node: Node) -> None:
         (kind, inner), = node["query"].items()
+        self.out.declares = node.get("portalname")
+        self.out.with_hold = bool(node.get("options", 0) & _CURSOR_OPT_HOLD)
         self.statement(kind, inner)
+
+    def _stmt_FetchStmt(self, node: Node) -> None:
+        self.out.classes.add(READ)
+        self.out.fetches = node.get("portalname")
+
+    def _stmt_ClosePortalStmt(self, node: Node) -> None:
+        self.out.classes.add(SESSION)
+        self.out.closes = node.get("portalname") or "*"
 
     def _stmt_TransactionStmt(self, node: Node) -> None:
         if node.get("kind") in ("TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED",

@@ -4,7 +4,9 @@
 of classifications keyed by exact statement text (a classification depends
 on nothing else, so no constant can reuse another's). `SessionGuard` holds
 what one session has done that changes later decisions: the search paths it
-may be using, and the statements it has prepared.
+may be using, and the statements it has prepared (names.py), each with the
+generation of the configuration it was decided under, so that a reload
+reaches statements prepared before it.
 
 Names resolve conservatively. An unqualified relation is checked in every
 schema the session's search path could resolve it to, and the search path
@@ -17,19 +19,24 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pgguard.approvals.rules import ApprovalRule
 from pgguard.config import Config
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, parse, pg_true, setting, split_identifiers)
+from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
 _CACHE_SIZE = 4096
 # Seconds before a name the catalog did not know has it read again.
 _ASK_AGAIN = 5.0
+# EXECUTE of a statement that is itself an EXECUTE: followed no further than this.
+_MAX_INDIRECTION = 4
+# What the unnamed portal may be while the session has not been out of a transaction since a reload.
+_PORTAL_BEFORE_RELOAD = Named(None, None, -1)
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,18 @@ class SessionGuard:
         # The target's current snapshot, which a refresh may replace mid-session.
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
-        self.prepared: dict[str, Statement] = {}
+        # What the server may hold under each prepared-statement and cursor name, and
+        # the configuration generation (one more per reload) it was decided under.
+        self.requests = Requests()
+        self.prepared = ServerNames(self.requests)
+        # Cursors (DECLARE) and named portals (Bind), by name, with what each runs.
+        self.portals = ServerNames(self.requests)
+        self.generation = 0
+        # The generation when the session was last out of any transaction, so that no unnamed
+        # portal of an earlier one exists; until it catches up after a reload, the unnamed portal
+        # as bound since (before, it may have been bound before the reload).
+        self._unnamed_known = 0
+        self._unnamed: ServerNames | None = None
         # The expanded search paths and the set of their schemas, recomputed only when they or
         # the catalog change (search_paths only grows, so its size tells).
         self._path_key: tuple[int, frozenset[str]] | None = None
@@ -155,10 +173,40 @@ class SessionGuard:
     def unrestricted(self) -> bool:
         return any(scope.unrestricted for scope in self.scopes)
 
+    def request_sent(self) -> None:
+        """A Query, Sync or FunctionCall went upstream, after the guard decided what it carries."""
+        self.requests.sent += 1
+
+    def answered_error(self) -> None:
+        self.requests.failing = True
+        self.prepared.error()
+        self.portals.error()
+        if self._unnamed is not None:
+            self._unnamed.error()
+
+    def answered_ready(self, idle: bool) -> None:
+        """A ReadyForQuery; `idle`: out of any transaction, so no portal of an earlier one is left."""
+        requests = self.requests
+        requests.done += 1
+        requests.failing = False
+        self.prepared.ready()
+        self.portals.ready(idle)
+        if idle:
+            self._unnamed_known, self._unnamed = self.generation, None
+        elif self._unnamed is not None:
+            self._unnamed.ready()
+
+    def reconfigure(self, policy: Policy, roles: list[str]) -> None:
+        """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
+        self.policy = policy
+        self.scopes = [policy.scopes[name] for name in roles]
+        self.roles_label = ", ".join(roles)
+        self.generation += 1
+
     # -- entry points ---------------------------------------------------------
 
-    def check_query(self, sql: str) -> list[Decision]:
-        """Decisions for the statements of a simple Query, stopping at the first refusal."""
+    def check_query(self, sql: str, *, parsing: bool = False) -> list[Decision]:
+        """Decisions for the statements of a simple Query (or a Parse), stopping at the first refusal."""
         try:
             statements = self.policy.classify(sql)
         except Unsupported as exc:
@@ -169,21 +217,71 @@ class SessionGuard:
             decisions.append(decision)
             if not decision.allowed:
                 break
-            self.apply(statement)
+            self.apply(statement, parsing=parsing)
         return decisions
 
     def check_parse(self, name: str, sql: str) -> Decision:
         """The decision for an extended-protocol Parse; remembers the statement by name."""
-        decisions = self.check_query(sql)
+        decisions = self.check_query(sql, parsing=True)
         refused = next((d for d in decisions if not d.allowed), None)
         if refused is not None:
             return refused
-        if name and len(decisions) == 1 and decisions[0].statement is not None:
-            self.prepared[name] = decisions[0].statement
+        if len(decisions) <= 1:  # the server refuses a Parse of several statements
+            statement = decisions[0].statement if decisions else None
+            self.prepared.prepare(name, Named(statement, sql, self.generation), replaces=True)
         return decisions[0] if decisions else Decision(True, None)
 
     def forget(self, name: str) -> None:
-        self.prepared.pop(name, None)
+        """A Close of a prepared statement."""
+        self.prepared.close(name)
+
+    def check_again(self, name: str) -> Decision | None:
+        """For a Bind or Describe of prepared statement `name`: a refusal if what it may hold was
+        decided before a reload and is refused now; None when all of it is allowed."""
+        label = f'prepared statement "{name}"' if name else "the unnamed prepared statement"
+        return self._decide_again(self.prepared.candidates(name), f"{label} was prepared")
+
+    def bound(self, portal: str, statement: str) -> None:
+        """A Bind of prepared statement `statement` to `portal`: told of every named portal, and of the
+        unnamed one once a reload happened (it is bound for nearly every statement)."""
+        if portal:
+            # A Bind of a name the server holds fails; it holds one of the statement's candidates.
+            for index, held in enumerate(self.prepared.candidates(statement) or (_PORTAL_BEFORE_RELOAD,)):
+                self.portals.prepare(portal, replace(held, generation=self.generation, transient=True),
+                                     replaces=index == 0)
+        elif self.generation != self._unnamed_known:
+            if self._unnamed is None:
+                self._unnamed = ServerNames(self.requests, _PORTAL_BEFORE_RELOAD)
+            self._unnamed.prepare("", Named(None, None, self.generation), replaces=True)
+
+    def check_portal(self, name: str) -> Decision | None:
+        """For an Execute, FETCH or MOVE of a portal (once a reload happened): a refusal if it was opened
+        before the reload for a statement refused now, or may have been and pgguard cannot tell."""
+        if name:
+            return self._decide_again(self.portals.candidates(name), f'cursor "{name}" was opened')
+        if self.generation == self._unnamed_known:
+            return None
+        held = self._unnamed.candidates("") if self._unnamed is not None else (_PORTAL_BEFORE_RELOAD,)
+        return self._decide_again(held, "the unnamed portal was bound")
+
+    def _decide_again(self, held: tuple[Named, ...], what: str) -> Decision | None:
+        """A refusal if one of `held`, decided before a reload, is refused now."""
+        for each in held:
+            if each.generation == self.generation:
+                continue
+            if not each.known:
+                return self._refuse(None, f"{what} before a configuration reload, and pgguard cannot tell what it"
+                                    " holds", "", "close it, then prepare or declare it again")
+            if each.statement is not None:
+                decision = self.decide(each.statement)
+                if not decision.allowed:
+                    return replace(decision, hint=f"{what} before a configuration reload, and is decided"
+                                   " again under the new one")
+        return None
+
+    def prepared_statements(self, name: str) -> list[Statement]:
+        """The statements an EXECUTE of `name` may run."""
+        return [held.statement for held in self.prepared.candidates(name) if held.statement is not None]
 
     def undecodable(self, encoding: str) -> Decision:
         return self._refuse(None, f"the statement is not valid {encoding}", "",
@@ -209,29 +307,40 @@ class SessionGuard:
 
     # -- deciding --------------------------------------------------------------
 
-    def decide(self, statement: Statement) -> Decision:
-        runs = statement
+    def decide(self, statement: Statement, depth: int = 0) -> Decision:
+        # What an EXECUTE may run, for the approval rules.
+        runs: list[Statement] = []
         if statement.executes is not None:
-            held = self.prepared.get(statement.executes)
-            if held is None:
+            # Every statement the name may hold, decided under the current policy.
+            held = self.prepared.candidates(statement.executes)
+            if not held or depth >= _MAX_INDIRECTION:
                 return self._refuse(statement, f"EXECUTE of {statement.executes!r}, which pgguard did not see"
                                     " prepared", "", None)
-            decision = self.decide(held)
-            if not decision.allowed:
-                return decision
-            runs = held
+            for candidate in held:
+                if not candidate.known:
+                    return self._refuse(statement, f"EXECUTE of {statement.executes!r}, which may hold more"
+                                        " statements than pgguard follows", "", "DEALLOCATE it and PREPARE it again")
+                if candidate.statement is None:
+                    continue
+                decision = self.decide(candidate.statement, depth + 1)
+                if not decision.allowed:
+                    return decision
+                runs.append(candidate.statement)
+        if statement.fetches is not None and self.generation:
+            refused = self.check_portal(statement.fetches)
+            if refused is not None:
+                return replace(refused, statement=statement)
         if self.unrestricted:
             return Decision(True, statement)
         return self._check(statement) or self._approval(statement, runs)
 
-    def _approval(self, statement: Statement, runs: Statement) -> Decision:
+    def _approval(self, statement: Statement, runs: list[Statement]) -> Decision:
         """Allowed; held when an approval rule of the caller's roles matches the statement or what it
         executes (`CREATE TABLE … AS EXECUTE p` is both). A PREPARE runs nothing: its EXECUTE is held."""
         rules = [rule for scope in self.scopes for rule in scope.approval]
         if not rules or statement.prepares is not None:
             return Decision(True, statement)
-        matched = [rule for rule in rules
-                   if rule.matches(statement, self.resolve) or runs is not statement and rule.matches(runs, self.resolve)]
+        matched = [rule for rule in rules if any(rule.matches(st, self.resolve) for st in (statement, *runs))]
         if not matched:
             return Decision(True, statement)
         rule = max(matched, key=lambda rule: rule.approvers)
@@ -382,13 +491,18 @@ class SessionGuard:
 
     # -- session state ---------------------------------------------------------------
 
-    def apply(self, statement: Statement) -> None:
-        """Record what an allowed statement changes for later decisions."""
+    def apply(self, statement: Statement, *, parsing: bool = False, depth: int = 0) -> None:
+        """Record what an allowed statement changes for later decisions.
+
+        `parsing`: it is being prepared by a Parse, and may run at any later
+        Execute or never: a DEALLOCATE or CLOSE in it closes nothing, and a
+        PREPARE or DECLARE in it only adds to what the name may hold.
+        """
         if statement.executes is not None:
             # EXECUTE does what was prepared: a set_config('search_path', …) among it.
-            held = self.prepared.get(statement.executes)
-            if held is not None and held is not statement:
-                self.apply(held)
+            for held in self.prepared_statements(statement.executes):
+                if depth < _MAX_INDIRECTION:
+                    self.apply(held, depth=depth + 1)
         if DDL in statement.classes:
             self.on_ddl()
         for setting, values in statement.settings:
@@ -397,8 +511,14 @@ class SessionGuard:
             elif setting == "all" and values is None:
                 self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
         if statement.prepares is not None and statement.inner is not None:
-            self.prepared[statement.prepares] = statement.inner
-        if statement.deallocates == "*":
-            self.prepared.clear()
-        elif statement.deallocates is not None:
-            self.prepared.pop(statement.deallocates, None)
+            # Sure to hold it once its request is answered without an error, unless a
+            # Parse prepares it: it then runs at each Execute, if any.
+            self.prepared.prepare(statement.prepares, Named(statement.inner, None, self.generation),
+                              replaces=not parsing)
+        if statement.deallocates is not None and not parsing:
+            self.prepared.close(ALL if statement.deallocates == "*" else statement.deallocates)
+        if statement.declares is not None:
+            self.portals.prepare(statement.declares, Named(statement, None, self.generation, not statement.with_hold),
+                                 replaces=not parsing)
+        if statement.closes is not None and not parsing:
+            self.portals.close(ALL if statement.closes == "*" else statement.closes)

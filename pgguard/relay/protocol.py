@@ -97,6 +97,15 @@ def server_setting_problem(name: str, value: str, guarded: bool, read_only: bool
     return None
 
 
+def _failing_parse(stand_in: str, kind: str = "refused") -> bytes:
+    """A Parse of `stand_in`, in place of a message of an extended-protocol batch.
+
+    It fails at once, so the server skips the rest of the batch up to Sync as
+    after any error; a name of its own leaves the client's unnamed statement alone.
+    """
+    return frontend.Parse(f"pgguard_{kind}_{secrets.token_hex(8)}", stand_in, []).encode()
+
+
 def _parse_fields(data: bytes) -> tuple[str, bytes]:
     """A Parse message's statement name, and its query as sent (in the session's client_encoding)."""
     body = data[5:]
@@ -230,20 +239,31 @@ class SessionProtocol:
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
+                    self.guard.request_sent()
                 elif tag == _PARSE:
                     replacement = self._guard_parse(frame)
                 elif tag == _BIND:
-                    self._bind(frame)
-                elif tag == _EXECUTE and self._held_portals:
-                    self._guard_execute(frame)
+                    replacement = self._bind(frame)
+                elif tag == _EXECUTE:
+                    if self.guard.generation:  # after a reload: a portal opened before it is decided again
+                        replacement = self._refused_message(
+                            self.guard.check_portal(frontend.Execute.decode(frame.body).portal))
+                    if replacement is None and self._held_portals:
+                        self._guard_execute(frame)
+                elif tag == _SYNC:
+                    self.guard.request_sent()
+                elif tag == _DESCRIBE:
+                    if self.guard.generation and frame.body[:1] == b"S":  # as its Bind would be
+                        replacement = self._check_again(frame.body[1:-1].decode("utf-8", "surrogateescape"))
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
+                    self.guard.request_sent()
                 elif tag == _CLOSE:
                     self._forget(frame)
             if self.masking is not None:
                 replacement = self._track(frame, replacement)
             if self._ask is not None:
-                # Held only when nothing refuses it first (masking may have).
+                # Named only when nothing refuses it first (masking may have).
                 if replacement is not None:
                     self._ask = None
                 else:
@@ -314,9 +334,7 @@ class SessionProtocol:
     def _stand_in_frame(frame: Frame, stand_in: str) -> bytes:
         if frame.tag == _QUERY:
             return frontend.Query(stand_in).encode()
-        # An Execute's: fails at Parse, so the server skips the rest of the batch;
-        # a name of its own leaves the client's unnamed statement alone.
-        return frontend.Parse(f"pgguard_refused_{secrets.token_hex(8)}", stand_in, []).encode()
+        return _failing_parse(stand_in)
 
     def resume(self, request: Request) -> Output:
         """The held statement's outcome: it goes, or fails as denied, timed out or cancelled."""
@@ -424,7 +442,8 @@ class SessionProtocol:
         if statement is None:
             return False
         if statement.executes is not None:
-            statement = self.guard.prepared.get(statement.executes, statement)
+            return any(self._changes_encoding(held) for held in self.guard.prepared_statements(statement.executes)
+                       if held.executes is None)
         return PROCEDURAL in statement.classes or any(
             name in ("client_encoding", "all") for name, _ in statement.settings)
 
@@ -497,16 +516,25 @@ class SessionProtocol:
             return None
         return frontend.Parse(parse.name, self._refuse(decision, before_sync=True), []).encode()
 
-    def _bind(self, frame: Frame) -> None:
+    def _bind(self, frame: Frame) -> bytes | None:
         """A Bind of a statement that changes client_encoding (unsure until its Sync is answered), or that
-        needs approval."""
+        needs approval. After a reload, a refusal's stand-in if what it binds is refused now (`_check_again`)."""
         body = frame.body
         start = body.find(b"\0") + 1  # after the portal name
         name = body[start:body.find(b"\0", start)].decode("utf-8", "surrogateescape")
         if name in self._encoding_statements:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
+        assert self.guard is not None
+        portal = body[:start - 1].decode("utf-8", "surrogateescape")
+        if start > 1 or self.guard.generation:  # a named portal, or any after a reload
+            self.guard.bound(portal, name)
+        if self.guard.generation:
+            refused = self._check_again(name)
+            if refused is not None:
+                return refused
         if self._held_statements or self._held_portals:
-            self._bind_held(body, body[:start - 1].decode("utf-8", "surrogateescape"), name)
+            self._bind_held(body, portal, name)
+        return None
 
     def _bind_held(self, body: bytes, portal: str, name: str) -> None:
         """A portal of a statement that needs approval: its parameters, as approvers will see them."""
@@ -525,6 +553,36 @@ class SessionProtocol:
         ask = self._held_portals.get(frontend.Execute.decode(frame.body).portal)
         if ask is not None and self._needs_approval([ask.rule]) is not None:
             self._ask = ask
+
+    def _check_again(self, name: str) -> bytes | None:
+        """A prepared statement decided before a reload is decided, and its masking planned, again.
+
+        What is refused now is replaced by a stand-in that fails at Parse
+        (under a name of its own), so the server skips the rest of the batch
+        up to Sync as after any error.
+        """
+        guard = self.guard
+        assert guard is not None
+        decision = guard.check_again(name)
+        if decision is None and self.masking is not None:
+            for held in guard.prepared.candidates(name):
+                if held.generation != guard.generation and held.sql is not None:
+                    try:
+                        self.masking.steps(held.sql)
+                    except Exception as exc:
+                        decision = self._masking_refusal(exc)
+                        break
+        if decision is None:
+            guard.prepared.renew(name, guard.generation)  # not checked again at its next Bind
+            return None
+        self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
+        return self._refused_message(decision)
+
+    def _refused_message(self, decision: Decision | None) -> bytes | None:
+        """The stand-in for a Bind, Describe or Execute refused: a Parse that fails, under a name of its own."""
+        if decision is None:
+            return None
+        return _failing_parse(self._refuse(decision, before_sync=True))
 
     def _bind_of(self, frame: Frame) -> frontend.Bind:
         """The Bind in `frame`, decoded once however many parts of the session read it."""
@@ -571,11 +629,7 @@ class SessionProtocol:
                 masking.function_call()
         except Exception as exc:
             # What cannot be masked is refused, never forwarded (fail closed).
-            if not isinstance(exc, MaskingRefused):
-                log.warning("masking could not analyse a statement; refused", exc_info=True)
-                exc = MaskingRefused("pgguard cannot establish what this statement returns")
-            decision = Decision(False, None, "masking", str(exc),
-                                "select the column's masked value, or ask for a role cleared for it")
+            decision = self._masking_refusal(exc)
             if tag == _PARSE:
                 name = frontend.Parse.decode(frame.body).name
                 masking.parse(name, "")
@@ -583,6 +637,14 @@ class SessionProtocol:
             masking.query("")
             return self._refused_query(b"", decision)
         return replacement
+
+    @staticmethod
+    def _masking_refusal(exc: Exception) -> Decision:
+        if not isinstance(exc, MaskingRefused):
+            log.warning("masking could not analyse a statement; refused", exc_info=True)
+            exc = MaskingRefused("pgguard cannot establish what this statement returns")
+        return Decision(False, None, "masking", str(exc),
+                        "select the column's masked value, or ask for a role cleared for it")
 
     def _record(self, frame: Frame, replacement: bytes | None) -> bytes | None:
         """Record what goes upstream; a refusal instead of what cannot be recorded (fail closed)."""
@@ -598,15 +660,15 @@ class SessionProtocol:
         elif tag == _PARSE:
             name, query = _parse_fields(frame.data)
             recorder.parse(name, self._log_text(query), classes, refused)
+        elif refused is not None and (tag == _BIND or tag == _DESCRIBE or tag == _EXECUTE):
+            # Decided again after a reload, and refused.
+            recorder.refused(refused.statement.text if refused.statement is not None else "", classes, refused)
         elif tag == _BIND:
             bind = self._bind_of(frame)
             recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
         elif tag == _EXECUTE:
             if not recorder.execute(frontend.Execute.decode(frame.body).portal, refused):
-                # Fails at Parse, so the server skips the rest of the batch as after any error;
-                # a name of its own leaves the client's unnamed statement alone.
-                stand_in = self._unrecorded(before_sync=True)
-                return frontend.Parse(f"pgguard_unrecorded_{secrets.token_hex(8)}", stand_in, []).encode()
+                return _failing_parse(self._unrecorded(before_sync=True), "unrecorded")
         elif tag == _SYNC:
             recorder.sync()
         elif tag == _FUNCTION_CALL:
@@ -658,7 +720,9 @@ class SessionProtocol:
             for frame in frames:
                 tag = frame.tag
                 if tag == _READY:
-                    self._ready()
+                    self._ready(frame)
+                elif tag == _ERROR:
+                    self._error()
                 elif tag == _PARAMETER_STATUS:
                     problem = self._parameter(frame)
                     if problem:
@@ -675,10 +739,12 @@ class SessionProtocol:
         for frame in frames:
             tag = frame.tag
             data = frame.data
-            if tag == _ERROR and self._refusals:
-                data = self._rewrite_error(frame)
+            if tag == _ERROR:
+                self._error()
+                if self._refusals:
+                    data = self._rewrite_error(frame)
             elif tag == _READY:
-                self._ready()
+                self._ready(frame)
                 if self._refusals:
                     self._expire()
             elif tag == _PARAMETER_STATUS:
@@ -702,7 +768,13 @@ class SessionProtocol:
         error, reason = self._drain
         return Output(_TERMINATE_MESSAGE, out + error, close=reason)
 
-    def _ready(self) -> None:
+    def _error(self) -> None:
+        if self.guard is not None:
+            self.guard.answered_error()
+
+    def _ready(self, frame: Frame) -> None:
+        if self.guard is not None:
+            self.guard.answered_ready(idle=frame.data[5] == 0x49)  # I: out of any transaction
         self._cycles_done += 1
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)

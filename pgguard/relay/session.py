@@ -297,9 +297,7 @@ class Session:
         self.policy, self.masking = policy, masking
         guard = self._guard_object
         if guard is not None:
-            guard.policy = policy
-            guard.scopes = [policy.scopes[name] for name in names]
-            guard.roles_label = ", ".join(names)
+            guard.reconfigure(policy, names)
             current = self._protocol.masking if self._protocol is not None else None
             if current is not None:
                 fresh = masking.for_session(roles, guard, lambda: self.catalogs.current(hello.target.name))
