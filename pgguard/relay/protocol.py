@@ -573,10 +573,26 @@ class SessionProtocol:
                         decision = self._masking_refusal(exc)
                         break
         if decision is None:
+            self._approval_again(name)
             guard.prepared.renew(name, guard.generation)  # not checked again at its next Bind
             return None
         self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
         return self._refused_message(decision)
+
+    def _approval_again(self, name: str) -> None:
+        """A statement prepared before a reload that now needs approval is held at its Execute.
+
+        A rule the reload removed keeps holding it until it is prepared again: holding too
+        much is the safe side.
+        """
+        guard = self.guard
+        assert guard is not None
+        for held in guard.prepared.candidates(name):
+            if held.generation != guard.generation and held.statement is not None and held.sql is not None:
+                rule = guard.decide(held.statement).approval
+                if rule is not None:
+                    self._held_statements[name] = (rule, held.sql, [])
+                    return
 
     def _refused_message(self, decision: Decision | None) -> bytes | None:
         """The stand-in for a Bind, Describe or Execute refused: a Parse that fails, under a name of its own."""

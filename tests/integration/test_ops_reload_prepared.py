@@ -19,6 +19,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from test_approvals import Background, api, pending, token
 from test_ops_reload import ORDERS, rewrite, sighup
 from test_session_log import find_log, records_of
 
@@ -210,3 +211,26 @@ def test_a_cursor_declared_before_a_reload_that_takes_its_table_away_is_refused(
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="(FETCH|MOVE) refused: .* public.orders"):
                 conn.execute(fetch)
         assert len(conn.execute("FETCH 3 FROM towns").fetchall()) == 3
+
+
+# -- approvals: a rule added by a reload holds statements prepared before it --------------------------
+
+
+def test_a_statement_prepared_before_a_reload_that_adds_an_approval_rule_is_held(gateway: RunningGateway) -> None:
+    update = "UPDATE tickets SET status = status WHERE id = %s"
+    with psycopg.connect(gateway.dsn("engineer"), autocommit=True, prepare_threshold=0) as conn:
+        assert conn.execute(update, (1,)).statusmessage == "UPDATE 1"  # prepared; no rule holds it yet
+        text = gateway.config_path.read_text()
+        rule = 'tables = ["public.orders"], kinds = ["update", "delete"]'
+        assert rule in text
+        gateway.config_path.write_text(text.replace(rule, rule.replace('"public.orders"',
+                                                                        '"public.orders", "public.tickets"')))
+        sighup(gateway, RELOADED)
+        client = Background(lambda: conn.execute(update, (1,)).statusmessage)
+        request = pending(gateway, "UPDATE tickets SET status = status WHERE id = $1")
+        status, answer = api(gateway, f"/api/approvals/{request['id']}/deny", token(gateway, "dba"),
+                             {"reason": "not now"})
+        assert status == 200 and answer["status"] == "denied", answer
+        client.join()
+        assert isinstance(client.error, psycopg.errors.InsufficientPrivilege)
+        assert "denied by" in str(client.error)
