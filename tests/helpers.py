@@ -12,6 +12,7 @@ import os
 import subprocess
 
 import uuid
+from pathlib import Path
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 
 from pgguard.demo import data
+from pgguard.demo.gateway_config import write_config
 
 
 def unique_name(prefix: str = "scratch") -> str:
@@ -91,3 +93,14 @@ def without_ddl_approval(config_text: str) -> str:
     rule = '    { classes = ["ddl"] },\n'
     assert rule in config_text
     return config_text.replace(rule, "")
+
+
+def offline_demo_config(directory: Path) -> Path:
+    """The demo's pgguard.toml in `directory`, for tests that read it and never connect."""
+    for name in ("c", "k", "ca"):
+        (directory / name).write_text("not read by these tests\n")
+    return write_config(
+        directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c", tls_key=directory / "k",
+        pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca", database=data.DATABASE,
+        login_passwords={login: "x" for login in data.LOGINS},
+    )

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from helpers import offline_demo_config
 from pgguard.approvals.service import Approvals, SessionApprovals
 from pgguard.approvals.store import Grant, Request
 from pgguard.config import Config, load
 from pgguard.demo import data
-from pgguard.demo.gateway_config import write_config
 from pgguard.identity import Identity
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.guard import Policy, SessionGuard
@@ -27,13 +26,7 @@ ENGINEER = Identity("pgguard", "pgguard", "engineer-sub", "engineer", ("engineer
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    directory: Path = tmp_path_factory.mktemp("hold")
-    for name in ("c", "k", "ca"):
-        (directory / name).write_text("not read by these tests\n")
-    return load(write_config(
-        directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c", tls_key=directory / "k",
-        pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca", database=data.DATABASE,
-        login_passwords={login: "x" for login in data.LOGINS}))
+    return load(offline_demo_config(tmp_path_factory.mktemp("hold")))
 
 
 @pytest.fixture

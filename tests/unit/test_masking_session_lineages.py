@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
+from helpers import offline_demo_config
 from pgguard.config import Config, load
 from pgguard.demo import data
-from pgguard.demo.gateway_config import write_config
 from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.session import MaskingConfig, SessionRelations
 from pgguard.policy.catalog import Catalog
@@ -29,12 +28,7 @@ def catalog(*schemas: str) -> Catalog:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    directory: Path = tmp_path_factory.mktemp("lineages")
-    for name in ("c", "k", "ca"):
-        (directory / name).write_text("not read by these tests\n")
-    return load(write_config(directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c",
-                             tls_key=directory / "k", pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca",
-                             database=data.DATABASE, login_passwords={login: "x" for login in data.LOGINS}))
+    return load(offline_demo_config(tmp_path_factory.mktemp("lineages")))
 
 
 class Session:

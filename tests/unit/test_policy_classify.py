@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from helpers import offline_demo_config
 from pgguard.config import load
 from pgguard.demo import data
-from pgguard.demo.gateway_config import write_config
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.classify import (ADMIN, DCL, DDL, MAINTENANCE, OTHER, PROCEDURAL, READ, SESSION, TRANSACTION,
                                      WRITE, Name, Unsupported, parse, pg_true, split_identifiers)
@@ -44,15 +44,7 @@ CATALOG = Catalog.from_rows(
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
-    directory = tmp_path_factory.mktemp("policy")
-    for name in ("server.crt", "server.key", "ca.crt"):
-        (directory / name).write_text("not read by these tests\n")
-    path = write_config(
-        directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "server.crt",
-        tls_key=directory / "server.key", pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca.crt",
-        database=data.DATABASE, login_passwords={login: "secret" for login in data.LOGINS},
-    )
-    return Policy(load(path))
+    return Policy(load(offline_demo_config(tmp_path_factory.mktemp("policy"))))
 
 
 GuardFactory = Callable[..., SessionGuard]

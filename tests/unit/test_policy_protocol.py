@@ -7,13 +7,12 @@ the session's client_encoding, and no text whose encoding is in doubt.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from helpers import offline_demo_config
 from pgguard.config import load
 from pgguard.demo import data
-from pgguard.demo.gateway_config import write_config
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.guard import Policy, SessionGuard
 from pgguard.relay.protocol import SessionProtocol
@@ -28,15 +27,7 @@ STAND_IN = re.compile(rb"SELECT 'pgguard-refusal:([0-9a-f]{16})'::pg_catalog\.in
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
-    directory: Path = tmp_path_factory.mktemp("protocol")
-    for name in ("c", "k", "ca"):
-        (directory / name).write_text("not read by these tests\n")
-    path = write_config(
-        directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c", tls_key=directory / "k",
-        pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca", database=data.DATABASE,
-        login_passwords={login: "x" for login in data.LOGINS},
-    )
-    return Policy(load(path))
+    return Policy(load(offline_demo_config(tmp_path_factory.mktemp("protocol"))))
 
 
 def session(policy: Policy, encoding: str = "utf-8") -> SessionProtocol:

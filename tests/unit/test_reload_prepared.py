@@ -9,13 +9,12 @@ pgguard think the name holds something else.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from helpers import offline_demo_config
 from pgguard.config import load
 from pgguard.demo import data
-from pgguard.demo.gateway_config import write_config
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.guard import Policy, SessionGuard
 from pgguard.policy.names import Named
@@ -35,14 +34,7 @@ SYNC = frontend.Sync().encode()
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Policy, Policy]:
     """The demo's policy, and the one after the reload: analysts may no longer read public.orders."""
-    directory: Path = tmp_path_factory.mktemp("reload")
-    for name in ("c", "k", "ca"):
-        (directory / name).write_text("not read by these tests\n")
-    path = write_config(
-        directory, host="127.0.0.1", port=6432, admin_port=6433, tls_cert=directory / "c", tls_key=directory / "k",
-        pg_host="127.0.0.1", pg_port=5432, pg_ca=directory / "ca", database=data.DATABASE,
-        login_passwords={login: "x" for login in data.LOGINS},
-    )
+    path = offline_demo_config(tmp_path_factory.mktemp("reload"))
     before = Policy(load(path))
     path.write_text(set_keys(path.read_text(), "roles.analysts", {"read": ["public.customers"]}))
     return before, Policy(load(path))
