@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -98,14 +97,12 @@ def test_a_checkpoint_signs_its_position_link_time_and_key() -> None:
     assert not signature_valid({**checkpoint, "sig": "not bytes"}, key.public_key())
 
 
-def test_a_hundred_thousand_small_records_are_built_sealed_and_chained_in_seconds() -> None:
+def test_a_long_chain_numbers_and_frames_every_record() -> None:
+    # Its speed is bench/'s business; here only that nothing is lost or renumbered along the way.
     chain = Chain("s1")
     limits = Limits()
-    started = time.perf_counter()
     size = 0
-    for number in range(100_000):
+    for number in range(10_000):
         size += len(chain.append(records.statement(protocol="simple", sql=f"select {number}", decision="allowed",
                                                    limits=limits)))
-    elapsed = time.perf_counter() - started
-    assert chain.seq == 100_000 and size > 100_000 * FRAME.size
-    assert elapsed < 5, f"{elapsed:.2f} s"
+    assert chain.seq == 10_000 and size > 10_000 * FRAME.size
