@@ -365,12 +365,12 @@ class SessionGuard:
         if (WRITE in st.classes and not st.writes or st.read_write) and \
                 not any(scope.writes_anything for scope in self.scopes):
             return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
-        for setting, values in st.settings:
-            if setting in IDENTITY_SETTINGS:
-                return self._refuse(st, f"setting {setting} is reserved", "statements",
+        for name, values in st.settings:
+            if name in IDENTITY_SETTINGS:
+                return self._refuse(st, f"setting {name} is reserved", "statements",
                                     "the gateway decides who the session is")
-            if setting in LEXICAL_SETTINGS and values and not pg_true(values[0]):
-                return self._refuse(st, f"setting {setting} to {values[0]} is reserved", "statements",
+            if name in LEXICAL_SETTINGS and values and not pg_true(values[0]):
+                return self._refuse(st, f"setting {name} to {values[0]} is reserved", "statements",
                                     "pgguard reads statements as PostgreSQL does with it on")
         for function in sorted(st.functions, key=str):
             problem = self._function_problem(function)
@@ -505,10 +505,10 @@ class SessionGuard:
                     self.apply(held, depth=depth + 1)
         if DDL in statement.classes:
             self.on_ddl()
-        for setting, values in statement.settings:
-            if setting == "search_path":
+        for name, values in statement.settings:
+            if name == "search_path":
                 self.search_paths.add(parse_search_path(values or DEFAULT_SEARCH_PATH))
-            elif setting == "all" and values is None:
+            elif name == "all" and values is None:
                 self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
         if statement.prepares is not None and statement.inner is not None:
             # Sure to hold it once its request is answered without an error, unless a

@@ -724,7 +724,7 @@ def test_statements_kept_before_a_refusal_are_sent_as_the_client_wrote_them(gw: 
 
 def test_text_sent_while_client_encoding_changes_is_refused_unless_ascii(gw: RunningGateway) -> None:
     with login_as(gw, "analyst") as conn:
-        hidden = f"SELECT E'Á\\'; SET default_transaction_read_only = off; --'".encode()
+        hidden = "SELECT E'Á\\'; SET default_transaction_read_only = off; --'".encode()
         conn.send(frontend.Query("SET client_encoding = 'SJIS'"), message(b"Q", hidden + b"\0"),
                   frontend.Query("SELECT 'still ascii'"))
         first, _ = _until_ready(conn)

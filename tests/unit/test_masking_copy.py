@@ -10,7 +10,7 @@ from pgguard.masking.copy import (BinaryMasker, CopyMasker, CopyOptions, CopyPla
                                   TextMasker, copy_masker, copy_plan, text_fields, unescape_text)
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
-from pgguard.masking.lineage import SourceColumn, lineage
+from pgguard.masking.lineage import lineage
 from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, MaskingRules, ResultPlan, plan
 from pgguard.masking.values import BINARY_FORMAT, INT4, TEXT, TEXT_FORMAT
 from pgguard.wire.backend import CopyOutResponse
