@@ -745,10 +745,7 @@ class SessionProtocol:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
                 if recorder is not None:
                     recorder.server(tag, frame.data)
-            self.bytes_out += len(raw)
-            if self._drain is not None and self._cycles_done == self._cycles_sent:
-                return self._drained(raw)
-            return Output(b"", raw)
+            return self._to_client(raw)
         parts = []
         changed = False
         masking = self.masking
@@ -773,14 +770,13 @@ class SessionProtocol:
                 recorder.server(tag, data)
             changed = changed or data is not frame.data
             parts.append(data)
-        out = b"".join(parts) if changed else raw
-        self.bytes_out += len(out)
-        if self._drain is not None and self._cycles_done == self._cycles_sent:
-            return self._drained(out)
-        return Output(b"", out)
+        return self._to_client(b"".join(parts) if changed else raw)
 
-    def _drained(self, out: bytes) -> Output:
-        assert self._drain is not None
+    def _to_client(self, out: bytes) -> Output:
+        """The server's messages for the client; and, when draining, the FATAL right after the last answer."""
+        self.bytes_out += len(out)
+        if self._drain is None or self._cycles_done != self._cycles_sent:
+            return Output(b"", out)
         error, reason = self._drain
         return Output(_TERMINATE_MESSAGE, out + error, close=reason)
 
