@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from pgguard.admin import approvals_page
 from pgguard.admin.approvals_api import approval_routes
+from pgguard.admin.bearer import Refused, caller
 from pgguard.config import ConfigError, Listen
-from pgguard.identity import TokenError
 from pgguard.relay.server import Gateway
 
 # How long /readyz waits for a target to accept a TCP connection.
@@ -31,23 +31,6 @@ async def _reachable(host: str, port: int) -> str | None:
         return str(exc) or type(exc).__name__
     await stream.aclose()
     return None
-
-
-async def _operator(gateway: Gateway, request: Request) -> str | JSONResponse:
-    """The user name of a bearer token in one of [gateway] admin_groups, or the response that refuses it."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return JSONResponse({"error": "a bearer token is required"}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
-    try:
-        identity = await gateway.verifier.verify(token.strip())
-    except TokenError as exc:
-        return JSONResponse({"error": f"invalid token: {exc}"}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not set(identity.groups) & set(gateway.config.gateway.admin_groups):
-        return JSONResponse({"error": "the token's groups are not in [gateway] admin_groups"}, status_code=403)
-    return identity.username
 
 
 def build_app(gateway: Gateway) -> Starlette:
@@ -70,14 +53,16 @@ def build_app(gateway: Gateway) -> Starlette:
         return PlainTextResponse(gateway.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def reload(request: Request) -> JSONResponse:
-        operator = await _operator(gateway, request)
-        if isinstance(operator, JSONResponse):
-            return operator
+        try:
+            operator = await caller(request, gateway.verifier, gateway.config.gateway.admin_groups,
+                                    "[gateway] admin_groups")
+        except Refused as exc:
+            return exc.response()
         try:
             reloaded = await gateway.reload()
         except ConfigError as exc:
             return JSONResponse({"status": "refused", "error": str(exc)}, status_code=422)
-        return JSONResponse({"status": "reloaded", "by": operator, "roles": list(reloaded.config.roles),
+        return JSONResponse({"status": "reloaded", "by": operator.username, "roles": list(reloaded.config.roles),
                              "ignored_until_restart": list(reloaded.ignored)})
 
     async def jwks(request: Request) -> JSONResponse:
@@ -89,7 +74,7 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/metrics", metrics),
         Route("/reload", reload, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks),
-        *approval_routes(gateway.approvals),
+        *approval_routes(gateway.approvals, gateway.verifier),
         *approvals_page.ROUTES,
     ])
 

@@ -1,9 +1,7 @@
 """The approvals API: JSON over the admin listener, for `pgguard approvals` and the web page.
 
 Every route wants `Authorization: Bearer <token>`: a token the gateway
-accepts for login, of a member of an approver group. The token travels in a
-header, never a cookie, so another site cannot make a browser send it
-(no CSRF), and no CORS headers are ever sent.
+accepts for login, of a member of an approver group (admin/bearer.py).
 
     GET  /api/approvals                     pending requests
     GET  /api/approvals/{id}                one request, pending or decided
@@ -21,25 +19,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pgguard.admin.bearer import Refused, caller
 from pgguard.approvals.service import ApprovalError, Approvals
 from pgguard.config import parse_duration
 from pgguard.identity import Identity
+from pgguard.identity.verifier import Verifier
 
 Handler = Callable[[Request, Identity], Awaitable[JSONResponse]]
 
 
-def approval_routes(approvals: Approvals) -> list[Route]:
+def approval_routes(approvals: Approvals, verifier: Verifier) -> list[Route]:
     def authenticated(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def endpoint(request: Request) -> JSONResponse:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
             try:
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise ApprovalError(401, "send the approver's token as Authorization: Bearer <token>")
-                approver = await approvals.approver(token.strip())
+                approver = await caller(request, verifier, approvals.config.approver_groups, "an approver group")
                 return await handler(request, approver)
+            except Refused as exc:
+                return exc.response()
             except ApprovalError as exc:
-                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-                return JSONResponse({"error": exc.message}, exc.status, headers=headers)
+                return JSONResponse({"error": exc.message}, exc.status)
         return endpoint
 
     async def body(request: Request) -> dict[str, Any]:

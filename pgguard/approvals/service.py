@@ -2,10 +2,10 @@
 
 Sessions open requests (through `SessionApprovals`, from the sans-IO
 protocol) and wait for their outcome; approvers decide them through the
-admin API. Who may decide is checked here, for every interface alike:
-a valid token (as the gateway accepts for login), a member of an approver
-group, never the requester (segregation of duties), and one approval per
-person.
+admin API. Every interface goes through that API, which admits only a
+valid token (as the gateway accepts for login) of a member of an approver
+group (admin/bearer.py); here, for each decision: never the requester
+(segregation of duties), and one approval per person.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pgguard.approvals.rules import ApprovalRule
 from pgguard.approvals.store import ApprovalStore, Grant, MemoryStore, Request
 from pgguard.approvals.webhook import Webhook
 from pgguard.config import ApprovalsConfig
-from pgguard.identity import Identity, TokenError
-from pgguard.identity.verifier import Verifier
+from pgguard.identity import Identity
 
 log = logging.getLogger("pgguard.approvals")
 
@@ -50,9 +49,8 @@ def describe_duration(seconds: int) -> str:
 
 
 class Approvals:
-    def __init__(self, config: ApprovalsConfig, verifier: Verifier, store: ApprovalStore | None = None) -> None:
+    def __init__(self, config: ApprovalsConfig, store: ApprovalStore | None = None) -> None:
         self.config = config
-        self.verifier = verifier
         self.store: ApprovalStore = store if store is not None else MemoryStore()
         self.webhook = Webhook(config.webhook_url)
         # Where approvers reach the admin listener; the runtime sets it once the listener is bound.
@@ -132,17 +130,6 @@ class Approvals:
         return self.store.grant(identity.issuer, identity.subject, rule.label, time.time()) is not None
 
     # -- approvers --------------------------------------------------------------
-
-    async def approver(self, token: str) -> Identity:
-        """The approver a token proves, or ApprovalError (401 for a bad token, 403 for a non-approver)."""
-        try:
-            identity = await self.verifier.verify(token)
-        except TokenError as exc:
-            raise ApprovalError(401, f"token refused: {exc}") from exc
-        if not set(identity.groups) & set(self.config.approver_groups):
-            raise ApprovalError(403, f"{identity.username} is not in an approver group "
-                                     f"({', '.join(self.config.approver_groups) or 'none configured'})")
-        return identity
 
     def _decidable(self, request_id: str, approver: Identity) -> Request:
         request = self.store.get(request_id)

@@ -99,7 +99,7 @@ class Gateway:
         self.masking = MaskingConfig(config)
         self.catalogs = Catalogs()
         self.logs = SessionLogs(config)
-        self.approvals = Approvals(config.approvals, self.verifier)
+        self.approvals = Approvals(config.approvals)
         if not self.logs.enabled:
             log.warning("[audit] enabled = false: sessions are not recorded")
         self.metrics = Metrics()

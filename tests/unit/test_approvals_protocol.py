@@ -31,7 +31,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 @pytest.fixture
 def approvals(config: Config) -> Approvals:
-    return Approvals(config.approvals, verifier=None)  # type: ignore[arg-type]  # nobody decides by token here
+    return Approvals(config.approvals)
 
 
 def engineer(config: Config, approvals: Approvals) -> SessionProtocol:
