@@ -135,7 +135,18 @@ def lineage(sql: str, relations: Relations) -> Lineage:
 
 def lineages(sql: str, relations: Relations) -> list[Lineage]:
     """The lineage of every statement of `sql`, in order."""
-    tree = parse_tree(sql)
+    return lineages_of(parse_tree(sql), relations)
+
+
+def erased_lineages(tree: Node, relations: Relations) -> list[Lineage] | None:
+    """`lineages_of` an erased tree (pgguard/policy/shapes.py); None where a lineage keeps its
+    statement's tree for later (COPY's options), which the erased one cannot stand for."""
+    found = lineages_of(tree, relations)
+    return None if any(lineage.copy is not None for lineage in found) else found
+
+
+def lineages_of(tree: Node, relations: Relations) -> list[Lineage]:
+    """The lineage of every statement of a parse tree, in order."""
     out = []
     for raw in tree.get("stmts", []):
         (kind, node), = raw["stmt"].items()
@@ -539,7 +550,7 @@ class _Analyzer:
             for item in node:
                 found |= self._sources(item, scope)[0]
             return found, False
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or "A_Const" in node:  # a constant derives from nothing (shapes.py relies on it)
             return set(), False
         if "ColumnRef" in node:
             return self._column_ref(node["ColumnRef"], scope)

@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 from pgguard.config import Config, RoleConfig
 from pgguard.masking.bodies import Routine
-from pgguard.masking.lineage import Lineage, Relations, SourceColumn, lineages
+from pgguard.masking.lineage import Lineage, Relations, SourceColumn, erased_lineages, lineages
 from pgguard.masking.plan import Clearance, MaskingRefused, MaskingRules, clearance_for
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import Name
 from pgguard.policy.guard import SessionGuard
+from pgguard.policy.shapes import shape_of, shared
 
 
 class MaskingConfig:
@@ -63,24 +64,35 @@ class SessionRelations(Relations):
         self.catalog = catalog
         self.sensitive_relations = {name.rsplit(".", 1)[0] for name in rules.columns}
         self._sensitive = frozenset(SourceColumn(*name.rsplit(".", 1)) for name in rules.columns)
-        # Text -> (the catalog snapshot and the number of search paths it was traced with, its lineages).
-        self._kept: dict[str, tuple[Catalog, int, list[Lineage]]] = {}
+        # Text, and shape key -> (the catalog snapshot and the number of search paths it was traced
+        # with, its lineages; for a shape, None where it is traced text by text).
+        self._kept: dict[str, tuple[Catalog, int, list[Lineage] | None]] = {}
+        self._shaped: dict[str, tuple[Catalog, int, list[Lineage] | None]] = {}
 
     def lineages(self, sql: str) -> list[Lineage]:
-        """The lineage of each statement of `sql`, traced once per text for as long as what it
-        depends on stays: the catalog snapshot (the very object) and the session's search paths
-        (which only grow). A lineage that met a relation the catalog did not know is traced again."""
-        kept = self._kept.get(sql)
-        if kept is not None and kept[0] is self.catalog() and kept[1] == len(self.guard.search_paths):
-            return kept[2]
-        catalog, paths = self.catalog(), len(self.guard.search_paths)
-        found = lineages(sql, self)
-        for lineage in found:
-            if lineage.unresolved:
+        """The lineage of each statement of `sql`, traced once per text, or once per shape where tracing
+        reads no constant (shapes.py), for as long as what it depends on stays: the catalog snapshot (the
+        very object) and the session's search paths (which only grow). A lineage that met a relation the
+        catalog did not know is traced again."""
+        shape = shape_of(sql)
+        if shape is not None:
+            found = self._recall(self._shaped, shape.key, lambda: shared(shape, lambda tree: erased_lineages(tree, self)))
+            if found is not None:
                 return found
-        if len(self._kept) >= _KEPT_LINEAGES:
-            self._kept.clear()
-        self._kept[sql] = (catalog, paths, found)
+        return self._recall(self._kept, sql, lambda: lineages(sql, self)) or []
+
+    def _recall(self, kept: dict[str, tuple[Catalog, int, list[Lineage] | None]], key: str,
+                trace: Callable[[], list[Lineage] | None]) -> list[Lineage] | None:
+        catalog, paths = self.catalog(), len(self.guard.search_paths)
+        entry = kept.get(key)
+        if entry is not None and entry[0] is catalog and entry[1] == paths:
+            return entry[2]
+        found = trace()
+        if found is not None and any(lineage.unresolved for lineage in found):
+            return found
+        if len(kept) >= _KEPT_LINEAGES:
+            kept.clear()
+        kept[key] = (catalog, paths, found)
         return found
 
     def resolve(self, schema: str | None, name: str) -> str | None:

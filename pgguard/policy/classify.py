@@ -11,6 +11,7 @@ class may run: what cannot be classified is refused, never guessed at.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,14 @@ class Statement:
     def write(self, relation: Name, kind: str) -> None:
         self.writes.setdefault(relation, set()).add(kind)
 
+    def placed(self, text: str, location: int) -> Statement:
+        """This statement as found at `location` in a text, `text` being its own (a PREPARE's inner one too)."""
+        found = copy.copy(self)  # dataclasses.replace would run __init__ again: several times slower
+        found.text, found.location = text, location
+        if self.inner is not None:
+            found.inner = self.inner.placed(text, location)
+        return found
+
     @property
     def verb(self) -> str:
         return self.text.split(None, 1)[0].upper() if self.text.strip() else self.kind
@@ -125,17 +134,29 @@ def parse(sql: str) -> list[Statement]:
         tree = parse_tree(sql)
     except parser.ParseError as exc:
         raise Unsupported(f"the statement does not parse: {exc}") from exc
-    encoded = sql.encode()
+    spans = [(raw.get("stmt_location", 0), raw.get("stmt_len", 0)) for raw in tree.get("stmts", [])]
+    return placed(classify_tree(tree), sql, spans)
+
+
+def classify_tree(tree: Node) -> list[Statement]:
+    """Classify each statement of a parse tree, leaving where each is in its text to `placed`."""
     statements = []
     for raw in tree.get("stmts", []):
-        location = raw.get("stmt_location", 0)
-        length = raw.get("stmt_len") or len(encoded) - location
-        text = encoded[location:location + length].decode(errors="replace").strip()
         (kind, node), = raw["stmt"].items()
-        statement = Statement(kind, text, location)
+        statement = Statement(kind, "", 0)
         _Walker(statement).statement(kind, node)
         statements.append(statement)
     return statements
+
+
+def placed(statements: list[Statement], sql: str, spans: list[tuple[int, int]]) -> list[Statement]:
+    """`statements` with the text and byte offset of each in `sql`; `spans` as the parse tree gives them."""
+    encoded = sql.encode()
+    out = []
+    for statement, (location, length) in zip(statements, spans):
+        text = encoded[location:location + (length or len(encoded) - location)].decode(errors="replace").strip()
+        out.append(statement.placed(text, location))
+    return out
 
 
 def setting(name: str, value: str) -> Statement:
@@ -497,8 +518,8 @@ class _Walker:
         if not isinstance(value, dict):
             return
         for key, child in value.items():
-            if not isinstance(child, (dict, list)):
-                continue  # a scalar field: nothing below it
+            if key == "A_Const" or not isinstance(child, (dict, list)):
+                continue  # a constant or a scalar field: nothing below it (shapes.py relies on this)
             if key in _DML or key == "SelectStmt":
                 # A statement nested in an expression or a CTE.
                 self.statement(key, child)

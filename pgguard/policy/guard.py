@@ -1,8 +1,8 @@
 """Deciding each statement of a session against its roles' scopes.
 
 `Policy` holds what every session shares: the compiled scopes and a cache
-of classifications keyed by exact statement text (a classification depends
-on nothing else, so no constant can reuse another's). `SessionGuard` holds
+of classifications (a classification depends on the text alone), keyed by
+shape where it reads no constant (shapes.py), else by exact text. `SessionGuard` holds
 what one session has done that changes later decisions: the search paths it
 may be using, and the statements it has prepared (names.py), each with the
 generation of the configuration it was decided under, so that a reload
@@ -25,9 +25,11 @@ from pgguard.approvals.rules import ApprovalRule
 from pgguard.config import Config
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
-                                     Unsupported, parse, pg_true, setting, split_identifiers)
+                                     Unsupported, classify_tree, parse, pg_true, placed, setting,
+                                     split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.shapes import shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
 _CACHE_SIZE = 4096
@@ -58,7 +60,9 @@ class Decision:
 class Policy:
     def __init__(self, config: Config) -> None:
         self.scopes = {name: compile_scope(role) for name, role in config.roles.items()}
+        # Statements by exact text, and by shape (shapes.py) where the classification reads no constant.
         self._parsed: OrderedDict[str, list[Statement]] = OrderedDict()
+        self._shapes: OrderedDict[str, list[Statement]] = OrderedDict()
 
     def unrestricted(self, roles: Iterable[str]) -> bool:
         """True when one of `roles` may run every class of statement: nothing to check."""
@@ -69,11 +73,27 @@ class Policy:
         if cached is not None:
             self._parsed.move_to_end(sql)
             return cached
-        statements = parse(sql)
-        self._parsed[sql] = statements
-        if len(self._parsed) > _CACHE_SIZE:
-            self._parsed.popitem(last=False)
-        return statements
+        shape = shape_of(sql)
+        if shape is not None:
+            template = _recall(self._shapes, shape.key, lambda: shared(shape, classify_tree) or _NOT_SHARED)
+            if template is not _NOT_SHARED:
+                return placed(template, sql, shape.spans(len(template)))
+        return _recall(self._parsed, sql, lambda: parse(sql))
+
+
+_NOT_SHARED: list[Statement] = []  # a shape whose statements are classified text by text
+
+
+def _recall(cache: OrderedDict[str, list[Statement]], key: str, make: Callable[[], list[Statement]]) -> list[Statement]:
+    """cache[key], made and kept if missing; the least recently used entries go first."""
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        return found
+    found = cache[key] = make()
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return found
 
 
 def startup_settings(params: dict[str, str]) -> list[tuple[str, str]]:

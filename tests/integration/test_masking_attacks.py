@@ -443,6 +443,21 @@ def test_a_refusal_names_the_rule_and_keeps_postgresql_semantics(analyst):
     assert "(rule masking)" in caught.value.diag.message_primary
 
 
+@pytest.mark.parametrize(("harmless", "attack"), [
+    (f"SELECT id, ssn FROM {C} ORDER BY 1", f"SELECT id, ssn FROM {C} ORDER BY 2"),
+    (f"SELECT DISTINCT ON (1) id, email FROM {C} ORDER BY 1", f"SELECT DISTINCT ON (2) id, email FROM {C} ORDER BY 2"),
+    ("SELECT set_config('application_name', 'x', false)", "SELECT set_config('role', 'postgres', false)"),
+])
+def test_a_harmless_text_of_the_same_shape_does_not_clear_the_attack(analyst, raw, harmless, attack):
+    """Texts that differ only in constants share one analysis (pgguard/policy/shapes.py), unless the
+    analysis reads a constant: here the harmless text runs first, many times, and the attack is still refused."""
+    for _ in range(3):
+        assert not raw.leaked(repr(psycopg.ClientCursor(analyst).execute(harmless).fetchall()))
+    with pytest.raises(psycopg.Error) as caught:
+        psycopg.ClientCursor(analyst).execute(attack)
+    refused_message(caught.value)
+
+
 # --- errors and notices that quote values ----------------------------------------------------------
 
 ERRORS = [

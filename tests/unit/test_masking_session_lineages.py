@@ -43,11 +43,24 @@ class Session:
         self.refreshes += 1
 
 
-def test_a_text_is_traced_once(config: Config) -> None:
+def test_a_shape_is_traced_once(config: Config) -> None:
     session = Session(config, catalog())
     first = session.relations.lineages(SQL)
     assert session.relations.lineages(SQL) is first
-    assert session.relations.lineages(SQL + " ") is not first  # another text
+    assert session.relations.lineages("SELECT email FROM customers WHERE id = 42 ") is first  # constants, spacing
+    assert session.relations.lineages("SELECT email FROM customers WHERE id > 1") is not first  # another shape
+
+
+def test_a_text_whose_tracing_reads_a_constant_is_traced_as_itself(config: Config) -> None:
+    """`ORDER BY 2` sorts by the second column: the constant is read, so no other text shares the answer."""
+    session = Session(config, catalog())
+    by_id = "SELECT id, email FROM customers ORDER BY 1"
+    first = session.relations.lineages(by_id)
+    assert session.relations.lineages(by_id) is first
+    by_email = session.relations.lineages("SELECT id, email FROM customers ORDER BY 2")
+    assert by_email is not first
+    assert {str(c) for c in by_email[0].filters} == {"public.customers.email"}
+    assert {str(c) for c in first[0].filters} == {"public.customers.id"}
 
 
 def test_a_new_catalog_snapshot_is_traced_again_even_if_equal(config: Config) -> None:

@@ -669,12 +669,15 @@ def test_discard_all_forgets_what_was_prepared(make_guard: GuardFactory) -> None
 # --- the cache ----------------------------------------------------------------------------------------------------
 
 
-def test_classifications_are_cached_by_exact_text(policy: Policy) -> None:
+def test_classifications_are_shared_by_shape_unless_a_constant_is_read(policy: Policy) -> None:
     first = policy.classify("SELECT * FROM orders WHERE id = 1")
-    assert policy.classify("SELECT * FROM orders WHERE id = 1") is first
-    # A different constant is a different key, and can change the decision.
+    other = policy.classify("SELECT * FROM orders WHERE id = 22")
+    assert other[0].text == "SELECT * FROM orders WHERE id = 22"
+    assert (other[0].reads, other[0].classes) == (first[0].reads, first[0].classes)
+    # set_config's name is read: a different constant can change the decision.
     assert policy.classify("SELECT set_config('application_name', 'x', false)")[0].settings == \
         [("application_name", ["x"])]
+    assert policy.classify("SELECT set_config('role', 'x', false)")[0].settings == [("role", ["x"])]
     assert policy.classify("SELECT set_config('role', 'x', false)")[0].settings == [("role", ["x"])]
 
 

@@ -1,0 +1,140 @@
+"""Statement shapes: texts that differ only in their constants share one analysis.
+
+pgbench, ORMs that inline their parameters and SQL agents send the same statement again and
+again with new constants in it. Classifying it and tracing its lineage anew each time costs far
+more than relaying it. A shape's key is pglast's JSON parse tree of the text with the contents of
+every constant (`A_Const`) and every token position (`location`, `stmt_location`, `stmt_len`)
+erased, so two texts share a key exactly when their trees are the same but for those.
+
+Why a shared result is the right one: the analysis is run once per key on the *erased tree*,
+where each erased value is an object that cannot be read. Comparing, iterating, indexing,
+formatting or converting it raises `ConstantRead` (a BaseException, so that no `except Exception`
+in an analysis can swallow it) and marks the tree as read. An analysis that completes with its
+tree unread never depended on a constant or a position, so its result is the result for every
+text of that shape. One that reads an erased value (`ORDER BY 2`, `set_config('search_path', …)`,
+`nextval('s')`) or fails on the erased tree is not shared: each text is analysed on its own tree.
+Walkers step over `A_Const` nodes without looking in, as they always could: a constant holds no
+other node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NoReturn, TypeVar
+
+from pglast import parser
+
+T = TypeVar("T")
+Node = dict[str, Any]
+
+# Texts this long are analysed on their own: their keys would take as much memory as they do.
+_LONGEST = 64 * 1024
+_LOCATION = re.compile(r'"location":-?\d+')
+_SPAN = re.compile(r'"stmt_(?:location|len)":\d+')
+# A constant's value: {"ival":{"ival":5}}, {"ival":{}} (zero), {"sval":{"sval":"..."}}, {"isnull":true}…
+_CONSTANT = re.compile(r'"A_Const":\{(?:"isnull":true|"\w+":\{(?:"\w+":(?:"(?:[^"\\]|\\.)*"|[^{}"]*))?\})')
+_STMT_LOCATION = re.compile(r'"stmt_location":(\d+)')
+_STMT_LEN = re.compile(r'"stmt_len":(\d+)')
+_POSITIONS = ("location", "stmt_location", "stmt_len")
+
+
+class ConstantRead(BaseException):
+    """An analysis of an erased tree read an erased value: its result depends on the constants."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    key: str
+    json: str  # the text's own parse tree, as pglast gives it
+
+    def spans(self, count: int) -> list[tuple[int, int]]:
+        """(byte offset, length or 0 for "to the end") of each of the text's `count` statements."""
+        if count == 1:  # the common case, without decoding the tree
+            location, length = _STMT_LOCATION.search(self.json), _STMT_LEN.search(self.json)
+            return [(int(location[1]) if location else 0, int(length[1]) if length else 0)]
+        return [(raw.get("stmt_location", 0), raw.get("stmt_len", 0)) for raw in json.loads(self.json)["stmts"]]
+
+    def erased_tree(self) -> tuple[Node, _Reads]:
+        """The tree with every constant's contents and every position unreadable, and what tells if they were read."""
+        reads = _Reads()
+        position = _ErasedValue(reads)
+
+        def erase(node: Node) -> Node:
+            if "A_Const" in node:
+                node["A_Const"] = _ErasedConstant(reads)
+            for key in _POSITIONS:
+                if key in node:
+                    node[key] = position
+            return node
+
+        return json.loads(self.json, object_hook=erase), reads
+
+
+@lru_cache(maxsize=8)  # the policy, then masking, ask for the same text moments apart
+def shape_of(sql: str) -> Shape | None:
+    """The shape of `sql`; None if it does not parse (the caller's own parse says why) or is too long."""
+    if len(sql) > _LONGEST:
+        return None
+    try:
+        tree = parser.parse_sql_json(sql)
+    except parser.ParseError:
+        return None
+    return Shape(_SPAN.sub("", _CONSTANT.sub('"A_Const":{', _LOCATION.sub('"location":0', tree))), tree)
+
+
+def shared(shape: Shape, analyse: Callable[[Node], T]) -> T | None:
+    """`analyse` of the shape's erased tree: the result for every text of the shape; None where it read
+    an erased value or failed (each text is then analysed on its own)."""
+    tree, reads = shape.erased_tree()
+    try:
+        result = analyse(tree)
+    except (ConstantRead, Exception):
+        return None
+    return None if reads.touched else result
+
+
+class _Reads:
+    """Whether an erased value of one tree was read, even where the analysis caught what that raised."""
+
+    touched = False
+
+
+def _read(self: _ErasedValue | _ErasedConstant, *args: Any, **kwargs: Any) -> NoReturn:
+    self.reads.touched = True
+    raise ConstantRead
+
+
+class _ErasedValue:
+    """A position in the erased tree: any use of it but passing it along is a read."""
+
+    __slots__ = ("reads",)
+
+    def __init__(self, reads: _Reads) -> None:
+        self.reads = reads
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = __bool__ = _read  # type: ignore[assignment]
+    __int__ = __index__ = __float__ = __str__ = __repr__ = __format__ = _read  # type: ignore[assignment]
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __neg__ = _read  # type: ignore[assignment]
+    __len__ = __iter__ = __contains__ = __getitem__ = __getattr__ = _read  # type: ignore[assignment]
+
+
+class _ErasedConstant(dict):  # type: ignore[type-arg]
+    """A constant's contents in the erased tree: a dict, as the real contents are, that cannot be read.
+
+    It holds one item, so that C code which looks at a dict's size first (the json encoder) still
+    asks it for its items."""
+
+    __slots__ = ("reads",)
+
+    def __init__(self, reads: _Reads) -> None:
+        super().__init__({"": None})
+        self.reads = reads
+
+    __getitem__ = get = __contains__ = __iter__ = __len__ = keys = values = items = _read  # type: ignore[assignment]
+    __eq__ = __ne__ = __or__ = __ror__ = __repr__ = __str__ = __format__ = _read  # type: ignore[assignment]
+    copy = __copy__ = __deepcopy__ = __reduce__ = __reduce_ex__ = _read  # type: ignore[assignment]
+    setdefault = pop = popitem = update = __setitem__ = __delitem__ = _read  # type: ignore[assignment]
