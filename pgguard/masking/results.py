@@ -34,6 +34,7 @@ from pgguard.masking.functions import MaskSpec, ValueMask
 from pgguard.masking.lineage import Lineage, SourceColumn
 from pgguard.masking.plan import (EVERY_DETECTOR, NULLIFY, Clearance, MaskingRefused, ResultPlan, RowMasker,
                                   detector_mask, plan, row_masker)
+from pgguard.policy.catalog import Catalog
 from pgguard.wire import backend
 from pgguard.wire.backend import FieldDescription
 from pgguard.wire.codec import Repeated
@@ -44,6 +45,8 @@ HIDE_ALL = ResultPlan(None, hide_all=True, reads_hidden=True)
 _NO_ROWS = ResultPlan(())
 # Names a plan may be found under, followed no further than this.
 _MAX_INDIRECTION = 4
+# Result plans (by lineage) and row maskers a session keeps; all are dropped when there are more.
+_PLANS_KEPT = 256
 
 # Errors and notices of a statement that reads hidden columns: every detector
 # over the message, whose quoted parts (where PostgreSQL quotes values) are
@@ -129,12 +132,12 @@ class _Unit:
 
 class ResultMasking:
     def __init__(self, clearance: Clearance, analyse: Callable[[str], list[Lineage]],
-                 table_column: Callable[[int, int], SourceColumn | None],
-                 column_type: Callable[[SourceColumn], int | None]) -> None:
+                 catalog: Callable[[], Catalog]) -> None:
         self.clearance = clearance
         self._analyse = analyse
-        self._table_column = table_column
-        self._column_type = column_type  # a table column's type OID, for COPY, which has no RowDescription
+        # The target's current snapshot: which table column a RowDescription's (table OID, attnum) is,
+        # and a table column's type OID for COPY, which has no RowDescription.
+        self._catalog = catalog
         self._units: deque[_Unit] = deque()
         # Names as the server has them: prepared statements, portals and cursors.
         self._statements: dict[str, _Prepared] = {}
@@ -153,6 +156,9 @@ class ResultMasking:
         # One more per reload: what was planned in an earlier one is planned again before use.
         self.generation = 0
         self._fields = Repeated(lambda message: backend.RowDescription.decode(message[5:]).fields)
+        self._plans: dict[int, tuple[Lineage, Clearance, ResultPlan]] = {}
+        self._maskers: dict[tuple[int, int, tuple[int, ...]],
+                            tuple[ResultPlan, list[FieldDescription], Catalog, Clearance, RowMasker | None]] = {}
 
     # -- what the client asks ---------------------------------------------------
 
@@ -169,7 +175,7 @@ class ResultMasking:
                 if stored_plan.reads_hidden or stored_plan.unresolved:
                     raise MaskingRefused(f"CREATE TABLE AS EXECUTE {found.stores} would store values this session"
                                          " may not see where they could be read back unmasked")
-            result = plan(found, self.clearance)
+            result = self._plan(found)
             if found.copy is not None:
                 result = copy_plan(found, result, self._column_type, self._client_encoding)
             if found.defines is not None:
@@ -179,6 +185,17 @@ class ResultMasking:
             else:
                 steps.append(_Step(result))
         return steps
+
+    def _plan(self, found: Lineage) -> ResultPlan:
+        """plan(), made once per lineage (a session traces a text, or a shape, once) and clearance."""
+        kept = self._plans.get(id(found))
+        if kept is not None and kept[0] is found and kept[1] is self.clearance:
+            return kept[2]
+        result = plan(found, self.clearance)  # a refusal raises, and is made again each time
+        if len(self._plans) >= _PLANS_KEPT:
+            self._plans.clear()
+        self._plans[id(found)] = (found, self.clearance, result)
+        return result
 
     def query(self, sql: str) -> None:
         self._units.append(_Unit("query", self.steps(sql)))
@@ -340,9 +357,27 @@ class ResultMasking:
 
     def _bind_masker(self, result: ResultPlan, fields: list[FieldDescription],
                      formats: list[int] | None) -> RowMasker | None:
-        if result.hide_all:
-            result = ResultPlan(tuple(NULLIFY for _ in fields))
-        return row_masker(result, fields, formats, self.clearance, self._table_column)
+        """The masker of a result; made once per plan, RowDescription (the very objects), result formats,
+        catalog snapshot and clearance. A RowMasker holds nothing of the rows it masked."""
+        key = (id(result), id(fields), tuple(formats) if formats else ())
+        catalog = self._catalog()
+        kept = self._maskers.get(key)
+        if kept is not None and kept[0] is result and kept[1] is fields and kept[2] is catalog \
+                and kept[3] is self.clearance:
+            return kept[4]
+        planned = ResultPlan(tuple(NULLIFY for _ in fields)) if result.hide_all else result
+        masker = row_masker(planned, fields, formats, self.clearance, self._table_column)
+        if len(self._maskers) >= _PLANS_KEPT:
+            self._maskers.clear()
+        self._maskers[key] = (result, fields, catalog, self.clearance, masker)
+        return masker
+
+    def _table_column(self, oid: int, attnum: int) -> SourceColumn | None:
+        found = self._catalog().attributes.get((oid, attnum))
+        return SourceColumn(*found) if found else None
+
+    def _column_type(self, column: SourceColumn) -> int | None:
+        return self._catalog().column_types.get((column.relation, column.column)) or None
 
     def _start_execute(self, head: _Unit) -> None:
         portal = self._portal_of(head)

@@ -40,16 +40,7 @@ class MaskingConfig:
         clearance = self.clearance(roles)
         if not clearance.active:
             return None
-        relations = SessionRelations(guard, catalog, self.rules)
-
-        def table_column(oid: int, attnum: int) -> SourceColumn | None:
-            found = catalog().attributes.get((oid, attnum))
-            return SourceColumn(*found) if found else None
-
-        def column_type(column: SourceColumn) -> int | None:
-            return catalog().column_types.get((column.relation, column.column)) or None
-
-        return ResultMasking(clearance, relations.lineages, table_column, column_type)
+        return ResultMasking(clearance, SessionRelations(guard, catalog, self.rules).lineages, catalog)
 
 
 # Statement texts whose lineage a session keeps; all are dropped when there are more.

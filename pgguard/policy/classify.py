@@ -111,6 +111,8 @@ class Statement:
     with_hold: bool = False
     fetches: str | None = None
     closes: str | None = None
+    # The statement of the text's shape this one was placed from (shapes.py): what it does is that one's.
+    template: Statement | None = field(default=None, compare=False, repr=False)
 
     def write(self, relation: Name, kind: str) -> None:
         self.writes.setdefault(relation, set()).add(kind)
@@ -118,7 +120,7 @@ class Statement:
     def placed(self, text: str, location: int) -> Statement:
         """This statement as found at `location` in a text, `text` being its own (a PREPARE's inner one too)."""
         found = copy.copy(self)  # dataclasses.replace would run __init__ again: several times slower
-        found.text, found.location = text, location
+        found.text, found.location, found.template = text, location, self.template or self
         if self.inner is not None:
             found.inner = self.inner.placed(text, location)
         return found

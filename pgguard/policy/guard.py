@@ -37,6 +37,8 @@ _CACHE_SIZE = 4096
 _ASK_AGAIN = 5.0
 # EXECUTE of a statement that is itself an EXECUTE: followed no further than this.
 _MAX_INDIRECTION = 4
+# Allowed decisions a session keeps; all are dropped when there are more.
+_DECISIONS_KEPT = 256
 # What the unnamed portal may be while the session has not been out of a transaction since a reload.
 _PORTAL_BEFORE_RELOAD = Named(None, None, -1)
 
@@ -181,6 +183,8 @@ class SessionGuard:
         self.assume_builtin = assume_builtin
         # Told when DDL is let through, so the catalog snapshot is re-read.
         self.on_ddl = on_ddl
+        # Allowed decisions by statement (its shape's, where it has one): see decide().
+        self._decided: dict[int, tuple[Statement, tuple[int, Catalog, int], Decision]] = {}
         # Names the catalog did not know, and when a new read was last asked for
         # them (a temporary table is never in it: ask again, but not per statement).
         self._asked: dict[tuple[str, Name], float] = {}
@@ -328,6 +332,26 @@ class SessionGuard:
     # -- deciding --------------------------------------------------------------
 
     def decide(self, statement: Statement, depth: int = 0) -> Decision:
+        """Whether `statement` may run now. A statement that names no prepared statement or cursor is
+        decided once for as long as what its decision depends on stays: the configuration generation,
+        the catalog snapshot and the session's search paths (which only grow)."""
+        if statement.executes is not None or statement.fetches is not None:
+            return self._decide(statement, depth)
+        what = statement.template or statement
+        now = (self.generation, self.catalog, len(self.search_paths))
+        kept = self._decided.get(id(what))
+        if kept is not None and kept[0] is what and kept[1] == now:
+            decision = kept[2]
+        else:
+            decision = self._decide(statement, depth)
+            if not decision.allowed:
+                return decision  # decided again each time: a refusal may have the catalog read again
+            if len(self._decided) >= _DECISIONS_KEPT:
+                self._decided.clear()
+            self._decided[id(what)] = (what, now, decision)
+        return decision if decision.statement is statement else replace(decision, statement=statement)
+
+    def _decide(self, statement: Statement, depth: int) -> Decision:
         # What an EXECUTE may run, for the approval rules.
         runs: list[Statement] = []
         if statement.executes is not None:
