@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from pgguard.config import Config, RoleConfig
 from pgguard.masking.bodies import Routine
@@ -43,6 +44,7 @@ class MaskingConfig:
         return ResultMasking(clearance, SessionRelations(guard, catalog, self.rules).lineages, catalog)
 
 
+K = TypeVar("K", str, bytes)  # a statement text, or a shape's key
 # Statement texts whose lineage a session keeps; all are dropped when there are more.
 _KEPT_LINEAGES = 64
 
@@ -58,7 +60,7 @@ class SessionRelations(Relations):
         # Text, and shape key -> (the catalog snapshot and the number of search paths it was traced
         # with, its lineages; for a shape, None where it is traced text by text).
         self._kept: dict[str, tuple[Catalog, int, list[Lineage] | None]] = {}
-        self._shaped: dict[str, tuple[Catalog, int, list[Lineage] | None]] = {}
+        self._shaped: dict[bytes, tuple[Catalog, int, list[Lineage] | None]] = {}
 
     def lineages(self, sql: str) -> list[Lineage]:
         """The lineage of each statement of `sql`, traced once per text, or once per shape where tracing
@@ -72,7 +74,7 @@ class SessionRelations(Relations):
                 return found
         return self._recall(self._kept, sql, lambda: lineages(sql, self)) or []
 
-    def _recall(self, kept: dict[str, tuple[Catalog, int, list[Lineage] | None]], key: str,
+    def _recall(self, kept: dict[K, tuple[Catalog, int, list[Lineage] | None]], key: K,
                 trace: Callable[[], list[Lineage] | None]) -> list[Lineage] | None:
         catalog, paths = self.catalog(), len(self.guard.search_paths)
         entry = kept.get(key)

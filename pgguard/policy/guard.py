@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from pgguard.approvals.rules import ApprovalRule
 from pgguard.config import Config
@@ -64,7 +65,7 @@ class Policy:
         self.scopes = {name: compile_scope(role) for name, role in config.roles.items()}
         # Statements by exact text, and by shape (shapes.py) where the classification reads no constant.
         self._parsed: OrderedDict[str, list[Statement]] = OrderedDict()
-        self._shapes: OrderedDict[str, list[Statement]] = OrderedDict()
+        self._shapes: OrderedDict[bytes, list[Statement]] = OrderedDict()
 
     def unrestricted(self, roles: Iterable[str]) -> bool:
         """True when one of `roles` may run every class of statement: nothing to check."""
@@ -83,10 +84,11 @@ class Policy:
         return _recall(self._parsed, sql, lambda: parse(sql))
 
 
+K = TypeVar("K", str, bytes)  # a statement text, or a shape's key
 _NOT_SHARED: list[Statement] = []  # a shape whose statements are classified text by text
 
 
-def _recall(cache: OrderedDict[str, list[Statement]], key: str, make: Callable[[], list[Statement]]) -> list[Statement]:
+def _recall(cache: OrderedDict[K, list[Statement]], key: K, make: Callable[[], list[Statement]]) -> list[Statement]:
     """cache[key], made and kept if missing; the least recently used entries go first."""
     found = cache.get(key)
     if found is not None:

@@ -4,7 +4,8 @@ pgbench, ORMs that inline their parameters and SQL agents send the same statemen
 again with new constants in it. Classifying it and tracing its lineage anew each time costs far
 more than relaying it. A shape's key is pglast's JSON parse tree of the text with the contents of
 every constant (`A_Const`) and every token position (`location`, `stmt_location`, `stmt_len`)
-erased, so two texts share a key exactly when their trees are the same but for those.
+erased, so two texts share a key exactly when their trees are the same but for those. The key
+kept is a BLAKE2b digest of that, so that caches hold 32 bytes per shape whatever the text's size.
 
 Why a shared result is the right one: the analysis is run once per key on the *erased tree*,
 where each erased value is an object that cannot be read. Comparing, iterating, indexing,
@@ -19,6 +20,7 @@ other node.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -48,7 +50,7 @@ class ConstantRead(BaseException):
 
 @dataclass(frozen=True)
 class Shape:
-    key: str
+    key: bytes
     json: str  # the text's own parse tree, as pglast gives it
 
     def spans(self, count: int) -> list[tuple[int, int]]:
@@ -83,7 +85,8 @@ def shape_of(sql: str) -> Shape | None:
         tree = parser.parse_sql_json(sql)
     except parser.ParseError:
         return None
-    return Shape(_SPAN.sub("", _CONSTANT.sub('"A_Const":{', _LOCATION.sub('"location":0', tree))), tree)
+    erased = _SPAN.sub("", _CONSTANT.sub('"A_Const":{', _LOCATION.sub('"location":0', tree)))
+    return Shape(hashlib.blake2b(erased.encode(), digest_size=32).digest(), tree)
 
 
 def shared(shape: Shape, analyse: Callable[[Node], T]) -> T | None:
