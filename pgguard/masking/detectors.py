@@ -18,7 +18,8 @@ for, so:
   data lacks the one byte all its matches contain (`@`, `-` for an SSN);
 - a value shorter than the shortest text a detector can find (13 bytes for a
   card number) skips that detector, and one shorter than all of them skips
-  every scan: ids and amounts cost a length check;
+  every scan: ids and amounts cost a length check. So does a value with fewer
+  digits than every find of a detector holds (13 for a card number);
 - when nothing is found `scrub_bytes` returns the very object it was given,
   so the caller can tell "unchanged" by identity and forward the original
   message without copying it.
@@ -310,15 +311,19 @@ class Detector:
     # Bytes in the shortest text it can find: shorter values (ids, amounts,
     # codes) skip it without a scan.
     shortest: int
+    # Digits in every text it can find: values with fewer (`Customer 12345`
+    # for a card number) skip it without a scan.
+    digits: int = 0
 
 
 DETECTORS: dict[str, Detector] = {
     d.name: d for d in (
-        Detector("card_number", _CARD, _DIGITS, _card_edits, _CARD_LENGTHS.start),  # 4222222222222
+        Detector("card_number", _CARD, _DIGITS, _card_edits, _CARD_LENGTHS.start,  # 4222222222222
+                 _CARD_LENGTHS.start),
         Detector("email", _EMAIL, b"@", _email_edits, 5),  # a@b.c
-        Detector("ssn", _SSN, b"-", _all_digits, 11),  # 123-45-6789
+        Detector("ssn", _SSN, b"-", _all_digits, 11, 9),  # 123-45-6789
         Detector("iban", _IBAN, _DIGITS, _iban_edits, _IBAN_MIN),  # NO9386011117947
-        Detector("phone", _PHONE, _DIGITS, _all_digits, 9),  # +12345678
+        Detector("phone", _PHONE, _DIGITS, _all_digits, 9, 8),  # +12345678
     )
 }
 
@@ -363,10 +368,15 @@ class Scrubber:
         size = len(data)
         if size < self._shortest or self._prefilter is None or self._prefilter.search(data) is None:
             return data
-        out = None
+        out, digits = None, -1
         for detector in self._detectors:
             if size < detector.shortest or (len(detector.needles) == 1 and detector.needles not in data):
                 continue
+            if detector.digits:
+                if digits < 0:
+                    digits = size - len(data.translate(None, _DIGITS))
+                if digits < detector.digits:
+                    continue
             for match in detector.pattern.finditer(data):
                 for offset, replacement in detector.edits(match):
                     if out is None:

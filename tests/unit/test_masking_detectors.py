@@ -315,6 +315,31 @@ def test_no_detector_finds_anything_in_a_value_shorter_than_it_claims(name: str)
         assert Scrubber([name]).scrub_bytes(data) is data
 
 
+@pytest.mark.parametrize("name", sorted(name for name, detector in DETECTORS.items() if detector.digits))
+def test_each_detector_finds_a_value_with_as_few_digits_as_it_claims(name: str) -> None:
+    example = SHORTEST[name]
+    assert sum(c.isdigit() for c in example) == DETECTORS[name].digits
+    assert scrub(f"note {example} end", name) != f"note {example} end"
+
+
+@pytest.mark.parametrize("name", sorted(name for name, detector in DETECTORS.items() if detector.digits))
+def test_no_detector_finds_anything_in_a_value_with_fewer_digits_than_it_claims(name: str) -> None:
+    """The digit count skips the scan only where the scan could not have found anything, whatever the length."""
+    detector = DETECTORS[name]
+    pick = random.Random(name)
+    separators = "-+(). @aZ/"
+    samples = [SHORTEST[name].replace(digit, "x", 1) for digit in set(SHORTEST[name]) if digit.isdigit()]
+    for _ in range(5000):
+        chars = [pick.choice("0123456789") for _ in range(pick.randrange(detector.digits))]
+        chars += [pick.choice(separators) for _ in range(pick.randrange(40))]
+        pick.shuffle(chars)
+        samples.append("".join(chars))
+    for text in samples:
+        data = text.encode()
+        assert not [edit for match in detector.pattern.finditer(data) for edit in detector.edits(match)], text
+        assert Scrubber([name]).scrub_bytes(data) is data
+
+
 # --- the detector set --------------------------------------------------------------------
 
 
