@@ -54,6 +54,10 @@ class Decision:
     # Allowed, but only once an approver approves it: the rule that holds it.
     approval: ApprovalRule | None = None
 
+    def about(self, statement: Statement) -> Decision:
+        """This decision, for another statement of the same shape (cheaper than dataclasses.replace)."""
+        return Decision(self.allowed, statement, self.rule, self.reason, self.hint, self.approval)
+
     @property
     def message(self) -> str:
         what = self.statement.verb if self.statement else "statement"
@@ -351,7 +355,7 @@ class SessionGuard:
             if len(self._decided) >= _DECISIONS_KEPT:
                 self._decided.clear()
             self._decided[id(what)] = (what, now, decision)
-        return decision if decision.statement is statement else replace(decision, statement=statement)
+        return decision if decision.statement is statement else decision.about(statement)
 
     def _decide(self, statement: Statement, depth: int) -> Decision:
         # What an EXECUTE may run, for the approval rules.
