@@ -69,7 +69,8 @@ class SessionRelations(Relations):
         catalog did not know is traced again."""
         shape = shape_of(sql)
         if shape is not None:
-            found = self._recall(self._shaped, shape.key, lambda: shared(shape, lambda tree: erased_lineages(tree, self)))
+            found = self._recall(self._shaped, shape.key,
+                                 lambda: shared(shape, lambda tree: erased_lineages(tree, self)))
             if found is not None:
                 return found
         return self._recall(self._kept, sql, lambda: lineages(sql, self)) or []
