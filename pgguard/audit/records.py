@@ -103,12 +103,20 @@ class RowCapture:
         self.count = 0
         self.truncated = False
 
-    def add(self, row: Sequence[bytes | None]) -> None:
+    def add(self, row: list[bytes | None], size: int = -1) -> None:
+        """`row` is kept as it is, or clipped. `size`, if the caller knows it, is the bytes of all
+        its values: a row within both limits whole is then kept without a look at each value."""
         self.count += 1
-        if len(self.rows) >= self._limits.max_rows or self._budget <= 0:
+        limits = self._limits
+        budget = self._budget
+        if len(self.rows) >= limits.max_rows or budget <= 0:
             self.truncated = True
             return
-        clipped, self._budget = _clip_values(row, self._limits, self._budget)
+        if 0 <= size <= budget and size <= limits.max_cell_bytes:
+            self.rows.append(row)
+            self._budget = budget - size
+            return
+        clipped, self._budget = _clip_values(row, limits, budget)
         self.rows.append(clipped)
 
 
