@@ -183,8 +183,25 @@ class SessionRecorder:
                                refused is None, parameters, until_ready=True)
 
     def _parameters(self, formats: list[int], values: list[bytes | None], encoding: str) -> list[Value]:
-        return [_parameter(value, _format(formats, index), encoding, self._scrubber)
-                for index, value in enumerate(values)]
+        """The parameters as recorded: text-format values as text where they decode, binary ones
+        as bytes; either way through the detectors first, so the log does not keep what they find.
+        One loop, no call per value: this runs for every Execute."""
+        scrubber = self._scrubber
+        each = len(formats) > 1  # else none (all text) or one for all
+        every = formats[0] if len(formats) == 1 else 0
+        recorded: list[Value] = []
+        for index, value in enumerate(values):
+            if value is not None:
+                if scrubber is not None:
+                    value = scrubber.scrub_bytes(value)
+                if (formats[index] if each else every) == 0:
+                    try:
+                        recorded.append(value.decode(encoding))
+                        continue
+                    except (UnicodeDecodeError, LookupError):
+                        pass
+            recorded.append(value)
+        return recorded
 
     def sync(self) -> None:
         self._skipping = False
@@ -238,7 +255,8 @@ class SessionRecorder:
                 else:
                     message = frame.data
                     values, end = read_nullables(message, 5)  # DataRow's body, read in place
-                    read_done(message, end)
+                    if end != len(message):
+                        read_done(message, end)  # raises
                     rows.add(values, end - 7 - 4 * len(values))  # its values' bytes: less the counts and lengths
             elif tag not in _READ:
                 continue  # BindComplete, ParseComplete, ParameterStatus...: nothing to record
@@ -318,24 +336,3 @@ def _remember(names: dict[str, _Named], name: str, value: _Named) -> None:
 def _columns(message: bytes) -> list[tuple[str, int, int]]:
     """A RowDescription's columns as a result record keeps them: name, type OID, format."""
     return [(f.name, f.type_oid, f.format) for f in backend.RowDescription.decode(message[5:]).fields]
-
-
-def _format(formats: list[int], index: int) -> int:
-    if not formats:
-        return 0
-    return formats[0] if len(formats) == 1 else formats[index]
-
-
-def _parameter(value: bytes | None, fmt: int, encoding: str, scrubber: Scrubber | None) -> Value:
-    """A parameter as recorded: text-format values as text where they decode, binary ones as bytes;
-    either way through the detectors first, so the log does not keep what they find."""
-    if value is None:
-        return None
-    if scrubber is not None:
-        value = scrubber.scrub_bytes(value)
-    if fmt == 0:
-        try:
-            return value.decode(encoding)
-        except (UnicodeDecodeError, LookupError):
-            pass
-    return value

@@ -19,7 +19,7 @@ otherwise bytes, strings or nil, so the map cannot be mistaken for one.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -191,7 +191,7 @@ def result(*, statement: int | None, limits: Limits, columns: Sequence[tuple[str
         "type": "result",
         "at": _now(at),
         "statement": statement,
-        "columns": [list(column) for column in columns],
+        "columns": list(map(list, columns)),
         "row_count": 0 if rows is None else rows.count,
         "rows": [] if rows is None else rows.rows,
         "rows_truncated": False if rows is None else rows.truncated,
@@ -216,14 +216,11 @@ def close(*, reason: str, bytes_in: int, bytes_out: int, counts: Mapping[str, in
             "counts": dict(counts)}
 
 
-# One packer for every record: msgpack.packb would build a new one per call. It is not shared
+# encode(value): msgpack, with bytes as bin and str as str, so that each reads back as what it
+# was. One packer for every record (msgpack.packb would build a new one per call), its method
+# called directly (a wrapper would be one more Python call per record). It is not shared
 # between threads (records are packed on the relay's thread only).
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def encode(value: Any) -> bytes:
-    """msgpack, with bytes as bin and str as str, so that each reads back as what it was."""
-    return _PACKER.pack(value)
+encode: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
 def decode(payload: bytes | memoryview) -> Record:
