@@ -11,7 +11,6 @@ nothing.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 _INT32 = struct.Struct("!i")
 
@@ -24,16 +23,18 @@ class ProtocolViolation(Exception):
     """The peer sent bytes that are not the PostgreSQL protocol."""
 
 
-class Frame(NamedTuple):
+class Frame:
     """One tagged message as it came off the wire, header included.
 
     `data` is kept as received so that a message needing no change can be
-    forwarded without being re-encoded. A tuple, so that the framer makes
-    one per message without a Python-level constructor call (`_new_frame`).
+    forwarded without being re-encoded.
     """
 
-    tag: int
-    data: bytes
+    __slots__ = ("tag", "data")
+
+    def __init__(self, tag: int, data: bytes) -> None:
+        self.tag = tag
+        self.data = data
 
     @property
     def body(self) -> bytes:
@@ -41,10 +42,6 @@ class Frame(NamedTuple):
 
     def __repr__(self) -> str:
         return f"Frame({chr(self.tag)!r}, {len(self.data)} bytes)"
-
-
-# Frame(tag, data), built in C: `_new_frame(Frame, (tag, data))`.
-_new_frame = tuple.__new__
 
 
 class _Buffer:
@@ -104,7 +101,6 @@ class MessageFramer:
         pos = 0
         size = len(buf)
         unpack = _INT32.unpack_from
-        new_frame = _new_frame
         max_size = self.max_size
         while size - pos >= 5:
             (length,) = unpack(buf, pos + 1)
@@ -117,7 +113,7 @@ class MessageFramer:
             if end > size:
                 self._need = end - pos
                 break
-            frames.append(new_frame(Frame, (buf[pos], buf[pos:end])))
+            frames.append(Frame(buf[pos], buf[pos:end]))
             pos = end
         else:
             self._need = 5
