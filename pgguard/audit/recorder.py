@@ -249,7 +249,9 @@ class SessionRecorder:
         for frame in frames:
             tag = frame.tag
             if tag == _DATA_ROW:
-                rows = self._rows or self._new_rows()
+                rows = self._rows
+                if rows is None:
+                    rows = self._rows = RowCapture(self.limits)
                 if rows.truncated:
                     rows.count += 1  # past the caps: counted without decoding
                 else:
