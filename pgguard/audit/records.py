@@ -159,7 +159,7 @@ def statement(*, protocol: Protocol, sql: str, decision: Decision, limits: Limit
     the log stores what it is given."""
     return {
         "type": "statement",
-        "at": _now(at),
+        "at": time.time() if at is None else at,  # _now(), inline: once per statement
         "protocol": protocol,
         "sql": clip_text(sql, limits.max_text_bytes),
         "parameters": None if parameters is None else _clip_values(parameters, limits, limits.max_values_bytes)[0],
@@ -189,7 +189,7 @@ def result(*, statement: int | None, limits: Limits, columns: Sequence[tuple[str
     (name, type OID, format code) from the RowDescription; `error` is (SQLSTATE, message)."""
     return {
         "type": "result",
-        "at": _now(at),
+        "at": time.time() if at is None else at,  # _now(), inline: once per result
         "statement": statement,
         "columns": list(map(list, columns)),
         "row_count": 0 if rows is None else rows.count,

@@ -702,8 +702,10 @@ class SessionProtocol:
 
     def _log_text(self, data: bytes) -> str:
         """Text as the session log keeps it: what cannot be decoded is replaced, never dropped."""
-        text = self._text(data)
-        return text if text is not None else data.decode("utf-8", "replace")
+        try:
+            return data.decode(self.encoding)
+        except (UnicodeDecodeError, LookupError):  # as `_text` does, in one call: once per statement
+            return data.decode("utf-8", "replace")
 
     def _unrecorded(self, before_sync: bool) -> str:
         """The stand-in for a statement whose session-log record could not be written."""
