@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol as Interface, TypeVar
 
@@ -33,12 +34,16 @@ from pgguard.masking.detectors import Scrubber
 from pgguard.policy.guard import Decision
 from pgguard.wire import backend
 from pgguard.wire.codec import Repeated, read_done, read_nullables
+from pgguard.wire.framing import Frame
 
 log = logging.getLogger("pgguard.audit")
 
 _DATA_ROW, _COPY_DATA, _ROW_DESCRIPTION, _FUNCTION_RESULT = 0x44, 0x64, 0x54, 0x56
 _COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = 0x43, 0x49, 0x73
 _ERROR, _NOTICE, _READY = 0x45, 0x4E, 0x5A
+# The server's messages the recorder reads besides DataRow; it passes over the others.
+_READ = frozenset((_COPY_DATA, _ROW_DESCRIPTION, _FUNCTION_RESULT, _COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED,
+                   _ERROR, _NOTICE, _READY))
 # Prepared statements and portals remembered at most; the oldest go first.
 _MAX_NAMES = 1000
 
@@ -178,8 +183,25 @@ class SessionRecorder:
                                refused is None, parameters, until_ready=True)
 
     def _parameters(self, formats: list[int], values: list[bytes | None], encoding: str) -> list[Value]:
-        return [_parameter(value, _format(formats, index), encoding, self._scrubber)
-                for index, value in enumerate(values)]
+        """The parameters as recorded: text-format values as text where they decode, binary ones
+        as bytes; either way through the detectors first, so the log does not keep what they find.
+        One loop, no call per value: this runs for every Execute."""
+        scrubber = self._scrubber
+        each = len(formats) > 1  # else none (all text) or one for all
+        every = formats[0] if len(formats) == 1 else 0
+        recorded: list[Value] = []
+        for index, value in enumerate(values):
+            if value is not None:
+                if scrubber is not None:
+                    value = scrubber.scrub_bytes(value)
+                if (formats[index] if each else every) == 0:
+                    try:
+                        recorded.append(value.decode(encoding))
+                        continue
+                    except (UnicodeDecodeError, LookupError):
+                        pass
+            recorded.append(value)
+        return recorded
 
     def sync(self) -> None:
         self._skipping = False
@@ -219,32 +241,46 @@ class SessionRecorder:
     # -- what the client receives -------------------------------------------------
 
     def server(self, tag: int, message: bytes) -> None:
-        if tag == _DATA_ROW:
-            rows = self._rows or self._new_rows()
-            if rows.truncated:
-                rows.count += 1  # past the caps: counted without decoding
+        """One message the client receives (when the relay changed it, as it was sent)."""
+        self.server_frames((Frame(tag, message),))
+
+    def server_frames(self, frames: Iterable[Frame]) -> None:
+        """The messages the client receives, in order: one call per read from the server."""
+        for frame in frames:
+            tag = frame.tag
+            if tag == _DATA_ROW:
+                rows = self._rows
+                if rows is None:
+                    rows = self._rows = RowCapture(self.limits)
+                if rows.truncated:
+                    rows.count += 1  # past the caps: counted without decoding
+                else:
+                    message = frame.data
+                    values, end = read_nullables(message, 5)  # DataRow's body, read in place
+                    if end != len(message):
+                        read_done(message, end)  # raises
+                    rows.add(values, end - 7 - 4 * len(values))  # its values' bytes: less the counts and lengths
+            elif tag not in _READ:
+                continue  # BindComplete, ParseComplete, ParameterStatus...: nothing to record
+            elif tag == _COMMAND_COMPLETE:
+                self._result(frame.data[5:-1].decode("utf-8", "replace"), None)
+            elif tag == _READY:
+                self._ready()
+            elif tag == _ROW_DESCRIPTION:
+                self._columns = self._describe(frame.data)
+            elif tag == _COPY_DATA:
+                message = frame.data
+                (self._rows or self._new_rows()).add([message[5:]], len(message) - 5)
+            elif tag == _EMPTY_QUERY or tag == _PORTAL_SUSPENDED:
+                self._result(None, None)
+            elif tag == _FUNCTION_RESULT:
+                (self._rows or self._new_rows()).add([backend.FunctionCallResponse.decode(frame.body).value])
+                self._result(None, None)
+            elif tag == _ERROR:
+                fields = dict(backend.ErrorResponse.decode(frame.body).fields)
+                self._result(None, (fields.get("C", ""), fields.get("M", "")))
             else:
-                values, end = read_nullables(message, 5)  # DataRow's body, read in place
-                read_done(message, end)
-                rows.add(values)
-        elif tag == _COPY_DATA:
-            (self._rows or self._new_rows()).add([message[5:]])
-        elif tag == _ROW_DESCRIPTION:
-            self._columns = self._describe(message)
-        elif tag == _COMMAND_COMPLETE:
-            self._result(message[5:-1].decode("utf-8", "replace"), None)
-        elif tag == _EMPTY_QUERY or tag == _PORTAL_SUSPENDED:
-            self._result(None, None)
-        elif tag == _FUNCTION_RESULT:
-            (self._rows or self._new_rows()).add([backend.FunctionCallResponse.decode(message[5:]).value])
-            self._result(None, None)
-        elif tag == _ERROR:
-            fields = dict(backend.ErrorResponse.decode(message[5:]).fields)
-            self._result(None, (fields.get("C", ""), fields.get("M", "")))
-        elif tag == _NOTICE:
-            self._notice(dict(backend.NoticeResponse.decode(message[5:]).fields))
-        elif tag == _READY:
-            self._ready()
+                self._notice(dict(backend.NoticeResponse.decode(frame.body).fields))
 
     def _new_rows(self) -> RowCapture:
         self._rows = RowCapture(self.limits)
@@ -302,24 +338,3 @@ def _remember(names: dict[str, _Named], name: str, value: _Named) -> None:
 def _columns(message: bytes) -> list[tuple[str, int, int]]:
     """A RowDescription's columns as a result record keeps them: name, type OID, format."""
     return [(f.name, f.type_oid, f.format) for f in backend.RowDescription.decode(message[5:]).fields]
-
-
-def _format(formats: list[int], index: int) -> int:
-    if not formats:
-        return 0
-    return formats[0] if len(formats) == 1 else formats[index]
-
-
-def _parameter(value: bytes | None, fmt: int, encoding: str, scrubber: Scrubber | None) -> Value:
-    """A parameter as recorded: text-format values as text where they decode, binary ones as bytes;
-    either way through the detectors first, so the log does not keep what they find."""
-    if value is None:
-        return None
-    if scrubber is not None:
-        value = scrubber.scrub_bytes(value)
-    if fmt == 0:
-        try:
-            return value.decode(encoding)
-        except (UnicodeDecodeError, LookupError):
-            pass
-    return value

@@ -19,7 +19,7 @@ otherwise bytes, strings or nil, so the map cannot be mistaken for one.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -103,12 +103,20 @@ class RowCapture:
         self.count = 0
         self.truncated = False
 
-    def add(self, row: Sequence[bytes | None]) -> None:
+    def add(self, row: list[bytes | None], size: int = -1) -> None:
+        """`row` is kept as it is, or clipped. `size`, if the caller knows it, is the bytes of all
+        its values: a row within both limits whole is then kept without a look at each value."""
         self.count += 1
-        if len(self.rows) >= self._limits.max_rows or self._budget <= 0:
+        limits = self._limits
+        budget = self._budget
+        if len(self.rows) >= limits.max_rows or budget <= 0:
             self.truncated = True
             return
-        clipped, self._budget = _clip_values(row, self._limits, self._budget)
+        if 0 <= size <= budget and size <= limits.max_cell_bytes:
+            self.rows.append(row)
+            self._budget = budget - size
+            return
+        clipped, self._budget = _clip_values(row, limits, budget)
         self.rows.append(clipped)
 
 
@@ -151,7 +159,7 @@ def statement(*, protocol: Protocol, sql: str, decision: Decision, limits: Limit
     the log stores what it is given."""
     return {
         "type": "statement",
-        "at": _now(at),
+        "at": time.time() if at is None else at,  # _now(), inline: once per statement
         "protocol": protocol,
         "sql": clip_text(sql, limits.max_text_bytes),
         "parameters": None if parameters is None else _clip_values(parameters, limits, limits.max_values_bytes)[0],
@@ -181,9 +189,9 @@ def result(*, statement: int | None, limits: Limits, columns: Sequence[tuple[str
     (name, type OID, format code) from the RowDescription; `error` is (SQLSTATE, message)."""
     return {
         "type": "result",
-        "at": _now(at),
+        "at": time.time() if at is None else at,  # _now(), inline: once per result
         "statement": statement,
-        "columns": [list(column) for column in columns],
+        "columns": list(map(list, columns)),
         "row_count": 0 if rows is None else rows.count,
         "rows": [] if rows is None else rows.rows,
         "rows_truncated": False if rows is None else rows.truncated,
@@ -208,14 +216,11 @@ def close(*, reason: str, bytes_in: int, bytes_out: int, counts: Mapping[str, in
             "counts": dict(counts)}
 
 
-# One packer for every record: msgpack.packb would build a new one per call. It is not shared
+# encode(value): msgpack, with bytes as bin and str as str, so that each reads back as what it
+# was. One packer for every record (msgpack.packb would build a new one per call), its method
+# called directly (a wrapper would be one more Python call per record). It is not shared
 # between threads (records are packed on the relay's thread only).
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def encode(value: Any) -> bytes:
-    """msgpack, with bytes as bin and str as str, so that each reads back as what it was."""
-    return _PACKER.pack(value)
+encode: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
 def decode(payload: bytes | memoryview) -> Record:

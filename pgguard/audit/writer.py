@@ -38,7 +38,7 @@ from typing import Literal
 
 import trio
 
-from pgguard.audit.chain import FRAME, Chain, Signer, unlinked
+from pgguard.audit.chain import FRAME, Chain, CheckpointAt, Signer, unlinked
 from pgguard.audit.records import SUFFIX, Record
 
 log = logging.getLogger("pgguard.audit")
@@ -83,15 +83,8 @@ class _Mark(enum.Enum):
     WAKE = "the relay is waiting for more disk space to be reserved"
 
 
-@dataclass(frozen=True, slots=True)
-class _Checkpoint:
-    """Where a checkpoint goes: the writer signs it once it has linked the records before it."""
-
-    at: float
-
-
 # A record's payload from `unlinked()`, a checkpoint, or a mark.
-_Item = bytes | _Checkpoint | _Mark
+_Item = bytes | CheckpointAt | _Mark
 
 
 _FALLOC_FL_KEEP_SIZE = 1
@@ -167,6 +160,7 @@ class SessionLogWriter:
         self._queue: deque[_Item] = deque()
         self._seq = 0
         self._waiting = trio.lowlevel.ParkingLot()
+        self._parked = False  # the writer task waits in `_waiting` (a ParkingLot's own test is a call)
         # Why the log cannot be written any more; set once, never cleared.
         self.failure: str | None = None
         # Why the last admit() or emit() returned None.
@@ -220,7 +214,8 @@ class SessionLogWriter:
         when the queue is half full, or when the record does not fit in the disk space
         reserved. `refusal` then says why, and the caller must not act. Nothing is lost by a
         refusal, so the log stays usable."""
-        if not self._usable():
+        if self.failure is not None or self._closing:
+            self._unusable()
             return None
         if len(self._queue) >= self._options.queue_records // 2:
             self.refusal = "the session log is behind (its disk is slow); try again"
@@ -238,7 +233,8 @@ class SessionLogWriter:
         """Queues the record of something that has already happened: a result, a notice, a
         refusal. Returns its seq, or None when the log has failed or is closed. A record that
         does not fit in the queue is lost, so the log fails, and later admits are refused."""
-        if not self._usable():
+        if self.failure is not None or self._closing:
+            self._unusable()
             return None
         payload = unlinked(record, self._seq)
         return self._accept(payload, FRAME.size + len(payload))
@@ -253,18 +249,21 @@ class SessionLogWriter:
         self._closing = True
         self._waiting.unpark_all()
 
-    def _usable(self) -> bool:
-        if self.failure is not None:
-            self.refusal = f"the session log failed: {self.failure}"
-            return False
-        if self._closing:
-            self.refusal = "the session log is closed"
-            return False
-        return True
+    def _unusable(self) -> None:
+        """Says why the log takes no more records."""
+        self.refusal = (f"the session log failed: {self.failure}" if self.failure is not None
+                        else "the session log is closed")
 
     def _accept(self, payload: bytes, size: int) -> int | None:
-        if not self._enqueue(payload, size):
+        # `_enqueue` inlined: this runs for every record, on the relay's path.
+        queue = self._queue
+        if len(queue) >= self._options.queue_records:
+            self._fail("its queue overflowed and a record was lost")
             return None
+        queue.append(payload)
+        self._accepted += size
+        if self._parked:
+            self._waiting.unpark_all()
         seq = self._seq
         self._seq = seq + 1
         self._since_checkpoint += 1
@@ -274,7 +273,7 @@ class SessionLogWriter:
 
     def _checkpoint(self) -> None:
         at = time.time()
-        if self._enqueue(_Checkpoint(at), self._signer.checkpoint_size(self._seq, at)):
+        if self._enqueue(CheckpointAt(at), self._signer.checkpoint_size(self._seq, at)):
             self._seq += 1
             if self._options.fsync == "checkpoint":
                 self._enqueue(_Mark.SYNC, 0)
@@ -288,7 +287,7 @@ class SessionLogWriter:
             return False
         self._queue.append(item)
         self._accepted += size
-        if self._waiting:
+        if self._parked:
             self._waiting.unpark_all()
         return True
 
@@ -320,7 +319,11 @@ class SessionLogWriter:
             if self._closing:
                 return None
             with trio.move_on_at(self._checkpoint_at + self._options.checkpoint_seconds):
-                await self._waiting.park()
+                self._parked = True
+                try:
+                    await self._waiting.park()
+                finally:
+                    self._parked = False
             if not self._queue:
                 return None if self._closing else []
         if self._options.gather_seconds and not self._closing:
@@ -341,14 +344,7 @@ class SessionLogWriter:
     def _write(self, batch: list[_Item]) -> int:
         """Links the records in `batch` into the chain and writes their frames with as few
         system calls as it takes; their size."""
-        chain = self._chain
-        frames = []
-        for item in batch:
-            if type(item) is bytes:
-                frames.append(chain.link(item))
-            elif type(item) is _Checkpoint:
-                frames.append(chain.checkpoint(self._signer, item.at))
-        view = memoryview(b"".join(frames))
+        view = memoryview(self._chain.link_all(batch, self._signer))
         size = len(view)
         while view:
             view = view[os.write(self._fd, view):]

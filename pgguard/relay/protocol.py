@@ -113,6 +113,10 @@ def _parse_fields(data: bytes) -> tuple[str, bytes]:
     return body[:start - 1].decode("utf-8", "surrogateescape"), body[start:body.index(b"\0", start)]
 
 
+# A Bind's portal, statement, parameter formats, parameters and result formats (`frontend.Bind.read`).
+_BindFields = tuple[str, str, list[int], list[bytes | None], list[int]]
+
+
 @dataclass
 class _Ask:
     """What the guard found needs approval in the frame being handled."""
@@ -196,8 +200,8 @@ class SessionProtocol:
         # for the unnamed one) that change it when a Bind runs them.
         self._encoding_settles = 0
         self._encoding_statements: set[str] = set()
-        # The last Bind decoded, with its frame: masking and the log both read it.
-        self._last_bind: tuple[Frame | None, frontend.Bind | None] = (None, None)
+        # The last Bind read, with its frame: masking and the log both read it.
+        self._last_bind: tuple[Frame | None, _BindFields | None] = (None, None)
         self.approvals = approvals
         # Prepared statements (by name) and portals that need approval to run, with their SQL and
         # a portal's parameters; what the frame being handled needs; the statement being held.
@@ -600,11 +604,11 @@ class SessionProtocol:
             return None
         return _failing_parse(self._refuse(decision, before_sync=True))
 
-    def _bind_of(self, frame: Frame) -> frontend.Bind:
-        """The Bind in `frame`, decoded once however many parts of the session read it."""
-        decoded, bind = self._last_bind
-        if decoded is not frame or bind is None:
-            bind = frontend.Bind.decode(frame.body)
+    def _bind_of(self, frame: Frame) -> _BindFields:
+        """The fields of the Bind in `frame`, read once however many parts of the session read them."""
+        read, bind = self._last_bind
+        if read is not frame or bind is None:
+            bind = frontend.Bind.read(frame.data, 5)
             self._last_bind = (frame, bind)
         return bind
 
@@ -632,13 +636,13 @@ class SessionProtocol:
                 name, query = _parse_fields(sent)
                 masking.parse(name, self._text(query) or "")
             elif tag == _BIND:
-                bind = self._bind_of(frame)
-                masking.bind(bind.portal, bind.statement, bind.result_formats)
+                portal, statement, _, _, result_formats = self._bind_of(frame)
+                masking.bind(portal, statement, result_formats)
             elif tag == _DESCRIBE or tag == _CLOSE:
                 target = frontend.Describe.decode(frame.body)
                 (masking.describe if tag == _DESCRIBE else masking.close)(target.kind, target.name)
             elif tag == _EXECUTE:
-                masking.execute(frontend.Execute.decode(frame.body).portal)
+                masking.execute(frontend.Execute.portal_of(frame.data, 5))
             elif tag == _SYNC:
                 masking.sync()
             elif tag == _FUNCTION_CALL:
@@ -680,10 +684,10 @@ class SessionProtocol:
             # Decided again after a reload, and refused.
             recorder.refused(refused.statement.text if refused.statement is not None else "", classes, refused)
         elif tag == _BIND:
-            bind = self._bind_of(frame)
-            recorder.bind(bind.portal, bind.statement, bind.param_formats, bind.params, self.encoding)
+            portal, statement, formats, values, _ = self._bind_of(frame)
+            recorder.bind(portal, statement, formats, values, self.encoding)
         elif tag == _EXECUTE:
-            if not recorder.execute(frontend.Execute.decode(frame.body).portal, refused):
+            if not recorder.execute(frontend.Execute.portal_of(frame.data, 5), refused):
                 return _failing_parse(self._unrecorded(before_sync=True), "unrecorded")
         elif tag == _SYNC:
             recorder.sync()
@@ -698,8 +702,10 @@ class SessionProtocol:
 
     def _log_text(self, data: bytes) -> str:
         """Text as the session log keeps it: what cannot be decoded is replaced, never dropped."""
-        text = self._text(data)
-        return text if text is not None else data.decode("utf-8", "replace")
+        try:
+            return data.decode(self.encoding)
+        except (UnicodeDecodeError, LookupError):  # as `_text` does, in one call: once per statement
+            return data.decode("utf-8", "replace")
 
     def _unrecorded(self, before_sync: bool) -> str:
         """The stand-in for a statement whose session-log record could not be written."""
@@ -742,9 +748,11 @@ class SessionProtocol:
                 elif tag == _PARAMETER_STATUS:
                     problem = self._parameter(frame)
                     if problem:
+                        if recorder is not None:  # what the client received before it
+                            recorder.server_frames(frames[:frames.index(frame)])
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
-                if recorder is not None:
-                    recorder.server(tag, frame.data)
+            if recorder is not None:
+                recorder.server_frames(frames)
             return self._to_client(raw)
         parts = []
         changed = False

@@ -174,9 +174,11 @@ def read_int16s(data: bytes, pos: int) -> tuple[list[int], int]:
 
 def read_nullables(data: bytes, pos: int) -> tuple[list[bytes | None], int]:
     """A counted array of Int32-length values, -1 standing for NULL (Bind's parameters, DataRow's columns)."""
-    count = read_count(data, pos)
-    pos += 2
     end = len(data)
+    if pos + 2 > end:
+        raise ProtocolViolation("message body is truncated")
+    count = (data[pos] << 8) | data[pos + 1]  # read_count's, inline: once per DataRow
+    pos += 2
     values: list[bytes | None] = []
     for _ in range(count):
         if pos + 4 > end:

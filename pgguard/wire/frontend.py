@@ -163,14 +163,19 @@ class Bind(Message):
 
     @classmethod
     def decode(cls, body: bytes) -> Self:
-        # Once per prepared statement's execution: read by hand.
-        portal, pos = read_cstring(body, 0)
-        statement, pos = read_cstring(body, pos)
-        param_formats, pos = read_int16s(body, pos)
-        params, pos = read_nullables(body, pos)
-        result_formats, pos = read_int16s(body, pos)
-        read_done(body, pos)
-        return cls(portal, statement, param_formats, params, result_formats)
+        return cls(*cls.read(body, 0))
+
+    @staticmethod
+    def read(data: bytes, start: int) -> tuple[str, str, list[int], list[bytes | None], list[int]]:
+        """The fields of the Bind whose body starts at `start` of `data`, checked as `decode` checks
+        them, without building the message: once per prepared statement's execution, read by hand."""
+        portal, pos = read_cstring(data, start)
+        statement, pos = read_cstring(data, pos)
+        param_formats, pos = read_int16s(data, pos)
+        params, pos = read_nullables(data, pos)
+        result_formats, pos = read_int16s(data, pos)
+        read_done(data, pos)
+        return portal, statement, param_formats, params, result_formats
 
     def param_format(self, index: int) -> int:
         """The format of parameter `index`."""
@@ -219,10 +224,15 @@ class Execute(Message):
 
     @classmethod
     def decode(cls, body: bytes) -> Self:
-        portal, pos = read_cstring(body, 0)
-        max_rows, pos = read_int32(body, pos)
-        read_done(body, pos)
-        return cls(portal, max_rows)
+        return cls(cls.portal_of(body, 0), read_int32(body, len(body) - 4)[0])
+
+    @staticmethod
+    def portal_of(data: bytes, start: int) -> str:
+        """The portal of the Execute whose body starts at `start` of `data`, checked as `decode`
+        checks the message, without building it."""
+        portal, pos = read_cstring(data, start)
+        read_done(data, read_int32(data, pos)[1])
+        return portal
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pgguard.audit import records
-from pgguard.audit.chain import (FRAME, Chain, FrameError, Signer, frame, frames, genesis, signature_valid,
-                                 unlinked)
+from pgguard.audit.chain import (FRAME, Chain, CheckpointAt, FrameError, Signer, frame, frames, genesis,
+                                 signature_valid, unlinked)
 from pgguard.audit.records import Limits
 
 
@@ -106,3 +106,16 @@ def test_a_long_chain_numbers_and_frames_every_record() -> None:
         size += len(chain.append(records.statement(protocol="simple", sql=f"select {number}", decision="allowed",
                                                    limits=limits)))
     assert chain.seq == 10_000 and size > 10_000 * FRAME.size
+
+
+def test_a_batch_linked_at_once_is_what_linking_each_record_makes_checkpoints_included() -> None:
+    signer = Signer("k1", Ed25519PrivateKey.generate())
+    one, two = Chain("s1"), Chain("s1")
+    # Record 1 is the checkpoint: the payloads after it are made for seqs 2 and 3.
+    first, second, third = (unlinked({"type": "statement", "sql": "x" * size}, seq)
+                            for seq, size in ((0, 0), (2, 10), (3, 300)))
+    by_one = one.link(first) + one.checkpoint(signer, 1700000000.25) + one.link(second) + one.link(third)
+    # Anything that is neither a payload nor a checkpoint (the writer's marks) is passed over.
+    assert two.link_all([first, CheckpointAt(1700000000.25), object(), second, third], signer) == by_one
+    assert (two.seq, two.prev) == (one.seq, one.prev)
+    assert one.seq == 4 and one.prev == hashlib.sha256(by_one[len(by_one) - len(third):]).digest()

@@ -94,3 +94,14 @@ def test_decode_refuses_what_is_not_one_map() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{payload!r} decoded")
+
+
+def test_a_row_whose_size_is_given_is_kept_or_clipped_as_one_whose_values_are_looked_at() -> None:
+    rows = [[b"a" * 8], [b"a" * 4, None, b"b" * 4], [b"a" * 9], [b"a" * 5, b"b" * 5], [b"c" * 8, b"d" * 8]]
+    told, looked = RowCapture(LIMITS), RowCapture(LIMITS)
+    for row in rows:
+        told.add(list(row), sum(len(value) for value in row if value is not None))
+        looked.add(list(row))
+    # 8, then 8 (16 of the 20-byte budget), then a 9-byte cell clipped to the 4 bytes left.
+    assert told.rows == looked.rows == [[b"a" * 8], [b"a" * 4, None, b"b" * 4], [{"truncated": 9, "head": b"aaaa"}]]
+    assert (told.count, told.truncated) == (looked.count, looked.truncated) == (5, True)
