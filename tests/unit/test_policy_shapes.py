@@ -20,10 +20,12 @@ from pglast import parser
 
 from helpers import offline_demo_config
 from pgguard.config import load
+from pgguard.policy.catalog import Catalog
 from pgguard.policy.classify import Unsupported, classify_tree, parse
 from pgguard.policy.guard import Policy, SessionGuard
 from pgguard.policy.shapes import ConstantRead, shape_of, shared
 from pgguard.masking.lineage import erased_lineages, lineages
+from rawclient import set_keys
 from test_masking_lineage import FakeCatalog
 from test_policy_classify import CATALOG
 
@@ -246,3 +248,53 @@ def test_places_follow_each_text(policy: Policy) -> None:
     assert (first.text, first.location) == ("SELECT 100", 0)
     assert (second.text, second.location) == ("PREPARE p AS SELECT * FROM orders WHERE id = 22222", 12)
     assert second.inner is not None and second.inner.text == second.text
+
+
+# --- a kept decision is decided again when what it depends on changes ----------------------------------------------
+
+
+def test_a_kept_decision_is_decided_again_when_the_search_path_grows(guard: SessionGuard) -> None:
+    """`lower` is also user-defined in analytics, which is not on the path until the SET."""
+    for value in ("'a'", "'b'", "'c'"):
+        assert decide(guard, f"SELECT lower({value}) FROM orders")
+    guard.apply(parse("SET search_path = analytics, public")[0])
+    assert not decide(guard, "SELECT lower('d') FROM orders")
+
+
+def test_a_kept_decision_is_decided_again_under_a_new_catalog_snapshot(policy: Policy) -> None:
+    """`wipe` is a built-in in the first snapshot; in the second it is user-defined, and not listed as safe."""
+    builtin = Catalog.from_rows([("s", "public", ""), ("s", "pg_catalog", ""), ("f", "pg_catalog", "wipe")])
+    snapshot = {"now": builtin}
+    guard = SessionGuard(policy, ["analysts"], "reader", lambda: snapshot["now"])
+    assert decide(guard, "SELECT wipe(1)") and decide(guard, "SELECT wipe(2)")
+    snapshot["now"] = Catalog.from_rows([("s", "public", ""), ("s", "pg_catalog", ""), ("f", "public", "wipe")])
+    assert not decide(guard, "SELECT wipe(3)")
+
+
+def test_a_kept_decision_is_decided_again_after_a_reload(tmp_path: Path, policy: Policy) -> None:
+    path = offline_demo_config(tmp_path)
+    path.write_text(set_keys(path.read_text(), "roles.analysts", {"read": ["public.customers"]}))
+    guard = SessionGuard(policy, ["analysts"], "reader", lambda: CATALOG)
+    assert decide(guard, "SELECT * FROM orders WHERE id = 1")
+    guard.reconfigure(Policy(load(path)), ["analysts"])
+    assert not decide(guard, "SELECT * FROM orders WHERE id = 2")
+    # The same policy, other roles: the statements' shapes are the very same objects.
+    guard = SessionGuard(policy, ["analysts"], "reader", lambda: CATALOG)
+    assert decide(guard, "SELECT * FROM widgets WHERE id = 1")
+    guard.reconfigure(policy, ["support"])
+    assert not decide(guard, "SELECT * FROM widgets WHERE id = 2")
+
+
+def test_a_refusal_is_not_kept(guard: SessionGuard) -> None:
+    """A refusal may have the catalog read again (an unknown function): it is made anew each time."""
+    first = guard.check_query("SELECT no_such_function(1)")[0]
+    second = guard.check_query("SELECT no_such_function(2)")[0]
+    assert not first.allowed and not second.allowed and first is not second
+    assert second.statement is not None and second.statement.text == "SELECT no_such_function(2)"
+
+
+def test_a_kept_decision_names_each_statement_as_sent(guard: SessionGuard) -> None:
+    first = guard.check_query("SELECT * FROM orders WHERE id = 1")[0]
+    second = guard.check_query("SELECT * FROM orders WHERE id = 2")[0]
+    assert first.allowed and second.allowed
+    assert second.statement is not None and second.statement.text == "SELECT * FROM orders WHERE id = 2"
