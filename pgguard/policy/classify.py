@@ -262,6 +262,21 @@ def _constant(node: Node) -> str | None:
     return None  # NULL
 
 
+def _option_on(arg: Node | None) -> bool:
+    """A boolean option (`EXPLAIN (ANALYZE off)`) as PostgreSQL's defGetBoolean reads it: on unless it is
+    surely off (PostgreSQL refuses what it cannot read, and pgguard then errs on the side of on)."""
+    if arg is None:
+        return True
+    (kind, value), = arg.items()
+    if kind == "Integer":
+        return value.get("ival", 0) != 0
+    if kind == "Boolean":
+        return bool(value.get("boolval", False))
+    if kind == "String":
+        return value.get("sval", "").lower() not in ("false", "off")
+    return True
+
+
 class _Walker:
     def __init__(self, statement: Statement) -> None:
         self.out = statement
@@ -378,11 +393,8 @@ class _Walker:
 
     def _stmt_ExplainStmt(self, node: Node) -> None:
         (kind, inner), = node["query"].items()
-        analyze = any(
-            opt["DefElem"]["defname"] == "analyze"
-            and _constant(opt["DefElem"].get("arg", {})) not in ("false", "False", "0", "off")
-            for opt in node.get("options", [])
-        )
+        analyze = any(opt["DefElem"]["defname"] == "analyze" and _option_on(opt["DefElem"].get("arg"))
+                      for opt in node.get("options", []))
         if analyze:
             self.statement(kind, inner)  # it runs: it is what it explains
             return

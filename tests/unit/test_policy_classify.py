@@ -132,6 +132,13 @@ def n(text: str) -> Name:
     ("EXPLAIN DELETE FROM t", {READ}),
     ("EXPLAIN ANALYZE DELETE FROM t", {WRITE}),
     ("EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1", {WRITE}),
+    ("EXPLAIN (ANALYZE true) DELETE FROM t", {WRITE}),
+    ("EXPLAIN (ANALYZE 1) DELETE FROM t", {WRITE}),
+    ("EXPLAIN (ANALYZE on, ANALYZE off) DELETE FROM t", {WRITE}),  # PostgreSQL refuses it; pgguard errs on
+    ("EXPLAIN (ANALYZE '0') DELETE FROM t", {WRITE}),  # not a boolean PostgreSQL reads
+    ("EXPLAIN (ANALYZE false) DELETE FROM t", {READ}),
+    ("EXPLAIN (ANALYZE OFF) DELETE FROM t", {READ}),
+    ("EXPLAIN (ANALYZE 0, COSTS off) DELETE FROM t", {READ}),
     ("PREPARE p AS DELETE FROM t", {WRITE}),
     ("DECLARE c CURSOR FOR SELECT * FROM t", {READ}),
 ])
