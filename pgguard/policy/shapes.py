@@ -3,9 +3,9 @@
 pgbench, ORMs that inline their parameters and SQL agents send the same statement again and
 again with new constants in it. Classifying it and tracing its lineage anew each time costs far
 more than relaying it. A shape's key is pglast's JSON parse tree of the text with the contents of
-every constant (`A_Const`) and every token position (`location`, `stmt_location`, `stmt_len`)
-erased, so two texts share a key exactly when their trees are the same but for those. The key
-kept is a BLAKE2b digest of that, so that caches hold 32 bytes per shape whatever the text's size.
+every constant (`A_Const`) and every token position (`location`, `stmt_len`, …) erased, so two
+texts share a key exactly when their trees are the same but for those. The key kept is a BLAKE2b
+digest of that, so that caches hold 32 bytes per shape whatever the text's size.
 
 Why a shared result is the right one: the analysis is run once per key on the *erased tree*,
 where each erased value is an object that cannot be read. Comparing, iterating, indexing,
@@ -35,13 +35,15 @@ Node = dict[str, Any]
 
 # Texts this long are analysed on their own: their keys would take as much memory as they do.
 _LONGEST = 64 * 1024
-_LOCATION = re.compile(r'"location":-?\d+')
-_SPAN = re.compile(r'"stmt_(?:location|len)":\d+')
 # A constant's value: {"ival":{"ival":5}}, {"ival":{}} (zero), {"sval":{"sval":"..."}}, {"isnull":true}…
 _CONSTANT = re.compile(r'"A_Const":\{(?:"isnull":true|"\w+":\{(?:"\w+":(?:"(?:[^"\\]|\\.)*"|[^{}"]*))?\})')
 _STMT_LOCATION = re.compile(r'"stmt_location":(\d+)')
 _STMT_LEN = re.compile(r'"stmt_len":(\d+)')
-_POSITIONS = ("location", "stmt_location", "stmt_len")
+# Fields that hold a byte offset into the text: zeroed in the key (so that whether one is there still
+# counts), unreadable in the erased tree. PostgreSQL 18 marks where an IN list or an ARRAY[] starts and ends.
+_POSITIONS = ("location", "stmt_location", "stmt_len", "list_start", "list_end", "rexpr_list_start", "rexpr_list_end")
+# One pattern each, for what each is: a literal prefix lets the regex engine skip to it in C.
+_ZEROED = tuple((f'"{name}":', re.compile(f'"{name}":-?[0-9]+'), f'"{name}":0') for name in _POSITIONS)
 
 
 class ConstantRead(BaseException):
@@ -85,7 +87,10 @@ def shape_of(sql: str) -> Shape | None:
         tree = parser.parse_sql_json(sql)
     except parser.ParseError:
         return None
-    erased = _SPAN.sub("", _CONSTANT.sub('"A_Const":{', _LOCATION.sub('"location":0', tree)))
+    erased = _CONSTANT.sub('"A_Const":{', tree)
+    for field, pattern, zero in _ZEROED:
+        if field in erased:
+            erased = pattern.sub(zero, erased)
     return Shape(hashlib.blake2b(erased.encode(), digest_size=32).digest(), tree)
 
 

@@ -148,6 +148,11 @@ def test_a_shared_lineage_is_each_rewrites_own() -> None:
     (False, ["SELECT 1::float(10)", "SELECT 1::float(40)"]),
     (False, ["DO $$ BEGIN END $$", "DO $$ BEGIN PERFORM 1; END $$"]),
     (False, ["SELECT 1; SELECT 2", "SELECT 1"]),
+    (True, ["SELECT * FROM t WHERE a IN (1, 22, 333) AND b = ARRAY[1]",
+            "SELECT * FROM t WHERE a IN (4444, 5, 6) AND b = ARRAY[77777]"]),
+    (False, ["SELECT * FROM t WHERE a IN (1, 2, 3)", "SELECT * FROM t WHERE a IN (1, 2)"]),
+    # Whether a position is there still counts: the statement ends at a semicolon or at the end.
+    (False, ["SELECT 1", "SELECT 1;"]),
 ])
 def test_keys(same: bool, texts: list[str]) -> None:
     keys = {shape_of(text).key for text in texts}  # type: ignore[union-attr]
