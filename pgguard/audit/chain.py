@@ -169,15 +169,13 @@ class Chain:
         parts: list[bytes] = []
         add = parts.append
         prev, seq = self.prev, self.seq
-        sha256, crc32, pack, head = hashlib.sha256, zlib.crc32, FRAME.pack, _HEAD.pack
+        sha256 = hashlib.sha256
         for item in items:
             if type(item) is bytes:
                 payload = item[:-HASH_SIZE] + prev
                 prev = sha256(payload).digest()
                 seq += 1
-                size, crc = len(payload), crc32(payload)
-                add(pack(size, crc, crc32(head(size, crc))))
-                add(payload)
+                add(frame(payload))
             elif type(item) is CheckpointAt:
                 assert signer is not None, "a checkpoint needs a signer"
                 self.prev, self.seq = prev, seq
