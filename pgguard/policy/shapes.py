@@ -30,11 +30,12 @@ from typing import Any, NoReturn, TypeVar
 
 from pglast import parser
 
+from pgguard.policy.tree import LONGEST_KEPT, parse_json
+
 T = TypeVar("T")
+Key = TypeVar("Key", str, bytes)  # what analyses are kept under: a statement text, or a shape's key
 Node = dict[str, Any]
 
-# Texts this long are analysed on their own: their keys would take as much memory as they do.
-_LONGEST = 64 * 1024
 # A constant's value: {"ival":{"ival":5}}, {"ival":{}} (zero), {"sval":{"sval":"..."}}, {"isnull":true}…
 _CONSTANT = re.compile(r'"A_Const":\{(?:"isnull":true|"\w+":\{(?:"\w+":(?:"(?:[^"\\]|\\.)*"|[^{}"]*))?\})')
 _STMT_LOCATION = re.compile(r'"stmt_location":(\d+)')
@@ -81,10 +82,10 @@ class Shape:
 @lru_cache(maxsize=8)  # the policy, then masking, ask for the same text moments apart
 def shape_of(sql: str) -> Shape | None:
     """The shape of `sql`; None if it does not parse (the caller's own parse says why) or is too long."""
-    if len(sql) > _LONGEST:
+    if len(sql) > LONGEST_KEPT:
         return None
     try:
-        tree = parser.parse_sql_json(sql)
+        tree = parse_json(sql)
     except parser.ParseError:
         return None
     erased = _CONSTANT.sub('"A_Const":{', tree)

@@ -15,17 +15,24 @@ from pglast import parser
 
 # Texts whose trees are kept: a few are enough, since the readers of a text follow each other.
 _KEPT = 8
-# Longer texts are parsed for each reader: a few huge statements must not stay in memory.
-_LONGEST_KEPT = 64 * 1024
+# Longer texts are parsed for each reader, and have no shape: a few huge statements must not stay in memory.
+LONGEST_KEPT = 64 * 1024
 
 
 def parse_tree(sql: str) -> dict[str, Any]:
     """The tree of `sql`; pglast's ParseError if it does not parse. Callers must not change it."""
-    return _parse(sql) if len(sql) > _LONGEST_KEPT else _kept(sql)
+    return _parse(sql) if len(sql) > LONGEST_KEPT else _kept(sql)
+
+
+def parse_json(sql: str) -> str:
+    """The tree of `sql` as pglast's JSON; pglast's ParseError if it does not parse. A statement's
+    shape (shapes.py) is read off it first, and a text not shared by shape is then decoded from it."""
+    return parser.parse_sql_json(sql) if len(sql) > LONGEST_KEPT else _kept_json(sql)
 
 
 def _parse(sql: str) -> dict[str, Any]:
-    return json.loads(parser.parse_sql_json(sql))  # type: ignore[no-any-return]
+    return json.loads(parse_json(sql))  # type: ignore[no-any-return]
 
 
 _kept = lru_cache(maxsize=_KEPT)(_parse)
+_kept_json = lru_cache(maxsize=_KEPT)(parser.parse_sql_json)
