@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 from pgguard.config import Config, RoleConfig
 from pgguard.masking.bodies import Routine
@@ -13,7 +12,7 @@ from pgguard.masking.results import ResultMasking
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import Name
 from pgguard.policy.guard import SessionGuard
-from pgguard.policy.shapes import shape_of, shared
+from pgguard.policy.shapes import Key, shape_of, shared
 
 
 class MaskingConfig:
@@ -44,7 +43,6 @@ class MaskingConfig:
         return ResultMasking(clearance, SessionRelations(guard, catalog, self.rules).lineages, catalog)
 
 
-K = TypeVar("K", str, bytes)  # a statement text, or a shape's key
 # Statement texts whose lineage a session keeps; all are dropped when there are more.
 _KEPT_LINEAGES = 64
 
@@ -75,7 +73,7 @@ class SessionRelations(Relations):
                 return found
         return self._recall(self._kept, sql, lambda: lineages(sql, self)) or []
 
-    def _recall(self, kept: dict[K, tuple[Catalog, int, list[Lineage] | None]], key: K,
+    def _recall(self, kept: dict[Key, tuple[Catalog, int, list[Lineage] | None]], key: Key,
                 trace: Callable[[], list[Lineage] | None]) -> list[Lineage] | None:
         catalog, paths = self.catalog(), len(self.guard.search_paths)
         entry = kept.get(key)

@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from pgguard.approvals.rules import ApprovalRule
 from pgguard.config import Config
@@ -30,7 +29,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
-from pgguard.policy.shapes import shape_of, shared
+from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
 _CACHE_SIZE = 4096
@@ -88,11 +87,10 @@ class Policy:
         return _recall(self._parsed, sql, lambda: parse(sql))
 
 
-K = TypeVar("K", str, bytes)  # a statement text, or a shape's key
 _NOT_SHARED: list[Statement] = []  # a shape whose statements are classified text by text
 
 
-def _recall(cache: OrderedDict[K, list[Statement]], key: K, make: Callable[[], list[Statement]]) -> list[Statement]:
+def _recall(cache: OrderedDict[Key, list[Statement]], key: Key, make: Callable[[], list[Statement]]) -> list[Statement]:
     """cache[key], made and kept if missing; the least recently used entries go first."""
     found = cache.get(key)
     if found is not None:
