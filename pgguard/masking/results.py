@@ -71,11 +71,11 @@ class _Define:
     name: str
     plan: ResultPlan
     holdable: bool = False  # DECLARE ... WITH HOLD
-    # Where it was planned from, to plan it again after a reload: the text, the statement's
-    # place in it, and the masking generation it was planned in.
+    # Where it was planned from, to plan it again after a reload or a change of search path: the
+    # text, the statement's place in it, and what it was planned under (ResultMasking.under()).
     sql: str | None = None
     index: int = 0
-    generation: int = 0
+    under: tuple[int, int] = (0, 0)
 
 
 @dataclass(eq=False)
@@ -90,7 +90,7 @@ class _Prepared:
     sql: str | None = None
     index: int = 0
     defined: bool = False
-    generation: int = 0  # the masking rules' generation it was planned in
+    under: tuple[int, int] = (0, 0)  # the masking rules' generation and search paths it was planned under
 
 
 @dataclass(eq=False)
@@ -132,9 +132,12 @@ class _Unit:
 
 class ResultMasking:
     def __init__(self, clearance: Clearance, analyse: Callable[[str], list[Lineage]],
-                 catalog: Callable[[], Catalog]) -> None:
+                 catalog: Callable[[], Catalog], paths: Callable[[], int]) -> None:
         self.clearance = clearance
         self._analyse = analyse
+        # How many search paths the session has had: a prepared statement is planned again by the
+        # server at a Bind under a changed search_path, so its masking is planned again too.
+        self._paths = paths
         # The target's current snapshot: which table column a RowDescription's (table OID, attnum) is,
         # and a table column's type OID for COPY, which has no RowDescription.
         self._catalog = catalog
@@ -181,7 +184,7 @@ class ResultMasking:
             if found.defines is not None:
                 # DECLARE and PREPARE return no rows now; FETCH and EXECUTE will.
                 steps.append(_Step(_NO_ROWS, _Define(found.namespace, found.defines, result, found.holdable, sql,
-                                                     index, self.generation)))
+                                                     index, self.under())))
             else:
                 steps.append(_Step(result))
         return steps
@@ -202,7 +205,7 @@ class ResultMasking:
 
     def parse(self, name: str, sql: str) -> None:
         steps = self.steps(sql)
-        prepared = _Prepared(steps[0].plan, defines=steps[0].defines, sql=sql, generation=self.generation) \
+        prepared = _Prepared(steps[0].plan, defines=steps[0].defines, sql=sql, under=self.under()) \
             if len(steps) == 1 else _Prepared(HIDE_ALL)
         self._units.append(_Unit("parse", name=name, prepared=prepared))
 
@@ -233,6 +236,10 @@ class ResultMasking:
         self.clearance = other.clearance
         self._analyse = other._analyse
         self.generation += 1
+
+    def under(self) -> tuple[int, int]:
+        """What a plan is made under: the masking rules' generation and the session's search paths."""
+        return self.generation, self._paths()
 
     # -- what the server answers --------------------------------------------------
 
@@ -295,7 +302,11 @@ class ResultMasking:
 
     def _plan_of(self, prepared: _Prepared) -> ResultPlan | _Use:
         """A prepared statement's or cursor's plan; planned again if the masking rules were reloaded
-        since, or if it read a relation the catalog did not know then.
+        or the search path changed since, or if it read a relation the catalog did not know then.
+
+        A cursor's own plan does not change with the search path, but planning it again under
+        every path the session has had is the safe side (what may be either of two relations,
+        one of them sensitive, is NULL).
 
         Clients keep prepared statements for the whole session (asyncpg
         caches every query): a plan made under the rules before a reload, or
@@ -304,7 +315,8 @@ class ResultMasking:
         masked now is NULL.
         """
         planned = prepared.plan
-        stale = prepared.generation != self.generation
+        now = self.under()
+        stale = prepared.under != now
         if not stale and not (isinstance(planned, ResultPlan) and planned.unresolved):
             return planned
         if prepared.sql is None:
@@ -315,7 +327,7 @@ class ResultMasking:
         except Exception:  # MaskingRefused, or a statement it cannot analyse now: fail closed
             fresh = HIDE_ALL
         if stale or fresh is HIDE_ALL or (isinstance(fresh, ResultPlan) and not fresh.unresolved):
-            prepared.plan, prepared.generation = fresh, self.generation
+            prepared.plan, prepared.under = fresh, now
         return prepared.plan
 
     def _portal_of(self, head: _Unit) -> _Portal | None:
@@ -418,7 +430,7 @@ class ResultMasking:
     def _define(self, defines: _Define) -> None:
         """A PREPARE or DECLARE completed: the name now has its plan."""
         prepared = _Prepared(defines.plan, sql=defines.sql, index=defines.index, defined=True,
-                             generation=defines.generation)
+                             under=defines.under)
         if defines.namespace == "S":
             self._statements[defines.name] = prepared
         else:

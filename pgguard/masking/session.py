@@ -40,7 +40,8 @@ class MaskingConfig:
         clearance = self.clearance(roles)
         if not clearance.active:
             return None
-        return ResultMasking(clearance, SessionRelations(guard, catalog, self.rules).lineages, catalog)
+        return ResultMasking(clearance, SessionRelations(guard, catalog, self.rules).lineages, catalog,
+                             lambda: len(guard.search_paths))
 
 
 # Statement texts whose lineage a session keeps; all are dropped when there are more.
@@ -97,7 +98,8 @@ class SessionRelations(Relations):
         if risky:
             # The name could be a table with sensitive columns, but which one it
             # is cannot be told: fail closed.
-            raise MaskingRefused(f"{name} may be {' or '.join(risky)}, and pgguard cannot tell which")
+            raise MaskingRefused(f"{name} may be {' or '.join(sorted(existing or candidates))}, and pgguard cannot tell"
+                                 f" which ({', '.join(risky)} has masked columns)")
         if not existing:
             # Created since the catalog was read (a view over a sensitive table,
             # made outside the gateway?): have it read again, so that the next

@@ -256,18 +256,35 @@ class SessionGuard:
             return refused
         if len(decisions) <= 1:  # the server refuses a Parse of several statements
             statement = decisions[0].statement if decisions else None
-            self.prepared.prepare(name, Named(statement, sql, self.generation), replaces=True)
+            self.prepared.prepare(name, Named(statement, sql, self.generation, paths=len(self.search_paths)),
+                                  replaces=True)
         return decisions[0] if decisions else Decision(True, None)
 
     def forget(self, name: str) -> None:
         """A Close of a prepared statement."""
         self.prepared.close(name)
 
+    @property
+    def replanning(self) -> bool:
+        """Whether a prepared statement may have been decided under another configuration or search path
+        than the current ones (else none needs deciding again at its Bind)."""
+        return bool(self.generation) or len(self.search_paths) > 1
+
+    def stale(self, held: Named) -> bool:
+        """Whether prepared statement `held` was decided before a reload, or before the session's search
+        path changed: the server plans it again at its next Bind, so it is decided again."""
+        return held.generation != self.generation or held.paths != len(self.search_paths)
+
     def check_again(self, name: str) -> Decision | None:
         """For a Bind or Describe of prepared statement `name`: a refusal if what it may hold was
-        decided before a reload and is refused now; None when all of it is allowed."""
+        decided before a reload or a change of search path and is refused now; None when all of it
+        is allowed."""
         label = f'prepared statement "{name}"' if name else "the unnamed prepared statement"
-        return self._decide_again(self.prepared.candidates(name), f"{label} was prepared")
+        return self._decide_again(self.prepared.candidates(name), f"{label} was prepared", replanned=True)
+
+    def renew(self, name: str) -> None:
+        """Prepared statement `name` was decided again, and allowed: not again at its next Bind."""
+        self.prepared.renew(name, self.generation, len(self.search_paths))
 
     def bound(self, portal: str, statement: str) -> None:
         """A Bind of prepared statement `statement` to `portal`: told of every named portal, and of the
@@ -292,19 +309,23 @@ class SessionGuard:
         held = self._unnamed.candidates("") if self._unnamed is not None else (_PORTAL_BEFORE_RELOAD,)
         return self._decide_again(held, "the unnamed portal was bound")
 
-    def _decide_again(self, held: tuple[Named, ...], what: str) -> Decision | None:
-        """A refusal if one of `held`, decided before a reload, is refused now."""
+    def _decide_again(self, held: tuple[Named, ...], what: str, replanned: bool = False) -> Decision | None:
+        """A refusal if one of `held`, decided before a reload, is refused now; `replanned`: a prepared
+        statement, planned again by the server after a change of search path, so decided again then too."""
         for each in held:
-            if each.generation == self.generation:
+            if each.generation != self.generation:
+                since, again = "a configuration reload", "under the new one"
+            elif replanned and each.paths != len(self.search_paths):
+                since, again = "the session's search_path changed", "as the server plans it again"
+            else:
                 continue
             if not each.known:
-                return self._refuse(None, f"{what} before a configuration reload, and pgguard cannot tell what it"
+                return self._refuse(None, f"{what} before {since}, and pgguard cannot tell what it"
                                     " holds", "", "close it, then prepare or declare it again")
             if each.statement is not None:
                 decision = self.decide(each.statement)
                 if not decision.allowed:
-                    return replace(decision, hint=f"{what} before a configuration reload, and is decided"
-                                   " again under the new one")
+                    return replace(decision, hint=f"{what} before {since}, and is decided again {again}")
         return None
 
     def prepared_statements(self, name: str) -> list[Statement]:
@@ -561,8 +582,9 @@ class SessionGuard:
         if statement.prepares is not None and statement.inner is not None:
             # Sure to hold it once its request is answered without an error, unless a
             # Parse prepares it: it then runs at each Execute, if any.
-            self.prepared.prepare(statement.prepares, Named(statement.inner, None, self.generation),
-                              replaces=not parsing)
+            self.prepared.prepare(statement.prepares,
+                                  Named(statement.inner, None, self.generation, paths=len(self.search_paths)),
+                                  replaces=not parsing)
         if statement.deallocates is not None and not parsing:
             self.prepared.close(ALL if statement.deallocates == "*" else statement.deallocates)
         if statement.declares is not None:

@@ -40,6 +40,9 @@ class Named:
     sql: str | None  # the Parse's text; None for a SQL PREPARE's inner statement
     generation: int
     transient: bool = False  # gone once the session is out of any transaction (a cursor not WITH HOLD)
+    # For a prepared statement, how many search paths the session had when it was decided: the
+    # server plans it again at a Bind under a changed search_path, and so it is decided again.
+    paths: int = 0
 
     @property
     def known(self) -> bool:
@@ -136,11 +139,11 @@ class ServerNames:
                 self._held[change.name] = _added(self._held.get(change.name, self._unknown), change.held)
             self._transient = self._transient or change.held is not None and change.held.transient
 
-    def renew(self, name: str, generation: int) -> None:
-        """What `name` is known to hold was decided again under `generation`, and allowed."""
+    def renew(self, name: str, generation: int, paths: int) -> None:
+        """What `name` is known to hold was decided again under `generation` and `paths`, and allowed."""
         held = self._held.get(name)
         if held:
-            self._held[name] = tuple(replace(each, generation=generation) for each in held)
+            self._held[name] = tuple(replace(each, generation=generation, paths=paths) for each in held)
 
 
 def _added(held: tuple[Named, ...], new: Named) -> tuple[Named, ...]:
@@ -149,7 +152,7 @@ def _added(held: tuple[Named, ...], new: Named) -> tuple[Named, ...]:
     _MAX_CANDIDATES texts, it holds one it cannot tell, of the oldest generation."""
     if len(held) >= _MAX_CANDIDATES or any(not each.known for each in held):
         return (Named(None, None, min(each.generation for each in (*held, new)),
-                     all(each.transient for each in (*held, new))),)
+                      all(each.transient for each in (*held, new)), min(each.paths for each in (*held, new))),)
     key = _key(new)
     for index, each in enumerate(held):
         if _key(each) == key:

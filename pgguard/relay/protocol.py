@@ -257,7 +257,7 @@ class SessionProtocol:
                 elif tag == _SYNC:
                     self.guard.request_sent()
                 elif tag == _DESCRIBE:
-                    if self.guard.generation and frame.body[:1] == b"S":  # as its Bind would be
+                    if self.guard.replanning and frame.body[:1] == b"S":  # as its Bind would be
                         replacement = self._check_again(frame.body[1:-1].decode("utf-8", "surrogateescape"))
                 elif tag == _FUNCTION_CALL:
                     replacement = self._guard_function_call()
@@ -522,7 +522,8 @@ class SessionProtocol:
 
     def _bind(self, frame: Frame) -> bytes | None:
         """A Bind of a statement that changes client_encoding (unsure until its Sync is answered), or that
-        needs approval. After a reload, a refusal's stand-in if what it binds is refused now (`_check_again`)."""
+        needs approval. After a reload or a change of search path, a refusal's stand-in if what it binds
+        is refused now (`_check_again`)."""
         body = frame.body
         start = body.find(b"\0") + 1  # after the portal name
         name = body[start:body.find(b"\0", start)].decode("utf-8", "surrogateescape")
@@ -532,7 +533,7 @@ class SessionProtocol:
         portal = body[:start - 1].decode("utf-8", "surrogateescape")
         if start > 1 or self.guard.generation:  # a named portal, or any after a reload
             self.guard.bound(portal, name)
-        if self.guard.generation:
+        if self.guard.replanning:
             refused = self._check_again(name)
             if refused is not None:
                 return refused
@@ -559,7 +560,8 @@ class SessionProtocol:
             self._ask = ask
 
     def _check_again(self, name: str) -> bytes | None:
-        """A prepared statement decided before a reload is decided, and its masking planned, again.
+        """A prepared statement decided before a reload or a change of search path is decided, and its
+        masking planned, again.
 
         What is refused now is replaced by a stand-in that fails at Parse
         (under a name of its own), so the server skips the rest of the batch
@@ -570,7 +572,7 @@ class SessionProtocol:
         decision = guard.check_again(name)
         if decision is None and self.masking is not None:
             for held in guard.prepared.candidates(name):
-                if held.generation != guard.generation and held.sql is not None:
+                if guard.stale(held) and held.sql is not None:
                     try:
                         self.masking.steps(held.sql)
                     except Exception as exc:
@@ -578,13 +580,14 @@ class SessionProtocol:
                         break
         if decision is None:
             self._approval_again(name)
-            guard.prepared.renew(name, guard.generation)  # not checked again at its next Bind
+            guard.renew(name)
             return None
         self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
         return self._refused_message(decision)
 
     def _approval_again(self, name: str) -> None:
-        """A statement prepared before a reload that now needs approval is held at its Execute.
+        """A statement prepared before a reload or a change of search path that now needs approval is
+        held at its Execute.
 
         A rule the reload removed keeps holding it until it is prepared again: holding too
         much is the safe side.
@@ -592,7 +595,7 @@ class SessionProtocol:
         guard = self.guard
         assert guard is not None
         for held in guard.prepared.candidates(name):
-            if held.generation != guard.generation and held.statement is not None and held.sql is not None:
+            if guard.stale(held) and held.statement is not None and held.sql is not None:
                 rule = guard.decide(held.statement).approval
                 if rule is not None:
                     self._held_statements[name] = (rule, held.sql, [])

@@ -53,7 +53,7 @@ import pytest
 from helpers import fetch_all, fetch_value, scratch_table, without_ddl_approval
 from pgguard.demo import data
 from pgguard.wire import backend, frontend
-from rawclient import RawConnection, login_as
+from rawclient import RawConnection, config_edit, login_as
 
 SENSITIVE = ("email", "phone", "card_number", "ssn")
 
@@ -760,6 +760,43 @@ def test_a_failed_prepare_leaves_the_existing_statement_with_its_own_plan(analys
     finally:
         analyst.execute("DEALLOCATE p2")
     assert rows == [(None, None)] * 40
+
+
+def test_a_statement_prepared_before_the_search_path_changed_is_planned_again(gateway_factory, postgres):
+    """The server plans a prepared statement again at a Bind under a changed search_path, so the same
+    unqualified name may now be a table with hidden columns; its masking is planned again too.
+
+    Here the analysts read two schemas with a table of one name: in masking_shadow its SSNs are
+    no one's secret, in masking_secret they are redacted (and no detector would find them).
+    asyncpg describes a statement once, when it prepares it, so the RowDescription pgguard saw
+    names masking_shadow's table to the end."""
+    ssn = "123-45-6789"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+        for schema in ("masking_shadow", "masking_secret"):
+            direct.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            direct.execute(f"CREATE SCHEMA {schema}")
+            direct.execute(f"CREATE TABLE {schema}.people AS SELECT 1 AS id, '{ssn}'::text AS ssn")
+            direct.execute(f"GRANT USAGE ON SCHEMA {schema} TO {data.READER}")
+            direct.execute(f"GRANT SELECT ON {schema}.people TO {data.READER}")
+    edit = config_edit({"roles.analysts": {"read": ["public.*", "masking_shadow.*", "masking_secret.*"]},
+                        "masking.columns": {'"masking_secret.people.ssn"': "redact"}})
+    session = AsyncSession(gateway_factory(edit).dsn("analyst", search_path="masking_shadow"))
+    try:
+        statement = session.run(session.conn.prepare("SELECT ssn FROM people"))
+        assert [session.run(statement.fetchval()) for _ in range(2)] == [ssn, ssn]
+        assert session.run(session.conn.fetchval("SELECT ssn FROM masking_secret.people")) == "[redacted]"
+        session.run(session.conn.execute("SET search_path = masking_secret"))
+        try:
+            value = session.run(statement.fetchval())
+        except asyncpg.PostgresError as exc:
+            assert "masking_secret.people or masking_shadow.people" in refused_message(exc)
+            assert ssn not in str(exc)
+        else:
+            assert value != ssn, "masking_secret.people read through a plan made for masking_shadow.people"
+    finally:
+        session.close()
+        with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+            direct.execute("DROP SCHEMA masking_shadow, masking_secret CASCADE")
 
 
 def test_psycopg_prepared_statements_executed_many_times(analyst, raw):

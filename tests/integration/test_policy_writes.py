@@ -528,6 +528,67 @@ def test_search_path_set_by_an_executed_prepared_statement(gw: RunningGateway) -
         assert "policy_hidden.orders" in assert_refused(conn, "SELECT count(*) FROM orders")
 
 
+@pytest.mark.parametrize("setup", ["SET search_path = policy_hidden",
+                                   "SELECT set_config('search_path', 'policy_hidden', false)"])
+def test_a_statement_prepared_before_the_search_path_changed_is_decided_again(gw: RunningGateway,
+                                                                              setup: str) -> None:
+    """The server plans a prepared statement again at a Bind under a changed search_path: the same
+    unqualified name may now be a table the analyst may not read, so the Bind is decided again."""
+    with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
+        sql = "SELECT count(*) FROM orders"
+        for _ in range(2):  # prepared at the first, bound again at the second
+            assert conn.execute(sql, prepare=True).fetchone() == (6000,)
+        conn.execute(setup)
+        message = assert_refused(conn, sql, prepare=True)
+        assert "policy_hidden.orders" in message
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(sql, prepare=True)
+        assert caught.value.diag.message_hint is not None
+        assert "search_path changed" in caught.value.diag.message_hint
+        assert conn.execute("SELECT count(*) FROM public.orders", prepare=True).fetchone() == (6000,)
+
+
+def test_a_statement_prepared_before_the_search_path_changed_via_asyncpg(gw: RunningGateway) -> None:
+    """asyncpg keeps every statement prepared: its cached one is bound again after the SET."""
+    async def run() -> tuple[int, BaseException]:
+        conn = await asyncpg.connect(gw.dsn("analyst"))
+        try:
+            before = await conn.fetchval("SELECT count(*) FROM orders")
+            await conn.execute("SET search_path = policy_hidden")
+            try:
+                await conn.fetchval("SELECT count(*) FROM orders")
+            except asyncpg.PostgresError as exc:
+                assert await conn.fetchval("SELECT count(*) FROM public.orders") == 6000
+                return before, exc
+            raise AssertionError("the prepared statement ran under the new search_path")
+        finally:
+            await conn.close()
+
+    before, refused = asyncio.run(run())
+    assert before == 6000
+    assert getattr(refused, "sqlstate", None) == "42501"
+    assert "policy_hidden.orders" in str(refused) and str(refused).startswith("pgguard:")
+
+
+def test_a_describe_of_a_statement_prepared_before_the_search_path_changed(gw: RunningGateway) -> None:
+    """A Describe makes the server plan the statement again too; it is refused rather than answered."""
+    with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
+        assert conn.pgconn.prepare(b"policy_described", b"SELECT count(*) FROM orders").status == \
+            psycopg.pq.ExecStatus.COMMAND_OK
+        conn.execute("SET search_path = policy_hidden")
+        result = conn.pgconn.describe_prepared(b"policy_described")
+        assert result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42501"
+        assert b"policy_hidden.orders" in (result.error_field(psycopg.pq.DiagnosticField.MESSAGE_PRIMARY) or b"")
+
+
+def test_a_sql_prepared_statement_executed_after_the_search_path_changed(gw: RunningGateway) -> None:
+    with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
+        conn.execute("PREPARE policy_before AS SELECT count(*) FROM orders")
+        assert conn.execute("EXECUTE policy_before").fetchone() == (6000,)
+        conn.execute("SET search_path = policy_hidden")
+        assert "policy_hidden.orders" in assert_refused(conn, "EXECUTE policy_before")
+
+
 def test_search_path_from_the_startup_packet(gw: RunningGateway) -> None:
     with psycopg.connect(gw.dsn("analyst", options="-c search_path=policy_hidden"), autocommit=True) as conn:
         assert "policy_hidden.orders" in assert_refused(conn, "SELECT count(*) FROM orders")

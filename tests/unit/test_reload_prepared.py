@@ -120,6 +120,38 @@ def test_what_the_new_policy_allows_binds_as_before(policies: tuple[Policy, Poli
     assert protocol.client_bytes(sent).to_upstream == sent  # decided again once, then known allowed
 
 
+def prepared_before_the_search_path_changed(policy: Policy, text: bytes) -> SessionProtocol:
+    protocol = session(policy)
+    sent = parse(text, "q") + SYNC
+    assert protocol.client_bytes(sent).to_upstream == sent
+    answered(protocol, backend.ParseComplete().encode())
+    change = query(b"SET search_path = shadow")
+    assert protocol.client_bytes(change).to_upstream == change
+    answered(protocol, backend.CommandComplete("SET").encode())
+    return protocol
+
+
+def test_a_bind_after_the_search_path_changed_is_decided_again(policies: tuple[Policy, Policy]) -> None:
+    """The server plans the statement again under the new path, where `orders` may be shadow.orders."""
+    protocol = prepared_before_the_search_path_changed(policies[0], ORDERS)
+    error = refusal(protocol, protocol.client_bytes(run("q")).to_upstream)
+    assert (error.code, error.message) == \
+        ("42501", "pgguard: SELECT refused: role analysts may not read shadow.orders (rule roles.analysts.read)")
+    assert error.fields["H"] == 'prepared statement "q" was prepared before the session\'s search_path changed,' \
+        " and is decided again as the server plans it again"
+    describe = frontend.Describe("S", "q").encode() + SYNC
+    assert refusal(protocol, protocol.client_bytes(describe).to_upstream).code == "42501"
+
+
+def test_what_the_new_search_path_allows_binds_and_is_not_decided_again(policies: tuple[Policy, Policy]) -> None:
+    protocol = prepared_before_the_search_path_changed(policies[0], b"SELECT count(*) FROM public.orders")
+    guard = protocol.guard
+    assert guard is not None and guard.replanning
+    assert [guard.stale(held) for held in guard.prepared.candidates("q")] == [True]
+    assert protocol.client_bytes(run("q")).to_upstream == run("q")
+    assert [guard.stale(held) for held in guard.prepared.candidates("q")] == [False]
+
+
 def test_a_statement_prepared_after_the_reload_is_not_decided_again(policies: tuple[Policy, Policy]) -> None:
     protocol = prepared_before_the_reload(policies)
     sent = parse(b"SELECT 1", "fresh") + run("fresh")
