@@ -320,15 +320,12 @@ def test_error_in_pipeline_skips_the_rest_and_commits_nothing(gateway: RunningGa
 # --- cancel --------------------------------------------------------------------------------------
 
 
-def run_with_timer(action: Callable[[], object], delay: float
-                   ) -> tuple[threading.Thread, list[float], list[BaseException]]:
-    """Start `action` in a thread after `delay`; the lists get the time it was called and what it raised."""
-    called: list[float] = []
+def run_with_timer(action: Callable[[], object], delay: float) -> tuple[threading.Thread, list[BaseException]]:
+    """Start `action` in a thread after `delay`; the list gets what it raised."""
     raised: list[BaseException] = []
 
     def fire() -> None:
         time.sleep(delay)
-        called.append(time.monotonic())
         try:
             action()
         except BaseException as exc:  # reported by the test, not lost in the thread
@@ -336,22 +333,21 @@ def run_with_timer(action: Callable[[], object], delay: float
 
     thread = threading.Thread(target=fire, daemon=True)
     thread.start()
-    return thread, called, raised
+    return thread, raised
 
 
 def cancel_transcript(dsn: str, method: str) -> list[str]:
-    """Cancel `SELECT pg_sleep(30)` after 0.3 s with `conn.<method>()`; what the client sees."""
+    """Cancel `SELECT pg_sleep(30)` after 0.3 s with `conn.<method>()`; what the client sees
+    (QueryCanceled only if the cancel reached the server: else the sleep ends in its own time)."""
     seen: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        thread, called, cancel_errors = run_with_timer(getattr(conn, method), 0.3)
+        thread, cancel_errors = run_with_timer(getattr(conn, method), 0.3)
         try:
             conn.execute("SELECT pg_sleep(30)")
             seen.append("not cancelled")
         except psycopg.Error as exc:
             seen.append(f"{type(exc).__name__} {exc.sqlstate}")
-        elapsed = time.monotonic() - called[0]
         thread.join(5)
-        seen.append("within 3s" if elapsed < 3 else f"{elapsed:.1f}s after the cancel")
         seen.extend(f"{method} raised {exc!r}" for exc in cancel_errors)
         seen.append(repr(conn.execute("SELECT 1").fetchone()))
     return seen
@@ -360,7 +356,7 @@ def cancel_transcript(dsn: str, method: str) -> list[str]:
 @pytest.mark.parametrize("method", ["cancel", "cancel_safe"])
 def test_cancel_interrupts_a_running_query(gateway: RunningGateway, direct: str, method: str) -> None:
     """`cancel` sends a plaintext CancelRequest; libpq's `cancel_safe` one over TLS like the session."""
-    expected = ["QueryCanceled 57014", "within 3s", "(1,)"]
+    expected = ["QueryCanceled 57014", "(1,)"]
     assert cancel_transcript(direct, method) == expected
     assert cancel_transcript(gateway.dsn("analyst"), method) == expected
 
@@ -381,11 +377,9 @@ def test_cancel_request_with_a_wrong_key_does_nothing(gateway: RunningGateway) -
             answers.append(send_cancel_request(gateway.host, gateway.port, process_id, secrets.randbits(31)))
             answers.append(send_cancel_request(gateway.host, gateway.port, process_id ^ 0x5A5A, 0))
 
-        thread, _, errors = run_with_timer(cancel_wrongly, 0.3)
-        started = time.monotonic()
+        thread, errors = run_with_timer(cancel_wrongly, 0.3)
+        # Cancelled, it would raise QueryCanceled.
         assert conn.execute("SELECT 'slept' FROM pg_sleep(1.5)").fetchone() == ("slept",)
-        elapsed = time.monotonic() - started
         thread.join(5)
     assert errors == []
     assert answers == [b"", b""]
-    assert elapsed >= 1.4

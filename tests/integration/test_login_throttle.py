@@ -7,7 +7,6 @@ Loopback has many addresses: the attacker binds its connections to
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -60,14 +59,11 @@ def test_a_thousand_bad_logins_from_one_address_leave_others_unaffected(limited:
     threads = [threading.Thread(target=attack, args=(ATTEMPTS // ATTACKERS,)) for _ in range(ATTACKERS)]
     for thread in threads:
         thread.start()
-    # Meanwhile, from 127.0.0.1: logins and queries go on as usual, and promptly.
-    slowest = 0.0
+    # Meanwhile, from 127.0.0.1: logins and queries go on as usual.
     rounds = 0
     while any(thread.is_alive() for thread in threads) or rounds < 5:
-        started = time.monotonic()
         with psycopg.connect(limited.dsn("support")) as conn:
             assert conn.execute("SELECT count(*) FROM tickets").fetchone()[0] > 0  # type: ignore[index]
-        slowest = max(slowest, time.monotonic() - started)
         rounds += 1
     for thread in threads:
         thread.join()
@@ -76,7 +72,6 @@ def test_a_thousand_bad_logins_from_one_address_leave_others_unaffected(limited:
     # the door closed); every other attempt is turned away at accept.
     assert LIMIT <= answers["28P01"] <= LIMIT + ATTACKERS, answers
     assert answers["53300"] == ATTEMPTS - answers["28P01"], answers
-    assert slowest < 1.0, f"a bystander's login and query took {slowest:.2f}s"
     log.wait_for(rf"too many failed logins from {ATTACKER.replace('.', '[.]')}: refusing its connections")
 
 

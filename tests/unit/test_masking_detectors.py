@@ -8,7 +8,9 @@ import io
 import json
 import random
 import re
-import time
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -475,25 +477,42 @@ def test_csv_and_copy_text_keep_their_fields() -> None:
     assert ALL.scrub(copy_line) == "1\t****@example.com\\n************1111\\tx\\\\****@example.org\n"
 
 
-# --- speed -------------------------------------------------------------------------------------
+# --- large and adversarial input ----------------------------------------------------------------------
 
 
-def test_a_megabyte_of_text_is_scrubbed_quickly() -> None:
+class Hung(Exception):
+    pass
+
+
+@contextmanager
+def interrupted_if_hung(seconds: int = 60) -> Iterator[None]:
+    """Raise Hung if the block has not ended after `seconds` (the regex engine checks for signals
+    while it matches). Not a measure of speed: linear work here ends in well under a second;
+    catastrophic backtracking would not end for hours. Speed is measured in bench/."""
+    def hung(signum: int, frame: object) -> None:
+        raise Hung(f"not ended after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_megabyte_of_text_is_scrubbed() -> None:
     line = ("Ticket 1042: customer john.doe@example.com paid with 4111 1111 1111 1111 on 2024-01-15, "
             "SSN 123-45-6789, call (415) 555-2671, IBAN DE89 3704 0044 0532 0130 00. Thanks! ")
     data = (line * (2**20 // len(line) + 1)).encode()[:2**20]
-    started = time.perf_counter()
-    out = ALL.scrub_bytes(data)
-    elapsed = time.perf_counter() - started
+    with interrupted_if_hung():
+        out = ALL.scrub_bytes(data)
     assert b"john.doe@" not in out and b"4111 1111 1111" not in out and b"123-45" not in out
-    assert elapsed < 1.0, f"{elapsed:.2f}s for 1 MB"
 
 
 @pytest.mark.parametrize("unit", [b"1 ", b"1234 ", b"7", b"a", b'"', b"x@", b"1.", b"+1", b"1-", b"DE89 ",
                                   b"\\u0001", b'"a b"@', b"123-45-6789 ", b"a@a."])
-def test_adversarial_megabytes_take_linear_time(unit: bytes) -> None:
-    # Catastrophic backtracking would take minutes here, not seconds.
+def test_adversarial_megabytes_do_not_backtrack_without_end(unit: bytes) -> None:
     data = (unit * (2**20 // len(unit)))[:2**20] + b"@"
-    started = time.perf_counter()
-    ALL.scrub_bytes(data)
-    assert time.perf_counter() - started < 3.0
+    with interrupted_if_hung():
+        ALL.scrub_bytes(data)
