@@ -54,6 +54,8 @@ _BETWEEN = frozenset({"AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM",
 _MAX_CALL_DEPTH = 8
 _MAX_BODIES = 64
 _CURSOR_OPT_HOLD = 0x20
+# Columns every table has, none of which holds a value of a user column.
+_SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ class _Analyzer:
                 found, _ = self._sources(value, seen)
                 self.result.written.append((column(res.get("name")), frozenset(found)))
 
+        # INSERT … ON CONFLICT DO UPDATE reads the row it could not insert as `excluded`.
+        excluded = _Relation("excluded", [OutputColumn(c.name, frozenset(), False) for c in target.columns or []])
         if "selectStmt" in node:  # INSERT: its rows, by position into the columns listed or all of them
             (_, query), = node["selectStmt"].items()
             rows = self.select(query, outside)
@@ -280,13 +284,18 @@ class _Analyzer:
             if rows is None or target.columns is None or len(rows) > len(names):
                 everything = frozenset().union(*(c.sources for c in rows or []), self.result.touched)
                 self.result.written.append((None, everything))
+                excluded = _Relation("excluded", None, everything)
             else:
-                for name, row in zip(names, rows):
+                inserted = dict(zip(names, rows))
+                for name, row in inserted.items():
                     self.result.written.append((column(name), row.sources))
+                excluded = _Relation("excluded", [OutputColumn(c.name, inserted[c.name].sources, False)
+                                                  if c.name in inserted else c for c in excluded.columns or []])
         if node.get("onConflictClause"):
             conflict = node["onConflictClause"]
-            self._filter(conflict.get("whereClause"), scope)
-            assign(conflict.get("targetList", []), scope)
+            seen = _Scope(scope.relations + [excluded], scope.ctes, scope.outer)
+            self._filter(conflict.get("whereClause"), seen)
+            assign(conflict.get("targetList", []), seen)
         assign(node.get("targetList", []), scope)  # UPDATE ... SET
         for clause in node.get("mergeWhenClauses", []):
             when = clause.get("MergeWhenClause", {})
@@ -426,11 +435,11 @@ class _Analyzer:
             inner_scope = scope if node.get("lateral") else _Scope([], scope.ctes, scope.outer)
             columns = self.select(query, inner_scope)
             alias = node.get("alias", {})
-            names = [name["String"]["sval"] for name in alias.get("colnames", [])]
-            return [_Relation(alias.get("aliasname"), _rename(columns, names))]
+            return [_Relation(alias.get("aliasname"), _rename(columns, _column_aliases(alias)))]
         if kind == "JoinExpr":
             left = self._from_item(node["larg"], scope)
-            right = self._from_item(node["rarg"], scope)
+            # A LATERAL item on the right sees the left side's columns.
+            right = self._from_item(node["rarg"], _Scope(scope.relations + left, scope.ctes, scope.outer))
             relations = left + right
             joined = _Scope(scope.relations + relations, scope.ctes, scope.outer)
             self._filter(node.get("quals"), joined)
@@ -440,7 +449,9 @@ class _Analyzer:
                 self._filter({"ColumnRef": {"fields": [using]}}, joined)
             if "alias" in node:
                 columns = _concat(relation.columns for relation in relations)
-                return [_Relation(node["alias"]["aliasname"], columns)]
+                fallback = frozenset().union(*(relation.fallback for relation in relations))
+                return [_Relation(node["alias"]["aliasname"], _rename(columns, _column_aliases(node["alias"])),
+                                  fallback)]
             return relations
         # RangeFunction, RangeTableFunc, JSON_TABLE …: rows from a function.
         sources = frozenset(self._sources(node, scope)[0])
@@ -467,6 +478,13 @@ class _Analyzer:
                 self.result.filters |= column.sources
 
     def _range_var(self, node: Node, scope: _Scope) -> _Relation:
+        """A table, view or CTE in FROM, its columns renamed by the alias's column list, if any:
+        `customers AS t(a, b, x)` makes x the third column, whatever its name."""
+        relation = self._named_relation(node, scope)
+        return _Relation(relation.name, _rename(relation.columns, _column_aliases(node.get("alias", {}))),
+                         relation.fallback)
+
+    def _named_relation(self, node: Node, scope: _Scope) -> _Relation:
         schema, name = node.get("schemaname"), node["relname"]
         alias = node.get("alias", {}).get("aliasname") or name
         if schema is None:
@@ -702,9 +720,15 @@ class _Analyzer:
                     self.result.uncertain.append(f"column {column} may come from a relation of unknown shape")
                     return found, False
             current = current.outer
-        if not self.in_body:
-            self.result.uncertain.append(f"column {'.'.join(fields)} cannot be resolved")
-        return set(), False
+        if self.in_body or column in _SYSTEM_COLUMNS:
+            return set(), False
+        # PostgreSQL found it where pgguard did not (or the statement fails there): it may be any
+        # column within reach, so it counts as all of them, and the statement is refused if one
+        # of them is hidden (fail closed).
+        self.result.uncertain.append(f"column {'.'.join(fields)} cannot be resolved")
+        reach = _within_reach(scope)
+        self.result.touched |= reach
+        return reach, False
 
 
 class _PathRelations(Relations):
@@ -802,6 +826,24 @@ def _figure_name(value: Node) -> str:
     if "TypeCast" in value:
         return _figure_name(value["TypeCast"].get("arg", {}))
     return "?column?"
+
+
+def _within_reach(scope: _Scope) -> frozenset[SourceColumn]:
+    """What every column of every relation a name in `scope` could refer to derives from."""
+    found: set[SourceColumn] = set()
+    current: _Scope | None = scope
+    while current is not None:
+        for relation in current.relations:
+            found |= relation.fallback
+            for column in relation.columns or []:
+                found |= column.sources
+        current = current.outer
+    return frozenset(found)
+
+
+def _column_aliases(alias: Node) -> list[str]:
+    """The column names of an alias, `t(a, b)`: the first columns, in order."""
+    return [name["String"]["sval"] for name in alias.get("colnames", [])]
 
 
 def _rename(columns: list[OutputColumn] | None, names: list[str]) -> list[OutputColumn] | None:

@@ -254,6 +254,13 @@ ROUTES = [
     # LATERAL
     f"SELECT x.* FROM {C} c, LATERAL (SELECT c.email, c.ssn || '' AS s, c.card_number) x ORDER BY c.id LIMIT 150",
     f"SELECT c.id, l.p FROM {C} c CROSS JOIN LATERAL (SELECT c.phone AS p) l ORDER BY c.id LIMIT 150",
+    f"SELECT v || '', upper(w) FROM {C} CROSS JOIN LATERAL (SELECT ssn, email AS w) AS l(v) ORDER BY id LIMIT 150",
+    f"SELECT upper(l.v) FROM {C} c JOIN LATERAL (SELECT c.ssn AS v) l ON true ORDER BY c.id LIMIT 150",
+    # column aliases, which rename by position: `note` here is the SSN
+    f"SELECT note || '', upper(t.note), x FROM {C} AS t(id, full_name, x, p, c, note) ORDER BY id LIMIT 150",
+    f"SELECT j.x || '', upper(j.y) FROM ({C} c JOIN orders o ON o.customer_id = c.id) AS j(a, b, x, p, q, y) "
+    "ORDER BY j.a LIMIT 150",
+    f"WITH w AS (SELECT id, ssn FROM {C}) SELECT s || '', lower(s) FROM w AS y(i, s) ORDER BY i LIMIT 150",
     # window functions
     f"SELECT lag(email) OVER w, lead(ssn) OVER w, first_value(card_number) OVER w, nth_value(phone, 2) OVER w, "
     f"last_value(email) OVER w FROM {C} WINDOW w AS (ORDER BY id) ORDER BY id LIMIT 150",
@@ -1085,6 +1092,8 @@ def test_engineer_data_modifying_cte_returns_masked_values(engineer_scratch, raw
     "UPDATE {table} t SET (email, ssn) = (SELECT c.email, 'x' FROM customers c WHERE c.id = t.id)",
     "UPDATE customers SET city = ssn WHERE id = 1 RETURNING city",
     "UPDATE customers SET phone = ssn WHERE id = 1",
+    "INSERT INTO customers SELECT * FROM customers WHERE id = 1 ON CONFLICT (id) DO UPDATE SET city = excluded.ssn "
+    "RETURNING city",
     "MERGE INTO {table} t USING customers c ON t.id = c.id WHEN NOT MATCHED THEN INSERT VALUES (c.id, c.email, 'x')",
     "CREATE TEMP TABLE copied AS SELECT id, ssn, replace(phone, '-', '') FROM customers",
     "SELECT email, card_number INTO TEMP copied FROM customers",
@@ -1113,6 +1122,15 @@ def test_engineer_cannot_store_a_prepared_statements_hidden_rows_in_a_table(gate
         assert "CREATE TABLE AS EXECUTE stored" in refused_message(caught.value)
         conn.execute("CREATE TEMP TABLE copied AS EXECUTE harmless")
         assert conn.execute("SELECT count(*) FROM copied").fetchone() == (data.CUSTOMER_COUNT,)
+
+
+def test_engineer_may_upsert_a_row_of_a_masked_table_with_its_own_values(gateway, raw):
+    """`excluded` is the row that could not be inserted: its city is a city, its email stays masked."""
+    with psycopg.connect(gateway.dsn("engineer")) as conn, conn.transaction(force_rollback=True):
+        row = conn.execute(f"INSERT INTO {C} SELECT * FROM {C} WHERE id = 1 ON CONFLICT (id) DO UPDATE "
+                           "SET city = excluded.city, email = excluded.email RETURNING city, email").fetchone()
+    assert row is not None and not raw.leaked([row])
+    assert row[1] == "***@" + raw.emails[0].split("@")[1]
 
 
 def test_engineer_may_rewrite_a_masked_column_in_place(gateway, raw):

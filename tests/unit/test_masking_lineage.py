@@ -59,6 +59,12 @@ def sources_of(sql: str) -> list[set[str]]:
     "WITH x AS (SELECT email FROM customers) SELECT email FROM x",
     "WITH x(renamed) AS (SELECT email FROM customers) SELECT renamed FROM x",
     "SELECT q.z FROM (SELECT email FROM customers) AS q(z)",
+    "SELECT x FROM customers AS t(i, n, x)",
+    "SELECT t.x FROM customers t(i, n, x)",
+    "WITH w AS (SELECT id, email FROM customers) SELECT y FROM w AS v(i, y)",
+    "SELECT j.x FROM (customers c JOIN orders o ON o.customer_id = c.id) AS j(i, n, x)",
+    "SELECT l.v FROM customers CROSS JOIN LATERAL (SELECT email) AS l(v)",
+    "SELECT v FROM customers c JOIN LATERAL (SELECT c.email AS v) l ON true",
     "WITH d AS (DELETE FROM customers WHERE false RETURNING email) SELECT email FROM d",
 ])
 def test_a_column_is_followed_through_aliases_casts_subqueries_and_ctes(sql):
@@ -113,6 +119,32 @@ def test_recursive_cte_follows_the_recursive_term():
     sql = ("WITH RECURSIVE t(n, s) AS (SELECT 1, ''::text UNION ALL "
            "SELECT n + 1, (SELECT ssn FROM customers LIMIT 1) FROM t WHERE n < 3) SELECT s FROM t")
     assert sources_of(sql) == [{"ssn"}]
+
+
+def test_an_alias_column_list_renames_by_position():
+    """`customers AS t(i, n, city)`: city is the third column, email, whatever its own name."""
+    assert sources_of("SELECT city || '' FROM customers AS t(i, n, city)") == [{"email"}]
+    assert sources_of("SELECT t.city FROM customers AS t(i, n, city) ORDER BY t.id") == [{"email"}]
+    assert outputs("SELECT * FROM customers AS t(i, n)")[:3] == \
+        [("i", {"id"}, True), ("n", {"full_name"}, True), ("email", {"email"}, True)]
+
+
+def test_a_column_lineage_cannot_place_counts_as_every_column_within_reach():
+    """PostgreSQL resolved it, or fails on it: either way it is taken to be any of them (fail closed)."""
+    result = lineage("SELECT somewhere || '' FROM orders o, customers c", FakeCatalog())
+    assert result.uncertain == ["column somewhere cannot be resolved"]
+    assert {"email", "ssn", "status"} <= {s.column for s in result.touched}
+    assert {"email", "ssn"} <= {s.column for s in (result.columns or [])[0].sources}
+    # System columns hold no user column's value.
+    assert lineage("SELECT ctid, xmin, c.tableoid FROM customers c", FakeCatalog()).uncertain == []
+
+
+def test_excluded_is_the_row_that_could_not_be_inserted():
+    result = lineage("INSERT INTO orders (id, status) SELECT id, email FROM customers "
+                     "ON CONFLICT (id) DO UPDATE SET status = excluded.status || ''", FakeCatalog())
+    assert result.uncertain == []
+    assert (frozenset({SourceColumn("public.orders", "status")}), frozenset({SourceColumn("public.customers", "email")})) \
+        in result.written[-1:]
 
 
 def test_lateral_subquery_sees_the_outer_row():
