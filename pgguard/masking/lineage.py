@@ -436,6 +436,9 @@ class _Analyzer:
             columns = self.select(query, inner_scope)
             alias = node.get("alias", {})
             return [_Relation(alias.get("aliasname"), _rename(columns, _column_aliases(alias)))]
+        if kind == "RangeTableSample":  # `customers TABLESAMPLE SYSTEM (10)`: some of the table's rows
+            self._filter([node.get("args"), node.get("repeatable")], scope)
+            return self._from_item(node["relation"], scope)
         if kind == "JoinExpr":
             left = self._from_item(node["larg"], scope)
             # A LATERAL item on the right sees the left side's columns.

@@ -261,6 +261,8 @@ ROUTES = [
     f"SELECT j.x || '', upper(j.y) FROM ({C} c JOIN orders o ON o.customer_id = c.id) AS j(a, b, x, p, q, y) "
     "ORDER BY j.a LIMIT 150",
     f"WITH w AS (SELECT id, ssn FROM {C}) SELECT s || '', lower(s) FROM w AS y(i, s) ORDER BY i LIMIT 150",
+    # a sampled table is the table
+    f"SELECT ssn || '', upper(t.phone) FROM {C} AS t TABLESAMPLE SYSTEM (100) ORDER BY id LIMIT 150",
     # window functions
     f"SELECT lag(email) OVER w, lead(ssn) OVER w, first_value(card_number) OVER w, nth_value(phone, 2) OVER w, "
     f"last_value(email) OVER w FROM {C} WINDOW w AS (ORDER BY id) ORDER BY id LIMIT 150",

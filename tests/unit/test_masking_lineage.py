@@ -186,3 +186,10 @@ def test_what_cannot_be_followed_is_reported_uncertain(sql):
 def test_copy_of_a_table_lists_its_columns_in_the_copy_order():
     assert outputs("COPY customers (ssn, id) TO STDOUT") == [("ssn", {"ssn"}, True), ("id", {"id"}, True)]
     assert sources_of("COPY (SELECT lower(email) FROM customers) TO STDOUT") == [{"email"}]
+
+
+def test_a_sampled_table_is_the_table():
+    """TABLESAMPLE wraps the table: its columns are the table's, not those of rows from a function."""
+    assert sources_of("SELECT ssn || '' FROM customers TABLESAMPLE SYSTEM (100)") == [{"ssn"}]
+    assert outputs("SELECT t.phone FROM customers AS t(i) TABLESAMPLE BERNOULLI (50) REPEATABLE (1)") == \
+        [("phone", {"phone"}, True)]
