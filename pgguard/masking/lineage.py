@@ -597,6 +597,9 @@ class _Analyzer:
                     # of an expression (`count(CASE WHEN ssn LIKE '1%' THEN 1 END)`,
                     # `count(NULLIF(ssn, 'guess'))`) tests the values.
                     self.result.filters |= found
+            if call.get("agg_within_group"):
+                # `mode() WITHIN GROUP (ORDER BY ssn)`: the values sorted are the aggregate's input.
+                args |= self._sources(call.get("agg_order"), scope)[0]
             self._filter(call.get("agg_order"), scope)
             self._filter(call.get("agg_filter"), scope)
             self._filter(call.get("over"), scope)

@@ -1036,6 +1036,17 @@ def test_support_sees_raw_emails_and_nothing_else_raw(gateway, postgres, raw):
     assert not [k for k in raw.leaked(bodies) if k.startswith("card:")]
 
 
+@pytest.mark.parametrize("role", ["support", "engineer"])
+def test_an_ordered_set_aggregate_of_a_hidden_column_is_null_without_strict_inference(gateway, raw, role):
+    """The value mode() or percentile_disc() WITHIN GROUP (ORDER BY ssn) returns is one of the SSNs sorted."""
+    sql = f"SELECT mode() WITHIN GROUP (ORDER BY ssn), percentile_disc(0.5) WITHIN GROUP (ORDER BY phone), " \
+          f"mode() WITHIN GROUP (ORDER BY city) FROM {C}"
+    with psycopg.connect(gateway.dsn(role)) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None and row[:2] == (None, None) and row[2] is not None
+    assert not raw.leaked([row])
+
+
 def test_dba_sees_everything(gateway, postgres):
     sql = f"SELECT c.*, row_to_json(c)::text, (SELECT array_agg(body ORDER BY id) FROM tickets t " \
           f"WHERE t.customer_id = c.id) FROM {C} c ORDER BY id"

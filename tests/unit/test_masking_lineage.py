@@ -193,3 +193,10 @@ def test_a_sampled_table_is_the_table():
     assert sources_of("SELECT ssn || '' FROM customers TABLESAMPLE SYSTEM (100)") == [{"ssn"}]
     assert outputs("SELECT t.phone FROM customers AS t(i) TABLESAMPLE BERNOULLI (50) REPEATABLE (1)") == \
         [("phone", {"phone"}, True)]
+
+
+def test_an_ordered_set_aggregate_returns_what_it_sorts():
+    """mode() and percentile_disc() WITHIN GROUP (ORDER BY x) return one of the x sorted."""
+    assert sources_of("SELECT mode() WITHIN GROUP (ORDER BY ssn) FROM customers") == [{"ssn"}]
+    assert sources_of("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY phone) FROM customers") == [{"phone"}]
+    assert sources_of("SELECT string_agg(city, ',' ORDER BY ssn) FROM customers") == [{"city"}]
