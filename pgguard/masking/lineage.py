@@ -405,11 +405,17 @@ class _Analyzer:
             if kind != "SelectStmt":
                 columns = self._data_modifying(kind, query)
             elif clause.get("recursive") and query.get("op", "SETOP_NONE") != "SETOP_NONE":
-                # The recursive term sees the CTE as the non-recursive term's
-                # shape; a second pass folds in what recursion adds.
-                visible[name] = _Relation(name, _rename(self.select(query["larg"], scope), aliases))
-                visible[name] = _Relation(name, _rename(self.select(query, scope), aliases))
-                columns = self.select(query, scope)
+                # The recursive term first sees the CTE as the non-recursive term;
+                # each pass folds in what one more step of recursion adds (a value
+                # may move a column further at every step), until nothing changes.
+                # Sources only grow, so this ends.
+                columns = self.select(query["larg"], scope)
+                while True:
+                    visible[name] = _Relation(name, _rename(columns, aliases))
+                    again = self.select(query, scope)
+                    if again == columns:
+                        break
+                    columns = again
             else:
                 columns = self.select(query, scope)
             visible[name] = _Relation(name, _rename(columns, aliases))

@@ -261,6 +261,9 @@ ROUTES = [
     f"SELECT j.x || '', upper(j.y) FROM ({C} c JOIN orders o ON o.customer_id = c.id) AS j(a, b, x, p, q, y) "
     "ORDER BY j.a LIMIT 150",
     f"WITH w AS (SELECT id, ssn FROM {C}) SELECT s || '', lower(s) FROM w AS y(i, s) ORDER BY i LIMIT 150",
+    # a recursive CTE that moves the SSN one column further at each step
+    "WITH RECURSIVE r(a, b, c, d, e, n) AS (SELECT '', '', '', '', ssn, 0 FROM customers UNION ALL "
+    "SELECT b, c, d, e, a, n + 1 FROM r WHERE n < 4) SELECT a || '', upper(a) FROM r WHERE n = 4 LIMIT 150",
     # a sampled table is the table
     f"SELECT ssn || '', upper(t.phone) FROM {C} AS t TABLESAMPLE SYSTEM (100) ORDER BY id LIMIT 150",
     # window functions

@@ -200,3 +200,10 @@ def test_an_ordered_set_aggregate_returns_what_it_sorts():
     assert sources_of("SELECT mode() WITHIN GROUP (ORDER BY ssn) FROM customers") == [{"ssn"}]
     assert sources_of("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY phone) FROM customers") == [{"phone"}]
     assert sources_of("SELECT string_agg(city, ',' ORDER BY ssn) FROM customers") == [{"city"}]
+
+
+def test_a_recursive_cte_is_followed_until_nothing_changes():
+    """Each step moves the SSN one column left: after four steps it is in `a`."""
+    sql = ("WITH RECURSIVE r(a, b, c, d, e, n) AS (SELECT '', '', '', '', ssn, 0 FROM customers "
+           "UNION ALL SELECT b, c, d, e, a, n + 1 FROM r WHERE n < 4) SELECT a || '', n FROM r")
+    assert sources_of(sql) == [{"ssn"}, set()]
