@@ -700,38 +700,10 @@ class _Analyzer:
             return set().union(*(c.sources for c in columns)), False
         column = fields[-1]
         qualifier = fields[-2] if len(fields) > 1 else None
-        current: _Scope | None = scope
-        while current is not None:
-            for relation in current.relations:
-                if qualifier is not None and relation.name != qualifier:
-                    continue
-                if relation.columns is None:
-                    if qualifier is not None:
-                        self.result.touched |= relation.fallback
-                        return set(relation.fallback), False
-                    continue
-                for candidate in relation.columns:
-                    if candidate.name == column:
-                        self.result.touched |= candidate.sources
-                        return set(candidate.sources), candidate.direct
-                if qualifier is not None and self.relations.functions(None, column):
-                    # `t.f` with no column f is f(t), a function in attribute notation.
-                    row = set().union(*(c.sources for c in relation.columns))
-                    self.result.touched |= row
-                    return row | self._call([column], row), False
-            if qualifier is None:
-                # A whole-row reference: `SELECT c FROM customers c`, row_to_json(c).
-                for relation in current.relations:
-                    if relation.name == column:
-                        found = set().union(*(c.sources for c in relation.columns or []), relation.fallback)
-                        self.result.touched |= found
-                        return found, False
-                unknown = [r for r in current.relations if r.columns is None]
-                if unknown:
-                    found = set().union(*(r.fallback for r in unknown))
-                    self.result.uncertain.append(f"column {column} may come from a relation of unknown shape")
-                    return found, False
-            current = current.outer
+        found = self._qualified(qualifier, column, scope) if qualifier is not None else self._unqualified(column, scope)
+        if found is not None:
+            self.result.touched |= found[0]
+            return found
         if self.in_body or column in _SYSTEM_COLUMNS:
             return set(), False
         # PostgreSQL found it where pgguard did not (or the statement fails there): it may be any
@@ -741,6 +713,58 @@ class _Analyzer:
         reach = _within_reach(scope)
         self.result.touched |= reach
         return reach, False
+
+
+    def _qualified(self, qualifier: str, column: str, scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
+        """`t.column`: a column of the nearest relation named t, or a function in attribute notation."""
+        current: _Scope | None = scope
+        while current is not None:
+            for relation in current.relations:
+                if relation.name != qualifier:
+                    continue
+                if relation.columns is None:
+                    return set(relation.fallback), False
+                for candidate in relation.columns:
+                    if candidate.name == column:
+                        return set(candidate.sources), candidate.direct
+                if self.relations.functions(None, column):
+                    # `t.f` with no column f is f(t), a function in attribute notation.
+                    row = set().union(*(c.sources for c in relation.columns))
+                    self.result.touched |= row
+                    return row | self._call([column], row), False
+            current = current.outer
+        return None
+
+    def _unqualified(self, column: str, scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
+        """A bare name, as PostgreSQL resolves it: a column of the nearest query level that has one, and
+        only if no level has one, a whole row (`SELECT c FROM customers c`, row_to_json(c)).
+
+        So `(SELECT phone FROM (SELECT 1) AS phone)` is the outer query's phone column, not a row."""
+        # Rows of functions named like the column, whose own columns are unknown: what it may be instead.
+        maybe: set[SourceColumn] = set()
+        shadowed = False
+        current: _Scope | None = scope
+        while current is not None:
+            for relation in current.relations:
+                for candidate in relation.columns or []:
+                    if candidate.name == column:
+                        return set(candidate.sources) | maybe, candidate.direct and not shadowed
+            unknown = [r for r in current.relations if r.columns is None]
+            if any(r.name != column for r in unknown):
+                self.result.uncertain.append(f"column {column} may come from a relation of unknown shape")
+                return maybe.union(*(r.fallback for r in unknown)), False
+            # `generate_series(1, 3) AS x`: x is its column or its row, or, if it has no column x, an
+            # outer query's column x.
+            maybe = maybe.union(*(r.fallback for r in unknown))
+            shadowed = shadowed or bool(unknown)
+            current = current.outer
+        current = scope
+        while current is not None:
+            for relation in current.relations:
+                if relation.name == column:
+                    return set().union(*(c.sources for c in relation.columns or []), relation.fallback, maybe), False
+            current = current.outer
+        return None
 
 
 class _PathRelations(Relations):

@@ -264,6 +264,9 @@ ROUTES = [
     # a recursive CTE that moves the SSN one column further at each step
     "WITH RECURSIVE r(a, b, c, d, e, n) AS (SELECT '', '', '', '', ssn, 0 FROM customers UNION ALL "
     "SELECT b, c, d, e, a, n + 1 FROM r WHERE n < 4) SELECT a || '', upper(a) FROM r WHERE n = 4 LIMIT 150",
+    # a bare name is a column of an outer query before it is an inner relation's row
+    f"SELECT (SELECT phone FROM (SELECT 1 AS x) AS phone) || '' FROM {C} ORDER BY id LIMIT 150",
+    f"SELECT (SELECT upper(ssn) FROM jsonb_each('{{\"a\": 1}}') AS ssn) FROM {C} ORDER BY id LIMIT 150",
     # a sampled table is the table
     f"SELECT ssn || '', upper(t.phone) FROM {C} AS t TABLESAMPLE SYSTEM (100) ORDER BY id LIMIT 150",
     # window functions

@@ -207,3 +207,13 @@ def test_a_recursive_cte_is_followed_until_nothing_changes():
     sql = ("WITH RECURSIVE r(a, b, c, d, e, n) AS (SELECT '', '', '', '', ssn, 0 FROM customers "
            "UNION ALL SELECT b, c, d, e, a, n + 1 FROM r WHERE n < 4) SELECT a || '', n FROM r")
     assert sources_of(sql) == [{"ssn"}, set()]
+
+
+def test_a_bare_name_is_a_column_of_any_query_level_before_it_is_a_row():
+    """PostgreSQL looks for a column in every enclosing query before taking a name as a relation's row."""
+    assert sources_of("SELECT (SELECT phone FROM (SELECT 1 AS x) AS phone) || '' FROM customers") == [{"phone"}]
+    assert sources_of("SELECT (SELECT o FROM customers) FROM orders o")[0] >= {"status"}
+    # A function's rows named like the column: its column, or the outer one if it has none of that name.
+    assert outputs("SELECT (SELECT phone FROM jsonb_each('{}') AS phone) FROM customers") == \
+        [("?column?", {"phone"}, False)]
+    assert sources_of("SELECT x FROM generate_series(1, 3) AS x") == [set()]
