@@ -164,6 +164,13 @@ class _Relation:
     columns: list[OutputColumn] | None
     # For relations of unknown shape (functions in FROM): what any column derives from.
     fallback: frozenset[SourceColumn] = frozenset()
+    # Columns a USING or NATURAL join merged: `t.x` still names this one, a bare `x` or `*` the merged one.
+    merged: frozenset[str] = frozenset()
+
+    @property
+    def visible(self) -> list[OutputColumn] | None:
+        """The columns a bare name or `*` sees."""
+        return None if self.columns is None else [c for c in self.columns if c.name not in self.merged]
 
 
 @dataclass
@@ -390,7 +397,7 @@ class _Analyzer:
 
     def _resolves(self, name: str, scope: _Scope) -> bool:
         """Whether a bare column name is an input column of the scope (GROUP BY prefers those)."""
-        return any(relation.columns is None or any(c.name == name for c in relation.columns)
+        return any(relation.visible is None or any(c.name == name for c in relation.visible)
                    for relation in scope.relations)
 
     def _ctes(self, node: Node, outer: _Scope | None) -> dict[str, _Relation]:
@@ -449,15 +456,11 @@ class _Analyzer:
             left = self._from_item(node["larg"], scope)
             # A LATERAL item on the right sees the left side's columns.
             right = self._from_item(node["rarg"], _Scope(scope.relations + left, scope.ctes, scope.outer))
-            relations = left + right
+            relations = self._merge(node, left, right)
             joined = _Scope(scope.relations + relations, scope.ctes, scope.outer)
             self._filter(node.get("quals"), joined)
-            if node.get("isNatural"):
-                self._natural_join(left, right)
-            for using in node.get("usingClause", []):
-                self._filter({"ColumnRef": {"fields": [using]}}, joined)
             if "alias" in node:
-                columns = _concat(relation.columns for relation in relations)
+                columns = _concat(relation.visible for relation in relations)
                 fallback = frozenset().union(*(relation.fallback for relation in relations))
                 return [_Relation(node["alias"]["aliasname"], _rename(columns, _column_aliases(node["alias"])),
                                   fallback)]
@@ -472,19 +475,43 @@ class _Analyzer:
         alias = node.get("alias", {})
         return [_Relation(alias.get("aliasname"), None, sources)]
 
-    def _natural_join(self, left: list[_Relation], right: list[_Relation]) -> None:
-        """A NATURAL JOIN compares the columns both sides name alike."""
-        left_columns = _concat(r.columns for r in left)
-        right_columns = _concat(r.columns for r in right)
-        if left_columns is None or right_columns is None:
-            self.result.uncertain.append("a natural join over a relation whose columns are unknown")
-            for relation in left + right:
-                self.result.filters |= relation.fallback
-            return
-        common = {c.name for c in left_columns} & {c.name for c in right_columns}
-        for column in left_columns + right_columns:
-            if column.name in common:
-                self.result.filters |= column.sources
+    def _merge(self, node: Node, left: list[_Relation], right: list[_Relation]) -> list[_Relation]:
+        """A join's relations; for USING and NATURAL, the merged columns first, as PostgreSQL orders them.
+
+        Each merged column compares both sides' and is the left side's value (the right side's in a
+        RIGHT JOIN, either in a FULL JOIN). A bare name and `*` see the merged column; `t.x` still
+        names t's own. `JOIN … USING (x) AS u` names the merged columns u.
+        """
+        left_columns = _concat(r.visible for r in left)
+        right_columns = _concat(r.visible for r in right)
+        names = [using["String"]["sval"] for using in node.get("usingClause", [])]
+        if node.get("isNatural"):
+            if left_columns is None or right_columns is None:
+                self.result.uncertain.append("a natural join over a relation whose columns are unknown")
+                for relation in left + right:
+                    self.result.filters |= relation.fallback
+                return left + right
+            names = [c.name for c in left_columns if c.name in {r.name for r in right_columns}]
+        if not names:
+            return left + right
+        unknown = frozenset().union(*(r.fallback for r in left + right if r.columns is None))
+        kind = node.get("jointype")
+        merged = []
+        for name in names:
+            pair = [next((c for c in side or [] if c.name == name), None) for side in (left_columns, right_columns)]
+            found = [c for c in pair if c is not None]
+            sources = frozenset().union(*(c.sources for c in found))
+            if len(found) < 2:
+                # A side of unknown shape holds it (or the statement fails): it may be anything there.
+                self.result.uncertain.append(f"join column {name} may come from a relation of unknown shape")
+                sources |= unknown
+            self.result.filters |= sources
+            value = pair[1] if kind == "JOIN_RIGHT" else pair[0] if kind != "JOIN_FULL" else None
+            merged.append(OutputColumn(name, sources, False) if value is None or len(found) < 2 else value)
+        using_alias = (node.get("join_using_alias") or {}).get("aliasname")
+        hide = frozenset(names)
+        return [_Relation(using_alias, merged)] + [
+            _Relation(r.name, r.columns, r.fallback, r.merged | hide) for r in left + right]
 
     def _range_var(self, node: Node, scope: _Scope) -> _Relation:
         """A table, view or CTE in FROM, its columns renamed by the alias's column list, if any:
@@ -556,7 +583,7 @@ class _Analyzer:
     def _expand(self, relation_name: str, scope: _Scope) -> list[OutputColumn] | None:
         """`*` ("") or `t.*`: the columns of every relation in scope, or of t."""
         relations = [r for r in scope.relations if not relation_name or r.name == relation_name]
-        columns = _concat(r.columns for r in relations)
+        columns = _concat(r.columns if relation_name else r.visible for r in relations)
         if columns is None:
             self.result.uncertain.append("* over a relation whose columns are unknown")
             self.result.touched |= {s for r in relations for s in r.fallback}
@@ -746,7 +773,7 @@ class _Analyzer:
         current: _Scope | None = scope
         while current is not None:
             for relation in current.relations:
-                for candidate in relation.columns or []:
+                for candidate in relation.visible or []:
                     if candidate.name == column:
                         return set(candidate.sources) | maybe, candidate.direct and not shadowed
             unknown = [r for r in current.relations if r.columns is None]

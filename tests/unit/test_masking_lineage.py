@@ -217,3 +217,25 @@ def test_a_bare_name_is_a_column_of_any_query_level_before_it_is_a_row():
     assert outputs("SELECT (SELECT phone FROM jsonb_each('{}') AS phone) FROM customers") == \
         [("?column?", {"phone"}, False)]
     assert sources_of("SELECT x FROM generate_series(1, 3) AS x") == [set()]
+
+
+def test_a_using_join_merges_its_columns_first_as_postgresql_does():
+    """`*` over `JOIN … USING (city)` is city, then each side's other columns; a bare city is the merged one."""
+    sql = "SELECT * FROM customers c JOIN (SELECT city, 'x' AS k FROM orders) o USING (city)"
+    assert [name for name, _, _ in outputs(sql)] == \
+        ["city", "id", "full_name", "email", "phone", "card_number", "ssn", "created_at", "k"]
+    # By position: the seventh column is the SSN, whatever lineage thought before.
+    assert sources_of(f"SELECT s.x || '' FROM ({sql}) AS s(a, b, c, d, e, f, x)") == [{"ssn"}]
+    assert sources_of("SELECT j.x FROM (customers NATURAL JOIN (SELECT city FROM orders) o) AS j(a, b, c, d, e, f, x)") \
+        == [{"ssn"}]
+    # RIGHT JOIN: the merged column is the right side's; FULL JOIN: either side's.
+    right = "SELECT ssn || '' FROM (SELECT 'a'::text AS ssn) a {} JOIN customers USING (ssn)"
+    assert sources_of(right.format("RIGHT")) == [{"ssn"}]
+    assert sources_of(right.format("FULL")) == [{"ssn"}]
+    assert sources_of(right.format("LEFT")) == [set()]
+    # Both sides' columns are compared, and each side's own column is still there by name.
+    result = lineage(right.format("RIGHT"), FakeCatalog())
+    assert {s.column for s in result.filters} == {"ssn"}
+    assert sources_of("SELECT a.ssn, customers.ssn FROM (SELECT 'a'::text AS ssn) a JOIN customers USING (ssn)") == \
+        [set(), {"ssn"}]
+    assert sources_of("SELECT u.ssn FROM (SELECT 'a'::text AS ssn) a FULL JOIN customers USING (ssn) AS u") == [{"ssn"}]
