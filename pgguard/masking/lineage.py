@@ -610,7 +610,7 @@ class _Analyzer:
             return self._column_ref(node["ColumnRef"], scope)
         if "TypeCast" in node:
             found, direct = self._sources(node["TypeCast"].get("arg"), scope)
-            return found, direct and self.result.copy is None
+            return found, direct and self.result.copy is None and not _cuts(node["TypeCast"].get("typeName", {}))
         if "SelectStmt" in node:
             columns = self.select(node["SelectStmt"], scope)
             found = set().union(*(c.sources for c in columns)) if columns else set()
@@ -902,6 +902,16 @@ def _within_reach(scope: _Scope) -> frozenset[SourceColumn]:
                 found |= column.sources
         current = current.outer
     return frozenset(found)
+
+
+def _cuts(type_name: Node) -> bool:
+    """Whether a cast to the type may cut or round the value: `varchar(4)`, `char`, `numeric(3)`, `name`.
+
+    A cut value is no longer the column's: `card_number::varchar(8)` masked as a card keeps its
+    last four digits, which are the card's fifth to eighth.
+    """
+    names = [part["String"]["sval"] for part in type_name.get("names", [])]
+    return bool(type_name.get("typmods")) or names[-1:] in (["name"], ["char"])
 
 
 def _column_aliases(alias: Node) -> list[str]:

@@ -366,6 +366,18 @@ def test_masked_values_keep_their_shape_and_derived_ones_are_null(analyst, raw):
     assert derived == [None, None, None, None]  # md5 of a value is the value, derived: NULL
 
 
+@pytest.mark.parametrize("client", ["simple", "binary", "asyncpg"])
+def test_a_cast_that_cuts_a_value_does_not_move_what_its_mask_shows(analyst, analyst_async, raw, client):
+    """A card masked but for its last four digits, cut to 8, 12, … characters first, would show every
+    group of four in turn: such a cast is a derived value, NULL."""
+    cuts = [f"card_number::varchar({n})" for n in range(5, 16)] + [f"phone::char({n})" for n in range(5, 15)]
+    sql = f"SELECT {', '.join(cuts)}, CAST(ssn AS character), card_number::varchar FROM {C} ORDER BY id LIMIT 150"
+    result = CLIENTS[client](analyst, analyst_async, sql)
+    rows = [tuple(row) for row in (result[0] if client == "asyncpg" else result)]  # asyncpg: three fetches
+    assert rows and all(row[:-1] == (None,) * (len(cuts) + 1) for row in rows)
+    assert [row[-1] for row in rows] == ["*" * 12 + card[-4:] for card in raw.cards_raw[:len(rows)]]
+
+
 def test_free_text_card_numbers_are_masked_in_every_format_people_type(analyst, postgres):
     """Tickets quote cards plain, spaced and dashed: each gets masked but its last four digits."""
     direct = dict(fetch_all(postgres.dsn(), "SELECT id, body FROM tickets ORDER BY id"))

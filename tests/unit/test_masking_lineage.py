@@ -239,3 +239,10 @@ def test_a_using_join_merges_its_columns_first_as_postgresql_does():
     assert sources_of("SELECT a.ssn, customers.ssn FROM (SELECT 'a'::text AS ssn) a JOIN customers USING (ssn)") == \
         [set(), {"ssn"}]
     assert sources_of("SELECT u.ssn FROM (SELECT 'a'::text AS ssn) a FULL JOIN customers USING (ssn) AS u") == [{"ssn"}]
+
+
+def test_a_cast_that_may_cut_the_value_is_not_the_columns_value():
+    """Masked as a card, `card_number::varchar(8)` would show the card's fifth to eighth digits."""
+    assert outputs("SELECT card_number::varchar(8), phone::character, ssn::name, email::varchar, ssn::text "
+                   "FROM customers") == [("card_number", {"card_number"}, False), ("phone", {"phone"}, False),
+                                         ("ssn", {"ssn"}, False), ("email", {"email"}, True), ("ssn", {"ssn"}, True)]
