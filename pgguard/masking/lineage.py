@@ -621,11 +621,14 @@ class _Analyzer:
             call = node["FuncCall"]
             names = [part["String"]["sval"] for part in call["funcname"]]
             name = names[-1]
+            # PostgreSQL's count, not a user-defined count(text) that returns its argument.
+            schema = names[-2] if len(names) > 1 else None
+            counting = name in _COUNTING and schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
             args: set[SourceColumn] = set()
             for arg in call.get("args", []):
                 found, direct = self._sources(arg, scope)
                 args |= found
-                if name in _COUNTING and not direct:
+                if counting and not direct:
                     # count(col) reveals only how many values are not NULL; a count
                     # of an expression (`count(CASE WHEN ssn LIKE '1%' THEN 1 END)`,
                     # `count(NULLIF(ssn, 'guess'))`) tests the values.
@@ -638,7 +641,7 @@ class _Analyzer:
             self._filter(call.get("over"), scope)
             if name in _SET_RETURNING:
                 self.result.filters |= args
-            return (set() if name in _COUNTING else args) | self._call(names, args), False
+            return (set() if counting else args) | self._call(names, args), False
         if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
             operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)
             names = [part["String"]["sval"] for part in node["A_Expr"].get("name", [])]

@@ -60,12 +60,17 @@ CREATE FUNCTION public.mf_with_tax(p numeric) RETURNS numeric LANGUAGE plpgsql A
   BEGIN v := p * 1.2; IF v < 0 THEN RAISE EXCEPTION 'negative'; END IF; RETURN round(v, 2); END $$;
 CREATE FUNCTION public.mf_orders_of(p_id int) RETURNS SETOF public.orders LANGUAGE sql
   AS $$ SELECT * FROM public.orders WHERE customer_id = p_id $$;
+-- Named like PostgreSQL's count, which reveals no values; this one returns its argument.
+CREATE SCHEMA mf;
+CREATE FUNCTION mf.count(p text) RETURNS text LANGUAGE sql AS $$ SELECT p $$;
+GRANT USAGE ON SCHEMA mf TO PUBLIC;
 """
 DROP_FUNCTIONS = """
 DO $$ DECLARE f regprocedure; BEGIN
   FOR f IN SELECT p.oid FROM pg_proc p WHERE p.proname LIKE 'mf\\_%' AND p.pronamespace = 'public'::regnamespace LOOP
     EXECUTE 'DROP FUNCTION ' || f::text || ' CASCADE';
   END LOOP;
+  DROP SCHEMA IF EXISTS mf CASCADE;
 END $$
 """
 
@@ -73,7 +78,7 @@ END $$
 def allow_functions(text: str) -> str:
     """The demo's config, with analysts and support allowed to call this module's functions."""
     for role in ("analysts", "support"):
-        text = text.replace(f"[roles.{role}]\n", f'[roles.{role}]\nallow_functions = ["public.mf_*"]\n')
+        text = text.replace(f"[roles.{role}]\n", f'[roles.{role}]\nallow_functions = ["public.mf_*", "mf.*"]\n')
     return text
 
 
@@ -138,6 +143,7 @@ MASKED = [
     "SELECT id, lower(mf_email(id)) || mf_definer_ssn(id) FROM customers ORDER BY id LIMIT 100",
     "SELECT 1, mf_ssn_count('1')",
     "SELECT 1, string_agg(mf_email(id), ',') FROM customers",
+    "SELECT id, mf.count(ssn) FROM customers ORDER BY id LIMIT 100",
 ]
 
 

@@ -203,3 +203,20 @@ def test_bodies_are_followed_where_their_sql_can_be_told(name, followed):
 def test_a_functions_own_search_path_is_kept():
     assert body_of(FUNCTIONS["pathed_email"]).search_path == ("pg_catalog", "public")
     assert body_of(FUNCTIONS["get_email"]).search_path is None
+
+
+class CountingCatalog(Catalog):
+    """A user-defined public.count(text) that returns its argument."""
+
+    def functions(self, schema: str | None, name: str, operator: bool = False) -> list[Routine] | None:
+        if name == "count" and schema in (None, "public") and not operator:
+            return [sql_function("count", "text", "text", "AS $$ SELECT $1 $$")]
+        return super().functions(schema, name, operator)
+
+
+def test_a_user_defined_count_is_not_counting():
+    """Only PostgreSQL's count reveals no values: public.count(ssn) may return the SSN."""
+    for sql in ("SELECT count(ssn) FROM customers", "SELECT public.count(ssn) FROM customers"):
+        result = lineage(sql, CountingCatalog())
+        assert [{s.column for s in c.sources} for c in result.columns or []] == [{"ssn"}]
+    assert output_sources("SELECT count(ssn), pg_catalog.count(email) FROM customers") == [set(), set()]
