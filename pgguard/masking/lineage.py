@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pglast import parser
@@ -166,6 +166,8 @@ class _Relation:
     fallback: frozenset[SourceColumn] = frozenset()
     # Columns a USING or NATURAL join merged: `t.x` still names this one, a bare `x` or `*` the merged one.
     merged: frozenset[str] = frozenset()
+    # A table or view without an alias: its schema, which `schema.table.column` names it by too.
+    schema: str | None = None
 
     @property
     def visible(self) -> list[OutputColumn] | None:
@@ -511,14 +513,16 @@ class _Analyzer:
         using_alias = (node.get("join_using_alias") or {}).get("aliasname")
         hide = frozenset(names)
         return [_Relation(using_alias, merged)] + [
-            _Relation(r.name, r.columns, r.fallback, r.merged | hide) for r in left + right]
+            replace(r, merged=r.merged | hide) for r in left + right]
 
     def _range_var(self, node: Node, scope: _Scope) -> _Relation:
         """A table, view or CTE in FROM, its columns renamed by the alias's column list, if any:
         `customers AS t(a, b, x)` makes x the third column, whatever its name."""
         relation = self._named_relation(node, scope)
-        return _Relation(relation.name, _rename(relation.columns, _column_aliases(node.get("alias", {}))),
-                         relation.fallback)
+        alias = node.get("alias", {})
+        # `public.customers c`: only c names it.
+        return replace(relation, columns=_rename(relation.columns, _column_aliases(alias)),
+                       schema=None if alias else relation.schema)
 
     def _named_relation(self, node: Node, scope: _Scope) -> _Relation:
         schema, name = node.get("schemaname"), node["relname"]
@@ -532,19 +536,20 @@ class _Analyzer:
             self.result.uncertain.append(f"relation {name} cannot be resolved")
             self.result.unresolved = True
             return _Relation(alias, None)
+        in_schema = qualified.split(".")[0]
         view = self.relations.view_definition(qualified)
         if view is not None:
-            return _Relation(alias, self._view(qualified, view))
+            return _Relation(alias, self._view(qualified, view), schema=in_schema)
         columns = self.relations.columns(qualified)
         if columns is None:
             self.result.uncertain.append(f"the columns of {qualified} are unknown")
-            return _Relation(alias, None)
+            return _Relation(alias, None, schema=in_schema)
         if qualified in STATISTICS_RELATIONS:
             # Sampled values of every column, sensitive ones among them.
             everything = self.relations.sensitive()
-            return _Relation(alias, [OutputColumn(column, everything, False) for column in columns])
+            return _Relation(alias, [OutputColumn(column, everything, False) for column in columns], schema=in_schema)
         return _Relation(alias, [OutputColumn(column, frozenset({SourceColumn(qualified, column)}), True)
-                                 for column in columns])
+                                 for column in columns], schema=in_schema)
 
     def _view(self, qualified: str, definition: str) -> list[OutputColumn] | None:
         if self.depth >= _MAX_VIEW_DEPTH:
@@ -730,7 +735,9 @@ class _Analyzer:
             return set().union(*(c.sources for c in columns)), False
         column = fields[-1]
         qualifier = fields[-2] if len(fields) > 1 else None
-        found = self._qualified(qualifier, column, scope) if qualifier is not None else self._unqualified(column, scope)
+        schema = fields[-3] if len(fields) > 2 else None
+        found = self._qualified(schema, qualifier, column, scope) if qualifier is not None \
+            else self._unqualified(column, scope)
         if found is not None:
             self.result.touched |= found[0]
             return found
@@ -745,12 +752,16 @@ class _Analyzer:
         return reach, False
 
 
-    def _qualified(self, qualifier: str, column: str, scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
-        """`t.column`: a column of the nearest relation named t, or a function in attribute notation."""
+    def _qualified(self, schema: str | None, qualifier: str, column: str,
+                   scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
+        """`t.column`: a column of the nearest relation named t, or a function in attribute notation.
+
+        `s.t.column` names only a table or view t of schema s without an alias, never a subquery or
+        CTE called t, which PostgreSQL passes over for an outer query's s.t."""
         current: _Scope | None = scope
         while current is not None:
             for relation in current.relations:
-                if relation.name != qualifier:
+                if relation.name != qualifier or (schema is not None and relation.schema != schema):
                     continue
                 if relation.columns is None:
                     return set(relation.fallback), False

@@ -272,6 +272,10 @@ ROUTES = [
     "AS s(a, b, c, d, e, f, x) ORDER BY s.b LIMIT 150",
     f"SELECT j.x || '', upper(j.f) FROM ({C} NATURAL JOIN (SELECT DISTINCT city FROM {C}) o) AS j(a, b, c, d, e, f, x) "
     "ORDER BY j.b LIMIT 150",
+    # schema.table.column names a table, never an inner subquery called like it
+    f"SELECT (SELECT public.customers.ssn || '' FROM (SELECT 'x'::text AS ssn) AS customers), "
+    f"(SELECT upper(public.customers.phone) FROM (SELECT 'x'::text AS phone) AS customers) FROM public.{C} "
+    "ORDER BY id LIMIT 150",
     # a sampled table is the table
     f"SELECT ssn || '', upper(t.phone) FROM {C} AS t TABLESAMPLE SYSTEM (100) ORDER BY id LIMIT 150",
     # window functions

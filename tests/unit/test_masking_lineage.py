@@ -246,3 +246,14 @@ def test_a_cast_that_may_cut_the_value_is_not_the_columns_value():
     assert outputs("SELECT card_number::varchar(8), phone::character, ssn::name, email::varchar, ssn::text "
                    "FROM customers") == [("card_number", {"card_number"}, False), ("phone", {"phone"}, False),
                                          ("ssn", {"ssn"}, False), ("email", {"email"}, True), ("ssn", {"ssn"}, True)]
+
+
+def test_a_schema_qualified_column_names_a_table_never_a_subquery_called_like_it():
+    """PostgreSQL passes over the inner `customers` (a subquery) for the outer query's public.customers."""
+    sql = "SELECT (SELECT public.customers.ssn || '' FROM (SELECT 'x'::text AS ssn) AS customers) FROM public.customers"
+    assert sources_of(sql) == [{"ssn"}]
+    assert sources_of(sql.replace("public.customers.ssn", "customers.ssn")) == [set()]
+    # An alias hides the table's own name: only c names it.
+    result = lineage("SELECT public.customers.ssn FROM public.customers c", FakeCatalog())
+    assert result.uncertain == ["column public.customers.ssn cannot be resolved"]
+    assert sources_of("SELECT public.customers.email, customers.ssn FROM customers") == [{"email"}, {"ssn"}]
