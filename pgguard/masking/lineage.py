@@ -585,10 +585,20 @@ class _Analyzer:
             out.append(OutputColumn(res.get("name") or _figure_name(value), frozenset(sources), direct))
         return out
 
-    def _expand(self, relation_name: str, scope: _Scope) -> list[OutputColumn] | None:
-        """`*` ("") or `t.*`: the columns of every relation in scope, or of t."""
-        relations = [r for r in scope.relations if not relation_name or r.name == relation_name]
-        columns = _concat(r.columns if relation_name else r.visible for r in relations)
+    def _expand(self, qualifier: list[str], scope: _Scope) -> list[OutputColumn] | None:
+        """`*` (qualifier []) or `t.*` (["t"], or ["schema", "t"]): the columns of every relation in
+        scope, or of the nearest t, an outer query's too (`(SELECT row_to_json(c.*))`)."""
+        relations = scope.relations
+        if qualifier:
+            current: _Scope | None = scope
+            while current is not None and not any(_named(r, qualifier) for r in current.relations):
+                current = current.outer
+            if current is None:
+                self.result.uncertain.append(f"{'.'.join(qualifier)}.* cannot be resolved")
+                self.result.touched |= _within_reach(scope)
+                return None
+            relations = [r for r in current.relations if _named(r, qualifier)]
+        columns = _concat(r.columns if qualifier else r.visible for r in relations)
         if columns is None:
             self.result.uncertain.append("* over a relation whose columns are unknown")
             self.result.touched |= {s for r in relations for s in r.fallback}
@@ -729,15 +739,12 @@ class _Analyzer:
     def _column_ref(self, ref: Node, scope: _Scope) -> tuple[set[SourceColumn], bool]:
         fields = [f["String"]["sval"] if "String" in f else "*" for f in ref["fields"]]
         if fields[-1] == "*":
-            columns = self._expand(fields[-2] if len(fields) > 1 else "", scope)
+            columns = self._expand(fields[:-1], scope)
             if columns is None:
                 return set(), False
             return set().union(*(c.sources for c in columns)), False
-        column = fields[-1]
-        qualifier = fields[-2] if len(fields) > 1 else None
-        schema = fields[-3] if len(fields) > 2 else None
-        found = self._qualified(schema, qualifier, column, scope) if qualifier is not None \
-            else self._unqualified(column, scope)
+        *qualifier, column = fields
+        found = self._qualified(qualifier, column, scope) if qualifier else self._unqualified(column, scope)
         if found is not None:
             self.result.touched |= found[0]
             return found
@@ -752,8 +759,7 @@ class _Analyzer:
         return reach, False
 
 
-    def _qualified(self, schema: str | None, qualifier: str, column: str,
-                   scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
+    def _qualified(self, qualifier: list[str], column: str, scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
         """`t.column`: a column of the nearest relation named t, or a function in attribute notation.
 
         `s.t.column` names only a table or view t of schema s without an alias, never a subquery or
@@ -761,7 +767,7 @@ class _Analyzer:
         current: _Scope | None = scope
         while current is not None:
             for relation in current.relations:
-                if relation.name != qualifier or (schema is not None and relation.schema != schema):
+                if not _named(relation, qualifier):
                     continue
                 if relation.columns is None:
                     return set(relation.fallback), False
@@ -884,13 +890,17 @@ def _bare_name(node: Any) -> str | None:
     return None
 
 
-def _star(value: Node) -> str | None:
-    """For a target `*` or `t.*`: "" or "t"; None for anything else."""
+def _star(value: Node) -> list[str] | None:
+    """For a target `*` or `t.*`: its qualifier, [] or ["t"] (or ["schema", "t"]); None for anything else."""
     ref = value.get("ColumnRef")
     if not ref or "A_Star" not in ref["fields"][-1]:
         return None
-    fields = ref["fields"]
-    return fields[-2]["String"]["sval"] if len(fields) > 1 else ""
+    return [field["String"]["sval"] for field in ref["fields"][:-1]]
+
+
+def _named(relation: _Relation, qualifier: list[str]) -> bool:
+    """Whether `t` or `schema.t` names the relation: `schema.t` only a table or view without an alias."""
+    return relation.name == qualifier[-1] and (len(qualifier) < 2 or relation.schema == qualifier[-2])
 
 
 def _figure_name(value: Node) -> str:

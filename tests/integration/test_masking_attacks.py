@@ -293,6 +293,10 @@ ROUTES = [
     f"SELECT row_to_json(c), to_json(c), to_jsonb(c), (c.*)::text FROM {C} c ORDER BY id LIMIT 150",
     f"SELECT json_agg(c), jsonb_agg(c), array_agg(c) FROM (SELECT * FROM {C} ORDER BY id LIMIT 150) c",
     f"SELECT ROW(email, ssn), ROW(c.*), (c).email, (c).ssn FROM {C} c ORDER BY id LIMIT 150",
+    # t.* of an outer query's relation
+    f"SELECT (SELECT ROW(c.*)::text FROM orders LIMIT 1), (SELECT to_jsonb(c.*) ->> 'ssn') FROM {C} c "
+    "ORDER BY id LIMIT 150",
+    f"SELECT l.r FROM {C} c, LATERAL (SELECT row_to_json(c.*)::text AS r) l ORDER BY c.id LIMIT 150",
     f"SELECT to_jsonb(c) -> 'ssn', to_jsonb(c) ->> 'phone', row_to_json(c)::text, jsonb_build_object('e', email) "
     f"FROM {C} c ORDER BY id LIMIT 150",
     f"SELECT jsonb_path_query_first(to_jsonb(c), '$.email'), jsonb_path_query_array(to_jsonb(c), '$.*') "

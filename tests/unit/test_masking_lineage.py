@@ -257,3 +257,14 @@ def test_a_schema_qualified_column_names_a_table_never_a_subquery_called_like_it
     result = lineage("SELECT public.customers.ssn FROM public.customers c", FakeCatalog())
     assert result.uncertain == ["column public.customers.ssn cannot be resolved"]
     assert sources_of("SELECT public.customers.email, customers.ssn FROM customers") == [{"email"}, {"ssn"}]
+
+
+def test_t_star_names_an_outer_querys_relation_too():
+    """`c.*` inside a subquery is the outer query's row when the subquery has no c."""
+    assert sources_of("SELECT (SELECT row_to_json(c.*)::text FROM orders LIMIT 1) FROM customers c")[0] >= \
+        {"ssn", "phone"}
+    assert sources_of("SELECT l.r FROM customers c, LATERAL (SELECT ROW(c.*)::text AS r) l")[0] >= {"ssn"}
+    assert sources_of("SELECT (SELECT ROW(public.customers.*) FROM (SELECT 1) AS customers) FROM customers")[0] >= \
+        {"ssn"}
+    result = lineage("SELECT nowhere.* FROM customers", FakeCatalog())
+    assert result.columns is None and result.uncertain == ["nowhere.* cannot be resolved"]
