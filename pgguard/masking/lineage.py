@@ -405,7 +405,15 @@ class _Analyzer:
     def _ctes(self, node: Node, outer: _Scope | None) -> dict[str, _Relation]:
         clause = node.get("withClause") or {}
         visible: dict[str, _Relation] = dict(outer.ctes) if outer else {}
-        for item in clause.get("ctes", []):
+        items = clause.get("ctes", [])
+        if clause.get("recursive"):
+            # WITH RECURSIVE: an item sees every other, later ones too; PostgreSQL plans them in
+            # the order they refer to each other.
+            ordered = _by_reference(items)
+            if ordered is None:
+                self.result.uncertain.append("WITH RECURSIVE items refer to each other in a circle")
+            items = ordered or items
+        for item in items:
             cte = item["CommonTableExpr"]
             name = cte["ctename"]
             (kind, query), = cte["ctequery"].items()
@@ -854,6 +862,35 @@ def lineage_of_view(definition: str, relations: Relations, depth: int, calls: _C
 def _merge_functions(into: dict[str, set[SourceColumn]], found: dict[str, set[SourceColumn]]) -> None:
     for name, columns in found.items():
         into.setdefault(name, set()).update(columns)
+
+
+def _by_reference(items: list[Node]) -> list[Node] | None:
+    """WITH items ordered so that each comes after the siblings it names in FROM; None if they
+    name each other in a circle (which PostgreSQL refuses, or a name is shadowed inside)."""
+    names = {item["CommonTableExpr"]["ctename"] for item in items}
+    needs = {item["CommonTableExpr"]["ctename"]:
+             _relation_names(item["CommonTableExpr"]["ctequery"]) & (names - {item["CommonTableExpr"]["ctename"]})
+             for item in items}
+    ordered: list[Node] = []
+    done: set[str] = set()
+    while len(ordered) < len(items):
+        ready = [item for item in items if item["CommonTableExpr"]["ctename"] not in done
+                 and needs[item["CommonTableExpr"]["ctename"]] <= done]
+        if not ready:
+            return None
+        ordered.extend(ready)
+        done |= {item["CommonTableExpr"]["ctename"] for item in ready}
+    return ordered
+
+
+def _relation_names(node: Any) -> set[str]:
+    """Every relation named without a schema anywhere in a parse tree."""
+    if isinstance(node, list):
+        return set().union(*(_relation_names(item) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    found = {node["relname"]} if "relname" in node and "schemaname" not in node else set()
+    return found.union(*(_relation_names(child) for child in node.values() if isinstance(child, (dict, list))))
 
 
 def _find_cte(scope: _Scope | None, name: str) -> _Relation | None:

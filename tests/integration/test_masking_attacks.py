@@ -276,6 +276,9 @@ ROUTES = [
     f"SELECT (SELECT public.customers.ssn || '' FROM (SELECT 'x'::text AS ssn) AS customers), "
     f"(SELECT upper(public.customers.phone) FROM (SELECT 'x'::text AS phone) AS customers) FROM public.{C} "
     "ORDER BY id LIMIT 150",
+    # in WITH RECURSIVE an item sees later ones: `orders` here is the second item, not the table
+    "WITH RECURSIVE b AS (SELECT o.status || '' AS w, upper(o.p) AS u FROM orders o), "
+    f"orders AS (SELECT ssn AS status, phone AS p FROM {C}) SELECT w, u FROM b LIMIT 150",
     # a sampled table is the table
     f"SELECT ssn || '', upper(t.phone) FROM {C} AS t TABLESAMPLE SYSTEM (100) ORDER BY id LIMIT 150",
     # window functions

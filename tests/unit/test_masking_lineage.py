@@ -268,3 +268,14 @@ def test_t_star_names_an_outer_querys_relation_too():
         {"ssn"}
     result = lineage("SELECT nowhere.* FROM customers", FakeCatalog())
     assert result.columns is None and result.uncertain == ["nowhere.* cannot be resolved"]
+
+
+def test_a_with_recursive_item_sees_later_items():
+    """In WITH RECURSIVE, `orders` in the first item is the second item, not the table."""
+    sql = ("WITH RECURSIVE b AS (SELECT status AS w FROM orders), orders AS (SELECT ssn AS status FROM customers) "
+           "SELECT w || '' FROM b")
+    assert sources_of(sql) == [{"ssn"}]
+    # Without RECURSIVE it is the table.
+    assert sources_of(sql.replace("RECURSIVE ", "")) == [{"status"}]
+    result = lineage("WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT * FROM a) SELECT * FROM a", FakeCatalog())
+    assert "WITH RECURSIVE items refer to each other in a circle" in result.uncertain
