@@ -358,7 +358,8 @@ class _Analyzer:
             merged: list[OutputColumn] | None = rows[0] if rows else []
             for row in rows[1:]:
                 merged = _union(merged, row)
-            return merged
+            # PostgreSQL names VALUES' columns column1, column2 …, whatever they hold.
+            return _rename(merged, [f"column{index}" for index in range(1, len(merged or []) + 1)])
         scope = _Scope([], ctes, outer)
         for item in node.get("fromClause", []):
             scope.relations.extend(self._from_item(item, scope))
@@ -941,15 +942,64 @@ def _named(relation: _Relation, qualifier: list[str]) -> bool:
 
 
 def _figure_name(value: Node) -> str:
-    """The column name PostgreSQL gives an unnamed target (FigureColname, roughly)."""
-    if "ColumnRef" in value:
-        last = value["ColumnRef"]["fields"][-1]
-        return last["String"]["sval"] if "String" in last else "?column?"
-    if "FuncCall" in value:
-        return value["FuncCall"]["funcname"][-1]["String"]["sval"]
-    if "TypeCast" in value:
-        return _figure_name(value["TypeCast"].get("arg", {}))
-    return "?column?"
+    """The column name PostgreSQL gives an unnamed target (FigureColname): a subquery's columns are
+    found by these names, so `SELECT q."?column?" FROM (SELECT CASE … END, ssn || '') q` is the second."""
+    return _figured(value)[0] or "?column?"
+
+
+# Expressions named like the function they stand for.
+_NAMED_LIKE_CALLS = {"A_ArrayExpr": "array", "RowExpr": "row", "CoalesceExpr": "coalesce",
+                     "GroupingFunc": "grouping", "XmlSerialize": "xmlserialize"}
+
+
+def _figured(value: Any) -> tuple[str | None, int]:
+    """FigureColnameInternal: a name and how strong it is (2 a column's or function's, 1 a type's or `case`)."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return None, 0
+    (kind, node), = value.items()
+    if kind == "ColumnRef":
+        names = [f["String"]["sval"] for f in node["fields"] if "String" in f]
+        return (names[-1], 2) if names else (None, 0)
+    if kind == "A_Indirection":
+        names = [f["String"]["sval"] for f in node.get("indirection", []) if "String" in f]
+        return (names[-1], 2) if names else _figured(node.get("arg"))
+    if kind == "FuncCall":
+        return node["funcname"][-1]["String"]["sval"], 2
+    if kind == "A_Expr":
+        return ("nullif", 2) if node.get("kind") == "AEXPR_NULLIF" else (None, 0)
+    if kind in ("TypeCast", "CaseExpr"):
+        name, strength = _figured(node.get("arg" if kind == "TypeCast" else "defresult"))
+        if strength > 1:
+            return name, strength
+        return (node["typeName"]["names"][-1]["String"]["sval"] if kind == "TypeCast" else "case"), 1
+    if kind == "CollateClause":
+        return _figured(node.get("arg"))
+    if kind == "SubLink":
+        link = node.get("subLinkType")
+        if link in ("EXISTS_SUBLINK", "ARRAY_SUBLINK"):
+            return link.split("_")[0].lower(), 2
+        if link == "EXPR_SUBLINK":
+            return _first_column_name(node["subselect"]["SelectStmt"]), 2
+        return None, 0
+    if kind in _NAMED_LIKE_CALLS:
+        return _NAMED_LIKE_CALLS[kind], 2
+    if kind == "MinMaxExpr":
+        return ("greatest" if node.get("op") == "IS_GREATEST" else "least"), 2
+    if kind == "SQLValueFunction":  # SVFOP_CURRENT_TIMESTAMP_N: current_timestamp
+        return node["op"].removeprefix("SVFOP_").removesuffix("_N").lower(), 2
+    if kind == "XmlExpr" and node.get("op") != "IS_DOCUMENT":
+        return node["op"].removeprefix("IS_").lower(), 2
+    return None, 0
+
+
+def _first_column_name(select: Node) -> str:
+    """The name of a query's first column: a set operation's leftmost query's, VALUES' column1."""
+    while select.get("op", "SETOP_NONE") != "SETOP_NONE":
+        select = select["larg"]
+    if "valuesLists" in select:
+        return "column1"
+    first = select.get("targetList", [{}])[0].get("ResTarget", {})
+    return first.get("name") or _figure_name(first.get("val", {}))
 
 
 def _within_reach(scope: _Scope) -> frozenset[SourceColumn]:

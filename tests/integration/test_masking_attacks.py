@@ -279,6 +279,11 @@ ROUTES = [
     # in WITH RECURSIVE an item sees later ones: `orders` here is the second item, not the table
     "WITH RECURSIVE b AS (SELECT o.status || '' AS w, upper(o.p) AS u FROM orders o), "
     f"orders AS (SELECT ssn AS status, phone AS p FROM {C}) SELECT w, u FROM b LIMIT 150",
+    # unnamed columns named as PostgreSQL names them: `?column?` is the SSN, the CASE is `case`; VALUES' column2
+    f"SELECT q.\"?column?\" || '', upper(q.coalesce) FROM (SELECT CASE WHEN true THEN 'x' END, ssn || '', "
+    f"COALESCE(phone, '') FROM {C} ORDER BY id) q LIMIT 150",
+    f"SELECT v.column2 || '' FROM (SELECT 'x' AS column2) z, {C} c, LATERAL (VALUES (z.column2, c.ssn)) AS v "
+    "ORDER BY c.id LIMIT 150",
     # a sampled table is the table
     f"SELECT ssn || '', upper(t.phone) FROM {C} AS t TABLESAMPLE SYSTEM (100) ORDER BY id LIMIT 150",
     # window functions

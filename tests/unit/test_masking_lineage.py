@@ -215,7 +215,7 @@ def test_a_bare_name_is_a_column_of_any_query_level_before_it_is_a_row():
     assert sources_of("SELECT (SELECT o FROM customers) FROM orders o")[0] >= {"status"}
     # A function's rows named like the column: its column, or the outer one if it has none of that name.
     assert outputs("SELECT (SELECT phone FROM jsonb_each('{}') AS phone) FROM customers") == \
-        [("?column?", {"phone"}, False)]
+        [("phone", {"phone"}, False)]
     assert sources_of("SELECT x FROM generate_series(1, 3) AS x") == [set()]
 
 
@@ -279,3 +279,18 @@ def test_a_with_recursive_item_sees_later_items():
     assert sources_of(sql.replace("RECURSIVE ", "")) == [{"status"}]
     result = lineage("WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT * FROM a) SELECT * FROM a", FakeCatalog())
     assert "WITH RECURSIVE items refer to each other in a circle" in result.uncertain
+
+
+def test_unnamed_columns_are_named_as_postgresql_names_them():
+    """A subquery's columns are found by name: `?column?` is the SSN here, the CASE is `case`."""
+    sql = "SELECT q.\"?column?\" || '' FROM (SELECT CASE WHEN true THEN 'x' END, ssn || '' FROM customers) q"
+    assert sources_of(sql) == [{"ssn"}]
+    assert [name for name, _, _ in outputs(
+        "SELECT CASE WHEN true THEN 1 END, CASE WHEN true THEN 1 ELSE ssn END, coalesce(1), ARRAY[1], ROW(1), "
+        "greatest(1), nullif(1, 2), 'a'::text, ssn::text, (SELECT city FROM orders), EXISTS (SELECT 1), current_date, "
+        "xmlelement(name a), (ARRAY[ssn])[1], (SELECT 1 UNION SELECT 2), 1 + 1 FROM customers")] == \
+        ["case", "ssn", "coalesce", "array", "row", "greatest", "nullif", "text", "ssn", "city", "exists",
+         "current_date", "xmlelement", "array", "?column?", "?column?"]
+    # VALUES' columns are column1, column2 …: here column2 is the SSN, whatever the first is called.
+    assert sources_of("SELECT v.column2 || '' FROM (SELECT 'x' AS column2) z, customers c, "
+                      "LATERAL (VALUES (z.column2, c.ssn)) AS v") == [{"ssn"}]
