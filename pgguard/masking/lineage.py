@@ -647,7 +647,8 @@ class _Analyzer:
             name = names[-1]
             # PostgreSQL's count, not a user-defined count(text) that returns its argument.
             schema = names[-2] if len(names) > 1 else None
-            counting = name in _COUNTING and schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
+            counting = name in _COUNTING and schema in (None, "pg_catalog") and \
+                self.relations.functions(schema, name) == []
             args: set[SourceColumn] = set()
             for arg in call.get("args", []):
                 found, direct = self._sources(arg, scope)
@@ -766,7 +767,6 @@ class _Analyzer:
         reach = _within_reach(scope)
         self.result.touched |= reach
         return reach, False
-
 
     def _qualified(self, qualifier: list[str], column: str, scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
         """`t.column`: a column of the nearest relation named t, or a function in attribute notation.

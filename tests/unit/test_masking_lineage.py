@@ -226,8 +226,8 @@ def test_a_using_join_merges_its_columns_first_as_postgresql_does():
         ["city", "id", "full_name", "email", "phone", "card_number", "ssn", "created_at", "k"]
     # By position: the seventh column is the SSN, whatever lineage thought before.
     assert sources_of(f"SELECT s.x || '' FROM ({sql}) AS s(a, b, c, d, e, f, x)") == [{"ssn"}]
-    assert sources_of("SELECT j.x FROM (customers NATURAL JOIN (SELECT city FROM orders) o) AS j(a, b, c, d, e, f, x)") \
-        == [{"ssn"}]
+    natural = "SELECT j.x FROM (customers NATURAL JOIN (SELECT city FROM orders) o) AS j(a, b, c, d, e, f, x)"
+    assert sources_of(natural) == [{"ssn"}]
     # RIGHT JOIN: the merged column is the right side's; FULL JOIN: either side's.
     right = "SELECT ssn || '' FROM (SELECT 'a'::text AS ssn) a {} JOIN customers USING (ssn)"
     assert sources_of(right.format("RIGHT")) == [{"ssn"}]
