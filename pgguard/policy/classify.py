@@ -621,4 +621,8 @@ class _Walker:
     def _attributes(self, fields: list[Node]) -> None:
         for item in fields:
             if "String" in item:
-                self.out.attributes.add(item["String"]["sval"])
+                name = item["String"]["sval"]
+                if name in SEQUENCE_WRITERS:
+                    # `(x).nextval` is nextval(x): a write to a sequence the text does not name.
+                    raise Unsupported(f"{name} in attribute notation, of a sequence pgguard cannot tell")
+                self.out.attributes.add(name)

@@ -449,9 +449,14 @@ class SessionGuard:
             problem = self._operator_problem(operator)
             if problem:
                 return self._refuse(st, problem, "functions", None)
+        functions = self.catalog.functions
         for attribute in sorted(st.attributes):
-            # Only a user-defined function can be called this way: one taking a row.
-            for qualified in self.user_defined(Name(None, attribute), self.catalog.functions) or ():
+            # `(x).f` is f(x), PostgreSQL's own functions too; `o.f` may be a column instead.
+            if (attribute in functions or not functions) and \
+                    any(scope.function_denied(attribute) for scope in self.scopes):
+                return self._refuse(st, f"function {attribute}() is denied (.{attribute} may call it in attribute"
+                                    " notation)", "functions", None)
+            for qualified in self.user_defined(Name(None, attribute), functions) or ():
                 if not any(scope.function_allowed(qualified) for scope in self.scopes):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
                                         " may call it in attribute notation)", "functions", None)

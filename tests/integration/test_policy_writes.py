@@ -210,6 +210,14 @@ OWNER_CODE = [
     "SELECT policy_boom(9)",
     "COPY (SELECT policy_wipe_sql()) TO STDOUT",
 ]
+# Attribute notation calls PostgreSQL's own functions too: `(x).f` is f(x).
+ATTRIBUTE_NOTATION = [
+    "SELECT (1::bigint).pg_advisory_lock",
+    "SELECT (o.id::bigint).pg_advisory_xact_lock FROM orders o WHERE o.id = 1",
+    "SELECT ('orders_id_seq'::regclass).nextval",
+    "SELECT (12345::oid).lo_unlink",
+    "SELECT ('.'::text).pg_ls_dir",
+]
 SERVER_ACCESS = [
     "SELECT pg_read_file('postgresql.conf')",
     "SELECT pg_catalog.pg_read_file('postgresql.conf')",
@@ -257,7 +265,7 @@ SPELLINGS = [
     "(SELECT 1 FROM orders FOR UPDATE)",
 ]
 WRITES = DML + HIDDEN_IN_QUERIES + LOCKS + SEQUENCES + MAINTENANCE_AND_DDL + ROLES_AND_SYSTEM + \
-    SESSION_SETTINGS + OWNER_CODE + SERVER_ACCESS + SPELLINGS
+    SESSION_SETTINGS + OWNER_CODE + ATTRIBUTE_NOTATION + SERVER_ACCESS + SPELLINGS
 
 # Only the simple protocol takes several statements in one string.
 MULTI_STATEMENT = [

@@ -257,6 +257,13 @@ def test_field_selection_may_be_a_function_call_and_is_recorded() -> None:
     assert one("SELECT o.* FROM orders o").attributes == set()
 
 
+@pytest.mark.parametrize("sql", ["SELECT ('orders_id_seq'::regclass).nextval", "SELECT (s).setval FROM t s"])
+def test_a_sequence_function_in_attribute_notation_is_unsupported(sql: str) -> None:
+    """`(x).nextval` is nextval(x), of a sequence the text does not name."""
+    with pytest.raises(Unsupported, match="attribute notation"):
+        parse(sql)
+
+
 def test_explicit_casts_are_recorded() -> None:
     assert one("SELECT 1::boom, CAST(2 AS public.dom), boom '3'").casts == {n("boom"), n("public.dom")}
 
@@ -548,6 +555,8 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT o.wipe_row FROM orders o", "SELECT",
      "user-defined function public.wipe_row() is not listed as safe (.wipe_row may call it in attribute notation)",
      "functions"),
+    ("SELECT (1::bigint).pg_advisory_lock", "SELECT",
+     "function pg_advisory_lock() is denied (.pg_advisory_lock may call it in attribute notation)", "functions"),
     ("SELECT 1::boom", "SELECT",
      "a cast to boom runs user-defined function public.to_boom(), which is not listed as safe", "functions"),
     ("SELECT CAST(1 AS public.dom)", "SELECT",
