@@ -59,6 +59,8 @@ _CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt's option bit for WITH HOLD
 # Functions that change state although they are called from a SELECT.
 SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
 NOTIFIERS = frozenset({"pg_notify"})
+# Functions that read a sequence's state: a read of the sequence they name.
+SEQUENCE_READERS = frozenset({"pg_sequence_last_value"})
 
 
 class Unsupported(Exception):
@@ -275,6 +277,18 @@ def _option_on(arg: Node | None) -> bool:
     if kind == "String":
         return value.get("sval", "").lower() not in ("false", "off")
     return True
+
+
+def _sequence(function: str, call: Node) -> Name:
+    """The sequence a sequence function's first argument names, as regclass reads it; a plain constant only."""
+    args = call.get("args", [])
+    sequence = _constant(args[0]) if args else None
+    if sequence is None:
+        raise Unsupported(f"{function}() of a sequence that is not a constant")
+    parts = split_identifiers(sequence, ".")
+    if not parts or len(parts) > 3:
+        raise Unsupported(f"{function}() of a sequence name pgguard cannot read: {sequence!r}")
+    return Name(parts[-2] if len(parts) > 1 else None, parts[-1])
 
 
 class _Walker:
@@ -583,14 +597,9 @@ class _Walker:
         if name.schema in (None, "pg_catalog"):
             if name.name in SEQUENCE_WRITERS:
                 self.out.classes.add(WRITE)
-                args = node.get("args", [])
-                sequence = _constant(args[0]) if args else None
-                if sequence is None:
-                    raise Unsupported(f"{name.name}() of a sequence that is not a constant")
-                parts = split_identifiers(sequence, ".")  # read as regclass reads it
-                if not parts or len(parts) > 3:
-                    raise Unsupported(f"{name.name}() of a sequence name pgguard cannot read: {sequence!r}")
-                self.out.write(Name(parts[-2] if len(parts) > 1 else None, parts[-1]), "sequence")
+                self.out.write(_sequence(name.name, node), "sequence")
+            elif name.name in SEQUENCE_READERS:
+                self.out.reads.add(_sequence(name.name, node))
             elif name.name in NOTIFIERS:
                 self.out.classes.add(WRITE)
             elif name.name == "set_config":
@@ -622,7 +631,7 @@ class _Walker:
         for item in fields:
             if "String" in item:
                 name = item["String"]["sval"]
-                if name in SEQUENCE_WRITERS:
-                    # `(x).nextval` is nextval(x): a write to a sequence the text does not name.
+                if name in SEQUENCE_WRITERS or name in SEQUENCE_READERS:
+                    # `(x).nextval` is nextval(x): a sequence the text does not name.
                     raise Unsupported(f"{name} in attribute notation, of a sequence pgguard cannot tell")
                 self.out.attributes.add(name)

@@ -28,7 +28,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
-from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.scope import GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
@@ -517,7 +517,7 @@ class SessionGuard:
                         break
                     continue
                 candidates.append(qualify(schema, name.name))
-        if system in STATISTICS_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
+        if system in GUARDED_SYSTEM_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
             candidates.append(system)  # no catalog to rule it out
         return list(dict.fromkeys(candidates))
 

@@ -20,13 +20,16 @@ from pgguard.policy.classify import CLASSES, READ, SESSION, TRANSACTION, WRITE
 DEFAULT_STATEMENTS = (READ, WRITE, SESSION, TRANSACTION)
 
 # System catalogs are readable by every role, as they are in PostgreSQL, so
-# that psql's \d and ORM reflection work; except these, which hold sampled
-# column values.
+# that psql's \d and ORM reflection work; except those that hold values
+# (GUARDED_SYSTEM_RELATIONS).
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STATISTICS_RELATIONS = (
     "pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data", "pg_catalog.pg_stats",
     "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
 )
+# System relations that hold what is in other relations, which a role reads only where a pattern
+# lets it: sampled column values, and the last value of every sequence the login may read.
+GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + ("pg_catalog.pg_sequences",)
 
 # Built-in functions that run SQL handed to them as text, or read relations or
 # cursors named by a value, out of the gateway's sight (and, inside a function
@@ -80,7 +83,7 @@ class Scope:
         if matches(self.read, qualified):
             return True
         schema = qualified.split(".", 1)[0]
-        return schema in SYSTEM_SCHEMAS and qualified not in STATISTICS_RELATIONS
+        return schema in SYSTEM_SCHEMAS and qualified not in GUARDED_SYSTEM_RELATIONS
 
     def may_write(self, qualified: str) -> bool:
         return matches(self.write, qualified)

@@ -61,11 +61,14 @@ CREATE DOMAIN public.policy_dom AS int CHECK (public.policy_chk(VALUE));
 CREATE MATERIALIZED VIEW public.policy_mv AS SELECT status, count(*) AS n FROM public.orders GROUP BY status;
 CREATE SCHEMA policy_hidden;
 CREATE TABLE policy_hidden.orders (id int PRIMARY KEY);
+CREATE SEQUENCE policy_hidden.policy_secret_seq START 4242;
+SELECT nextval('policy_hidden.policy_secret_seq');
 CREATE SCHEMA "PolicyHidden";
 CREATE TABLE "PolicyHidden".orders (id int PRIMARY KEY);
 GRANT SELECT ON public.{VICTIM}, public.policy_mv TO pgguard_reader;
 GRANT USAGE ON SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA policy_hidden TO pgguard_reader;
 """
 
 DROP_OWNER_OBJECTS = f"""
@@ -527,6 +530,21 @@ def test_search_path_to_a_schema_the_analyst_may_not_read(gw: RunningGateway, se
             assert f"{schema}.orders" in message
         # Qualified names still work.
         assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (6000,)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT pg_sequence_last_value('policy_hidden.policy_secret_seq')",
+    "SELECT pg_catalog.pg_sequence_last_value('\"policy_hidden\".policy_secret_seq'::regclass)",
+    "SELECT last_value FROM pg_sequences WHERE schemaname = 'policy_hidden'",
+    "SELECT * FROM pg_catalog.pg_sequences",
+])
+def test_a_sequence_out_of_scope_is_not_read_through_a_function_or_a_view(simple: psycopg.Connection[Any],
+                                                                           extended: psycopg.Connection[Any],
+                                                                           sql: str) -> None:
+    """`SELECT * FROM policy_hidden.policy_secret_seq` is refused; its last value by other ways too."""
+    assert_refused(simple, "SELECT last_value FROM policy_hidden.policy_secret_seq")
+    for conn in (simple, extended):
+        assert_refused(conn, sql)
 
 
 def test_search_path_set_by_an_executed_prepared_statement(gw: RunningGateway) -> None:

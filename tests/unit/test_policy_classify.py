@@ -257,7 +257,8 @@ def test_field_selection_may_be_a_function_call_and_is_recorded() -> None:
     assert one("SELECT o.* FROM orders o").attributes == set()
 
 
-@pytest.mark.parametrize("sql", ["SELECT ('orders_id_seq'::regclass).nextval", "SELECT (s).setval FROM t s"])
+@pytest.mark.parametrize("sql", ["SELECT ('orders_id_seq'::regclass).nextval", "SELECT (s).setval FROM t s",
+                                 "SELECT ('hidden.s'::regclass).pg_sequence_last_value"])
 def test_a_sequence_function_in_attribute_notation_is_unsupported(sql: str) -> None:
     """`(x).nextval` is nextval(x), of a sequence the text does not name."""
     with pytest.raises(Unsupported, match="attribute notation"):
@@ -348,6 +349,14 @@ def test_a_search_path_pgguard_cannot_read_is_unsupported() -> None:
 ])
 def test_split_identifiers(text: str, names: list[str] | None) -> None:
     assert split_identifiers(text) == names
+
+
+def test_a_sequence_s_last_value_is_a_read_of_it() -> None:
+    assert one("SELECT pg_sequence_last_value('hidden.s')").reads == {n("hidden.s")}
+    assert one("SELECT pg_catalog.pg_sequence_last_value('\"S\"')").reads == {Name(None, "S")}
+    for sql in ("SELECT pg_sequence_last_value(oid) FROM pg_class", "SELECT pg_sequence_last_value('s'::regclass)"):
+        with pytest.raises(Unsupported, match="not a constant"):
+            parse(sql)
 
 
 def test_sequence_names_are_read_as_regclass_reads_them() -> None:
@@ -524,6 +533,7 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (sequence) public.orders_id_seq",
      "write"),
     ("SELECT * FROM hidden.orders", "SELECT", "role analysts may not read hidden.orders", "read"),
+    ("SELECT last_value FROM pg_sequences", "SELECT", "role analysts may not read pg_catalog.pg_sequences", "read"),
     ("VACUUM orders", "VACUUM", "role analysts may not run maintenance statements", "statements"),
     ("DO $$ BEGIN NULL; END $$", "DO", "role analysts may not run procedural statements", "statements"),
     ("GRANT SELECT ON orders TO PUBLIC", "GRANT", "role analysts may not run dcl statements", "statements"),
