@@ -484,7 +484,10 @@ class _Walker:
             self._transaction_options(node.get("args", []))
             return
         if kind in ("VAR_RESET", "VAR_RESET_ALL"):
-            self.out.settings.append(((name or "all").lower(), None))
+            name = (name or "all").lower()
+            self.out.settings.append((name, None))
+            # transaction_read_only goes back to off, not to default_transaction_read_only.
+            self.out.read_write |= name == "transaction_read_only"
             return
         values = []
         for arg in node.get("args", []):
@@ -507,6 +510,8 @@ class _Walker:
         if name in READ_ONLY_SETTINGS and values and not pg_true(values[0]):
             # Anything PostgreSQL would not read as true is taken as off.
             self.out.read_write = True
+        elif name == "transaction_read_only" and not values:
+            self.out.read_write = True  # its DEFAULT is off, whatever default_transaction_read_only says
 
     def _ddl_targets(self, kind: str, node: Node) -> None:
         """Relations a DDL statement changes, where the tree names them."""

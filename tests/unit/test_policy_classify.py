@@ -290,6 +290,11 @@ def test_explicit_casts_are_recorded() -> None:
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     "SELECT set_config('transaction_read_only', 'f', true)",
     "SELECT set_config('default_transaction_read_only', NULL, false)",
+    # transaction_read_only's default is off, whatever default_transaction_read_only says.
+    "SET transaction_read_only = DEFAULT",
+    "SET LOCAL transaction_read_only TO DEFAULT",
+    "RESET transaction_read_only",
+    'RESET "TRANSACTION_READ_ONLY"',
 ])
 def test_asking_for_read_write(sql: str) -> None:
     assert one(sql).read_write
