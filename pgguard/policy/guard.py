@@ -75,6 +75,13 @@ class Policy:
         return any(self.scopes[name].unrestricted for name in roles)
 
     def classify(self, sql: str) -> list[Statement]:
+        try:
+            return self._classify(sql)
+        except RecursionError:
+            # A tree nested deeper than Python reads (PostgreSQL's own limit is deeper): refused, not a crash.
+            raise Unsupported("the statement nests too deeply for pgguard to analyse") from None
+
+    def _classify(self, sql: str) -> list[Statement]:
         cached = self._parsed.get(sql)
         if cached is not None:
             self._parsed.move_to_end(sql)

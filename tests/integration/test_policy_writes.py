@@ -770,6 +770,15 @@ def test_a_statement_in_an_encoding_the_session_does_not_use_is_refused(gw: Runn
         assert conn.query("SELECT 1")[1] == backend.ReadyForQuery("I")
 
 
+@pytest.mark.parametrize("sql", ["SELECT 1" + " + 1" * 3000,
+                                 "SELECT * FROM " + "(SELECT * FROM " * 400 + "orders" + ") s" * 400])
+def test_a_statement_nested_too_deeply_to_analyse_is_refused(simple: psycopg.Connection[Any],
+                                                             extended: psycopg.Connection[Any], sql: str) -> None:
+    """Refused with 42501 (fail closed), and the session goes on: no crash."""
+    for conn in (simple, extended):
+        assert "nests too deeply" in assert_refused(conn, sql)
+
+
 # --- the text the server reads must be the text pgguard read --------------------------------------------------
 
 _HIDE = "set_config($$default_transaction_read_only$$, $$off$$, false)"

@@ -591,6 +591,15 @@ def test_a_statement_that_does_not_parse_is_refused_with_a_clear_message(make_gu
     assert decision.hint == "pgguard cannot analyse it, so it is not forwarded"
 
 
+@pytest.mark.parametrize("sql", ["SELECT 1" + " + 1" * 3000,
+                                 "SELECT * FROM " + "(SELECT * FROM " * 400 + "orders" + ") s" * 400])
+def test_a_statement_nested_too_deeply_to_analyse_is_refused(make_guard: GuardFactory, sql: str) -> None:
+    guard = make_guard()
+    for _ in range(2):  # and again, from whatever the first attempt left cached
+        assert refusal(guard, sql).reason == "the statement nests too deeply for pgguard to analyse"
+    assert allowed(guard, "SELECT 1 + 1 + 1")
+
+
 def test_multi_statement_decisions_stop_at_the_first_refusal(make_guard: GuardFactory) -> None:
     sql = "SELECT 1; DELETE FROM orders; SELECT 2"
     decisions = make_guard().check_query(sql)
