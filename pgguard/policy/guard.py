@@ -438,8 +438,9 @@ class SessionGuard:
                     kind = "/".join(sorted(kinds))
                     return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}",
                                         "write", None)
-        if (WRITE in st.classes and not st.writes or st.read_write) and \
-                not any(scope.writes_anything for scope in self.scopes):
+        # A write that names no relation, or only the session's own temporary ones (pg_temp.t, checked
+        # against no pattern), is still a write.
+        if (WRITE in st.classes or st.read_write) and not any(scope.writes_anything for scope in self.scopes):
             return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
         for name, values in st.settings:
             if name in IDENTITY_SETTINGS:

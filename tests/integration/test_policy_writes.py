@@ -269,6 +269,13 @@ SPELLINGS = [
     "DELETE FROM demo.public.orders WHERE id = 1",
     "dElEtE fRoM orders WHERE id = 1",
     "(SELECT 1 FROM orders FOR UPDATE)",
+    # pg_temp is the session's own temporary schema: still a write, for a role that may write nothing.
+    "DELETE FROM pg_temp.orders",
+    "INSERT INTO pg_temp.tickets DEFAULT VALUES",
+    "TRUNCATE pg_temp.orders",
+    "LOCK TABLE pg_temp.orders",
+    "SELECT * FROM pg_temp.orders FOR UPDATE",
+    "SELECT nextval('pg_temp.orders_id_seq')",
 ]
 WRITES = DML + HIDDEN_IN_QUERIES + LOCKS + SEQUENCES + MAINTENANCE_AND_DDL + ROLES_AND_SYSTEM + \
     SESSION_SETTINGS + OWNER_CODE + ATTRIBUTE_NOTATION + SERVER_ACCESS + SPELLINGS

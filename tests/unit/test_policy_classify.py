@@ -538,6 +538,7 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (sequence) public.orders_id_seq",
      "write"),
     ("SELECT * FROM hidden.orders", "SELECT", "role analysts may not read hidden.orders", "read"),
+    ("DELETE FROM pg_temp.orders", "DELETE", "role analysts may not write anything", "write"),
     ("SELECT last_value FROM pg_sequences", "SELECT", "role analysts may not read pg_catalog.pg_sequences", "read"),
     ("VACUUM orders", "VACUUM", "role analysts may not run maintenance statements", "statements"),
     ("DO $$ BEGIN NULL; END $$", "DO", "role analysts may not run procedural statements", "statements"),
