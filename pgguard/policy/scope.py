@@ -27,9 +27,10 @@ STATISTICS_RELATIONS = (
     "pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data", "pg_catalog.pg_stats",
     "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
 )
-# System relations that hold what is in other relations, which a role reads only where a pattern
-# lets it: sampled column values, and the last value of every sequence the login may read.
-GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + ("pg_catalog.pg_sequences",)
+# System relations that hold data rather than describe it, which a role reads only where a pattern
+# lets it: sampled column values, the last value of every sequence the login may read, and the
+# contents of large objects (whose functions are denied).
+GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + ("pg_catalog.pg_sequences", "pg_catalog.pg_largeobject")
 
 # Built-in functions that run SQL handed to them as text, or read relations or
 # cursors named by a value, out of the gateway's sight (and, inside a function

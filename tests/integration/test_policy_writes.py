@@ -69,9 +69,11 @@ GRANT SELECT ON public.{VICTIM}, public.policy_mv TO pgguard_reader;
 GRANT USAGE ON SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
 GRANT SELECT ON ALL SEQUENCES IN SCHEMA policy_hidden TO pgguard_reader;
+GRANT SELECT ON pg_catalog.pg_largeobject TO pgguard_reader;
 """
 
 DROP_OWNER_OBJECTS = f"""
+REVOKE SELECT ON pg_catalog.pg_largeobject FROM pgguard_reader;
 DROP SCHEMA IF EXISTS policy_hidden CASCADE;
 DROP SCHEMA IF EXISTS "PolicyHidden" CASCADE;
 DROP MATERIALIZED VIEW IF EXISTS public.policy_mv;
@@ -555,6 +557,13 @@ def test_a_sequence_out_of_scope_is_not_read_through_a_function_or_a_view(simple
     assert_refused(simple, "SELECT last_value FROM policy_hidden.policy_secret_seq")
     for conn in (simple, extended):
         assert_refused(conn, sql)
+
+
+@pytest.mark.parametrize("sql", ["SELECT data FROM pg_largeobject", "SELECT * FROM pg_catalog.pg_largeobject"])
+def test_large_object_contents_are_not_read_through_the_catalog(simple: psycopg.Connection[Any], sql: str) -> None:
+    """lo_get() and its kin are denied; the catalog that holds what they read is refused too."""
+    assert "may not read pg_catalog.pg_largeobject" in assert_refused(simple, sql)
+    assert simple.execute("SELECT count(*) >= 0 FROM pg_largeobject_metadata").fetchone() == (True,)
 
 
 def test_search_path_set_by_an_executed_prepared_statement(gw: RunningGateway) -> None:
