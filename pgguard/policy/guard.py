@@ -429,14 +429,14 @@ class SessionGuard:
                 return self._refuse(st, f"role {self.roles_label} may not run {what}", "statements",
                                     f"allowed classes: {', '.join(sorted(self._classes()))}")
         for relation in sorted(st.reads, key=str):
-            for qualified in self.resolve(relation):
+            for qualified, through in self._reached(relation):
                 if not any(scope.may_read(qualified) for scope in self.scopes):
-                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}", "read", None)
+                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", None)
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
-            for qualified in self.resolve(relation):
+            for qualified, through in self._reached(relation):
                 if not any(scope.may_write(qualified) for scope in self.scopes):
                     kind = "/".join(sorted(kinds))
-                    return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}",
+                    return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}{through}",
                                         "write", None)
         # A write that names no relation, or only the session's own temporary ones (pg_temp.t, checked
         # against no pattern), is still a write.
@@ -528,6 +528,17 @@ class SessionGuard:
         if system in GUARDED_SYSTEM_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
             candidates.append(system)  # no catalog to rule it out
         return list(dict.fromkeys(candidates))
+
+    def _reached(self, name: Name) -> list[tuple[str, str]]:
+        """Every relation `name` might be, and every table those reach through inheritance or partitioning
+        (even where the statement says ONLY), each with how it is reached, for a refusal to say."""
+        descendants = self.catalog.descendants
+        reached = []
+        for qualified in self.resolve(name):
+            reached.append((qualified, ""))
+            reached.extend((child, f" (reached through {qualified})")
+                           for child in sorted(descendants.get(qualified, ())))
+        return reached
 
     def _path_set(self) -> set[str]:
         self._path_schemas()

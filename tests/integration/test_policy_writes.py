@@ -70,11 +70,16 @@ GRANT USAGE ON SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
 GRANT SELECT ON ALL SEQUENCES IN SCHEMA policy_hidden TO pgguard_reader;
 GRANT SELECT ON pg_catalog.pg_largeobject TO pgguard_reader;
+CREATE TABLE public.policy_parent (id int, note text);
+CREATE TABLE policy_hidden.policy_child () INHERITS (public.policy_parent);
+INSERT INTO policy_hidden.policy_child VALUES (1, 'out of scope');
+GRANT SELECT ON public.policy_parent, policy_hidden.policy_child TO pgguard_reader;
 """
 
 DROP_OWNER_OBJECTS = f"""
 REVOKE SELECT ON pg_catalog.pg_largeobject FROM pgguard_reader;
 DROP SCHEMA IF EXISTS policy_hidden CASCADE;
+DROP TABLE IF EXISTS public.policy_parent;
 DROP SCHEMA IF EXISTS "PolicyHidden" CASCADE;
 DROP MATERIALIZED VIEW IF EXISTS public.policy_mv;
 DROP DOMAIN IF EXISTS public.policy_dom;
@@ -564,6 +569,17 @@ def test_large_object_contents_are_not_read_through_the_catalog(simple: psycopg.
     """lo_get() and its kin are denied; the catalog that holds what they read is refused too."""
     assert "may not read pg_catalog.pg_largeobject" in assert_refused(simple, sql)
     assert simple.execute("SELECT count(*) >= 0 FROM pg_largeobject_metadata").fetchone() == (True,)
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM policy_parent", "SELECT note FROM public.policy_parent WHERE id = 1",
+                                 "SELECT * FROM ONLY policy_parent"])
+def test_a_table_out_of_scope_is_not_read_through_its_parent(simple: psycopg.Connection[Any],
+                                                             extended: psycopg.Connection[Any], sql: str) -> None:
+    """Rows of policy_hidden.policy_child come back from a read of public.policy_parent; ONLY would not
+    return them, but pgguard does not tell (fail closed)."""
+    for conn in (simple, extended):
+        assert "may not read policy_hidden.policy_child (reached through public.policy_parent)" in \
+            assert_refused(conn, sql)
 
 
 def test_search_path_set_by_an_executed_prepared_statement(gw: RunningGateway) -> None:

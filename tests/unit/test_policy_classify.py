@@ -8,6 +8,7 @@ built-in and user-defined names, so every resolution below is deliberate.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -599,6 +600,27 @@ def test_a_statement_nested_too_deeply_to_analyse_is_refused(make_guard: GuardFa
     for _ in range(2):  # and again, from whatever the first attempt left cached
         assert refusal(guard, sql).reason == "the statement nests too deeply for pgguard to analyse"
     assert allowed(guard, "SELECT 1 + 1 + 1")
+
+
+def test_a_table_reached_through_inheritance_or_partitioning_is_checked_too(make_guard: GuardFactory) -> None:
+    catalog = replace(CATALOG, descendants={"public.events": frozenset({"public.events_1", "hidden.events_2"})})
+    guard = make_guard(catalog=catalog)
+    for sql in ("SELECT * FROM events", "SELECT * FROM ONLY public.events"):
+        assert refusal(guard, sql).reason == "role analysts may not read hidden.events_2 (reached through public.events)"
+    assert allowed(guard, "SELECT * FROM events_1")
+    writer = make_guard("engineering", catalog=catalog)
+    assert refusal(writer, "INSERT INTO events DEFAULT VALUES").reason == \
+        "role engineering may not write (insert) hidden.events_2 (reached through public.events)"
+    inside = replace(CATALOG, descendants={"public.events": frozenset({"public.events_1"})})
+    assert allowed(make_guard(catalog=inside), "SELECT * FROM events")
+    assert allowed(make_guard("engineering", catalog=inside), "INSERT INTO events DEFAULT VALUES")
+
+
+def test_catalog_descendants_are_transitive() -> None:
+    rows = [["public", "a", "public", "b"], ["public", "b", "hidden", "c"], ["x.y", "d", "public", "a"]]
+    descendants = CATALOG.with_inheritance(rows).descendants
+    assert descendants == {"public.a": {"public.b", "hidden.c"}, "public.b": {"hidden.c"},
+                           '"x.y".d': {"public.a", "public.b", "hidden.c"}}
 
 
 def test_multi_statement_decisions_stop_at_the_first_refusal(make_guard: GuardFactory) -> None:
