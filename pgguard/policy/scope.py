@@ -45,10 +45,11 @@ RUNS_SQL_TEXT = (
 # configuration, advisory locks, replication and WAL control, and SQL run
 # from a string. (set_config is judged as the SET it makes.)
 DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
-    "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
+    # (and their `_old` twins, which PostgreSQL keeps callable for adminpack 1.0)
+    "pg_read_file*", "pg_read_binary_file*", "pg_ls_*", "pg_stat_file", "pg_logdir_ls",
     "pg_file_*", "lo_*", "loread", "lowrite",
     "pg_cancel_backend", "pg_terminate_backend", "pg_signal_backend",
-    "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
+    "pg_reload_conf", "pg_rotate_logfile*", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
     "pg_switch_wal", "pg_create_restore_point", "pg_backup_*", "pg_start_backup", "pg_stop_backup",
     "pg_promote", "pg_wal_replay_*", "pg_logical_*", "pg_replication_*", "pg_create_*_replication_slot",
     "pg_drop_replication_slot", "pg_copy_*_replication_slot", "pg_stat_reset*",

@@ -236,6 +236,8 @@ SERVER_ACCESS = [
     "SELECT pg_catalog.pg_read_file('postgresql.conf')",
     'SELECT "pg_read_file"(\'postgresql.conf\')',
     "SELECT pg_read_binary_file('postgresql.conf')",
+    "SELECT pg_read_file_old('postgresql.conf', 0, 100)",
+    "SELECT pg_rotate_logfile_old()",
     "SELECT pg_ls_dir('.')",
     "SELECT pg_stat_file('postgresql.conf')",
     "SELECT lo_import('/etc/passwd')",
