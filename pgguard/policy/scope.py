@@ -55,6 +55,8 @@ DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
     "pg_drop_replication_slot", "pg_copy_*_replication_slot", "pg_stat_reset*",
     "pg_log_backend_memory_contexts", "pg_import_system_collations", "binary_upgrade_*",
     "pg_nextoid", "pg_current_logfile",
+    # What only initdb and CREATE EXTENSION scripts call: it changes the system catalogs.
+    "pg_stop_making_pinned_objects", "pg_extension_config_dump",
     # Index maintenance callable from a SELECT.
     "brin_summarize_*", "brin_desummarize_range", "gin_clean_pending_list",
 )

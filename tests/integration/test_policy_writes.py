@@ -238,6 +238,8 @@ SERVER_ACCESS = [
     "SELECT pg_read_binary_file('postgresql.conf')",
     "SELECT pg_read_file_old('postgresql.conf', 0, 100)",
     "SELECT pg_rotate_logfile_old()",
+    "SELECT pg_stop_making_pinned_objects()",
+    "SELECT pg_extension_config_dump('orders', '')",
     "SELECT pg_ls_dir('.')",
     "SELECT pg_stat_file('postgresql.conf')",
     "SELECT lo_import('/etc/passwd')",
