@@ -28,9 +28,12 @@ STATISTICS_RELATIONS = (
     "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
 )
 # System relations that hold data rather than describe it, which a role reads only where a pattern
-# lets it: sampled column values, the last value of every sequence the login may read, and the
-# contents of large objects (whose functions are denied).
-GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + ("pg_catalog.pg_sequences", "pg_catalog.pg_largeobject")
+# lets it: sampled column values, the last value of every sequence the login may read, the
+# contents of large objects, and the server's configuration files (whose functions are denied).
+GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + (
+    "pg_catalog.pg_sequences", "pg_catalog.pg_largeobject",
+    "pg_catalog.pg_file_settings", "pg_catalog.pg_hba_file_rules", "pg_catalog.pg_ident_file_mappings",
+)
 
 # Built-in functions that run SQL handed to them as text, or read relations or
 # cursors named by a value, out of the gateway's sight (and, inside a function
@@ -47,6 +50,7 @@ RUNS_SQL_TEXT = (
 DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
     # (and their `_old` twins, which PostgreSQL keeps callable for adminpack 1.0)
     "pg_read_file*", "pg_read_binary_file*", "pg_ls_*", "pg_stat_file", "pg_logdir_ls",
+    "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
     "pg_file_*", "lo_*", "loread", "lowrite",
     "pg_cancel_backend", "pg_terminate_backend", "pg_signal_backend",
     "pg_reload_conf", "pg_rotate_logfile*", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
