@@ -27,12 +27,14 @@ STATISTICS_RELATIONS = (
     "pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data", "pg_catalog.pg_stats",
     "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
 )
-# System relations that hold data rather than describe it, which a role reads only where a pattern
-# lets it: sampled column values, the last value of every sequence the login may read, the
-# contents of large objects, and the server's configuration files (whose functions are denied).
+# System relations that hold data or secrets rather than describe objects, which a role reads only
+# where a pattern lets it: sampled column values, the last value of every sequence the login may
+# read, the contents of large objects, the server's configuration files (whose functions are
+# denied), and password hashes and connection strings with their passwords.
 GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + (
     "pg_catalog.pg_sequences", "pg_catalog.pg_largeobject",
     "pg_catalog.pg_file_settings", "pg_catalog.pg_hba_file_rules", "pg_catalog.pg_ident_file_mappings",
+    "pg_catalog.pg_authid", "pg_catalog.pg_shadow", "pg_catalog.pg_user_mapping", "pg_catalog.pg_subscription",
 )
 
 # Built-in functions that run SQL handed to them as text, or read relations or
