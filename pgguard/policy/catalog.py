@@ -93,6 +93,25 @@ class Catalog:
     # operators' functions by the operator's schema.name.
     routines: dict[str, tuple[Routine, ...]] = field(default_factory=dict)
     operator_routines: dict[str, tuple[Routine, ...]] = field(default_factory=dict)
+    # Every table a read or write of a table reaches through inheritance or partitioning
+    # ("schema.name" -> its children, their children, …), which may be in other schemas.
+    descendants: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def with_inheritance(self, rows: list[list[str | None]]) -> Catalog:
+        children: dict[str, set[str]] = defaultdict(set)
+        for parent_schema, parent, child_schema, child in rows:
+            children[qualify(parent_schema or "", parent or "")].add(qualify(child_schema or "", child or ""))
+        descendants: dict[str, frozenset[str]] = {}
+        for parent in children:
+            found: set[str] = set()
+            pending = list(children[parent])
+            while pending:
+                child = pending.pop()
+                if child not in found:
+                    found.add(child)
+                    pending.extend(children.get(child, ()))
+            descendants[parent] = frozenset(found)
+        return replace(self, descendants=descendants)
 
     def with_routines(self, rows: list[list[str | None]]) -> Catalog:
         found: dict[str, dict[str, list[Routine]]] = {"f": defaultdict(list), "o": defaultdict(list)}
@@ -157,6 +176,14 @@ FROM pg_catalog.pg_class c
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY c.oid, a.attnum"""
 
+_INHERITANCE = """\
+SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM pg_catalog.pg_inherits i
+  JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+  JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'f')"""
+
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
 _ROUTINES = f"""\
@@ -181,10 +208,11 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         names = await _rows(upstream, _QUERY)
         relations = await _rows(upstream, _RELATIONS)
         routines = await _rows(upstream, _ROUTINES)
+        inheritance = await _rows(upstream, _INHERITANCE)
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
-    return catalog.with_relations(relations).with_routines(routines)
+    return catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

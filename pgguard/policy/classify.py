@@ -59,6 +59,8 @@ _CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt's option bit for WITH HOLD
 # Functions that change state although they are called from a SELECT.
 SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
 NOTIFIERS = frozenset({"pg_notify"})
+# Functions that read a sequence's state: a read of the sequence they name.
+SEQUENCE_READERS = frozenset({"pg_sequence_last_value"})
 
 
 class Unsupported(Exception):
@@ -277,6 +279,18 @@ def _option_on(arg: Node | None) -> bool:
     return True
 
 
+def _sequence(function: str, call: Node) -> Name:
+    """The sequence a sequence function's first argument names, as regclass reads it; a plain constant only."""
+    args = call.get("args", [])
+    sequence = _constant(args[0]) if args else None
+    if sequence is None:
+        raise Unsupported(f"{function}() of a sequence that is not a constant")
+    parts = split_identifiers(sequence, ".")
+    if not parts or len(parts) > 3:
+        raise Unsupported(f"{function}() of a sequence name pgguard cannot read: {sequence!r}")
+    return Name(parts[-2] if len(parts) > 1 else None, parts[-1])
+
+
 class _Walker:
     def __init__(self, statement: Statement) -> None:
         self.out = statement
@@ -470,7 +484,10 @@ class _Walker:
             self._transaction_options(node.get("args", []))
             return
         if kind in ("VAR_RESET", "VAR_RESET_ALL"):
-            self.out.settings.append(((name or "all").lower(), None))
+            name = (name or "all").lower()
+            self.out.settings.append((name, None))
+            # transaction_read_only goes back to off, not to default_transaction_read_only.
+            self.out.read_write |= name == "transaction_read_only"
             return
         values = []
         for arg in node.get("args", []):
@@ -493,6 +510,8 @@ class _Walker:
         if name in READ_ONLY_SETTINGS and values and not pg_true(values[0]):
             # Anything PostgreSQL would not read as true is taken as off.
             self.out.read_write = True
+        elif name == "transaction_read_only" and not values:
+            self.out.read_write = True  # its DEFAULT is off, whatever default_transaction_read_only says
 
     def _ddl_targets(self, kind: str, node: Node) -> None:
         """Relations a DDL statement changes, where the tree names them."""
@@ -583,14 +602,9 @@ class _Walker:
         if name.schema in (None, "pg_catalog"):
             if name.name in SEQUENCE_WRITERS:
                 self.out.classes.add(WRITE)
-                args = node.get("args", [])
-                sequence = _constant(args[0]) if args else None
-                if sequence is None:
-                    raise Unsupported(f"{name.name}() of a sequence that is not a constant")
-                parts = split_identifiers(sequence, ".")  # read as regclass reads it
-                if not parts or len(parts) > 3:
-                    raise Unsupported(f"{name.name}() of a sequence name pgguard cannot read: {sequence!r}")
-                self.out.write(Name(parts[-2] if len(parts) > 1 else None, parts[-1]), "sequence")
+                self.out.write(_sequence(name.name, node), "sequence")
+            elif name.name in SEQUENCE_READERS:
+                self.out.reads.add(_sequence(name.name, node))
             elif name.name in NOTIFIERS:
                 self.out.classes.add(WRITE)
             elif name.name == "set_config":
@@ -621,4 +635,8 @@ class _Walker:
     def _attributes(self, fields: list[Node]) -> None:
         for item in fields:
             if "String" in item:
-                self.out.attributes.add(item["String"]["sval"])
+                name = item["String"]["sval"]
+                if name in SEQUENCE_WRITERS or name in SEQUENCE_READERS:
+                    # `(x).nextval` is nextval(x): a sequence the text does not name.
+                    raise Unsupported(f"{name} in attribute notation, of a sequence pgguard cannot tell")
+                self.out.attributes.add(name)

@@ -28,7 +28,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
-from pgguard.policy.scope import STATISTICS_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.scope import GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
@@ -75,6 +75,13 @@ class Policy:
         return any(self.scopes[name].unrestricted for name in roles)
 
     def classify(self, sql: str) -> list[Statement]:
+        try:
+            return self._classify(sql)
+        except RecursionError:
+            # A tree nested deeper than Python reads (PostgreSQL's own limit is deeper): refused, not a crash.
+            raise Unsupported("the statement nests too deeply for pgguard to analyse") from None
+
+    def _classify(self, sql: str) -> list[Statement]:
         cached = self._parsed.get(sql)
         if cached is not None:
             self._parsed.move_to_end(sql)
@@ -422,17 +429,18 @@ class SessionGuard:
                 return self._refuse(st, f"role {self.roles_label} may not run {what}", "statements",
                                     f"allowed classes: {', '.join(sorted(self._classes()))}")
         for relation in sorted(st.reads, key=str):
-            for qualified in self.resolve(relation):
+            for qualified, through in self._reached(relation):
                 if not any(scope.may_read(qualified) for scope in self.scopes):
-                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}", "read", None)
+                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", None)
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
-            for qualified in self.resolve(relation):
+            for qualified, through in self._reached(relation):
                 if not any(scope.may_write(qualified) for scope in self.scopes):
                     kind = "/".join(sorted(kinds))
-                    return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}",
+                    return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}{through}",
                                         "write", None)
-        if (WRITE in st.classes and not st.writes or st.read_write) and \
-                not any(scope.writes_anything for scope in self.scopes):
+        # A write that names no relation, or only the session's own temporary ones (pg_temp.t, checked
+        # against no pattern), is still a write.
+        if (WRITE in st.classes or st.read_write) and not any(scope.writes_anything for scope in self.scopes):
             return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
         for name, values in st.settings:
             if name in IDENTITY_SETTINGS:
@@ -449,9 +457,14 @@ class SessionGuard:
             problem = self._operator_problem(operator)
             if problem:
                 return self._refuse(st, problem, "functions", None)
+        functions = self.catalog.functions
         for attribute in sorted(st.attributes):
-            # Only a user-defined function can be called this way: one taking a row.
-            for qualified in self.user_defined(Name(None, attribute), self.catalog.functions) or ():
+            # `(x).f` is f(x), PostgreSQL's own functions too; `o.f` may be a column instead.
+            if (attribute in functions or not functions) and \
+                    any(scope.function_denied(attribute) for scope in self.scopes):
+                return self._refuse(st, f"function {attribute}() is denied (.{attribute} may call it in attribute"
+                                    " notation)", "functions", None)
+            for qualified in self.user_defined(Name(None, attribute), functions) or ():
                 if not any(scope.function_allowed(qualified) for scope in self.scopes):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
                                         " may call it in attribute notation)", "functions", None)
@@ -512,9 +525,20 @@ class SessionGuard:
                         break
                     continue
                 candidates.append(qualify(schema, name.name))
-        if system in STATISTICS_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
+        if system in GUARDED_SYSTEM_RELATIONS or not (self.catalog.system_relations or self.assume_builtin):
             candidates.append(system)  # no catalog to rule it out
         return list(dict.fromkeys(candidates))
+
+    def _reached(self, name: Name) -> list[tuple[str, str]]:
+        """Every relation `name` might be, and every table those reach through inheritance or partitioning
+        (even where the statement says ONLY), each with how it is reached, for a refusal to say."""
+        descendants = self.catalog.descendants
+        reached = []
+        for qualified in self.resolve(name):
+            reached.append((qualified, ""))
+            reached.extend((child, f" (reached through {qualified})")
+                           for child in sorted(descendants.get(qualified, ())))
+        return reached
 
     def _path_set(self) -> set[str]:
         self._path_schemas()

@@ -20,12 +20,21 @@ from pgguard.policy.classify import CLASSES, READ, SESSION, TRANSACTION, WRITE
 DEFAULT_STATEMENTS = (READ, WRITE, SESSION, TRANSACTION)
 
 # System catalogs are readable by every role, as they are in PostgreSQL, so
-# that psql's \d and ORM reflection work; except these, which hold sampled
-# column values.
+# that psql's \d and ORM reflection work; except those that hold values
+# (GUARDED_SYSTEM_RELATIONS).
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 STATISTICS_RELATIONS = (
     "pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data", "pg_catalog.pg_stats",
     "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
+)
+# System relations that hold data or secrets rather than describe objects, which a role reads only
+# where a pattern lets it: sampled column values, the last value of every sequence the login may
+# read, the contents of large objects, the server's configuration files (whose functions are
+# denied), and password hashes and connection strings with their passwords.
+GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + (
+    "pg_catalog.pg_sequences", "pg_catalog.pg_largeobject",
+    "pg_catalog.pg_file_settings", "pg_catalog.pg_hba_file_rules", "pg_catalog.pg_ident_file_mappings",
+    "pg_catalog.pg_authid", "pg_catalog.pg_shadow", "pg_catalog.pg_user_mapping", "pg_catalog.pg_subscription",
 )
 
 # Built-in functions that run SQL handed to them as text, or read relations or
@@ -41,15 +50,19 @@ RUNS_SQL_TEXT = (
 # configuration, advisory locks, replication and WAL control, and SQL run
 # from a string. (set_config is judged as the SET it makes.)
 DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
-    "pg_read_file", "pg_read_binary_file", "pg_ls_*", "pg_stat_file",
+    # (and their `_old` twins, which PostgreSQL keeps callable for adminpack 1.0)
+    "pg_read_file*", "pg_read_binary_file*", "pg_ls_*", "pg_stat_file", "pg_logdir_ls",
+    "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
     "pg_file_*", "lo_*", "loread", "lowrite",
     "pg_cancel_backend", "pg_terminate_backend", "pg_signal_backend",
-    "pg_reload_conf", "pg_rotate_logfile", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
+    "pg_reload_conf", "pg_rotate_logfile*", "pg_advisory_lock*", "pg_advisory_xact_lock*", "pg_try_advisory_*",
     "pg_switch_wal", "pg_create_restore_point", "pg_backup_*", "pg_start_backup", "pg_stop_backup",
     "pg_promote", "pg_wal_replay_*", "pg_logical_*", "pg_replication_*", "pg_create_*_replication_slot",
     "pg_drop_replication_slot", "pg_copy_*_replication_slot", "pg_stat_reset*",
     "pg_log_backend_memory_contexts", "pg_import_system_collations", "binary_upgrade_*",
     "pg_nextoid", "pg_current_logfile",
+    # What only initdb and CREATE EXTENSION scripts call: it changes the system catalogs.
+    "pg_stop_making_pinned_objects", "pg_extension_config_dump",
     # Index maintenance callable from a SELECT.
     "brin_summarize_*", "brin_desummarize_range", "gin_clean_pending_list",
 )
@@ -80,7 +93,7 @@ class Scope:
         if matches(self.read, qualified):
             return True
         schema = qualified.split(".", 1)[0]
-        return schema in SYSTEM_SCHEMAS and qualified not in STATISTICS_RELATIONS
+        return schema in SYSTEM_SCHEMAS and qualified not in GUARDED_SYSTEM_RELATIONS
 
     def may_write(self, qualified: str) -> bool:
         return matches(self.write, qualified)

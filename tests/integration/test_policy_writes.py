@@ -61,15 +61,25 @@ CREATE DOMAIN public.policy_dom AS int CHECK (public.policy_chk(VALUE));
 CREATE MATERIALIZED VIEW public.policy_mv AS SELECT status, count(*) AS n FROM public.orders GROUP BY status;
 CREATE SCHEMA policy_hidden;
 CREATE TABLE policy_hidden.orders (id int PRIMARY KEY);
+CREATE SEQUENCE policy_hidden.policy_secret_seq START 4242;
+SELECT nextval('policy_hidden.policy_secret_seq');
 CREATE SCHEMA "PolicyHidden";
 CREATE TABLE "PolicyHidden".orders (id int PRIMARY KEY);
 GRANT SELECT ON public.{VICTIM}, public.policy_mv TO pgguard_reader;
 GRANT USAGE ON SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA policy_hidden, "PolicyHidden" TO pgguard_reader;
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA policy_hidden TO pgguard_reader;
+GRANT SELECT ON pg_catalog.pg_largeobject TO pgguard_reader;
+CREATE TABLE public.policy_parent (id int, note text);
+CREATE TABLE policy_hidden.policy_child () INHERITS (public.policy_parent);
+INSERT INTO policy_hidden.policy_child VALUES (1, 'out of scope');
+GRANT SELECT ON public.policy_parent, policy_hidden.policy_child TO pgguard_reader;
 """
 
 DROP_OWNER_OBJECTS = f"""
+REVOKE SELECT ON pg_catalog.pg_largeobject FROM pgguard_reader;
 DROP SCHEMA IF EXISTS policy_hidden CASCADE;
+DROP TABLE IF EXISTS public.policy_parent;
 DROP SCHEMA IF EXISTS "PolicyHidden" CASCADE;
 DROP MATERIALIZED VIEW IF EXISTS public.policy_mv;
 DROP DOMAIN IF EXISTS public.policy_dom;
@@ -185,6 +195,9 @@ SESSION_SETTINGS = [
     "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE",
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     "SELECT set_config('transaction_read_only', 'fal', true)",
+    "SET transaction_read_only = DEFAULT",
+    "SET LOCAL transaction_read_only TO DEFAULT",
+    "RESET transaction_read_only",
     "SELECT set_config('role', 'postgres', false)",
     "SELECT set_config(E'rol\\x65', 'postgres', false)",
     "SELECT set_config('session_authorization', 'postgres', false)",
@@ -210,13 +223,34 @@ OWNER_CODE = [
     "SELECT policy_boom(9)",
     "COPY (SELECT policy_wipe_sql()) TO STDOUT",
 ]
+# Attribute notation calls PostgreSQL's own functions too: `(x).f` is f(x).
+ATTRIBUTE_NOTATION = [
+    "SELECT (1::bigint).pg_advisory_lock",
+    "SELECT (o.id::bigint).pg_advisory_xact_lock FROM orders o WHERE o.id = 1",
+    "SELECT ('orders_id_seq'::regclass).nextval",
+    "SELECT (12345::oid).lo_unlink",
+    "SELECT ('.'::text).pg_ls_dir",
+]
 SERVER_ACCESS = [
     "SELECT pg_read_file('postgresql.conf')",
     "SELECT pg_catalog.pg_read_file('postgresql.conf')",
     'SELECT "pg_read_file"(\'postgresql.conf\')',
     "SELECT pg_read_binary_file('postgresql.conf')",
+    "SELECT pg_read_file_old('postgresql.conf', 0, 100)",
+    "SELECT pg_rotate_logfile_old()",
+    "SELECT pg_stop_making_pinned_objects()",
+    "SELECT pg_extension_config_dump('orders', '')",
     "SELECT pg_ls_dir('.')",
     "SELECT pg_stat_file('postgresql.conf')",
+    "SELECT * FROM pg_show_all_file_settings()",
+    "SELECT * FROM pg_catalog.pg_hba_file_rules()",
+    "SELECT * FROM pg_file_settings",
+    "SELECT * FROM pg_catalog.pg_hba_file_rules",
+    "SELECT * FROM pg_ident_file_mappings",
+    "SELECT rolpassword FROM pg_authid",
+    "SELECT passwd FROM pg_catalog.pg_shadow",
+    "SELECT umoptions FROM pg_user_mapping",
+    "SELECT subconninfo FROM pg_subscription",
     "SELECT lo_import('/etc/passwd')",
     "SELECT lo_from_bytea(0, 'x')",
     "SELECT lo_unlink(1)",
@@ -255,9 +289,16 @@ SPELLINGS = [
     "DELETE FROM demo.public.orders WHERE id = 1",
     "dElEtE fRoM orders WHERE id = 1",
     "(SELECT 1 FROM orders FOR UPDATE)",
+    # pg_temp is the session's own temporary schema: still a write, for a role that may write nothing.
+    "DELETE FROM pg_temp.orders",
+    "INSERT INTO pg_temp.tickets DEFAULT VALUES",
+    "TRUNCATE pg_temp.orders",
+    "LOCK TABLE pg_temp.orders",
+    "SELECT * FROM pg_temp.orders FOR UPDATE",
+    "SELECT nextval('pg_temp.orders_id_seq')",
 ]
 WRITES = DML + HIDDEN_IN_QUERIES + LOCKS + SEQUENCES + MAINTENANCE_AND_DDL + ROLES_AND_SYSTEM + \
-    SESSION_SETTINGS + OWNER_CODE + SERVER_ACCESS + SPELLINGS
+    SESSION_SETTINGS + OWNER_CODE + ATTRIBUTE_NOTATION + SERVER_ACCESS + SPELLINGS
 
 # Only the simple protocol takes several statements in one string.
 MULTI_STATEMENT = [
@@ -521,6 +562,39 @@ def test_search_path_to_a_schema_the_analyst_may_not_read(gw: RunningGateway, se
         assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (6000,)
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT pg_sequence_last_value('policy_hidden.policy_secret_seq')",
+    "SELECT pg_catalog.pg_sequence_last_value('\"policy_hidden\".policy_secret_seq'::regclass)",
+    "SELECT last_value FROM pg_sequences WHERE schemaname = 'policy_hidden'",
+    "SELECT * FROM pg_catalog.pg_sequences",
+])
+def test_a_sequence_out_of_scope_is_not_read_through_a_function_or_a_view(simple: psycopg.Connection[Any],
+                                                                           extended: psycopg.Connection[Any],
+                                                                           sql: str) -> None:
+    """`SELECT * FROM policy_hidden.policy_secret_seq` is refused; its last value by other ways too."""
+    assert_refused(simple, "SELECT last_value FROM policy_hidden.policy_secret_seq")
+    for conn in (simple, extended):
+        assert_refused(conn, sql)
+
+
+@pytest.mark.parametrize("sql", ["SELECT data FROM pg_largeobject", "SELECT * FROM pg_catalog.pg_largeobject"])
+def test_large_object_contents_are_not_read_through_the_catalog(simple: psycopg.Connection[Any], sql: str) -> None:
+    """lo_get() and its kin are denied; the catalog that holds what they read is refused too."""
+    assert "may not read pg_catalog.pg_largeobject" in assert_refused(simple, sql)
+    assert simple.execute("SELECT count(*) >= 0 FROM pg_largeobject_metadata").fetchone() == (True,)
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM policy_parent", "SELECT note FROM public.policy_parent WHERE id = 1",
+                                 "SELECT * FROM ONLY policy_parent"])
+def test_a_table_out_of_scope_is_not_read_through_its_parent(simple: psycopg.Connection[Any],
+                                                             extended: psycopg.Connection[Any], sql: str) -> None:
+    """Rows of policy_hidden.policy_child come back from a read of public.policy_parent; ONLY would not
+    return them, but pgguard does not tell (fail closed)."""
+    for conn in (simple, extended):
+        assert "may not read policy_hidden.policy_child (reached through public.policy_parent)" in \
+            assert_refused(conn, sql)
+
+
 def test_search_path_set_by_an_executed_prepared_statement(gw: RunningGateway) -> None:
     with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
         conn.execute("PREPARE policy_sp AS SELECT set_config('search_path', 'policy_hidden', false)")
@@ -739,6 +813,15 @@ def test_a_statement_in_an_encoding_the_session_does_not_use_is_refused(gw: Runn
         (error,) = [m for m in seen if isinstance(m, backend.ErrorResponse)]
         assert error.code == "42501" and error.message == "pgguard: statement refused: the statement is not valid utf-8"
         assert conn.query("SELECT 1")[1] == backend.ReadyForQuery("I")
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1" + " + 1" * 3000,
+                                 "SELECT * FROM " + "(SELECT * FROM " * 400 + "orders" + ") s" * 400])
+def test_a_statement_nested_too_deeply_to_analyse_is_refused(simple: psycopg.Connection[Any],
+                                                             extended: psycopg.Connection[Any], sql: str) -> None:
+    """Refused with 42501 (fail closed), and the session goes on: no crash."""
+    for conn in (simple, extended):
+        assert "nests too deeply" in assert_refused(conn, sql)
 
 
 # --- the text the server reads must be the text pgguard read --------------------------------------------------

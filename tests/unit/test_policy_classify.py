@@ -8,6 +8,7 @@ built-in and user-defined names, so every resolution below is deliberate.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -257,6 +258,14 @@ def test_field_selection_may_be_a_function_call_and_is_recorded() -> None:
     assert one("SELECT o.* FROM orders o").attributes == set()
 
 
+@pytest.mark.parametrize("sql", ["SELECT ('orders_id_seq'::regclass).nextval", "SELECT (s).setval FROM t s",
+                                 "SELECT ('hidden.s'::regclass).pg_sequence_last_value"])
+def test_a_sequence_function_in_attribute_notation_is_unsupported(sql: str) -> None:
+    """`(x).nextval` is nextval(x), of a sequence the text does not name."""
+    with pytest.raises(Unsupported, match="attribute notation"):
+        parse(sql)
+
+
 def test_explicit_casts_are_recorded() -> None:
     assert one("SELECT 1::boom, CAST(2 AS public.dom), boom '3'").casts == {n("boom"), n("public.dom")}
 
@@ -282,6 +291,11 @@ def test_explicit_casts_are_recorded() -> None:
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     "SELECT set_config('transaction_read_only', 'f', true)",
     "SELECT set_config('default_transaction_read_only', NULL, false)",
+    # transaction_read_only's default is off, whatever default_transaction_read_only says.
+    "SET transaction_read_only = DEFAULT",
+    "SET LOCAL transaction_read_only TO DEFAULT",
+    "RESET transaction_read_only",
+    'RESET "TRANSACTION_READ_ONLY"',
 ])
 def test_asking_for_read_write(sql: str) -> None:
     assert one(sql).read_write
@@ -341,6 +355,14 @@ def test_a_search_path_pgguard_cannot_read_is_unsupported() -> None:
 ])
 def test_split_identifiers(text: str, names: list[str] | None) -> None:
     assert split_identifiers(text) == names
+
+
+def test_a_sequence_s_last_value_is_a_read_of_it() -> None:
+    assert one("SELECT pg_sequence_last_value('hidden.s')").reads == {n("hidden.s")}
+    assert one("SELECT pg_catalog.pg_sequence_last_value('\"S\"')").reads == {Name(None, "S")}
+    for sql in ("SELECT pg_sequence_last_value(oid) FROM pg_class", "SELECT pg_sequence_last_value('s'::regclass)"):
+        with pytest.raises(Unsupported, match="not a constant"):
+            parse(sql)
 
 
 def test_sequence_names_are_read_as_regclass_reads_them() -> None:
@@ -517,6 +539,8 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (sequence) public.orders_id_seq",
      "write"),
     ("SELECT * FROM hidden.orders", "SELECT", "role analysts may not read hidden.orders", "read"),
+    ("DELETE FROM pg_temp.orders", "DELETE", "role analysts may not write anything", "write"),
+    ("SELECT last_value FROM pg_sequences", "SELECT", "role analysts may not read pg_catalog.pg_sequences", "read"),
     ("VACUUM orders", "VACUUM", "role analysts may not run maintenance statements", "statements"),
     ("DO $$ BEGIN NULL; END $$", "DO", "role analysts may not run procedural statements", "statements"),
     ("GRANT SELECT ON orders TO PUBLIC", "GRANT", "role analysts may not run dcl statements", "statements"),
@@ -548,6 +572,8 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT o.wipe_row FROM orders o", "SELECT",
      "user-defined function public.wipe_row() is not listed as safe (.wipe_row may call it in attribute notation)",
      "functions"),
+    ("SELECT (1::bigint).pg_advisory_lock", "SELECT",
+     "function pg_advisory_lock() is denied (.pg_advisory_lock may call it in attribute notation)", "functions"),
     ("SELECT 1::boom", "SELECT",
      "a cast to boom runs user-defined function public.to_boom(), which is not listed as safe", "functions"),
     ("SELECT CAST(1 AS public.dom)", "SELECT",
@@ -565,6 +591,36 @@ def test_a_statement_that_does_not_parse_is_refused_with_a_clear_message(make_gu
     assert not decision.allowed and decision.statement is None
     assert decision.message.startswith("pgguard: statement refused: the statement does not parse")
     assert decision.hint == "pgguard cannot analyse it, so it is not forwarded"
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1" + " + 1" * 3000,
+                                 "SELECT * FROM " + "(SELECT * FROM " * 400 + "orders" + ") s" * 400])
+def test_a_statement_nested_too_deeply_to_analyse_is_refused(make_guard: GuardFactory, sql: str) -> None:
+    guard = make_guard()
+    for _ in range(2):  # and again, from whatever the first attempt left cached
+        assert refusal(guard, sql).reason == "the statement nests too deeply for pgguard to analyse"
+    assert allowed(guard, "SELECT 1 + 1 + 1")
+
+
+def test_a_table_reached_through_inheritance_or_partitioning_is_checked_too(make_guard: GuardFactory) -> None:
+    catalog = replace(CATALOG, descendants={"public.events": frozenset({"public.events_1", "hidden.events_2"})})
+    guard = make_guard(catalog=catalog)
+    for sql in ("SELECT * FROM events", "SELECT * FROM ONLY public.events"):
+        assert refusal(guard, sql).reason == "role analysts may not read hidden.events_2 (reached through public.events)"
+    assert allowed(guard, "SELECT * FROM events_1")
+    writer = make_guard("engineering", catalog=catalog)
+    assert refusal(writer, "INSERT INTO events DEFAULT VALUES").reason == \
+        "role engineering may not write (insert) hidden.events_2 (reached through public.events)"
+    inside = replace(CATALOG, descendants={"public.events": frozenset({"public.events_1"})})
+    assert allowed(make_guard(catalog=inside), "SELECT * FROM events")
+    assert allowed(make_guard("engineering", catalog=inside), "INSERT INTO events DEFAULT VALUES")
+
+
+def test_catalog_descendants_are_transitive() -> None:
+    rows = [["public", "a", "public", "b"], ["public", "b", "hidden", "c"], ["x.y", "d", "public", "a"]]
+    descendants = CATALOG.with_inheritance(rows).descendants
+    assert descendants == {"public.a": {"public.b", "hidden.c"}, "public.b": {"hidden.c"},
+                           '"x.y".d': {"public.a", "public.b", "hidden.c"}}
 
 
 def test_multi_statement_decisions_stop_at_the_first_refusal(make_guard: GuardFactory) -> None:
