@@ -9,6 +9,7 @@ its size.
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,11 @@ _BINARY: dict[int, Callable[[bytes], str]] = {
 }
 _TEXT_TYPES = frozenset({18, 19, 25, 114, 142, 1042, 1043})
 
+# What a terminal acts on rather than shows (C0 and C1 controls, DEL: escape sequences, carriage
+# returns, line breaks), and the marks that reorder or hide text (bidirectional overrides and
+# isolates, zero-width characters, line and paragraph separators). Tabs are kept.
+_HIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
 
 def cell_text(value: Any, type_oid: int = 25, fmt: int = 0) -> str | None:
     """The cell as psql shows it; None for SQL NULL."""
@@ -52,6 +58,22 @@ def cell_text(value: Any, type_oid: int = 25, fmt: int = 0) -> str | None:
         except (struct.error, ValueError):
             pass
     return _hex(value)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return {10: "\\n", 13: "\\r"}.get(code) or (f"\\x{code:02X}" if code < 0x80 else f"\\u{code:04X}")
+
+
+def printable(text: str) -> str:
+    """`text` as one line with nothing a terminal would act on: control and invisible characters
+    shown as escapes (`\\x1B`, `\\r`, `\\n`, `\\u202E`), as psql shows control characters in a cell.
+
+    Everything the log holds came from a client, the database or the log's own bytes: printed
+    raw, an escape sequence could clear the screen or rewrite what came before, a hyperlink
+    could hide its target, and a line break could forge a line of the transcript.
+    """
+    return _HIDDEN.sub(_escape, text)
 
 
 def _hex(value: Any) -> str:

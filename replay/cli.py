@@ -23,6 +23,7 @@ from pgguard.identity import TokenError
 
 from replay import render_html, render_text
 from replay.catalog import Filters, UnknownSession, resolve, state, summaries
+from replay.cells import printable
 from replay.export import document
 from replay.integrity import INTACT, TAMPERED, PublicKeys, Verdict, check, public_keys
 from replay.play import pacer, play
@@ -105,8 +106,8 @@ def _verdict_lines(verdict: Verdict | None) -> list[Text]:
     if verdict is None:
         return [Text("integrity: not verified (give --jwks or -c to verify)", style="dim")]
     style = "green" if verdict.status == INTACT else "bold red"
-    return [Text(f"integrity: {verdict.summary}", style=style)] + [
-        Text(f"  {problem.kind}: {problem}", style=style) for problem in verdict.problems]
+    return [Text(printable(f"integrity: {verdict.summary}"), style=style)] + [
+        Text(printable(f"  {problem.kind}: {problem}"), style=style) for problem in verdict.problems]
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -164,10 +165,10 @@ def _verify(args: argparse.Namespace) -> int:
         verdict = check(path, keys)
         statuses.add(verdict.status)
         name = verdict.report.session_id or path.name
-        out.print(Text(f"{verdict.name.upper():<10} {name}: {verdict.summary}",
+        out.print(Text(printable(f"{verdict.name.upper():<10} {name}: {verdict.summary}"),
                        style="green" if verdict.status == INTACT else "bold red"))
         for problem in verdict.problems:
-            out.print(Text(f"  {problem.kind}: {problem}"))
+            out.print(Text(printable(f"  {problem.kind}: {problem}")))
     if args.all:
         out.print(Text(f"{len(paths)} session logs verified in {directory}", style="dim"))
     return TAMPERED if TAMPERED in statuses else max(statuses, default=INTACT)

@@ -1,8 +1,10 @@
 """A session as text for the terminal: its identity, then each statement with its decision,
 what came back and who approved it.
 
-Everything is built as rich `Text`, never as markup, so that SQL and values print exactly as
-recorded (a `[red]` in a statement stays text). Colour comes from the console: rich colours a
+Everything is built as rich `Text`, never as markup, so that SQL and values print as recorded
+(a `[red]` in a statement stays text), and every value from the log goes through `printable`,
+so that no escape sequence or line break in it reaches the terminal (a `\x1b[2J` in a
+statement shows as `\x1B[2J`). Colour comes from the console: rich colours a
 terminal and writes plain text to a pipe or a file (and honours NO_COLOR).
 """
 
@@ -16,7 +18,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
-from replay.cells import NUMERIC_TYPES, grid, parameter_text
+from replay.cells import NUMERIC_TYPES, grid, parameter_text, printable
 from replay.transcript import Approval, Notice, Result, Session, Statement, tally
 
 DECISION_STYLES = {"allowed": "green", "refused": "bold red", "held": "bold yellow"}
@@ -39,7 +41,7 @@ Cell = str | tuple[str, str]  # text, or (text, style)
 def print_table(out: Console, headers: list[str], rows: list[list[Cell]], right: frozenset[str] = frozenset()) -> None:
     """Columns aligned under a header, two spaces apart; styled on a terminal, plain in a
     pipe. Laid out here rather than by rich's Table, which takes seconds over thousands of rows."""
-    texts = [[cell if isinstance(cell, str) else cell[0] for cell in row] for row in rows]
+    texts = [[printable(cell if isinstance(cell, str) else cell[0]) for cell in row] for row in rows]
     widths = [max([cell_len(header)] + [cell_len(row[i]) for row in texts]) for i, header in enumerate(headers)]
     aligned = [header in right for header in headers]
 
@@ -77,7 +79,7 @@ def duration(seconds: float) -> str:
 def _cell_lines(row: list[str | None], index: int) -> list[str]:
     """A cell's lines; NULL, and a cell missing from a short row, are one empty line."""
     value = row[index] if index < len(row) else None
-    return [""] if value is None else value.split("\n")
+    return [""] if value is None else [printable(line) for line in value.split("\n")]
 
 
 def psql_table(result: Result) -> list[str]:
@@ -86,8 +88,8 @@ def psql_table(result: Result) -> list[str]:
     with `+`, and a row count. COPY data (no columns) is shown as the lines the client received."""
     cells = grid(result.columns, result.rows)
     if not result.columns:
-        return [(row[0] or "").rstrip("\n") for row in cells if row]
-    names = [column[0] for column in result.columns]
+        return [printable((row[0] or "").rstrip("\n")) for row in cells if row]
+    names = [printable(str(column[0])) for column in result.columns]
     right = [column[1] in NUMERIC_TYPES for column in result.columns]
     split = [[_cell_lines(row, i) for i in range(len(names))] for row in cells]
     widths = [max([cell_len(name)] + [cell_len(part) for row in split for part in row[i]])
@@ -120,39 +122,39 @@ def psql_table(result: Result) -> list[str]:
 
 def statement_lines(statement: Statement) -> list[Text]:
     head = Text(f"[{timestamp(statement.at, date=False)}] #{statement.seq} ")
-    head.append(statement.outcome.upper(), style=DECISION_STYLES.get(statement.decision, ""))
-    head.append(f"  {statement.protocol}")
+    head.append(printable(statement.outcome.upper()), style=DECISION_STYLES.get(statement.decision, ""))
+    head.append(printable(f"  {statement.protocol}"))
     if statement.classes:
-        head.append(f"  ({', '.join(statement.classes)})", style="dim")
+        head.append(printable(f"  ({', '.join(map(str, statement.classes))})"), style="dim")
     if statement.rule or statement.reason:
-        head.append(f"  rule {statement.rule or '-'}: {statement.reason or ''}", style="dim")
+        head.append(printable(f"  rule {statement.rule or '-'}: {statement.reason or ''}"), style="dim")
     lines = [head]
-    lines += [Text("    " + sql_line, style="bold") for sql_line in statement.sql.splitlines() or [""]]
+    lines += [Text("    " + printable(sql_line), style="bold") for sql_line in statement.sql.splitlines() or [""]]
     for index, value in enumerate(statement.parameters or []):
-        lines.append(Text(f"    ${index + 1} = {parameter_text(value)}", style="cyan"))
+        lines.append(Text(f"    ${index + 1} = {printable(parameter_text(value))}", style="cyan"))
     return lines
 
 
 def result_lines(result: Result) -> list[Text]:
     lines = [Text("    " + line) for line in psql_table(result)] if result.columns or result.rows else []
     if result.error is not None:
-        lines.append(Text(f"    ERROR {result.error[0]}: {result.error[1]}", style="red"))
-    lines.append(Text(f"    {result.command_tag or ('failed' if result.error else 'done')} "
-                      f"· {result.duration_ms:.1f} ms", style="dim"))
+        lines.append(Text(printable(f"    ERROR {result.error[0]}: {result.error[1]}"), style="red"))
+    lines.append(Text(printable(f"    {result.command_tag or ('failed' if result.error else 'done')} ")
+                      + f"· {result.duration_ms:.1f} ms", style="dim"))
     return lines
 
 
 def notice_lines(notice: Notice) -> list[Text]:
-    return [Text(f"    {notice.severity or 'NOTICE'} {notice.sqlstate}: {notice.message}", style="magenta")]
+    return [Text(printable(f"    {notice.severity or 'NOTICE'} {notice.sqlstate}: {notice.message}"), style="magenta")]
 
 
 def approval_lines(approval: Approval) -> list[Text]:
-    line = Text(f"    [{timestamp(approval.at, date=False)}] approval {approval.request}: ")
-    line.append(approval.event.replace("_", " "), style=APPROVAL_STYLES.get(approval.event, ""))
+    line = Text(f"    [{timestamp(approval.at, date=False)}] approval {printable(approval.request)}: ")
+    line.append(printable(approval.event.replace("_", " ")), style=APPROVAL_STYLES.get(approval.event, ""))
     if approval.by:
-        line.append(f" by {approval.by}")
+        line.append(printable(f" by {approval.by}"))
     if approval.reason:
-        line.append(f" ({approval.reason})")
+        line.append(printable(f" ({approval.reason})"))
     return [line]
 
 
@@ -168,35 +170,38 @@ def event_lines(event: Statement | Result | Notice | Approval) -> list[Text]:
 
 def header_lines(session: Session) -> list[Text]:
     identity = session.identity
-    title = Text(f"Session {session.id}", style="bold")
+    title = Text(printable(f"Session {session.id}"), style="bold")
     title.append(f"  ({session.state})", style="red" if session.damage else "dim")
     tls = session.tls
     counts = tally(session.statements)
     ended = f"last record {timestamp(session.last_at)} ({duration(session.duration)})"
     lines = [
         title,
-        Text(f"  user         {session.user} (subject {identity.get('subject')}, {identity.get('provider')} token"
-             f"{', jti ' + str(identity.get('jti')) if identity.get('jti') else ''})"),
-        Text(f"  groups       {', '.join(session.groups) or '-'};  roles {', '.join(session.roles) or '-'}"),
-        Text(f"  target       {session.target};  client {session.client};  application "
-             f"{session.application or '-'}"),
-        Text(f"  TLS          {tls.get('version')} {tls.get('cipher')}" if tls else "  TLS          none (plaintext)"),
+        Text(printable(f"  user         {session.user} (subject {identity.get('subject')}, "
+                       f"{identity.get('provider')} token"
+                       f"{', jti ' + str(identity.get('jti')) if identity.get('jti') else ''})")),
+        Text(printable(f"  groups       {', '.join(map(str, session.groups)) or '-'};  "
+                       f"roles {', '.join(map(str, session.roles)) or '-'}")),
+        Text(printable(f"  target       {session.target};  client {session.client};  application "
+                       f"{session.application or '-'}")),
+        Text(printable(f"  TLS          {tls.get('version')} {tls.get('cipher')}") if tls
+             else "  TLS          none (plaintext)"),
         Text(f"  started      {timestamp(session.started)};  {ended}"),
         Text(f"  statements   {counts['statements']};  refused {counts['refused']};  held {counts['held']};  "
              f"errors {counts['errors']}"),
     ]
     if session.close is not None:
-        lines.append(Text(f"  closed       {session.close.get('reason')}"))
+        lines.append(Text(printable(f"  closed       {session.close.get('reason')}")))
     return lines
 
 
 def ending_lines(session: Session) -> list[Text]:
     """Why the transcript ends where it does, when that is not a close record."""
     if session.damage:
-        return [Text(f"DAMAGED: {session.damage}; nothing after it can be read", style="bold red")]
+        return [Text(printable(f"DAMAGED: {session.damage}; nothing after it can be read"), style="bold red")]
     lines = []
     if session.torn:
-        lines.append(Text(f"torn tail: {session.torn} (being written, or cut by a crash)", style="yellow"))
+        lines.append(Text(printable(f"torn tail: {session.torn} (being written, or cut by a crash)"), style="yellow"))
     if session.close is None:
         lines.append(Text("no close record: the session is still open, or its gateway stopped", style="yellow"))
     return lines

@@ -123,13 +123,13 @@ def test_show_tells_the_whole_story_of_a_session(gateway: RunningGateway, suppor
     assert "integrity: intact:" in text and "closed       client terminated" in text
 
 
-def test_show_colours_a_terminal(gateway: RunningGateway, support: tuple[str, Path]) -> None:
-    _, path = support
+def terminal_output(gateway: RunningGateway, *args: str) -> str:
+    """What pgguard-replay writes to a terminal (a pty), colours and all."""
     leader, follower = pty.openpty()
     env = {**os.environ, "COLUMNS": "200", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    with subprocess.Popen([sys.executable, "-m", "replay.cli", "-c", str(gateway.config_path), "show",
-                           session_id(path)], stdout=follower, stderr=follower, env=env) as process:
+    with subprocess.Popen([sys.executable, "-m", "replay.cli", "-c", str(gateway.config_path), *args],
+                          stdout=follower, stderr=follower, env=env) as process:
         os.close(follower)
         output = b""
         while True:
@@ -140,11 +140,37 @@ def test_show_colours_a_terminal(gateway: RunningGateway, support: tuple[str, Pa
             if not chunk:
                 break
             output += chunk
-        assert process.wait(60) == 0
+        assert process.wait(60) == 0, output
     os.close(leader)
-    text = output.decode(errors="replace")
+    return output.decode(errors="replace")
+
+
+def test_show_colours_a_terminal(gateway: RunningGateway, support: tuple[str, Path]) -> None:
+    _, path = support
+    text = terminal_output(gateway, "show", session_id(path))
     assert "\x1b[1;31mREFUSED" in text  # bold red
     assert "\x1b[32mALLOWED" in text  # green
+
+
+def test_an_agent_cannot_drive_the_responders_terminal_through_the_log(gateway: RunningGateway) -> None:
+    """Escape sequences an agent sends in its application_name, its SQL and the errors it provokes
+    are shown as escapes, never written raw to the responder's terminal."""
+    application = unique_name("escapes")
+    clear, link = "\x1b[2J\x1b[H", "\x1b]8;;http://evil.example/\x1b\\"
+    with psycopg.connect(gateway.dsn("analyst", application_name=application + clear), autocommit=True) as conn:
+        conn.execute(f"SELECT '{clear}{link}harmless' AS note", prepare=False)
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute(f'SELECT * FROM "{link}orders\rcustomers"', prepare=False)
+    path = find_log(gateway, application + clear)
+    for command in (["show", session_id(path)], ["list", "--app", application + clear],
+                    ["search", "--sql", "harmless"]):
+        text = terminal_output(gateway, *command)
+        assert "\x1b[2J" not in text and "\x1b]8" not in text and "\r" not in text.replace("\r\n", "\n")
+        assert "\\x1B[2J" in text
+    text = terminal_output(gateway, "show", session_id(path))
+    assert "\\x1B]8;;http://evil.example/\\x1B\\harmless" in text  # the cell, as psql shows it
+    assert 'SELECT * FROM "\\x1B]8;;http://evil.example/\\x1B\\orders' in text  # a carriage return starts a line of its own
+    assert "\x1b[32mALLOWED" in text  # rich's own colours still come through
 
 
 def test_play_replays_every_event_in_order(gateway: RunningGateway, support: tuple[str, Path]) -> None:

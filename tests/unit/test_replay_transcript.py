@@ -197,3 +197,46 @@ def test_a_file_that_is_not_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert status == 0 and json.loads(text) == []
     status, text = run(capsys, "--dir", str(tmp_path / "missing"), "list")
     assert status == 2 and "no session directory" in text
+
+
+# What an agent might put in the log to act on the responder's terminal: clear the screen, a
+# hyperlink hiding its target, a carriage return and a line break forging an earlier or a new
+# line, a C1 escape (CSI), a right-to-left override reversing what follows.
+HOSTILE = "\x1b[2J\x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\ ok\rREFUSED\n[14:13:21.000] #9 ALLOWED \x9b2J \u202egnp.exe"
+HOSTILE_SHOWN = ("\\x1B[2J\\x1B]8;;http://evil.example\\x1B\\link\\x1B]8;;\\x1B\\ ok\\rREFUSED\\n"
+                 "[14:13:21.000] #9 ALLOWED \\u009B2J \\u202Egnp.exe")
+
+
+def hostile_session() -> list[Record]:
+    rows = RowCapture(Limits())
+    rows.add([HOSTILE.encode()])
+    return [
+        records.statement(protocol="extended", sql=f"SELECT '{HOSTILE}'", decision="allowed",
+                          parameters=[HOSTILE], reason=HOSTILE, limits=Limits(), at=START + 1),
+        records.result(statement=1, columns=[(HOSTILE, 25, 0)], rows=rows, command_tag=HOSTILE, duration_ms=1,
+                       limits=Limits(), at=START + 2),
+        records.notice(statement=1, severity="NOTICE", sqlstate="00000", message=HOSTILE, limits=Limits(),
+                       at=START + 3),
+        records.approval(statement=1, request=HOSTILE, event="approved", by=HOSTILE, reason=HOSTILE, at=START + 4),
+        records.result(statement=None, error=("42P01", f'relation "{HOSTILE}" does not exist'), duration_ms=0,
+                       limits=Limits(), at=START + 5),
+    ]
+
+
+@pytest.mark.parametrize("command", [["show", HELD], ["play", HELD, "--speed", "1000"], ["list"],
+                                     ["search", "--sql", "select"], ["verify", HELD]])
+def test_no_escape_sequence_or_line_break_from_the_log_reaches_the_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    write_log(tmp_path, HELD, hostile_session(), user=HOSTILE, application=HOSTILE)
+    status, text = run(capsys, "--dir", str(tmp_path), "--jwks", str(write_jwks(tmp_path / "jwks.json")), *command)
+    assert status == 0, text
+    for raw in ("\x1b", "\r", "\x9b", "\u202e"):
+        assert raw not in text
+    assert not any(line.startswith("[14:13:21.000] #9") for line in text.splitlines())
+    if command[0] in ("show", "play"):
+        # every value that holds the text, shown with its escapes
+        assert text.count(HOSTILE_SHOWN) >= 12, text
+    elif command[0] == "list":
+        assert text.count(HOSTILE_SHOWN) == 2, text  # user and application
+    elif command[0] == "search":
+        assert "\\x1B[2J" in text
