@@ -17,6 +17,11 @@ One statement record is made per request that runs SQL: a Query message
 Execute (its SQL from the Parse, its parameters from the Bind) or a
 FunctionCall. An admitted statement the server then skipped (an earlier
 error in its batch) has no result record.
+
+The recorder keeps the text of the last _MAX_NAMES prepared statements and
+portals the client used. An Execute of a portal whose statement it does not
+hold (prepared before them, with SQL PREPARE, or a DECLAREd cursor) would
+have a record without its SQL: `untold()` says so, and the relay refuses it.
 """
 
 from __future__ import annotations
@@ -86,7 +91,8 @@ class SessionRecorder:
         self._scrubber = parameter_scrubber
         self._pending: deque[_Pending] = deque()
         self._statements: dict[str, _Prepared] = {}
-        self._portals: dict[str, tuple[_Prepared | None, list[Value]]] = {}
+        # Each portal's statement (None: one the recorder does not hold, by its name) and parameters.
+        self._portals: dict[str, tuple[_Prepared | None, str, list[Value]]] = {}
         # Client side: a refusal earlier in this extended-protocol batch, whose
         # Executes the server will skip up to Sync.
         self._skipping = False
@@ -127,13 +133,19 @@ class SessionRecorder:
         if self._skipping:
             return
         parameters = self._parameters(formats, values, encoding)
-        _remember(self._portals, portal, (self._statements.get(statement), parameters))
+        prepared = self._statements.get(statement)
+        if prepared is not None:  # kept as the most recently used
+            _remember(self._statements, statement, self._statements.pop(statement))
+        _remember(self._portals, portal, (prepared, statement, parameters))
 
     def execute(self, portal: str, refused: Decision | None = None) -> bool:
         """An Execute about to be forwarded, or refused in favour of a stand-in.
         False: refuse it, its record could not be written."""
         if self._skipping:
             return True  # the server skips it: nothing runs, nothing to record
+        held = self._portals.get(portal)
+        if held is not None:  # a portal run again (PortalSuspended) stays
+            _remember(self._portals, portal, self._portals.pop(portal))
         sql, classes, parameters = self._portal(portal)
         if self._statement("extended", sql, classes, refused, refused is None, parameters, until_ready=False):
             self._skipping = refused is not None
@@ -141,10 +153,25 @@ class SessionRecorder:
         self._skipping = True
         return False
 
+    def untold(self, portal: str) -> str | None:
+        """Why an Execute of `portal` must not run, when its record could not say what it runs: the
+        recorder does not hold its statement's text. None when it does, or when the server skips
+        the Execute anyway (an earlier error in its batch)."""
+        if self._skipping:
+            return None
+        prepared, statement, _ = self._portals.get(portal, (None, None, []))
+        if prepared is not None:
+            return None
+        what = f"portal {portal!r}" if statement is None else f"prepared statement {statement!r}"
+        return (f"the session log does not hold the text of {what} (pgguard keeps the last {_MAX_NAMES} the "
+                "session used), so it cannot record what it runs")
+
     def _portal(self, portal: str) -> tuple[str, tuple[str, ...], list[Value]]:
-        prepared, parameters = self._portals.get(portal, (None, []))
-        return (prepared.sql if prepared is not None else "", prepared.classes if prepared is not None else (),
-                parameters)
+        prepared, statement, parameters = self._portals.get(portal, (None, None, []))
+        if prepared is not None:
+            return prepared.sql, prepared.classes, parameters
+        what = f"portal {portal!r}" if statement is None else f"prepared statement {statement!r}"
+        return f"-- Execute of {what}, whose text the session log does not hold", (), parameters
 
     # -- held statements (docs/approvals.md) ---------------------------------------
 
@@ -153,9 +180,9 @@ class SessionRecorder:
         return self.sink.admit(records.statement(protocol="simple", sql=sql, decision="held", limits=self.limits,
                                                  rule=rule, reason=reason, classes=classes))
 
-    def hold_execute(self, portal: str, rule: str, reason: str) -> int | None:
-        """An Execute held for approval, with its Bind's parameters."""
-        sql, classes, parameters = self._portal(portal)
+    def hold_execute(self, portal: str, sql: str, rule: str, reason: str) -> int | None:
+        """An Execute held for approval, with its Bind's parameters; `sql` is its text as the guard read it."""
+        _, classes, parameters = self._portal(portal)
         return self.sink.admit(records.statement(protocol="extended", sql=sql, decision="held", limits=self.limits,
                                                  parameters=parameters, rule=rule, reason=reason, classes=classes))
 

@@ -315,7 +315,7 @@ class SessionProtocol:
             reason = f"needs approval ({ask.rule}); request {request.id}"
             seq = (self.recorder.hold_query(self._log_text(frame.data[5:-1]), self._classes, ask.rule.label, reason)
                    if simple else self.recorder.hold_execute(frontend.Execute.decode(frame.body).portal,
-                                                             ask.rule.label, reason))
+                                                             ask.sql, ask.rule.label, reason))
             self._classes = ()
             if seq is None:
                 self.approvals.withdraw(request.id, "its session-log record could not be written")
@@ -690,7 +690,12 @@ class SessionProtocol:
             portal, statement, formats, values, _ = self._bind_of(frame)
             recorder.bind(portal, statement, formats, values, self.encoding)
         elif tag == _EXECUTE:
-            if not recorder.execute(frontend.Execute.portal_of(frame.data, 5), refused):
+            portal = frontend.Execute.portal_of(frame.data, 5)
+            untold = None if refused is not None else recorder.untold(portal)
+            if untold is not None:  # it would run with a record that cannot say what it runs
+                refused = Decision(False, None, "", untold, "Parse the statement again")
+                replacement = _failing_parse(self._stand_in("42501", refused.message, refused.hint, True))
+            if not recorder.execute(portal, refused):
                 return _failing_parse(self._unrecorded(before_sync=True), "unrecorded")
         elif tag == _SYNC:
             recorder.sync()

@@ -173,6 +173,29 @@ def test_every_statement_of_a_session_is_in_its_log_in_order(gateway: RunningGat
     assert [r["statement"] for r in results] == [r["seq"] for r in executed]
 
 
+def test_no_statement_runs_whose_text_the_log_no_longer_holds(gateway: RunningGateway) -> None:
+    """The recorder keeps the text of the last 1,000 prepared statements. A client that prepared
+    more, and runs one it prepared before them, with no Parse, is refused: it would otherwise run
+    with an empty statement record (the agent's way to run a statement the log cannot show)."""
+    application = unique_name("log")
+    hidden = "SELECT full_name FROM customers WHERE id = %s"
+    with psycopg.connect(gateway.dsn("analyst", application_name=application), autocommit=True) as conn:
+        conn.prepared_max = 2000
+        conn.execute(hidden, [1], prepare=True)
+        for n in range(1000):
+            conn.execute(f"SELECT {n} AS n", prepare=True)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+            conn.execute(hidden, [2], prepare=True)
+        assert "the session log does not hold the text" in str(caught.value)
+        conn.execute("SELECT 1000 AS n", prepare=True)  # the last ones still run, and the session goes on
+        assert conn.execute("SELECT 1", prepare=False).fetchone() == (1,)
+    statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
+    assert len(statements) == 1004
+    assert all(r["sql"] for r in statements), [r for r in statements if not r["sql"]]
+    assert statements[-3]["decision"] == "refused" and "_pg3_0" in statements[-3]["sql"]
+    assert [r["decision"] for r in statements[-2:]] == ["allowed", "allowed"]
+
+
 def test_a_killed_gateway_leaves_a_log_that_verifies_up_to_its_end(
         gateway_factory: Callable[..., RunningGateway]) -> None:
     running = gateway_factory()

@@ -172,3 +172,31 @@ def test_close_counts_what_happened() -> None:
     assert log.closed is not None
     assert log.closed["counts"] == {"statements": 1, "errors": 1}
     assert (log.closed["bytes_in"], log.closed["bytes_out"], log.closed["reason"]) == (10, 20, "client terminated")
+
+
+def test_an_execute_whose_statement_the_recorder_does_not_hold_is_untold() -> None:
+    """Prepared with SQL PREPARE, or before the last 1,000 the session used: its record could not
+    say what it runs, so the relay refuses it; one used since stays known however old."""
+    log = FakeLog()
+    rec = recorder(log)
+    rec.parse("kept", "SELECT ssn FROM customers", ("read",), None)
+    rec.parse("old", "SELECT full_name FROM customers", ("read",), None)
+    for n in range(999):
+        rec.parse(f"s{n}", f"SELECT {n}", ("read",), None)
+        if n == 500:
+            rec.bind("", "kept", [], [], "utf-8")  # used: it goes to the end of the line
+    rec.parse("new", "SELECT 2", ("read",), None)  # the 1,002nd: "old" goes
+    rec.bind("p1", "old", [], [], "utf-8")
+    rec.bind("p2", "kept", [], [], "utf-8")
+    rec.bind("p3", "sql_prepared", [], [], "utf-8")
+    assert rec.untold("p1") is not None and "'old'" in rec.untold("p1")
+    assert rec.untold("p2") is None
+    assert rec.untold("p3") is not None and "'sql_prepared'" in rec.untold("p3")
+    assert "portal 'declared'" in rec.untold("declared")
+    refusal = Decision(False, None, "", rec.untold("p1"))
+    assert rec.execute("p1", refusal)
+    (record,) = log.of("statement")
+    assert record["decision"] == "refused" and "prepared statement 'old'" in record["sql"]
+    assert rec.untold("p3") is None  # the server skips the rest of the batch: nothing to refuse
+    rec.sync()
+    assert rec.execute("p2") and log.of("statement")[-1]["sql"] == "SELECT ssn FROM customers"
