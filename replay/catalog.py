@@ -66,8 +66,9 @@ def summarise(path: Path) -> Summary:
 
 def is_live(path: Path) -> bool:
     """Whether a gateway is still writing the log: it holds an exclusive flock on it for as
-    long as the session runs. Only asked of logs that have their header, so that the probe can
-    never collide with the writer taking its lock as it creates the file."""
+    long as the session runs. Only asked of logs that have their header, or are older than a
+    header takes to write (integrity.CREATING), so that the probe can never collide with the
+    writer taking its lock as it creates the file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

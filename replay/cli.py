@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from pgguard.audit.records import SUFFIX
 from pgguard.config import ConfigError, load, parse_duration
 from pgguard.identity import TokenError
 
@@ -157,8 +158,10 @@ def _verify(args: argparse.Namespace) -> int:
     assert keys is not None
     if args.all == bool(args.ids):
         raise UsageError("verify: give session ids, or --all")
-    paths = [directory / summary.name for summary in summaries(directory)] if args.all else [
-        resolve(directory, ident) for ident in args.ids]
+    # --all: every file named as a log, not only those `list` can read: a log whose header was
+    # damaged or cut off is a failure to report, not a file to pass over.
+    paths = sorted(path for path in directory.iterdir() if path.name.endswith(SUFFIX) and path.is_file()) \
+        if args.all else [resolve(directory, ident) for ident in args.ids]
     out = render_text.console()
     statuses = set()
     for path in paths:

@@ -10,6 +10,7 @@ session was cut short (a crash, or someone truncating the file), and it is a fai
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from pgguard.config import load
 from pgguard.identity.tokens import TokenService
 
 from replay.catalog import is_live
+
+# Seconds in which a new log may still lack its header: its gateway has created it (and taken
+# its lock) and not yet written the first record.
+CREATING = 2.0
 
 PublicKeys = Mapping[str, Ed25519PublicKey]
 
@@ -89,6 +94,19 @@ class Verdict:
 
 def check(path: Path, keys: PublicKeys) -> Verdict:
     report = verify(path, keys)
-    live = report.error is None and not report.closed and report.records > 0 and is_live(path)
+    live = report.error is None and not report.closed and _being_written(path, report.records)
     return Verdict(report, live)
+
+
+def _being_written(path: Path, records: int) -> bool:
+    """Whether a gateway holds the log. A log without its header is probed only once it is
+    CREATING seconds old: a probe any sooner could take the lock at the instant its gateway does
+    (and fail that session). Until then it counts as being written."""
+    if records:
+        return is_live(path)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    return 0 <= age < CREATING or (age >= CREATING and is_live(path))
 

@@ -5,6 +5,7 @@ clipped values, record types from a newer gateway, torn and damaged ends."""
 from __future__ import annotations
 
 import base64
+import os
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,3 +241,30 @@ def test_no_escape_sequence_or_line_break_from_the_log_reaches_the_terminal(
         assert text.count(HOSTILE_SHOWN) == 2, text  # user and application
     elif command[0] == "search":
         assert "\\x1B[2J" in text
+
+
+def test_verify_all_reports_every_log_even_one_without_a_readable_header(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log whose header was damaged, or that was emptied, is not a session `list` can show; but
+    `verify --all` must still fail on it, or spoiling the first byte would hide a whole session."""
+    write_jwks(tmp_path / "jwks.json")
+    write_log(tmp_path, HELD, held_session())
+    damaged = write_log(tmp_path, "20260921T141320Z-bbbbbbbbbbbb", held_session())
+    damaged.write_bytes(b"\xff" + damaged.read_bytes()[1:])
+    status, text = run(capsys, "--dir", str(tmp_path), "--jwks", str(tmp_path / "jwks.json"), "verify", "--all")
+    assert status == 1, text
+    assert "FAILED     20260921T141320Z-bbbbbbbbbbbb.pgglog: FAILED at record 0: damaged" in text
+    assert f"INTACT     {HELD}" in text and "2 session logs verified" in text
+
+    emptied = tmp_path / "20260921T141320Z-cccccccccccc.pgglog"
+    emptied.write_bytes(b"")
+    old = START  # long ago: no gateway is about to write its header
+    os.utime(emptied, (old, old))
+    damaged.unlink()
+    status, text = run(capsys, "--dir", str(tmp_path), "--jwks", str(tmp_path / "jwks.json"), "verify", "--all")
+    assert status == 3, text
+    assert "INCOMPLETE 20260921T141320Z-cccccccccccc.pgglog: INCOMPLETE: 0 records verify" in text
+
+    os.utime(emptied)  # just created: its gateway has yet to write the header
+    status, text = run(capsys, "--dir", str(tmp_path), "--jwks", str(tmp_path / "jwks.json"), "verify", "--all")
+    assert status == 0 and "LIVE       20260921T141320Z-cccccccccccc.pgglog" in text, text
