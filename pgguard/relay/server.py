@@ -259,6 +259,8 @@ class Gateway:
                     forwarded = await self.cancels.cancel(hello.process_id, hello.secret_key)
                     log.info("cancel request from %s for session %d %s", connection.peer, hello.process_id,
                              "forwarded" if forwarded else "ignored: no such session or wrong key")
+                    if not forwarded:  # a guess at a key counts as a failed login: keys are not guessed at leisure
+                        self._failed(connection.peer)
                     return
                 client = await authenticate(connection, framer, hello, self.config, self.verifier)
         except (GatewayError, ProtocolViolation, trio.TooSlowError) as exc:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgguard.demo.data import DATABASE
-from pgguard.wire import backend
+from pgguard.wire import backend, frontend
 from rawclient import Closed, LogCursor, RawConnection, Refused, config_edit, login_as
 
 if TYPE_CHECKING:
@@ -94,3 +94,27 @@ def test_a_throttled_client_is_told_why_before_tls(limited: RunningGateway) -> N
     # A valid token is turned away too: what is limited is the address.
     with pytest.raises(Refused, match="53300"):
         login_as(limited, "analyst").close()
+
+
+def cancel(gateway: RunningGateway, process_id: int, secret_key: int) -> None:
+    with RawConnection.open(gateway.host, gateway.port, source=ATTACKER) as conn:
+        conn.send(frontend.CancelRequest(process_id, secret_key))
+        conn.wait_closed()
+
+
+def test_guessing_cancel_keys_counts_as_failed_logins(limited: RunningGateway) -> None:
+    """A CancelRequest needs no token: without a limit, a session's 31-bit secret could be guessed
+    at the gateway's pace, and its statements cancelled or its held requests withdrawn."""
+    ident = limited.identities["analyst"]
+    with RawConnection.to(limited) as victim:
+        key = next(m for m in victim.login(ident.user, ident.token, DATABASE) if isinstance(m, backend.BackendKeyData))
+        for _ in range(LIMIT + 2):  # the right key is no failure, however often it comes
+            cancel(limited, key.process_id, key.secret_key)
+        with RawConnection.open(limited.host, limited.port, source=ATTACKER) as conn:
+            conn.login(ident.user, ident.token, DATABASE)
+        for guess in range(LIMIT):
+            cancel(limited, key.process_id, key.secret_key ^ (guess + 1))
+        with pytest.raises(Refused, match="53300"):
+            with RawConnection.open(limited.host, limited.port, source=ATTACKER) as conn:
+                conn.login(ident.user, ident.token, DATABASE)
+        assert victim.query("SELECT 1")[1].status == "I"  # the victim's session, untouched
