@@ -124,7 +124,7 @@ def startup_settings(params: dict[str, str]) -> list[tuple[str, str]]:
             word, escaped = word + char, False
         elif char == "\\":
             escaped = True
-        elif char.isspace():
+        elif char in " \t\n\v\f\r":  # C's isspace, where PostgreSQL splits: any other is part of a word
             if word:
                 words.append(word)
             word = ""

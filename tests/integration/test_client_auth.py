@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pgguard.demo.data import DATABASE, READER
 from pgguard.wire import backend, frontend
+from helpers import unique_name
 from rawclient import Closed, LogCursor, RawConnection, assert_refused, config_edit, craft_token, login_as, login_error
 
 if TYPE_CHECKING:
@@ -156,3 +157,30 @@ def test_protocol_negotiation_then_login(gateway: RunningGateway, protocol: int,
         assert ready.status == "I"
         rows = [m.values for m in messages if isinstance(m, backend.DataRow)]
         assert rows == [[READER.encode()]]
+
+
+@pytest.mark.parametrize("space", ["\x1c", "\x1f", "\u0085", "\u00a0", "\u3000"])
+def test_startup_options_are_split_where_postgresql_splits_them(gateway: RunningGateway, postgres: PostgresServer,
+                                                                space: str) -> None:
+    """PostgreSQL splits `options` at ASCII white space only. Split at other characters Python
+    calls space, `-csearch_path=public<space>--x=a,hidden` was two harmless settings to pgguard,
+    while PostgreSQL searched `hidden` for the session's unqualified names: a table the role may
+    not read was read under the name of one it may."""
+    schema = unique_name("hidden")
+    with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+        direct.execute(f"CREATE SCHEMA {schema}")
+        direct.execute(f"CREATE TABLE {schema}.orders (secret text)")
+        direct.execute(f"INSERT INTO {schema}.orders VALUES ('the secret')")
+        direct.execute(f"GRANT USAGE ON SCHEMA {schema} TO {READER}")
+        direct.execute(f"GRANT SELECT ON {schema}.orders TO {READER}")
+    try:
+        ident = gateway.identities["analyst"]
+        with RawConnection.to(gateway) as conn:
+            conn.login(ident.user, ident.token, DATABASE, options=f"-csearch_path=public{space}--x=a,{schema}")
+            messages, ready = conn.query("SELECT count(*) FROM orders")
+        errors = [m for m in messages if isinstance(m, backend.ErrorResponse)]
+        assert [m.values for m in messages if isinstance(m, backend.DataRow)] == []
+        assert [e.code for e in errors] == ["42501"] and "may not read" in errors[0].message, errors
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+            direct.execute(f"DROP SCHEMA {schema} CASCADE")
