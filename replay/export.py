@@ -77,6 +77,7 @@ def document(session: Session, verdict: Verdict | None) -> dict[str, Any]:
             "client": session.client,
             "application": session.application,
             "tls": session.tls,
+            "parameters": session.parameters,
             "gateway_version": session.gateway_version,
             "started": session.started,
             "last_at": session.last_at,

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 
 from replay.cells import NUMERIC_TYPES
-from replay.render_text import duration, timestamp
+from replay.render_text import duration, startup_text, timestamp
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #1b1f23; }
@@ -122,6 +122,7 @@ def render(document: dict[str, Any]) -> str:
         ("client", session["client"]),
         ("application", session["application"] or "-"),
         ("TLS", f"{tls['version']} {tls['cipher']}" if tls else "none (plaintext)"),
+        ("startup", startup_text(session["parameters"])),
         ("started", timestamp(session["started"])),
         ("last record", f"{timestamp(session['last_at'])} ({duration(session['last_at'] - session['started'])})"),
         ("ended", close["reason"] if close else "no close record"),

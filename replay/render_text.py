@@ -168,6 +168,11 @@ def event_lines(event: Statement | Result | Notice | Approval) -> list[Text]:
     return approval_lines(event)
 
 
+def startup_text(parameters: dict[str, object]) -> str:
+    """The startup parameters as `name=value`, `;`-separated; `-` when the client set none."""
+    return "; ".join(f"{name}={value}" for name, value in parameters.items()) or "-"
+
+
 def header_lines(session: Session) -> list[Text]:
     identity = session.identity
     title = Text(printable(f"Session {session.id}"), style="bold")
@@ -186,6 +191,7 @@ def header_lines(session: Session) -> list[Text]:
                        f"{session.application or '-'}")),
         Text(printable(f"  TLS          {tls.get('version')} {tls.get('cipher')}") if tls
              else "  TLS          none (plaintext)"),
+        Text(printable(f"  startup      {startup_text(session.parameters)}")),
         Text(f"  started      {timestamp(session.started)};  {ended}"),
         Text(f"  statements   {counts['statements']};  refused {counts['refused']};  held {counts['held']};  "
              f"errors {counts['errors']}"),

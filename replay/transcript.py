@@ -99,6 +99,8 @@ class Session:
     target: str
     tls: dict[str, Any] | None
     gateway_version: str
+    # The startup parameters the client set (options, search_path...); empty in logs from before them.
+    parameters: dict[str, Any] = field(default_factory=dict)
     statements: list[Statement] = field(default_factory=list)
     # Every statement, result, notice and approval in the order recorded, each with its statement.
     timeline: list[Event] = field(default_factory=list)
@@ -161,7 +163,8 @@ def load(path: Path) -> Session:
         user=str(identity.get("username", "")), roles=list(identity.get("roles", [])),
         groups=list(identity.get("groups", [])), identity=identity, client=str(head.get("client_address", "")),
         application=head.get("application_name"), target=str(head.get("target", "")), tls=head.get("tls"),
-        gateway_version=str(head.get("gateway_version", "")), torn=torn, damage=damage)
+        gateway_version=str(head.get("gateway_version", "")), parameters=dict(head.get("parameters") or {}),
+        torn=torn, damage=damage)
     session.last_at = session.started
     by_seq: dict[int, Statement] = {}
     for _, _, record in entries[1:]:

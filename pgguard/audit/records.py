@@ -125,9 +125,12 @@ def _now(at: float | None) -> float:
 
 
 def header(*, session_id: str, identity: Identity, client_address: str, application_name: str | None,
-           target: str, tls: tuple[str, str] | None, at: float | None = None) -> Record:
+           target: str, tls: tuple[str, str] | None, parameters: Mapping[str, str] | None = None,
+           at: float | None = None) -> Record:
     """The first record of every log: who connected, from where, to what. `at` is when the
-    session started; `tls` is (protocol version, cipher) or None for a plaintext connection."""
+    session started; `tls` is (protocol version, cipher) or None for a plaintext connection.
+    `parameters` are the startup parameters the client had passed upstream (options, search_path,
+    DateStyle...): settings that change what its statements mean, made before its first one."""
     return {
         "type": "header",
         "at": _now(at),
@@ -148,6 +151,7 @@ def header(*, session_id: str, identity: Identity, client_address: str, applicat
         "application_name": application_name,
         "target": target,
         "tls": None if tls is None else {"version": tls[0], "cipher": tls[1]},
+        "parameters": dict(parameters or {}),
     }
 
 

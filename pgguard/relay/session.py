@@ -180,7 +180,7 @@ class Session:
         sock = hello.stream.socket
         header = records.header(session_id=self.id, identity=hello.identity, client_address=client_address(sock),
                                 application_name=hello.params.get("application_name"), target=hello.target.name,
-                                tls=tls_of(sock))
+                                tls=tls_of(sock), parameters=hello.upstream_params)
         try:
             return await self.logs.open(header)
         except OSError as exc:

@@ -173,6 +173,27 @@ def test_an_agent_cannot_drive_the_responders_terminal_through_the_log(gateway: 
     assert "\x1b[32mALLOWED" in text  # rich's own colours still come through
 
 
+def test_startup_settings_are_in_the_log_and_the_transcript(gateway: RunningGateway) -> None:
+    """A search_path set in the startup packet changes what every unqualified name means: the
+    responder must see it, not only the statements."""
+    application = unique_name("startup")
+    options = "-c search_path=pg_catalog,public -c statement_timeout=5000"
+    with psycopg.connect(gateway.dsn("analyst", application_name=application, options=options),
+                         autocommit=True) as conn:
+        conn.execute("SELECT count(*) FROM orders", prepare=False)
+    path = find_log(gateway, application)
+    header = next(read_records(path)).record
+    assert header["parameters"]["options"] == options
+    assert header["parameters"]["application_name"] == application
+    assert "user" not in header["parameters"] and "database" not in header["parameters"]
+    shown = replay(gateway, "show", session_id(path))
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [line for line in shown.stdout.splitlines() if line.startswith("  startup      ")]
+    assert f"application_name={application}" in line and f"options={options}" in line
+    exported = json.loads(replay(gateway, "export", session_id(path)).stdout)
+    assert exported["session"]["parameters"]["options"] == options
+
+
 def test_play_replays_every_event_in_order(gateway: RunningGateway, support: tuple[str, Path]) -> None:
     _, path = support
     played = replay(gateway, "play", session_id(path), "--speed", "50", "--max-gap", "0.05",
