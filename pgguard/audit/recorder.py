@@ -19,9 +19,11 @@ FunctionCall. An admitted statement the server then skipped (an earlier
 error in its batch) has no result record.
 
 The recorder keeps the text of the last _MAX_NAMES prepared statements and
-portals the client used. An Execute of a portal whose statement it does not
-hold (prepared before them, with SQL PREPARE, or a DECLAREd cursor) would
-have a record without its SQL: `untold()` says so, and the relay refuses it.
+portals the client used; a portal only until its transaction ends, as the
+server does. An Execute of a portal whose statement it does not hold
+(prepared before them, with SQL PREPARE, or a DECLAREd cursor) would have a
+record without its SQL, or with another's: `untold()` says so, and the relay
+refuses it.
 """
 
 from __future__ import annotations
@@ -91,8 +93,12 @@ class SessionRecorder:
         self._scrubber = parameter_scrubber
         self._pending: deque[_Pending] = deque()
         self._statements: dict[str, _Prepared] = {}
-        # Each portal's statement (None: one the recorder does not hold, by its name) and parameters.
-        self._portals: dict[str, tuple[_Prepared | None, str, list[Value]]] = {}
+        # Each portal's statement (None: one the recorder does not hold, by its name), parameters, and
+        # the request (counted as below) that bound it: the portal ends with the transaction it is in.
+        self._portals: dict[str, tuple[_Prepared | None, str, list[Value], int]] = {}
+        # Requests sent that end in ReadyForQuery (Query, Sync, FunctionCall), and those answered.
+        self._requests = 0
+        self._answered = 0
         # Client side: a refusal earlier in this extended-protocol batch, whose
         # Executes the server will skip up to Sync.
         self._skipping = False
@@ -136,7 +142,7 @@ class SessionRecorder:
         prepared = self._statements.get(statement)
         if prepared is not None:  # kept as the most recently used
             _remember(self._statements, statement, self._statements.pop(statement))
-        _remember(self._portals, portal, (prepared, statement, parameters))
+        _remember(self._portals, portal, (prepared, statement, parameters, self._requests + 1))
 
     def execute(self, portal: str, refused: Decision | None = None) -> bool:
         """An Execute about to be forwarded, or refused in favour of a stand-in.
@@ -159,15 +165,17 @@ class SessionRecorder:
         the Execute anyway (an earlier error in its batch)."""
         if self._skipping:
             return None
-        prepared, statement, _ = self._portals.get(portal, (None, None, []))
+        prepared, statement, _, _ = self._portals.get(portal, (None, None, [], 0))
         if prepared is not None:
             return None
-        what = f"portal {portal!r}" if statement is None else f"prepared statement {statement!r}"
-        return (f"the session log does not hold the text of {what} (pgguard keeps the last {_MAX_NAMES} the "
-                "session used), so it cannot record what it runs")
+        if statement is None:
+            return (f"the session log does not hold the text of portal {portal!r}: not one bound in this "
+                    "transaction (a DECLAREd cursor?), so it cannot record what it runs")
+        return (f"the session log does not hold the text of prepared statement {statement!r} (pgguard keeps "
+                f"the last {_MAX_NAMES} the session used), so it cannot record what it runs")
 
     def _portal(self, portal: str) -> tuple[str, tuple[str, ...], list[Value]]:
-        prepared, statement, parameters = self._portals.get(portal, (None, None, []))
+        prepared, statement, parameters, _ = self._portals.get(portal, (None, None, [], 0))
         if prepared is not None:
             return prepared.sql, prepared.classes, parameters
         what = f"portal {portal!r}" if statement is None else f"prepared statement {statement!r}"
@@ -201,7 +209,7 @@ class SessionRecorder:
         if not runs:
             self.counts["refused"] += 1
             self._skipping = not simple
-        self._pending.append(_Pending(statement, simple, time.monotonic()))
+        self._expect(_Pending(statement, simple, time.monotonic()))
 
     def function_call(self, oid: int, formats: list[int], args: list[bytes | None], encoding: str,
                       refused: Decision | None) -> bool:
@@ -232,7 +240,7 @@ class SessionRecorder:
 
     def sync(self) -> None:
         self._skipping = False
-        self._pending.append(_Pending(None, True, time.monotonic()))
+        self._expect(_Pending(None, True, time.monotonic()))
 
     def forget(self, kind: str, name: str) -> None:
         """A Close of a prepared statement ("S") or portal ("P")."""
@@ -250,13 +258,18 @@ class SessionRecorder:
         if seq is None and runs:
             self._note_refusal()
             self.counts["unrecorded"] += 1
-            self._pending.append(_Pending(None, until_ready, started, recorded=False))
+            self._expect(_Pending(None, until_ready, started, recorded=False))
             return False
         self.counts["statements"] += 1
         if refused is not None:
             self.counts["refused"] += 1
-        self._pending.append(_Pending(seq, until_ready, started))
+        self._expect(_Pending(seq, until_ready, started))
         return True
+
+    def _expect(self, pending: _Pending) -> None:
+        """A request forwarded, whose answer is to come."""
+        self._pending.append(pending)
+        self._requests += pending.until_ready
 
     def _note_refusal(self) -> None:
         """Tell the operator why statements are refused, once per reason."""
@@ -292,7 +305,7 @@ class SessionRecorder:
             elif tag == _COMMAND_COMPLETE:
                 self._result(frame.data[5:-1].decode("utf-8", "replace"), None)
             elif tag == _READY:
-                self._ready()
+                self._ready(frame.data[5:6])
             elif tag == _ROW_DESCRIPTION:
                 self._columns = self._describe(frame.data)
             elif tag == _COPY_DATA:
@@ -340,12 +353,16 @@ class SessionRecorder:
                                       severity=fields.get("V", fields.get("S", "")), sqlstate=fields.get("C", ""),
                                       message=fields.get("M", ""), limits=self.limits))
 
-    def _ready(self) -> None:
+    def _ready(self, status: bytes) -> None:
         while self._pending:
             if self._pending.popleft().until_ready:
                 break
         self._columns = []
         self._rows = None
+        self._answered += 1
+        if status == b"I" and self._portals:  # out of any transaction: the portals bound until now are gone
+            answered = self._answered
+            self._portals = {name: held for name, held in self._portals.items() if held[3] > answered}
 
     # -- the end --------------------------------------------------------------------
 

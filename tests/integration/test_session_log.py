@@ -18,10 +18,12 @@ import pytest
 
 from pgguard.audit.verify import read_records, verify
 from pgguard.config import load
+from pgguard.demo.data import DATABASE
 from pgguard.identity.tokens import load_signing_key
+from pgguard.wire import backend, frontend
 from conftest import PostgresServer, RunningGateway
 from helpers import scratch_table, unique_name
-from rawclient import config_edit, set_keys
+from rawclient import RawConnection, config_edit, set_keys
 
 Records = list[dict[str, Any]]
 
@@ -194,6 +196,35 @@ def test_no_statement_runs_whose_text_the_log_no_longer_holds(gateway: RunningGa
     assert all(r["sql"] for r in statements), [r for r in statements if not r["sql"]]
     assert statements[-3]["decision"] == "refused" and "_pg3_0" in statements[-3]["sql"]
     assert [r["decision"] for r in statements[-2:]] == ["allowed", "allowed"]
+
+
+def test_an_execute_of_a_portal_from_an_ended_transaction_is_not_logged_as_its_old_statement(
+        gateway: RunningGateway) -> None:
+    """A portal ends with its transaction; a cursor DECLAREd later under its name is another
+    statement. Its Execute was logged with the old portal's harmless SQL, beside the rows the
+    cursor returned: it is refused instead, as the log cannot say what it runs."""
+    application = unique_name("log")
+    ident = gateway.identities["analyst"]
+    with RawConnection.to(gateway) as conn:
+        conn.login(ident.user, ident.token, DATABASE, application_name=application)
+        conn.send(frontend.Parse("s", "SELECT 'harmless' AS word", []), frontend.Bind("p", "s", [], [], []),
+                  frontend.Execute("p", 0), frontend.Sync())
+        _, ready = conn.receive_until(backend.ReadyForQuery)
+        assert ready.status == "I"  # the transaction, and portal p, are over
+        messages, ready = conn.query("BEGIN; DECLARE p CURSOR FOR SELECT full_name FROM customers ORDER BY id")
+        assert ready.status == "T" and not [m for m in messages if isinstance(m, backend.ErrorResponse)]
+        conn.send(frontend.Execute("p", 1), frontend.Sync())
+        messages = []
+        while not isinstance(message := conn.receive(), backend.ReadyForQuery):
+            messages.append(message)
+        errors = [m for m in messages if isinstance(m, backend.ErrorResponse)]
+        assert [m for m in messages if isinstance(m, backend.DataRow)] == []
+        assert [e.code for e in errors] == ["42501"] and "portal 'p'" in errors[0].message, errors
+        conn.query("ROLLBACK")
+    statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
+    assert [(r["sql"], r["decision"]) for r in statements][0] == ("SELECT 'harmless' AS word", "allowed")
+    assert statements[2]["decision"] == "refused" and "portal 'p'" in statements[2]["sql"]
+    assert not any(r["sql"] == "SELECT 'harmless' AS word" for r in statements[1:]), statements
 
 
 def test_a_killed_gateway_leaves_a_log_that_verifies_up_to_its_end(

@@ -200,3 +200,28 @@ def test_an_execute_whose_statement_the_recorder_does_not_hold_is_untold() -> No
     assert rec.untold("p3") is None  # the server skips the rest of the batch: nothing to refuse
     rec.sync()
     assert rec.execute("p2") and log.of("statement")[-1]["sql"] == "SELECT ssn FROM customers"
+
+
+def test_a_portal_ends_with_its_transaction_not_before() -> None:
+    """Out of any transaction, the server has dropped the portals: an Execute of the name then runs
+    something else (a DECLAREd cursor), so the recorder forgets them. A portal of a later request,
+    sent before that ReadyForQuery came (a pipeline), lives on."""
+    log = FakeLog()
+    rec = recorder(log)
+    rec.parse("s", "SELECT 'harmless'", ("read",), None)
+    rec.bind("p", "s", [], [], "utf-8")
+    assert rec.execute("p")
+    rec.sync()
+    assert rec.query("BEGIN", (), None, runs=True)
+    rec.bind("q", "s", [], [], "utf-8")  # in the transaction the BEGIN opens, sent ahead of the answers
+    assert rec.execute("q")
+    rec.sync()
+    serve(rec, backend.CommandComplete("SELECT 1"), backend.ReadyForQuery("I"))
+    assert rec.untold("p") is not None and "portal 'p'" in rec.untold("p")
+    assert rec.untold("q") is None
+    serve(rec, backend.CommandComplete("BEGIN"), backend.ReadyForQuery("T"),
+          backend.CommandComplete("SELECT 1"), backend.ReadyForQuery("T"))
+    assert rec.untold("q") is None  # still in its transaction
+    assert rec.query("COMMIT", (), None, runs=True)
+    serve(rec, backend.CommandComplete("COMMIT"), backend.ReadyForQuery("I"))
+    assert rec.untold("q") is not None
