@@ -53,6 +53,8 @@ _READ = frozenset((_COPY_DATA, _ROW_DESCRIPTION, _FUNCTION_RESULT, _COMMAND_COMP
                    _ERROR, _NOTICE, _READY))
 # Prepared statements and portals remembered at most; the oldest go first.
 _MAX_NAMES = 1000
+# What a name may hold: each statement's text and classes.
+Held = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 class LogSink(Interface):
@@ -135,23 +137,32 @@ class SessionRecorder:
         self._skipping = True
 
     def bind(self, portal: str, statement: str, formats: list[int], values: list[bytes | None],
-             encoding: str) -> None:
+             encoding: str, held: Held | None = None) -> None:
+        """A Bind of `statement` to `portal`. `held`: every statement (text and classes) the server may
+        hold under the name, as the policy guard follows Parse, PREPARE, Close and DEALLOCATE and what
+        became of them (a Parse of a name the server holds fails, and the name keeps its statement);
+        without it, the recorder's own memory of Parses is taken."""
         if self._skipping:
             return
         parameters = self._parameters(formats, values, encoding)
         prepared = self._statements.get(statement)
-        if prepared is not None:  # kept as the most recently used
+        if held is not None:
+            prepared = _one_of(f"prepared statement {statement!r}", held)
+        elif prepared is not None:  # kept as the most recently used
             _remember(self._statements, statement, self._statements.pop(statement))
         _remember(self._portals, portal, (prepared, statement, parameters, self._requests + 1))
 
-    def execute(self, portal: str, refused: Decision | None = None) -> bool:
-        """An Execute about to be forwarded, or refused in favour of a stand-in.
+    def execute(self, portal: str, refused: Decision | None = None, cursor: Held | None = None) -> bool:
+        """An Execute about to be forwarded, or refused in favour of a stand-in; `cursor`: what a
+        portal the client did not bind (a DECLAREd cursor) may run, as the guard follows it.
         False: refuse it, its record could not be written."""
         if self._skipping:
             return True  # the server skips it: nothing runs, nothing to record
-        held = self._portals.get(portal)
-        if held is not None:  # a portal run again (PortalSuspended) stays
+        bound = self._portals.get(portal)
+        if bound is not None:  # a portal run again (PortalSuspended) stays
             _remember(self._portals, portal, self._portals.pop(portal))
+        elif cursor:
+            _remember(self._portals, portal, (_one_of(f"portal {portal!r}", cursor), None, [], self._requests + 1))
         sql, classes, parameters = self._portal(portal)
         if self._statement("extended", sql, classes, refused, refused is None, parameters, until_ready=False):
             self._skipping = refused is not None
@@ -368,6 +379,15 @@ class SessionRecorder:
 
     def close(self, reason: str, bytes_in: int, bytes_out: int) -> None:
         self.sink.close(records.close(reason=reason, bytes_in=bytes_in, bytes_out=bytes_out, counts=self.counts))
+
+
+def _one_of(what: str, held: Held) -> _Prepared | None:
+    """The statement of a name that holds one of `held`: itself, or all of them, said so; None for none."""
+    if len(held) <= 1:
+        return _Prepared(*held[0]) if held else None
+    texts = "\n".join(f"-- or:\n{sql}" if index else sql for index, (sql, _) in enumerate(held))
+    return _Prepared(f"-- {what} holds one of these (a Parse of it failed, or may have):\n{texts}",
+                     tuple(sorted({each for _, classes in held for each in classes})))
 
 
 _Named = TypeVar("_Named")

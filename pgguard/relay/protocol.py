@@ -33,11 +33,12 @@ from pgguard.admin.metrics import Metrics
 from pgguard.approvals.rules import ApprovalRule
 from pgguard.approvals.service import ApprovalError, SessionApprovals
 from pgguard.approvals.store import Request
-from pgguard.audit.recorder import SessionRecorder
+from pgguard.audit.recorder import Held, SessionRecorder
 from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
+from pgguard.policy.names import ServerNames
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -104,6 +105,21 @@ def _failing_parse(stand_in: str, kind: str = "refused") -> bytes:
     after any error; a name of its own leaves the client's unnamed statement alone.
     """
     return frontend.Parse(f"pgguard_{kind}_{secrets.token_hex(8)}", stand_in, []).encode()
+
+
+def _held_of(names: ServerNames, name: str) -> Held:
+    """The statements (text, classes) `name` may hold, as the guard follows them, for the session log:
+    a Parse's text, or the PREPARE or DECLARE that made it. Empty if it may hold one the guard cannot tell."""
+    held = []
+    for each in names.candidates(name):
+        if each.statement is not None:
+            held.append((each.sql if each.sql is not None else each.statement.text,
+                         tuple(sorted(each.statement.classes))))
+        elif each.sql is not None:  # an empty query
+            held.append((each.sql, ()))
+        else:
+            return ()
+    return tuple(dict.fromkeys(held))
 
 
 def _parse_fields(data: bytes) -> tuple[str, bytes]:
@@ -688,14 +704,16 @@ class SessionProtocol:
             recorder.refused(refused.statement.text if refused.statement is not None else "", classes, refused)
         elif tag == _BIND:
             portal, statement, formats, values, _ = self._bind_of(frame)
-            recorder.bind(portal, statement, formats, values, self.encoding)
+            recorder.bind(portal, statement, formats, values, self.encoding,
+                          None if self.guard is None else _held_of(self.guard.prepared, statement))
         elif tag == _EXECUTE:
             portal = frontend.Execute.portal_of(frame.data, 5)
             untold = None if refused is not None else recorder.untold(portal)
-            if untold is not None:  # it would run with a record that cannot say what it runs
+            cursor = None if untold is None or self.guard is None else _held_of(self.guard.portals, portal)
+            if untold is not None and not cursor:  # it would run with a record that cannot say what it runs
                 refused = Decision(False, None, "", untold, "Parse the statement again")
                 replacement = _failing_parse(self._stand_in("42501", refused.message, refused.hint, True))
-            if not recorder.execute(portal, refused):
+            if not recorder.execute(portal, refused, cursor):
                 return _failing_parse(self._unrecorded(before_sync=True), "unrecorded")
         elif tag == _SYNC:
             recorder.sync()

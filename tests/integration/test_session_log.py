@@ -175,56 +175,120 @@ def test_every_statement_of_a_session_is_in_its_log_in_order(gateway: RunningGat
     assert [r["statement"] for r in results] == [r["seq"] for r in executed]
 
 
-def test_no_statement_runs_whose_text_the_log_no_longer_holds(gateway: RunningGateway) -> None:
-    """The recorder keeps the text of the last 1,000 prepared statements. A client that prepared
-    more, and runs one it prepared before them, with no Parse, is refused: it would otherwise run
-    with an empty statement record (the agent's way to run a statement the log cannot show)."""
+@pytest.mark.parametrize("identity", ["analyst", "dba"])
+def test_no_statement_runs_whose_text_the_log_no_longer_holds(gateway: RunningGateway, identity: str) -> None:
+    """A client that prepared more than 1,000 statements runs one it prepared before them, with no
+    Parse. It ran with an empty statement record (the agent's way to run a statement the log cannot
+    show). The policy guard follows every name the server holds, so a guarded session's record
+    names it; a session nothing guards (dba) has only the recorder's memory, and is refused."""
     application = unique_name("log")
     hidden = "SELECT full_name FROM customers WHERE id = %s"
-    with psycopg.connect(gateway.dsn("analyst", application_name=application), autocommit=True) as conn:
+    with psycopg.connect(gateway.dsn(identity, application_name=application), autocommit=True) as conn:
         conn.prepared_max = 2000
         conn.execute(hidden, [1], prepare=True)
         for n in range(1000):
             conn.execute(f"SELECT {n} AS n", prepare=True)
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
-            conn.execute(hidden, [2], prepare=True)
-        assert "the session log does not hold the text" in str(caught.value)
+        if identity == "dba":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+                conn.execute(hidden, [2], prepare=True)
+            assert "the session log does not hold the text of prepared statement '_pg3_0'" in str(caught.value)
+        else:
+            assert conn.execute(hidden, [2], prepare=True).fetchone() is not None
         conn.execute("SELECT 1000 AS n", prepare=True)  # the last ones still run, and the session goes on
         assert conn.execute("SELECT 1", prepare=False).fetchone() == (1,)
     statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
     assert len(statements) == 1004
     assert all(r["sql"] for r in statements), [r for r in statements if not r["sql"]]
-    assert statements[-3]["decision"] == "refused" and "_pg3_0" in statements[-3]["sql"]
+    if identity == "dba":
+        assert statements[-3]["decision"] == "refused" and "_pg3_0" in statements[-3]["sql"]
+    else:
+        assert (statements[-3]["decision"], statements[-3]["sql"]) == ("allowed", hidden.replace("%s", "$1"))
     assert [r["decision"] for r in statements[-2:]] == ["allowed", "allowed"]
+
+
+def test_a_statement_prepared_again_under_its_name_is_logged_as_either(gateway: RunningGateway) -> None:
+    """A Parse of a name the server holds fails, and the name keeps its statement: the log took the
+    failed Parse's text for what ran, and the text of what ran appeared nowhere. Which one runs is
+    not known for sure when the Bind goes, so the record holds both."""
+    application = unique_name("log")
+    hidden = "SELECT full_name FROM customers ORDER BY id LIMIT 1"
+    ident = gateway.identities["analyst"]
+    with RawConnection.to(gateway) as conn:
+        conn.login(ident.user, ident.token, DATABASE, application_name=application)
+        conn.send(frontend.Parse("m", hidden, []), frontend.Sync(),
+                  frontend.Parse("m", "SELECT 'harmless' AS full_name", []), frontend.Sync(),
+                  frontend.Bind("", "m", [], [], []), frontend.Execute("", 0), frontend.Sync())
+        answers: list[list[object]] = []
+        for _ in range(3):
+            messages = []
+            while not isinstance(message := conn.receive(), backend.ReadyForQuery):
+                messages.append(message)
+            answers.append(messages)
+    assert [m.code for m in answers[1] if isinstance(m, backend.ErrorResponse)] == ["42P05"]
+    assert [m.values for m in answers[2] if isinstance(m, backend.DataRow)] != [[b"harmless"]]
+    statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
+    assert [r["decision"] for r in statements] == ["allowed"]
+    assert statements[0]["sql"] == ("-- prepared statement 'm' holds one of these (a Parse of it failed, or may have):\n"
+                                    f"{hidden}\n-- or:\nSELECT 'harmless' AS full_name")
+
+
+def test_a_statement_made_with_sql_prepare_is_logged_with_its_text_when_bound(gateway: RunningGateway) -> None:
+    """DEALLOCATE and PREPARE in SQL change what a name holds; the log named the Parse it held before."""
+    application = unique_name("log")
+    ident = gateway.identities["analyst"]
+    with RawConnection.to(gateway) as conn:
+        conn.login(ident.user, ident.token, DATABASE, application_name=application)
+        conn.send(frontend.Parse("s", "SELECT 'harmless' AS word", []), frontend.Sync())
+        conn.receive_until(backend.ReadyForQuery)
+        conn.query("DEALLOCATE s; PREPARE s AS SELECT full_name AS word FROM customers ORDER BY id LIMIT 1")
+        conn.send(frontend.Bind("", "s", [], [], []), frontend.Execute("", 0), frontend.Sync())
+        rows, _ = conn.receive_until(backend.ReadyForQuery)
+        assert [m for m in rows if isinstance(m, backend.DataRow)] != []
+    statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
+    # the PREPARE that made what runs
+    assert statements[-1]["sql"] == "PREPARE s AS SELECT full_name AS word FROM customers ORDER BY id LIMIT 1"
 
 
 def test_an_execute_of_a_portal_from_an_ended_transaction_is_not_logged_as_its_old_statement(
         gateway: RunningGateway) -> None:
     """A portal ends with its transaction; a cursor DECLAREd later under its name is another
     statement. Its Execute was logged with the old portal's harmless SQL, beside the rows the
-    cursor returned: it is refused instead, as the log cannot say what it runs."""
+    cursor returned; the record names the DECLARE now."""
     application = unique_name("log")
     ident = gateway.identities["analyst"]
+    declare = "DECLARE p CURSOR FOR SELECT full_name FROM customers ORDER BY id"
     with RawConnection.to(gateway) as conn:
         conn.login(ident.user, ident.token, DATABASE, application_name=application)
         conn.send(frontend.Parse("s", "SELECT 'harmless' AS word", []), frontend.Bind("p", "s", [], [], []),
                   frontend.Execute("p", 0), frontend.Sync())
         _, ready = conn.receive_until(backend.ReadyForQuery)
         assert ready.status == "I"  # the transaction, and portal p, are over
-        messages, ready = conn.query("BEGIN; DECLARE p CURSOR FOR SELECT full_name FROM customers ORDER BY id")
-        assert ready.status == "T" and not [m for m in messages if isinstance(m, backend.ErrorResponse)]
+        _, ready = conn.query(f"BEGIN; {declare}")
+        assert ready.status == "T"
         conn.send(frontend.Execute("p", 1), frontend.Sync())
+        rows, _ = conn.receive_until(backend.ReadyForQuery)
+        assert len([m for m in rows if isinstance(m, backend.DataRow)]) == 1
+        conn.query("ROLLBACK")
+    statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
+    assert [r["sql"] for r in statements] == ["SELECT 'harmless' AS word", f"BEGIN; {declare}", declare, "ROLLBACK"]
+
+
+@pytest.mark.parametrize("identity", ["analyst", "dba"])
+def test_an_execute_of_a_portal_the_log_cannot_name_is_refused(gateway: RunningGateway, identity: str) -> None:
+    """Without a guard (dba), or for a name the guard does not know either, the Execute is refused."""
+    application = unique_name("log")
+    ident = gateway.identities[identity]
+    with RawConnection.to(gateway) as conn:
+        conn.login(ident.user, ident.token, DATABASE, application_name=application)
+        conn.query("BEGIN; DECLARE q CURSOR FOR SELECT 1" if identity == "dba" else "BEGIN")
+        conn.send(frontend.Execute("q", 1), frontend.Sync())
         messages = []
         while not isinstance(message := conn.receive(), backend.ReadyForQuery):
             messages.append(message)
-        errors = [m for m in messages if isinstance(m, backend.ErrorResponse)]
-        assert [m for m in messages if isinstance(m, backend.DataRow)] == []
-        assert [e.code for e in errors] == ["42501"] and "portal 'p'" in errors[0].message, errors
+        assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"], messages
         conn.query("ROLLBACK")
     statements = [r for r in records_of(find_log(gateway, application)) if r["type"] == "statement"]
-    assert [(r["sql"], r["decision"]) for r in statements][0] == ("SELECT 'harmless' AS word", "allowed")
-    assert statements[2]["decision"] == "refused" and "portal 'p'" in statements[2]["sql"]
-    assert not any(r["sql"] == "SELECT 'harmless' AS word" for r in statements[1:]), statements
+    assert statements[1]["decision"] == "refused" and "portal 'q'" in statements[1]["sql"]
 
 
 def test_a_killed_gateway_leaves_a_log_that_verifies_up_to_its_end(
