@@ -99,6 +99,9 @@ class Lineage:
     # no RowDescription to give their types: a value cast, or read through a
     # view (which may cast it), is not direct there.
     copy: Node | None = None
+    # INSERT, UPDATE, DELETE, MERGE: every column of the rows it changes, which its errors may
+    # quote whole (`Failing row contains (…)`) or in part (`Key (email)=(…) already exists`).
+    changed: set[SourceColumn] = field(default_factory=set)
     # CREATE TABLE ... AS EXECUTE: the prepared statement whose rows go into a new table.
     stores: str | None = None
     # User-defined functions called, and the columns each may read (to name them in refusals).
@@ -249,6 +252,9 @@ class _Analyzer:
         scope = _Scope([], ctes)
         target = self._range_var(node["relation"], scope)
         scope.relations.append(target)
+        # Through a view, the failing row is the whole row of the table under it.
+        tables = {source.relation for column in target.columns or [] for source in column.sources}
+        self.result.changed.update(source for source in self.relations.sensitive() if source.relation in tables)
         if "sourceRelation" in node:  # MERGE ... USING
             scope.relations.extend(self._from_item(node["sourceRelation"], scope))
         for key in ("fromClause", "usingClause"):
@@ -443,7 +449,8 @@ class _Analyzer:
         """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""
         inner = _Analyzer(self.relations, self.depth, self.calls, self.in_body)
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
-                               written=self.result.written, functions=self.result.functions)
+                               written=self.result.written, changed=self.result.changed,
+                               functions=self.result.functions)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
         return columns
@@ -718,6 +725,7 @@ class _Analyzer:
         relations = self.relations if body.search_path is None else _PathRelations(self.relations, body.search_path)
         inner = _Analyzer(relations, self.depth, self.calls, in_body=True)
         inner.result.written = self.result.written  # what the body writes is written by this statement
+        inner.result.changed = self.result.changed
         self.calls.stack.append(routine.name)
         try:
             read: set[SourceColumn] = set()

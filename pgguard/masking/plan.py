@@ -125,8 +125,9 @@ class ResultPlan:
     columns: tuple[MaskSpec | None, ...] | None
     # Every column hidden, whatever the shape: for rows whose lineage is lost.
     hide_all: bool = False
-    # The statement reads a column the session may not see: its errors and
-    # notices may quote values (`ssn::date` fails with the SSN in the message).
+    # The statement reads a column the session may not see, or changes rows that
+    # hold one: its errors and notices may quote values (`ssn::date` fails with
+    # the SSN in the message, a NOT NULL violation with the whole row).
     reads_hidden: bool = False
     # It reads a relation the catalog does not know yet (see Lineage.unresolved):
     # every value gets every detector.
@@ -182,7 +183,8 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
             columns.append(clearance.spec_for(hidden[0]))
         else:
             columns.append(NULLIFY)
-    return ResultPlan(tuple(columns), reads_hidden=bool(touched), unresolved=lineage.unresolved)
+    return ResultPlan(tuple(columns), reads_hidden=bool(touched or clearance.hidden(lineage.changed)),
+                      unresolved=lineage.unresolved)
 
 
 def _listed(columns: list[SourceColumn], lineage: Lineage) -> str:

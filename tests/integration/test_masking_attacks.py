@@ -1199,3 +1199,19 @@ def test_engineer_may_rewrite_a_masked_column_in_place(gateway, raw):
     with psycopg.connect(gateway.dsn("engineer")) as conn, conn.transaction(force_rollback=True):
         (email,) = conn.execute(f"UPDATE {C} SET email = lower(email) WHERE id = 1 RETURNING email").fetchone()
     assert email == "***@" + raw.emails[0].split("@")[1]
+
+
+@pytest.mark.parametrize("sql", [
+    f"UPDATE {C} SET city = NULL WHERE id = 1",
+    f"UPDATE {C} SET created_at = NULL WHERE id = 2 RETURNING id",
+    f"WITH u AS (UPDATE {C} SET full_name = NULL WHERE id = 3 RETURNING id) SELECT * FROM u",
+])
+def test_engineer_errors_on_rows_holding_hidden_columns_do_not_quote_the_row(gateway, raw, sql):
+    """Fixed: a NOT NULL violation's DETAIL quotes the whole failing row, `Failing row contains (1, Ben O'Brien, …,
+    +1-688-555-4240, …, 444-07-2101, …)`, and a write that read no hidden column passed it as it came."""
+    with psycopg.connect(gateway.dsn("engineer")) as conn:
+        with pytest.raises(psycopg.errors.NotNullViolation) as caught:
+            with conn.transaction(force_rollback=True):
+                psycopg.ClientCursor(conn).execute(sql)
+    assert caught.value.diag.message_detail is None
+    assert not raw.leaked(error_text(caught.value))

@@ -52,6 +52,21 @@ def test_unknown_lineage_without_sensitive_columns_is_allowed():
     assert plan_for("SELECT * FROM generate_series(1, 3)").columns is None
 
 
+@pytest.mark.parametrize(("sql", "errors_scrubbed"), [
+    ("UPDATE customers SET full_name = NULL WHERE id = 1", True),
+    ("INSERT INTO customers (id, full_name) VALUES (1, 'x')", True),
+    ("DELETE FROM customers WHERE id = 1", True),
+    ("WITH d AS (DELETE FROM customers WHERE id = 1 RETURNING id) SELECT 1", True),
+    ("UPDATE contacts SET id = NULL WHERE id = 1", True),  # a view whose one column derives from the email
+    ("UPDATE orders SET status = NULL WHERE id = 1", False),
+])
+def test_a_write_to_rows_holding_hidden_columns_has_its_errors_scrubbed(sql, errors_scrubbed):
+    """Fixed: a NOT NULL violation's detail quotes the whole failing row (`Failing row contains (1, …,
+    444-07-2101, …)`), for a statement that read no hidden column."""
+    assert plan_for(sql, Clearance(RULES, (), None, strict=False)).reads_hidden is errors_scrubbed
+    assert plan_for(sql, SUPPORT).reads_hidden is errors_scrubbed
+
+
 def field(name: str, type_oid: int, table_oid: int = 0, column: int = 0) -> FieldDescription:
     return FieldDescription(name, table_oid, column, type_oid, -1, -1, 0)
 
