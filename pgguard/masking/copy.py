@@ -41,7 +41,8 @@ from typing import Any
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, detector_mask, is_text
+from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, detector_mask
+from pgguard.masking.readings import is_text, spelled_out
 from pgguard.masking.values import BINARY_FORMAT, TEXT_FORMAT
 from pgguard.wire.backend import CopyOutResponse
 
@@ -267,17 +268,30 @@ def _masks(planned: CopyPlan, width: int, binary: bool, clearance: Clearance) ->
 _HEX_BYTEA = re.compile(rb"\\x((?:[0-9a-f]{2})+)")
 
 
-def scrub_copy_text(scrubber: Scrubber, data: bytes) -> bytes:
-    """A text value with detectors applied to it, and to the text that bytea's hex in it stands for.
+def scrub_copy_text(scrubber: Scrubber, data: bytes) -> bytes | None:
+    """A text value with detectors applied to it, and to the text that bytea's hex in it stands for;
+    NULL if they find more in its numbers spelled out (a card cast to float8 or money:
+    4.111111111111111e+15, $4,111,111,111,111,111.00).
 
     Hex is scrubbed only as what it decodes to: a run of its digits can look
     like a card number, and masking that would break the hex.
     """
-    if b"\\x" not in data:
+    hexes = list(_HEX_BYTEA.finditer(data)) if b"\\x" in data else []
+    out = _scrub_around_hex(scrubber, data, hexes)
+    plain = _HEX_BYTEA.sub(b" ", data) if hexes else data
+    spelled = spelled_out(plain)
+    # Spelled out before the scrub, it must be what the scrubbed value is spelled out: nothing more to mask.
+    if spelled is not plain and scrubber.scrub_bytes(spelled) != spelled_out(_HEX_BYTEA.sub(b" ", out)):
+        return None
+    return out
+
+
+def _scrub_around_hex(scrubber: Scrubber, data: bytes, hexes: list[re.Match[bytes]]) -> bytes:
+    if not hexes:
         return scrubber.scrub_bytes(data)
     parts = []
     end = 0
-    for match in _HEX_BYTEA.finditer(data):
+    for match in hexes:
         parts.append(scrubber.scrub_bytes(data[end:match.start()]))
         raw = bytes.fromhex(match.group(1).decode("ascii"))
         scrubbed = scrubber.scrub_bytes(raw) if is_text(raw) else raw

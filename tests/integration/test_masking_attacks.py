@@ -63,8 +63,8 @@ known_limit = pytest.mark.xfail(strict=True, reason="known limit of output maski
 # --- the leak check ------------------------------------------------------------------------------
 
 _USER_PART = re.compile(r"([a-z]+)\.([a-z]+)([0-9]+)")
-# Digits, possibly split by separators people (and regexp_replace) put between them.
-_DIGIT_CHAIN = re.compile(r"[0-9]+(?:[ .\-/()+]{1,3}[0-9]+)*")
+# Digits, possibly split by separators people (and regexp_replace, and money's output) put between them.
+_DIGIT_CHAIN = re.compile(r"[0-9]+(?:[ .,\-/()+]{1,3}[0-9]+)*")
 _SSN = re.compile(r"[0-9]{3}-[0-9]{2}-[0-9]{4}")
 
 
@@ -326,6 +326,13 @@ ROUTES = [
     "SELECT substring(body from '[0-9]{16}')::bigint, substring(body from '[0-9]{16}')::numeric FROM tickets "
     "ORDER BY id LIMIT 400",
     "SELECT jsonb_build_object('b', body), json_build_array(body) FROM tickets ORDER BY id LIMIT 400",
+    # a card read out of free text as a number that is no run of digits on the wire (4.111111111111111e+15,
+    # $4,111,111,111,111,111.00, a double, an integer in a binary array, record or range), or as bytea's hex
+    "SELECT substring(body from '[0-9]{16}')::float8, substring(body from '[0-9]{16}')::money, "
+    "point(substring(body from '[0-9]{16}')::float8, 0) FROM tickets WHERE body ~ '[0-9]{16}' ORDER BY id",
+    "SELECT ARRAY[substring(body from '[0-9]{16}')::bigint], ROW(substring(body from '[0-9]{16}')::numeric, 1), "
+    "int8range(substring(body from '[0-9]{16}')::bigint, NULL) FROM tickets WHERE body ~ '[0-9]{16}' ORDER BY id",
+    "SELECT ARRAY[body::bytea], ROW(body::bytea) FROM tickets ORDER BY id LIMIT 400",
 ]
 
 
@@ -1000,6 +1007,41 @@ def test_copy_of_hidden_columns_is_masked_in_every_format(analyst, raw, sql, cli
         received = b"".join(bytes(block) for block in copy)
     assert received.count(b"\n") >= len(raw.emails) or "binary" in sql
     assert not raw.leaked(copied(received))
+
+
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_copy_of_a_card_read_as_a_number_is_null(analyst, fmt):
+    """Fixed: a COPY column of unknown type (an expression) was scrubbed as text, which float8's
+    4.111111111111111e+15 and money's $4,111,111,111,111,111.00 are not, and in binary a bigint, float8 or money
+    is an integer or a double the detectors never read."""
+    card = "substring(body from '[0-9]{16}')"
+    sql = f"COPY (SELECT {card}::bigint, {card}::float8, {card}::money FROM tickets WHERE body ~ '[0-9]{{16}}') " \
+          f"TO STDOUT (FORMAT {fmt})"
+    with analyst.cursor().copy(sql) as copy:
+        received = b"".join(bytes(block) for block in copy)
+    if fmt == "binary":
+        assert binary_fields(received) and set(binary_fields(received)) == {None}
+    else:
+        # The bigint's text is a run of digits, masked in place; the others are NULL.
+        rows = [row.split(b"\t" if fmt == "text" else b",") for row in received.splitlines()]
+        null = b"\\N" if fmt == "text" else b""
+        assert rows and all(re.fullmatch(rb"\*{12}[0-9]{4}", card) and rest == [null, null] for card, *rest in rows)
+
+
+def binary_fields(data: bytes) -> list[bytes | None]:
+    """Every field of COPY binary data (after its 19-byte header, with no extension), in order."""
+    fields: list[bytes | None] = []
+    pos = 19
+    while True:
+        count = int.from_bytes(data[pos:pos + 2], "big", signed=True)
+        pos += 2
+        if count < 0:
+            return fields
+        for _ in range(count):
+            length = int.from_bytes(data[pos:pos + 4], "big", signed=True)
+            pos += 4
+            fields.append(None if length < 0 else data[pos:pos + length])
+            pos += max(length, 0)
 
 
 def test_copy_of_data_with_nothing_to_hide_is_untouched(analyst, postgres):
