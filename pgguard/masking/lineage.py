@@ -47,6 +47,10 @@ _SET_RETURNING = frozenset({
     "json_object_keys", "jsonb_object_keys", "jsonb_path_query", "json_populate_recordset",
     "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset", "ts_stat", "ts_debug",
 })
+# Built-ins that keep their arguments where the session reads them back as
+# they are: a setting (SHOW, current_setting, the ParameterStatus of
+# application_name), a notification to the listeners, a sequence's value.
+_KEEPING = frozenset({"set_config", "pg_notify", "setval"})
 _MAX_VIEW_DEPTH = 8
 # A_Expr kinds named by a keyword, not an operator: every other kind calls the operator it names.
 _BETWEEN = frozenset({"AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM", "AEXPR_NOT_BETWEEN_SYM"})
@@ -673,6 +677,8 @@ class _Analyzer:
             self._filter(call.get("over"), scope)
             if name in _SET_RETURNING:
                 self.result.filters |= args
+            if name in _KEEPING and schema in (None, "pg_catalog") and args:
+                self.result.written.append((None, frozenset(args)))
             return (set() if counting else args) | self._call(names, args), False
         if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
             operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)

@@ -161,7 +161,8 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         specs = {clearance.spec_for(column) for column in copied}
         specs |= {clearance.spec_for(column) for column in targets} if targets else {None}
         if None in specs or len(specs) > 1:
-            where = ", ".join(sorted(map(str, targets))) if targets else "a new table or columns pgguard cannot follow"
+            where = ", ".join(sorted(map(str, targets))) if targets else \
+                "a new table, a setting, a notification or columns pgguard cannot follow"
             raise MaskingRefused(f"the statement writes values of {_listed(copied, lineage)} into {where},"
                                  " where they could be read back unmasked")
     if clearance.strict:

@@ -458,6 +458,9 @@ REFUSED = [
     f"SELECT j.value FROM {C} c, jsonb_each(to_jsonb(c)) j",
     f"SELECT * FROM {C} c, jsonb_to_record(to_jsonb(c)) AS r(email text)",
     f"SELECT x FROM {C} c, unnest(ARRAY[c.email, c.ssn]) x",
+    # a setting keeps a value where SHOW, current_setting and application_name's ParameterStatus give it back raw
+    f"SELECT set_config('application_name', ssn, false) FROM {C} WHERE id = 1",
+    f"SELECT length(set_config('pgguard.kept', phone || card_number, true)) FROM {C}",
     # statistics that sample values, query strings run inside the server
     "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
     "SELECT * FROM pg_stats_ext",
@@ -1257,3 +1260,25 @@ def test_engineer_errors_on_rows_holding_hidden_columns_do_not_quote_the_row(gat
                 psycopg.ClientCursor(conn).execute(sql)
     assert caught.value.diag.message_detail is None
     assert not raw.leaked(error_text(caught.value))
+
+
+@pytest.mark.parametrize("role", ["support", "engineer"])
+@pytest.mark.parametrize("sql", [
+    f"SELECT pg_notify('kept', ssn) FROM {C} WHERE id < 5",
+    f"SELECT count(pg_notify('kept', phone)) FROM {C}",
+    f"WITH x AS (SELECT pg_notify('kept', ssn || ' ' || phone) FROM {C}) SELECT 1 FROM x LIMIT 1",
+    f"SELECT set_config('application_name', ssn, false) FROM {C} WHERE id = 1",
+])
+def test_hidden_values_are_not_kept_where_the_session_reads_them_back(gateway, raw, role, sql):
+    """Fixed: pg_notify() of a hidden value, which a role allowed to write may call, came back raw to the session
+    listening; set_config() kept one as a setting that SHOW, current_setting() and the ParameterStatus of
+    application_name gave back raw (the analyst too)."""
+    with psycopg.connect(gateway.dsn(role), autocommit=True) as conn:
+        conn.execute("LISTEN kept")
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(sql)
+        assert "could be read back unmasked" in refused_message(caught.value)
+        conn.execute("NOTIFY kept, 'done'")  # delivered after anything sent before it
+        notes = [note.payload for note in conn.notifies(timeout=30, stop_after=1)]
+        seen = [notes, conn.execute("SHOW application_name").fetchall(), conn.info.parameter_status("application_name")]
+    assert notes == ["done"] and not raw.leaked(seen)

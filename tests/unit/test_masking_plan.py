@@ -67,6 +67,22 @@ def test_a_write_to_rows_holding_hidden_columns_has_its_errors_scrubbed(sql, err
     assert plan_for(sql, SUPPORT).reads_hidden is errors_scrubbed
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('application_name', ssn, false) FROM customers",
+    "SELECT pg_catalog.pg_notify('c', email) FROM customers",
+    "SELECT count(*) FROM customers WHERE setval('s', length(ssn)) > 0",
+    "SELECT id FROM orders WHERE EXISTS (SELECT pg_notify('c', ssn) FROM customers)",
+])
+def test_a_hidden_value_kept_as_a_setting_a_notification_or_a_sequence_value_is_refused(sql):
+    with pytest.raises(MaskingRefused, match="a setting, a notification"):
+        plan_for(sql, Clearance(RULES, (), None, strict=False))
+
+
+def test_a_setting_or_notification_of_values_the_session_sees_is_allowed():
+    assert plan_for("SELECT set_config('application_name', email, false) FROM customers", SUPPORT).columns == (None,)
+    assert plan_for("SELECT pg_notify('c', city) FROM customers").columns == (None,)
+
+
 def field(name: str, type_oid: int, table_oid: int = 0, column: int = 0) -> FieldDescription:
     return FieldDescription(name, table_oid, column, type_oid, -1, -1, 0)
 
