@@ -569,6 +569,25 @@ def test_an_error_from_a_hidden_column_keeps_its_class_and_loses_the_value(analy
     assert raw.ssns_raw[0][:6] not in error_text(caught.value)
 
 
+@pytest.mark.parametrize("role", ["analyst", "engineer"])
+@pytest.mark.parametrize("sql", [
+    f"SELECT make_time(substr(ssn, 1, 3)::int, substr(ssn, 5, 2)::int, substr(ssn, 8, 4)::int) FROM {C} WHERE id = 1",
+    f"SELECT chr(replace(ssn, '-', '')::int) FROM {C} WHERE id = 1",
+    f"SELECT make_timestamp(2000, 1, 1, 0, substr(ssn, 1, 3)::int, replace(substr(ssn, 5), '-', '')::float8) "
+    f"FROM {C} WHERE id = 1",
+])
+def test_an_error_that_prints_a_hidden_value_unquoted_loses_its_digits(gateway, raw, role, sql):
+    """Fixed: make_time and chr print the numbers they fail on without quotes (`time field value out of range:
+    444:07:2101`, `requested character too large for encoding: 444072101`), which passed as they came."""
+    with psycopg.connect(gateway.dsn(role), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(sql).fetchall()
+    text = error_text(caught.value)
+    assert caught.value.sqlstate[:2] in ("22", "54") and "*" in caught.value.diag.message_primary
+    ssn = raw.ssns_raw[0]
+    assert not any(part in text for part in (ssn[:3], ssn[4:6] + ":", ssn[-4:]))
+
+
 @pytest.mark.parametrize("sql", [f"SELECT ssn::json FROM {C} WHERE id = 2",
                                  f"SELECT x::date FROM (SELECT phone AS x FROM {C}) s",
                                  "EXECUTE e1", "FETCH ALL FROM f1"])
