@@ -1066,6 +1066,21 @@ def binary_fields(data: bytes) -> list[bytes | None]:
             pos += max(length, 0)
 
 
+def test_a_csv_null_string_does_not_tell_which_hidden_values_equal_it(analyst, raw):
+    """Fixed: the server quotes a value that equals the NULL string, and the masked value kept its quotes, so
+    `NULL '444-07-2101'` showed which rows hold that SSN (and the phone, the email …)."""
+    def received(options: str) -> bytes:
+        sql = f"COPY (SELECT id, ssn, phone, email FROM {C} ORDER BY id LIMIT 20) TO STDOUT (FORMAT csv{options})"
+        with analyst.cursor().copy(sql) as copy:
+            return b"".join(bytes(block) for block in copy)
+
+    plain = received("")
+    for guess in (raw.ssns_raw[0], raw.phones_raw[1], raw.emails[2]):
+        assert received(f", NULL '{guess}'") == plain
+    forced = received(", FORCE_QUOTE (ssn, email)").splitlines()
+    assert forced and all(line.split(b",")[1] == b'"[redacted]"' and line.endswith(b'"') for line in forced)
+
+
 def test_copy_of_data_with_nothing_to_hide_is_untouched(analyst, postgres):
     for sql in ("COPY orders TO STDOUT", f"COPY (SELECT id, full_name, city FROM {C}) TO STDOUT WITH (FORMAT csv)"):
         with analyst.cursor().copy(sql) as copy:
