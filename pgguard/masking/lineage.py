@@ -99,6 +99,9 @@ class Lineage:
     # INSERT, UPDATE, MERGE: for each column written, the columns it names
     # (more than one through a view; None if unknown) and what the value written derives from.
     written: list[tuple[frozenset[SourceColumn] | None, frozenset[SourceColumn]]] = field(default_factory=list)
+    # What the values written into a column derive from where they are not one column's value unchanged:
+    # a mask made for the column's values shows other parts of them (`'x@' || replace(email, '@', '.')`).
+    derived_writes: set[SourceColumn] = field(default_factory=set)
     # COPY: its CopyStmt (options, direction). Rows go out as CopyData, with
     # no RowDescription to give their types: a value cast, or read through a
     # view (which may cast it), is not direct there.
@@ -284,14 +287,19 @@ class _Analyzer:
                     return candidate.sources
             return None
 
+        def write(name: str | None, found: set[SourceColumn] | frozenset[SourceColumn], direct: bool) -> None:
+            self.result.written.append((column(name), frozenset(found)))
+            if not direct:
+                self.result.derived_writes.update(found)
+
         def assign(targets: list[Node], seen: _Scope) -> None:
             for item in targets:
                 res = item.get("ResTarget", {})
                 value = res.get("val", {})
                 if "MultiAssignRef" in value:
                     value = value["MultiAssignRef"].get("source")
-                found, _ = self._sources(value, seen)
-                self.result.written.append((column(res.get("name")), frozenset(found)))
+                found, direct = self._sources(value, seen)
+                write(res.get("name"), found, direct)
 
         # INSERT … ON CONFLICT DO UPDATE reads the row it could not insert as `excluded`.
         excluded = _Relation("excluded", [OutputColumn(c.name, frozenset(), False) for c in target.columns or []])
@@ -307,9 +315,9 @@ class _Analyzer:
             else:
                 inserted = dict(zip(names, rows))
                 for name, row in inserted.items():
-                    self.result.written.append((column(name), row.sources))
-                excluded = _Relation("excluded", [OutputColumn(c.name, inserted[c.name].sources, False)
-                                                  if c.name in inserted else c for c in excluded.columns or []])
+                    write(name, row.sources, row.direct)
+                excluded = _Relation("excluded", [replace(inserted[c.name], name=c.name) if c.name in inserted else c
+                                                  for c in excluded.columns or []])
         if node.get("onConflictClause"):
             conflict = node["onConflictClause"]
             seen = _Scope(scope.relations + [excluded], scope.ctes, scope.outer)
@@ -324,9 +332,8 @@ class _Analyzer:
                 names = [item["ResTarget"].get("name") for item in when.get("targetList", [])] or \
                     [c.name for c in target.columns or []]
                 for index, value in enumerate(values):
-                    found, _ = self._sources(value, scope)
-                    name = names[index] if index < len(names) else None
-                    self.result.written.append((column(name), frozenset(found)))
+                    found, direct = self._sources(value, scope)
+                    write(names[index] if index < len(names) else None, found, direct)
             else:
                 assign(when.get("targetList", []), scope)
 
@@ -454,6 +461,7 @@ class _Analyzer:
         inner = _Analyzer(self.relations, self.depth, self.calls, self.in_body)
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
                                written=self.result.written, changed=self.result.changed,
+                               derived_writes=self.result.derived_writes,
                                functions=self.result.functions)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
@@ -732,6 +740,7 @@ class _Analyzer:
         inner = _Analyzer(relations, self.depth, self.calls, in_body=True)
         inner.result.written = self.result.written  # what the body writes is written by this statement
         inner.result.changed = self.result.changed
+        inner.result.derived_writes = self.result.derived_writes
         self.calls.stack.append(routine.name)
         try:
             read: set[SourceColumn] = set()

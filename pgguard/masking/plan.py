@@ -165,6 +165,10 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
                 "a new table, a setting, a notification or columns pgguard cannot follow"
             raise MaskingRefused(f"the statement writes values of {_listed(copied, lineage)} into {where},"
                                  " where they could be read back unmasked")
+    derived = clearance.hidden(lineage.derived_writes)
+    if derived:
+        raise MaskingRefused(f"the statement writes values derived from {_listed(derived, lineage)} into a column,"
+                             " whose mask could show other parts of them; write the column's own value unchanged")
     if clearance.strict:
         inferred = clearance.hidden(lineage.filters)
         if inferred:

@@ -1274,10 +1274,37 @@ def test_engineer_may_upsert_a_row_of_a_masked_table_with_its_own_values(gateway
     assert row[1] == "***@" + raw.emails[0].split("@")[1]
 
 
-def test_engineer_may_rewrite_a_masked_column_in_place(gateway, raw):
+def test_engineer_may_rewrite_a_masked_column_with_its_own_value(gateway, raw):
     with psycopg.connect(gateway.dsn("engineer")) as conn, conn.transaction(force_rollback=True):
-        (email,) = conn.execute(f"UPDATE {C} SET email = lower(email) WHERE id = 1 RETURNING email").fetchone()
+        (email,) = conn.execute(f"UPDATE {C} SET email = email WHERE id = 1 RETURNING email").fetchone()
     assert email == "***@" + raw.emails[0].split("@")[1]
+
+
+@pytest.mark.parametrize("sql", [
+    f"UPDATE {C} SET email = 'x@' || replace(email, '@', '.') WHERE id = 1 RETURNING email",
+    f"UPDATE {C} SET card_number = substr(card_number, 1, 8) WHERE id = 1 RETURNING card_number",
+    f"UPDATE {C} SET card_number = card_number::varchar(12) WHERE id = 1 RETURNING card_number",
+    f"UPDATE {C} SET email = lower(email) WHERE id = 1",
+    f"INSERT INTO {C} SELECT id + 100000, full_name, reverse(email), phone, card_number, ssn, city, created_at "
+    f"FROM {C} WHERE id = 1 RETURNING email",
+    f"INSERT INTO {C} SELECT * FROM {C} WHERE id = 1 ON CONFLICT (id) DO UPDATE "
+    "SET card_number = right(excluded.card_number, 8) RETURNING card_number",
+    f"MERGE INTO {C} t USING {C} s ON t.id = s.id AND s.id = 1 WHEN MATCHED THEN "
+    "UPDATE SET phone = substr(s.phone, 1, 9)",
+])
+def test_engineer_cannot_rewrite_a_masked_column_with_a_value_derived_from_one(gateway, postgres, raw, sql):
+    """Fixed: a value derived from a hidden column went back into a column masked the same way, and the mask,
+    made for the column's own values, showed other parts of it: `SET email = 'x@' || replace(email, '@', '.')`
+    returned `***@ben.obrien1.example.net`, and `SET card_number = substr(card_number, 1, 8)` the card's digits
+    5 to 8, then 1 to 4 with another cut."""
+    with psycopg.connect(gateway.dsn("engineer")) as conn:
+        with pytest.raises(psycopg.Error) as caught:
+            with conn.transaction(force_rollback=True):
+                rows = conn.execute(sql).fetchall() if "RETURNING" in sql else conn.execute(sql)
+                assert not raw.leaked(rows)
+    assert "derived from" in refused_message(caught.value)
+    assert fetch_all(postgres.dsn(), f"SELECT email, card_number, phone FROM {C} WHERE id = 1") == \
+        [(raw.emails[0], raw.cards_raw[0], raw.phones_raw[0])]
 
 
 @pytest.mark.parametrize("sql", [

@@ -83,6 +83,24 @@ def test_a_setting_or_notification_of_values_the_session_sees_is_allowed():
     assert plan_for("SELECT pg_notify('c', city) FROM customers").columns == (None,)
 
 
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("UPDATE customers SET email = 'x@' || replace(email, '@', '.')", True),
+    ("UPDATE customers SET email = lower(email)", True),
+    ("INSERT INTO customers (email) SELECT substr(email, 2) FROM customers", True),
+    ("INSERT INTO customers SELECT * FROM customers ON CONFLICT (id) DO UPDATE SET email = upper(excluded.email)",
+     True),
+    ("UPDATE customers SET email = email, city = upper(city)", False),
+    ("INSERT INTO customers SELECT * FROM customers ON CONFLICT (id) DO UPDATE SET email = excluded.email", False),
+])
+def test_a_value_derived_from_a_hidden_column_is_not_written_back_where_its_mask_would_show_it(sql, refused):
+    clearance = Clearance(RULES, (), None, strict=False)
+    if refused:
+        with pytest.raises(MaskingRefused, match="derived from public.customers.email"):
+            plan_for(sql, clearance)
+    else:
+        plan_for(sql, clearance)
+
+
 def field(name: str, type_oid: int, table_oid: int = 0, column: int = 0) -> FieldDescription:
     return FieldDescription(name, table_oid, column, type_oid, -1, -1, 0)
 
