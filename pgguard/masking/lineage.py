@@ -249,6 +249,14 @@ class _Analyzer:
         elif kind == "CopyStmt":
             self.result.copy = node
             self._copy(node)
+        elif kind == "CallStmt":
+            # A procedure's OUT and INOUT arguments come back as a row, which holds whatever its body read.
+            self.result.columns = None
+            self._sources({"FuncCall": node.get("funccall", {})}, _Scope([], {}))
+        elif kind == "DoStmt":
+            # An anonymous code block is not followed: it may read, RAISE or return as a notice anything.
+            self.result.columns = None
+            self.result.touched |= self.relations.sensitive()
         else:
             # SHOW, utility statements: rows, if any, come from no table.
             self.result.columns = None

@@ -1364,3 +1364,34 @@ def test_hidden_values_are_not_kept_where_the_session_reads_them_back(gateway, r
         notes = [note.payload for note in conn.notifies(timeout=30, stop_after=1)]
         seen = [notes, conn.execute("SHOW application_name").fetchall(), conn.info.parameter_status("application_name")]
     assert notes == ["done"] and not raw.leaked(seen)
+
+
+def test_procedures_and_code_blocks_return_no_hidden_values(gateway_factory, postgres, raw):
+    """Fixed: for a role allowed procedural statements, a CALL's OUT and INOUT arguments came back as a row
+    nothing masked (`CALL contact_of(1)` gave `… 444-07-2101`), and a DO block's RAISE NOTICE or EXCEPTION gave
+    whatever the block read."""
+    suffix = uuid.uuid4().hex[:8]
+    reads, plain = f"public.reads_{suffix}", f"public.plain_{suffix}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+        direct.execute(f"CREATE PROCEDURE {reads}(cid int, INOUT who text DEFAULT NULL) LANGUAGE plpgsql AS "
+                       f"$$ BEGIN SELECT ssn || ' ' || phone INTO who FROM public.{C} WHERE id = cid; END $$")
+        direct.execute(f"CREATE PROCEDURE {plain}(INOUT n int) LANGUAGE sql AS $$ SELECT n + 1 $$")
+        direct.execute(f"GRANT EXECUTE ON PROCEDURE {reads}(int, text), {plain}(int) TO {data.ENGINEER}")
+    try:
+        gateway = gateway_factory(config_edit({"roles.engineering": {
+            "statements": ["read", "write", "ddl", "session", "transaction", "procedural"]}}))
+        notices: list[str] = []
+        with psycopg.connect(gateway.dsn("engineer"), autocommit=True) as conn:
+            conn.add_notice_handler(lambda notice: notices.append(str(notice.message_primary)))
+            for sql in (f"CALL {reads}(1)",
+                        f"DO $$ BEGIN RAISE NOTICE '%', (SELECT ssn || ' ' || phone FROM {C} WHERE id = 1); END $$",
+                        f"DO $$ DECLARE r record; BEGIN SELECT * INTO r FROM {C} WHERE id = 1; "
+                        "RAISE EXCEPTION 'x %', r; END $$"):
+                with pytest.raises(psycopg.Error) as caught:
+                    conn.execute(sql)
+                assert "cannot follow" in refused_message(caught.value)
+            assert conn.execute(f"CALL {plain}(1)").fetchall() == [(2,)]
+        assert not notices and not raw.leaked(notices)
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as direct:
+            direct.execute(f"DROP PROCEDURE {reads}(int, text); DROP PROCEDURE {plain}(int)")

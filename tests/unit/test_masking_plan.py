@@ -101,6 +101,17 @@ def test_a_value_derived_from_a_hidden_column_is_not_written_back_where_its_mask
         plan_for(sql, clearance)
 
 
+@pytest.mark.parametrize("sql", [
+    "DO $$ BEGIN RAISE NOTICE '%', (SELECT ssn FROM customers LIMIT 1); END $$",
+    "DO $$ BEGIN PERFORM 1; END $$",
+])
+def test_a_code_block_is_refused_to_a_session_with_hidden_columns(sql):
+    """Fixed: DO's notices and errors gave what its code read back raw (see test_masking_attacks for CALL)."""
+    with pytest.raises(MaskingRefused, match="cannot follow"):
+        plan_for(sql, Clearance(RULES, (), None, strict=False))
+    assert plan_for(sql, Clearance(RULES, ("*",), None, strict=False)).columns is None
+
+
 def field(name: str, type_oid: int, table_oid: int = 0, column: int = 0) -> FieldDescription:
     return FieldDescription(name, table_oid, column, type_oid, -1, -1, 0)
 
