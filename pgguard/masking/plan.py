@@ -24,7 +24,7 @@ from pgguard.config import ConfigError, RoleConfig
 from pgguard.masking.detectors import DETECTORS, Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.readings import binary_readings, is_text, text_readings
+from pgguard.masking.readings import FLOAT8, binary_readings, float8_text_readings, is_text, text_readings
 from pgguard.masking.values import BINARY_FORMAT, BYTEA, JSON_TYPES, NO_FREE_TEXT, TEXT_ARRAYS, TEXT_TYPES
 from pgguard.wire.backend import FieldDescription
 
@@ -309,7 +309,7 @@ def detector_mask(scrubber: Scrubber, type_oid: int | None, fmt: int) -> ValueMa
         return scrubber.scrub_bytes
     if binary:
         return partial(_null_if_found, scrubber, partial(binary_readings, type_oid))
-    return partial(_null_if_found, scrubber, text_readings)
+    return partial(_null_if_found, scrubber, float8_text_readings if type_oid == FLOAT8 else text_readings)
 
 
 def _null_if_found(scrubber: Scrubber, readings: Callable[[bytes], Iterable[bytes]], value: bytes) -> bytes | None:

@@ -90,6 +90,20 @@ def spelled_out(value: bytes) -> bytes:
     return value if spelled == value else spelled
 
 
+def float8_text_readings(value: bytes) -> Iterator[bytes]:
+    """A float8 in text format as the integer it holds (`4.111111111111111e+15`).
+
+    Not its text: the digits after a decimal point (`0.0001666944490748458`)
+    pass Luhn one time in ten, and are no number a card could be.
+    """
+    try:
+        number = abs(float(value))
+    except ValueError:
+        return
+    if math.isfinite(number) and number >= 1:
+        yield str(int(number)).encode("ascii")
+
+
 def _expanded(match: re.Match[bytes]) -> bytes:
     """A number in exponent notation written out in digits (its integer part)."""
     try:

@@ -91,6 +91,9 @@ def test_a_card_in_a_text_value_is_found_however_it_is_printed(type_oid, value):
 
 @pytest.mark.parametrize(("type_oid", "fmt", "value"), [
     (FLOAT8, TEXT_FORMAT, b"4.111111111111112e+15"),
+    (FLOAT8, TEXT_FORMAT, b"0.0001666944490748458"),  # its 19 digits after the point pass Luhn: no card
+    (FLOAT8, TEXT_FORMAT, b"12.0001666944490748458"),
+    (FLOAT8, TEXT_FORMAT, b"NaN"),
     (FLOAT8, BINARY_FORMAT, struct.pack("!d", 12.5)),
     (MONEY, TEXT_FORMAT, b"$1,234,567.89"),
     (INT8, BINARY_FORMAT, struct.pack("!q", 4111111111111112)),
