@@ -41,7 +41,8 @@ from typing import Any
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, detector_mask, is_text
+from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, detector_mask
+from pgguard.masking.readings import is_text, spelled_out
 from pgguard.masking.values import BINARY_FORMAT, TEXT_FORMAT
 from pgguard.wire.backend import CopyOutResponse
 
@@ -88,6 +89,8 @@ class CopyOptions:
     escape: bytes = b'"'
     header: bool = False
     encoding: str | None = None  # the ENCODING option; None: the session's client_encoding
+    # FORCE_QUOTE: True for `*`, or the names of the columns whose values it quotes.
+    force_quote: bool | tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, options: list[Node]) -> CopyOptions:
@@ -113,6 +116,7 @@ class CopyOptions:
             escape=_byte(given["escape"], "ESCAPE") if "escape" in given else quote,
             header=_boolean(given.get("header", False)),
             encoding=str(given["encoding"]) if "encoding" in given else None,
+            force_quote=_names(given["force_quote"]) if "force_quote" in given else (),
         )
 
 
@@ -130,6 +134,13 @@ def _argument(arg: Node | None, name: str) -> Any:
     if kind in ("List", "A_Star"):
         return value
     raise MaskingRefused(f"COPY option {name.upper()} has a value pgguard cannot read")
+
+
+def _names(value: Any) -> bool | tuple[str, ...]:
+    """FORCE_QUOTE's columns: their names, or True for `*`."""
+    if isinstance(value, dict) and "items" in value:
+        return tuple(item.get("String", {}).get("sval", "") for item in value["items"])
+    return True
 
 
 def _byte(value: Any, name: str) -> bytes:
@@ -158,6 +169,8 @@ class CopyPlan(ResultPlan):
     options: CopyOptions = CopyOptions()
     # Per output column, the type OID where the value is a table column's, unchanged.
     types: tuple[int | None, ...] | None = None
+    # The output columns' names, by which FORCE_QUOTE names them.
+    names: tuple[str, ...] | None = None
 
 
 def copy_plan(lineage: Lineage, result: ResultPlan, column_type: Callable[[SourceColumn], int | None],
@@ -187,7 +200,8 @@ def copy_plan(lineage: Lineage, result: ResultPlan, column_type: Callable[[Sourc
         column_type(next(iter(column.sources))) if column.direct and len(column.sources) == 1 else None
         for column in lineage.columns)
     inherited = {f.name: getattr(result, f.name) for f in fields(ResultPlan)}
-    return CopyPlan(**inherited, options=options, types=types)
+    names = None if lineage.columns is None else tuple(column.name for column in lineage.columns)
+    return CopyPlan(**inherited, options=options, types=types, names=names)
 
 
 def _could_be_a_value(null: bytes, delimiter: bytes) -> bool:
@@ -231,7 +245,7 @@ def copy_masker(planned: ResultPlan, response: CopyOutResponse, clearance: Clear
     encoding = options.encoding or client_encoding
     exact = encoding is not None and ascii_safe(encoding)
     if options.format == "csv":
-        return CsvMasker(masks, options, exact)
+        return CsvMasker(masks, options, exact, _forced(options.force_quote, planned.names, width))
     return TextMasker(masks, options, exact)
 
 
@@ -263,21 +277,41 @@ def _masks(planned: CopyPlan, width: int, binary: bool, clearance: Clearance) ->
     return masks
 
 
+def _forced(force_quote: bool | tuple[str, ...], names: tuple[str, ...] | None, width: int) -> frozenset[int]:
+    """The positions FORCE_QUOTE quotes; all of them where it names columns pgguard cannot place."""
+    if force_quote is True or (force_quote and (names is None or len(names) != width)):
+        return frozenset(range(width))
+    return frozenset(index for index, name in enumerate(names or ()) if name in force_quote)
+
+
 # bytea in text form: `\x` and hex digits.
 _HEX_BYTEA = re.compile(rb"\\x((?:[0-9a-f]{2})+)")
 
 
-def scrub_copy_text(scrubber: Scrubber, data: bytes) -> bytes:
-    """A text value with detectors applied to it, and to the text that bytea's hex in it stands for.
+def scrub_copy_text(scrubber: Scrubber, data: bytes) -> bytes | None:
+    """A text value with detectors applied to it, and to the text that bytea's hex in it stands for;
+    NULL if they find more in its numbers spelled out (a card cast to float8 or money:
+    4.111111111111111e+15, $4,111,111,111,111,111.00).
 
     Hex is scrubbed only as what it decodes to: a run of its digits can look
     like a card number, and masking that would break the hex.
     """
-    if b"\\x" not in data:
+    hexes = list(_HEX_BYTEA.finditer(data)) if b"\\x" in data else []
+    out = _scrub_around_hex(scrubber, data, hexes)
+    plain = _HEX_BYTEA.sub(b" ", data) if hexes else data
+    spelled = spelled_out(plain)
+    # Spelled out before the scrub, it must be what the scrubbed value is spelled out: nothing more to mask.
+    if spelled is not plain and scrubber.scrub_bytes(spelled) != spelled_out(_HEX_BYTEA.sub(b" ", out)):
+        return None
+    return out
+
+
+def _scrub_around_hex(scrubber: Scrubber, data: bytes, hexes: list[re.Match[bytes]]) -> bytes:
+    if not hexes:
         return scrubber.scrub_bytes(data)
     parts = []
     end = 0
-    for match in _HEX_BYTEA.finditer(data):
+    for match in hexes:
         parts.append(scrubber.scrub_bytes(data[end:match.start()]))
         raw = bytes.fromhex(match.group(1).decode("ascii"))
         scrubbed = scrubber.scrub_bytes(raw) if is_text(raw) else raw
@@ -345,7 +379,7 @@ class _DelimitedMasker(CopyMasker):
             masked = mask(value)
             if masked is value:
                 continue
-            fields[index] = self.null if masked is None else self.encode(masked, raw)
+            fields[index] = self.null if masked is None else self.encode(masked, index)
             changed = True
         return self.delimiter.join(fields) + b"\n" if changed else None
 
@@ -353,8 +387,8 @@ class _DelimitedMasker(CopyMasker):
         """A field's value as written (escaped, quoted), as a client reads it."""
         raise NotImplementedError
 
-    def encode(self, value: bytes, raw: bytes) -> bytes:
-        """A masked value, written as the field `raw` it replaces was."""
+    def encode(self, value: bytes, index: int) -> bytes:
+        """A masked value, written for the field at position `index`."""
         raise NotImplementedError
 
 
@@ -391,7 +425,7 @@ class TextMasker(_DelimitedMasker):
     def decode(self, raw: bytes) -> bytes:
         return unescape_text(raw)
 
-    def encode(self, value: bytes, raw: bytes) -> bytes:
+    def encode(self, value: bytes, index: int) -> bytes:
         return self.special.sub(self._escape, value)
 
     def _escape(self, match: re.Match[bytes]) -> bytes:
@@ -440,8 +474,10 @@ def _unescaped(match: re.Match[bytes]) -> bytes:
 class CsvMasker(_DelimitedMasker):
     """FORMAT csv: a field is quoted or not; a quoted one may hold delimiters, quotes (escaped) and newlines."""
 
-    def __init__(self, masks: list[ValueMask | None], options: CopyOptions, exact: bool) -> None:
+    def __init__(self, masks: list[ValueMask | None], options: CopyOptions, exact: bool,
+                 forced: frozenset[int] = frozenset()) -> None:
         super().__init__(masks, options, exact)
+        self.forced = forced
         quote, escape, delimiter = options.quote, options.escape, options.delimiter
         if not exact and max(quote[0], escape[0]) >= 0x30:
             # Where the encoding is uncertain, rows can be told apart only
@@ -488,9 +524,14 @@ class CsvMasker(_DelimitedMasker):
             return inner.replace(self.quote + self.quote, self.quote)
         return self.escaped.sub(rb"\1", inner)
 
-    def encode(self, value: bytes, raw: bytes) -> bytes:
-        """As CopyAttributeOutCSV writes it; quoted as the value it replaces was (FORCE_QUOTE) or as it needs."""
-        if raw[:1] == self.quote or value == self.null or self.needs_quotes.search(value) or \
+    def encode(self, value: bytes, index: int) -> bytes:
+        """As CopyAttributeOutCSV writes it: quoted where FORCE_QUOTE says or as it needs.
+
+        Never quoted as the value it replaces was: the server quotes a value
+        that equals the NULL string, which would tell which hidden values
+        equal it (`NULL '444-07-2101'`).
+        """
+        if index in self.forced or value == self.null or self.needs_quotes.search(value) or \
                 (self.width == 1 and value == b"\\."):
             return self.quote + self.to_escape.sub(lambda m: self.escape + m.group(), value) + self.quote
         return value

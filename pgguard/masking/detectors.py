@@ -110,17 +110,23 @@ def iban_valid(compact: bytes) -> bool:
 # --- Card numbers ---------------------------------------------------------
 
 # Printed card numbers are 13–19 digits, whole or in groups split by single
-# spaces or dashes, every group but the last at least four digits long
+# spaces or dashes (or their Unicode kin: a no-break, thin or zero-width
+# space, a word joiner, a hyphen or dash, which text copied from documents
+# carries), every group but the last at least four digits long
 # (4-4-4-4, 4-6-5, 4-4-4-4-3, 4-4-4-1). A candidate is a chain of such groups
 # (plus one shorter last group) holding at least 13 digits. Lists of small
 # numbers (`1 0 1 1 0 …`, `12-34-56`) never form one, which keeps them from
 # being masked at random and keeps the scan from doing work per digit.
+# U+00A0, U+2000–U+2015 (spaces, zero-width ones, hyphens, dashes), U+202F,
+# U+2060 and U+FEFF in UTF-8.
+_CARD_SEPARATOR = rb"(?:[ \-]|\xc2\xa0|\xe2\x80[\x80-\x95\xaf]|\xe2\x81\xa0|\xef\xbb\xbf)"
 _CARD = re.compile(
     # The look-ahead (a first group of four, 13 digits in all) fails fast on
     # what cannot be a card before the chain is taken apart.
-    _token(b"0-9", b"0-9") + rb"(?=[0-9]{3}(?:[ \-]?[0-9]){9})"
-    + rb"[0-9]{3,}+(?:[ \-][0-9]{4,}+)*+(?:[ \-][0-9]{1,3})?+"
+    _token(b"0-9", b"0-9") + rb"(?=[0-9]{3}(?:" + _CARD_SEPARATOR + rb"?[0-9]){9})"
+    + rb"[0-9]{3,}+(?:" + _CARD_SEPARATOR + rb"[0-9]{4,}+)*+(?:" + _CARD_SEPARATOR + rb"[0-9]{1,3})?+"
 )
+_NOT_DIGITS = bytes(byte for byte in range(256) if byte not in _DIGITS)
 _GROUP = re.compile(rb"[0-9]+")
 _CARD_LENGTHS = range(13, 20)
 _CARD_KEEP = 4
@@ -155,7 +161,7 @@ def _card_edits(match: re.Match[bytes]) -> Edits:
     chain = match.group()
     edits = []
     for start, end in _card_windows(chain):
-        if luhn_valid(chain[start:end].translate(None, b" -")):
+        if luhn_valid(chain[start:end].translate(None, _NOT_DIGITS)):
             cut = end
             for _ in range(_CARD_KEEP):
                 cut = _last_digit_before(chain, cut)
@@ -164,8 +170,11 @@ def _card_edits(match: re.Match[bytes]) -> Edits:
 
 
 def _last_digit_before(chain: bytes, end: int) -> int:
-    """The offset of the last digit before `end` in a chain (digits and single separators)."""
-    return end - 2 if chain[end - 1] in b" -" else end - 1
+    """The offset of the last digit before `end` in a chain (digits and separators)."""
+    end -= 1
+    while chain[end] not in _DIGITS:
+        end -= 1
+    return end
 
 
 def spoil_card_numbers(data: bytes) -> bytes:
@@ -186,7 +195,7 @@ def spoil_card_numbers(data: bytes) -> bytes:
         for end, ending_here in groupby(windows, key=itemgetter(1)):
             starts = [offset + start for start, _ in ending_here]
             last = offset + end - 1
-            while any(luhn_valid(out[start:offset + end].translate(None, b" -")) for start in starts):
+            while any(luhn_valid(out[start:offset + end].translate(None, _NOT_DIGITS)) for start in starts):
                 out[last] = ord("0") + (out[last] - ord("0") + 1) % 10
     return bytes(out)
 

@@ -47,6 +47,10 @@ _SET_RETURNING = frozenset({
     "json_object_keys", "jsonb_object_keys", "jsonb_path_query", "json_populate_recordset",
     "jsonb_populate_recordset", "json_to_recordset", "jsonb_to_recordset", "ts_stat", "ts_debug",
 })
+# Built-ins that keep their arguments where the session reads them back as
+# they are: a setting (SHOW, current_setting, the ParameterStatus of
+# application_name), a notification to the listeners, a sequence's value.
+_KEEPING = frozenset({"set_config", "pg_notify", "setval"})
 _MAX_VIEW_DEPTH = 8
 # A_Expr kinds named by a keyword, not an operator: every other kind calls the operator it names.
 _BETWEEN = frozenset({"AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM", "AEXPR_NOT_BETWEEN_SYM"})
@@ -95,10 +99,16 @@ class Lineage:
     # INSERT, UPDATE, MERGE: for each column written, the columns it names
     # (more than one through a view; None if unknown) and what the value written derives from.
     written: list[tuple[frozenset[SourceColumn] | None, frozenset[SourceColumn]]] = field(default_factory=list)
+    # What the values written into a column derive from where they are not one column's value unchanged:
+    # a mask made for the column's values shows other parts of them (`'x@' || replace(email, '@', '.')`).
+    derived_writes: set[SourceColumn] = field(default_factory=set)
     # COPY: its CopyStmt (options, direction). Rows go out as CopyData, with
     # no RowDescription to give their types: a value cast, or read through a
     # view (which may cast it), is not direct there.
     copy: Node | None = None
+    # INSERT, UPDATE, DELETE, MERGE: every column of the rows it changes, which its errors may
+    # quote whole (`Failing row contains (…)`) or in part (`Key (email)=(…) already exists`).
+    changed: set[SourceColumn] = field(default_factory=set)
     # CREATE TABLE ... AS EXECUTE: the prepared statement whose rows go into a new table.
     stores: str | None = None
     # User-defined functions called, and the columns each may read (to name them in refusals).
@@ -239,6 +249,14 @@ class _Analyzer:
         elif kind == "CopyStmt":
             self.result.copy = node
             self._copy(node)
+        elif kind == "CallStmt":
+            # A procedure's OUT and INOUT arguments come back as a row, which holds whatever its body read.
+            self.result.columns = None
+            self._sources({"FuncCall": node.get("funccall", {})}, _Scope([], {}))
+        elif kind == "DoStmt":
+            # An anonymous code block is not followed: it may read, RAISE or return as a notice anything.
+            self.result.columns = None
+            self.result.touched |= self.relations.sensitive()
         else:
             # SHOW, utility statements: rows, if any, come from no table.
             self.result.columns = None
@@ -249,6 +267,9 @@ class _Analyzer:
         scope = _Scope([], ctes)
         target = self._range_var(node["relation"], scope)
         scope.relations.append(target)
+        # Through a view, the failing row is the whole row of the table under it.
+        tables = {source.relation for column in target.columns or [] for source in column.sources}
+        self.result.changed.update(source for source in self.relations.sensitive() if source.relation in tables)
         if "sourceRelation" in node:  # MERGE ... USING
             scope.relations.extend(self._from_item(node["sourceRelation"], scope))
         for key in ("fromClause", "usingClause"):
@@ -274,14 +295,19 @@ class _Analyzer:
                     return candidate.sources
             return None
 
+        def write(name: str | None, found: set[SourceColumn] | frozenset[SourceColumn], direct: bool) -> None:
+            self.result.written.append((column(name), frozenset(found)))
+            if not direct:
+                self.result.derived_writes.update(found)
+
         def assign(targets: list[Node], seen: _Scope) -> None:
             for item in targets:
                 res = item.get("ResTarget", {})
                 value = res.get("val", {})
                 if "MultiAssignRef" in value:
                     value = value["MultiAssignRef"].get("source")
-                found, _ = self._sources(value, seen)
-                self.result.written.append((column(res.get("name")), frozenset(found)))
+                found, direct = self._sources(value, seen)
+                write(res.get("name"), found, direct)
 
         # INSERT … ON CONFLICT DO UPDATE reads the row it could not insert as `excluded`.
         excluded = _Relation("excluded", [OutputColumn(c.name, frozenset(), False) for c in target.columns or []])
@@ -297,9 +323,9 @@ class _Analyzer:
             else:
                 inserted = dict(zip(names, rows))
                 for name, row in inserted.items():
-                    self.result.written.append((column(name), row.sources))
-                excluded = _Relation("excluded", [OutputColumn(c.name, inserted[c.name].sources, False)
-                                                  if c.name in inserted else c for c in excluded.columns or []])
+                    write(name, row.sources, row.direct)
+                excluded = _Relation("excluded", [replace(inserted[c.name], name=c.name) if c.name in inserted else c
+                                                  for c in excluded.columns or []])
         if node.get("onConflictClause"):
             conflict = node["onConflictClause"]
             seen = _Scope(scope.relations + [excluded], scope.ctes, scope.outer)
@@ -314,9 +340,8 @@ class _Analyzer:
                 names = [item["ResTarget"].get("name") for item in when.get("targetList", [])] or \
                     [c.name for c in target.columns or []]
                 for index, value in enumerate(values):
-                    found, _ = self._sources(value, scope)
-                    name = names[index] if index < len(names) else None
-                    self.result.written.append((column(name), frozenset(found)))
+                    found, direct = self._sources(value, scope)
+                    write(names[index] if index < len(names) else None, found, direct)
             else:
                 assign(when.get("targetList", []), scope)
 
@@ -443,7 +468,9 @@ class _Analyzer:
         """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""
         inner = _Analyzer(self.relations, self.depth, self.calls, self.in_body)
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
-                               written=self.result.written, functions=self.result.functions)
+                               written=self.result.written, changed=self.result.changed,
+                               derived_writes=self.result.derived_writes,
+                               functions=self.result.functions)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
         return columns
@@ -666,6 +693,8 @@ class _Analyzer:
             self._filter(call.get("over"), scope)
             if name in _SET_RETURNING:
                 self.result.filters |= args
+            if name in _KEEPING and schema in (None, "pg_catalog") and args:
+                self.result.written.append((None, frozenset(args)))
             return (set() if counting else args) | self._call(names, args), False
         if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
             operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)
@@ -718,6 +747,8 @@ class _Analyzer:
         relations = self.relations if body.search_path is None else _PathRelations(self.relations, body.search_path)
         inner = _Analyzer(relations, self.depth, self.calls, in_body=True)
         inner.result.written = self.result.written  # what the body writes is written by this statement
+        inner.result.changed = self.result.changed
+        inner.result.derived_writes = self.result.derived_writes
         self.calls.stack.append(routine.name)
         try:
             read: set[SourceColumn] = set()

@@ -24,8 +24,8 @@ from pgguard.config import ConfigError, RoleConfig
 from pgguard.masking.detectors import DETECTORS, Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.values import (BINARY_FORMAT, BYTEA, INT8, JSON_TYPES, NO_FREE_TEXT, NUMERIC, TEXT_ARRAYS,
-                                    TEXT_TYPES)
+from pgguard.masking.readings import FLOAT8, binary_readings, float8_text_readings, is_text, text_readings
+from pgguard.masking.values import BINARY_FORMAT, BYTEA, JSON_TYPES, NO_FREE_TEXT, TEXT_ARRAYS, TEXT_TYPES
 from pgguard.wire.backend import FieldDescription
 
 # What a derived value of a sensitive column becomes: NULL, valid for every type.
@@ -125,8 +125,9 @@ class ResultPlan:
     columns: tuple[MaskSpec | None, ...] | None
     # Every column hidden, whatever the shape: for rows whose lineage is lost.
     hide_all: bool = False
-    # The statement reads a column the session may not see: its errors and
-    # notices may quote values (`ssn::date` fails with the SSN in the message).
+    # The statement reads a column the session may not see, or changes rows that
+    # hold one: its errors and notices may quote values (`ssn::date` fails with
+    # the SSN in the message, a NOT NULL violation with the whole row).
     reads_hidden: bool = False
     # It reads a relation the catalog does not know yet (see Lineage.unresolved):
     # every value gets every detector.
@@ -160,9 +161,14 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         specs = {clearance.spec_for(column) for column in copied}
         specs |= {clearance.spec_for(column) for column in targets} if targets else {None}
         if None in specs or len(specs) > 1:
-            where = ", ".join(sorted(map(str, targets))) if targets else "a new table or columns pgguard cannot follow"
+            where = ", ".join(sorted(map(str, targets))) if targets else \
+                "a new table, a setting, a notification or columns pgguard cannot follow"
             raise MaskingRefused(f"the statement writes values of {_listed(copied, lineage)} into {where},"
                                  " where they could be read back unmasked")
+    derived = clearance.hidden(lineage.derived_writes)
+    if derived:
+        raise MaskingRefused(f"the statement writes values derived from {_listed(derived, lineage)} into a column,"
+                             " whose mask could show other parts of them; write the column's own value unchanged")
     if clearance.strict:
         inferred = clearance.hidden(lineage.filters)
         if inferred:
@@ -182,7 +188,8 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
             columns.append(clearance.spec_for(hidden[0]))
         else:
             columns.append(NULLIFY)
-    return ResultPlan(tuple(columns), reads_hidden=bool(touched), unresolved=lineage.unresolved)
+    return ResultPlan(tuple(columns), reads_hidden=bool(touched or clearance.hidden(lineage.changed)),
+                      unresolved=lineage.unresolved)
 
 
 def _listed(columns: list[SourceColumn], lineage: Lineage) -> str:
@@ -284,9 +291,10 @@ def detector_mask(scrubber: Scrubber, type_oid: int | None, fmt: int) -> ValueMa
     Text and JSON are masked in place, as are text arrays in text format and
     bytea (in text format its hex is decoded first, or the client's decoding
     would reveal what the hex hides). A value of any other type in which a
-    detector finds something (an array or record holding free text, a card
-    number cast to bigint or numeric) becomes NULL, the one value every type
-    admits. Types that hold no free text are skipped.
+    detector finds something, in any way a client may read it (an array or
+    record holding free text, a card number cast to bigint, numeric, float8 or
+    money; see readings.py), becomes NULL, the one value every type admits.
+    Types that hold no free text are skipped.
     """
     binary = fmt == BINARY_FORMAT
     if type_oid in TEXT_TYPES:
@@ -299,31 +307,16 @@ def detector_mask(scrubber: Scrubber, type_oid: int | None, fmt: int) -> ValueMa
         return partial(_scrub_bytea_binary if binary else _scrub_bytea_text, scrubber)
     if type_oid in TEXT_ARRAYS and not binary:
         return scrubber.scrub_bytes
-    if type_oid == INT8 and binary:
-        return partial(_null_if_found, scrubber, _int8_digits)
-    if type_oid == NUMERIC and binary:
-        return partial(_null_if_found, scrubber, _numeric_digits)
-    if type_oid is None and not binary:
-        return partial(_null_if_found, scrubber, _unhex)
-    return partial(_null_if_found, scrubber, None)
+    if binary:
+        return partial(_null_if_found, scrubber, partial(binary_readings, type_oid))
+    return partial(_null_if_found, scrubber, float8_text_readings if type_oid == FLOAT8 else text_readings)
 
 
-def _null_if_found(scrubber: Scrubber, decode: Callable[[bytes], bytes] | None, value: bytes) -> bytes | None:
-    seen = decode(value) if decode is not None else value
-    return value if scrubber.scrub_bytes(seen) is seen else None
-
-
-def is_text(data: bytes) -> bool:
-    """Whether bytea holds text (valid UTF-8), where detectors look; binary data (images, archives) they leave alone.
-
-    Random bytes hold things that look like email addresses every few
-    kilobytes, and masking them would corrupt the data.
-    """
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def _null_if_found(scrubber: Scrubber, readings: Callable[[bytes], Iterable[bytes]], value: bytes) -> bytes | None:
+    for seen in readings(value):
+        if scrubber.scrub_bytes(seen) is not seen:
+            return None
+    return value
 
 
 def _scrub_bytea_binary(scrubber: Scrubber, value: bytes) -> bytes:
@@ -335,7 +328,7 @@ def _scrub_bytea_text(scrubber: Scrubber, value: bytes) -> bytes | None:
     if not value.startswith(b"\\x"):
         # bytea_output = escape: printable bytes are themselves, so a find is
         # visible in the text; the value cannot be masked in place.
-        return _null_if_found(scrubber, None, value)
+        return _null_if_found(scrubber, text_readings, value)
     try:
         raw = bytes.fromhex(value[2:].decode("ascii"))
     except ValueError:
@@ -344,31 +337,6 @@ def _scrub_bytea_text(scrubber: Scrubber, value: bytes) -> bytes | None:
         return value
     scrubbed = scrubber.scrub_bytes(raw)
     return value if scrubbed is raw else b"\\x" + scrubbed.hex().encode("ascii")
-
-
-def _unhex(value: bytes) -> bytes:
-    """A text value of unknown type as the client may decode it: hex bytea, or as it is (binary bytea: nothing)."""
-    if value.startswith(b"\\x"):
-        try:
-            raw = bytes.fromhex(value[2:].decode("ascii"))
-        except ValueError:
-            return value
-        return raw if is_text(raw) else b""
-    return value
-
-
-def _int8_digits(value: bytes) -> bytes:
-    return str(int.from_bytes(value, "big", signed=True)).encode("ascii") if len(value) == 8 else value
-
-
-def _numeric_digits(value: bytes) -> bytes:
-    """The integer digits of a numeric in binary format (base-10000 digits after a four-field header)."""
-    if len(value) < 8:
-        return value
-    ndigits, weight = struct.unpack_from("!Hh", value)
-    digits = struct.unpack_from(f"!{ndigits}H", value, 8) if len(value) >= 8 + 2 * ndigits else ()
-    whole = [digits[i] if i < len(digits) else 0 for i in range(max(weight + 1, 0))]
-    return "".join(f"{d:04d}" for d in whole).lstrip("0").encode("ascii")
 
 
 def _format(formats: list[int] | None, index: int, described: int) -> int:

@@ -50,8 +50,12 @@ _PLANS_KEPT = 256
 
 # Errors and notices of a statement that reads hidden columns: every detector
 # over the message, whose quoted parts (where PostgreSQL quotes values) are
-# redacted, and no detail or context (`Key (email)=(…)`, `JSON data, line 1: …`).
+# redacted and whose digits are masked (some messages print numbers unquoted:
+# make_time's `time field value out of range: 444:07:2101`, chr's `requested
+# character too large for encoding: 444072101`), and no detail or context
+# (`Key (email)=(…)`, `JSON data, line 1: …`).
 _QUOTED = re.compile(r'"[\s\S]*"')
+_DIGIT = re.compile(r"[0-9]")
 _VALUE_FIELDS = ("D", "W")
 
 
@@ -491,7 +495,7 @@ class ResultMasking:
             for code in _VALUE_FIELDS:
                 fields.pop(code, None)
             if "M" in fields:
-                fields["M"] = EVERY_DETECTOR.scrub(_QUOTED.sub('"[redacted]"', fields["M"]))
+                fields["M"] = EVERY_DETECTOR.scrub(_DIGIT.sub("*", _QUOTED.sub('"[redacted]"', fields["M"])))
         if scrubber is not None:
             fields = {code: scrubber.scrub(text) for code, text in fields.items()}
         return message if fields == notice.fields else kind(fields).encode()

@@ -44,14 +44,14 @@ NUMERIC = 1700
 # which a masked element (`*` is not special in one) is still an element.
 TEXT_ARRAYS = frozenset({1009, 1015, 1014, 1003})
 # Types that hold no free text, and whose numbers, if any, are too short to be
-# a card number (int2, int4) or never show one as a run of digits (floats
-# print theirs around a decimal point and an exponent): content detectors
-# skip them. int8 and numeric are not among them.
+# a card number (int2, int4; float4 keeps 7 digits of one): content detectors
+# skip them. int8, numeric, float8 (exact to 15 digits and more) and money are
+# not among them.
 NO_FREE_TEXT = frozenset({
     16,  # bool
     18,  # "char"
     21, 23, 26, 27, 28, 29,  # int2, int4, oid, tid, xid, cid
-    700, 701,  # float4, float8
+    700,  # float4
     1082, 1083, 1114, 1184, 1186, 1266,  # date, time, timestamp, timestamptz, interval, timetz
     UUID, 650, 869, 829, 774,  # uuid, cidr, inet, macaddr, macaddr8
     1560, 1562, 3220,  # bit, varbit, pg_lsn

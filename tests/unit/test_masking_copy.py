@@ -75,9 +75,11 @@ def test_defaults_per_format():
     ("COPY customers TO STDOUT WITH DELIMITER '|' NULL AS '\\N'", CopyOptions(delimiter=b"|")),
     ("COPY customers TO STDOUT (FORMAT csv, DELIMITER ';', NULL 'n/a', QUOTE '''', ESCAPE '\\', HEADER on,"
      " FORCE_QUOTE (email), ENCODING 'latin1')",
-     CopyOptions("csv", b";", b"n/a", b"'", b"\\", header=True, encoding="latin1")),
-    ("COPY customers TO STDOUT (FORMAT csv, FORCE_QUOTE *, HEADER 0)", CopyOptions("csv", b",", b"", b'"', b'"')),
-    ("COPY customers TO STDOUT WITH CSV QUOTE '\"' FORCE QUOTE email, ssn", CopyOptions("csv", b",", b"")),
+     CopyOptions("csv", b";", b"n/a", b"'", b"\\", header=True, encoding="latin1", force_quote=("email",))),
+    ("COPY customers TO STDOUT (FORMAT csv, FORCE_QUOTE *, HEADER 0)",
+     CopyOptions("csv", b",", b"", b'"', b'"', force_quote=True)),
+    ("COPY customers TO STDOUT WITH CSV QUOTE '\"' FORCE QUOTE email, ssn",
+     CopyOptions("csv", b",", b"", force_quote=("email", "ssn"))),
 ])
 def test_options_new_and_old_syntax(sql, expected):
     assert options_of(sql) == expected
@@ -195,7 +197,7 @@ def test_in_an_uncertain_encoding_rows_that_are_not_ascii_are_all_null():
 def test_csv_quoted_fields_hold_delimiters_quotes_and_newlines_across_messages(pieces):
     masker = csv([None, REDACT_TEXT, None])
     data = b'1,"a,\n""b""",c\n2,,"x\r\ny"\n3,"",z\n'
-    assert run(masker, data, pieces) == b'1,"[redacted]",c\n2,,"x\r\ny"\n3,"[redacted]",z\n'
+    assert run(masker, data, pieces) == b'1,[redacted],c\n2,,"x\r\ny"\n3,[redacted],z\n'
 
 
 @pytest.mark.parametrize(("masked", "written"), [
@@ -205,6 +207,17 @@ def test_csv_quoted_fields_hold_delimiters_quotes_and_newlines_across_messages(p
 def test_masked_csv_values_are_quoted_when_they_need_it(masked, written):
     masker = csv([lambda value: masked, None])
     assert run(masker, b"x,y\n") == written + b",y\n"
+
+
+def test_a_masked_csv_value_is_quoted_as_force_quote_says_not_as_the_value_it_replaces():
+    """Fixed: the server quotes a value equal to the NULL string, and the masked value was quoted as the value
+    it replaced: `NULL '444-07-2101'` showed which rows hold that SSN (an empty value too, with the default '')."""
+    data = b'"444-07-2101",x,y\n555-01-0001,"",z\n'
+    assert run(csv([REDACT_TEXT, REDACT_TEXT, None], null=b"444-07-2101"), data) == \
+        b"[redacted],[redacted],y\n[redacted],[redacted],z\n"
+    forced = CsvMasker([REDACT_TEXT, REDACT_TEXT, None], CopyOptions("csv", b",", b"", force_quote=("b",)), True,
+                       frozenset({1}))
+    assert run(forced, b'p,"q","r"\n') == b'[redacted],"[redacted]","r"\n'
 
 
 def test_csv_with_its_own_quote_escape_and_null():

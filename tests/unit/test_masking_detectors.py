@@ -105,6 +105,21 @@ def test_grouped_card_numbers(text: str, expected: str | None) -> None:
         assert out == expected
 
 
+@pytest.mark.parametrize("separator", ["\u00a0", "\u202f", "\u2009", "\u2007", "\u200b", "\u200d", "\u2060",
+                                       "\ufeff", "\u2010", "\u2013", "\u2014"])
+def test_card_groups_split_by_unicode_spaces_joiners_and_dashes(separator: str) -> None:
+    """Fixed: text copied from documents splits groups with no-break, thin or zero-width spaces, joiners or dashes,
+    and a card split so passed whole."""
+    text = f"card {separator.join(['4111', '1111', '1111', '1111'])}, 3782{separator}822463{separator}10005."
+    assert ALL.scrub(text) == text.replace("4111", "****", 1).replace("1111", "****", 2) \
+        .replace("3782", "****").replace("822463", "******").replace("10005", "*0005")
+    assert spoil_card_numbers(text.encode()) != text.encode()
+
+
+def test_a_card_in_mixed_separators_keeps_them() -> None:
+    assert ALL.scrub("4111\u00a01111-1111\u200b1111") == "****\u00a0****-****\u200b1111"
+
+
 def test_nineteen_digit_card_in_five_groups() -> None:
     number = CARDS[-1]
     grouped = " ".join([number[:4], number[4:8], number[8:12], number[12:16], number[16:]])

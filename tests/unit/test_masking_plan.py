@@ -52,6 +52,66 @@ def test_unknown_lineage_without_sensitive_columns_is_allowed():
     assert plan_for("SELECT * FROM generate_series(1, 3)").columns is None
 
 
+@pytest.mark.parametrize(("sql", "errors_scrubbed"), [
+    ("UPDATE customers SET full_name = NULL WHERE id = 1", True),
+    ("INSERT INTO customers (id, full_name) VALUES (1, 'x')", True),
+    ("DELETE FROM customers WHERE id = 1", True),
+    ("WITH d AS (DELETE FROM customers WHERE id = 1 RETURNING id) SELECT 1", True),
+    ("UPDATE contacts SET id = NULL WHERE id = 1", True),  # a view whose one column derives from the email
+    ("UPDATE orders SET status = NULL WHERE id = 1", False),
+])
+def test_a_write_to_rows_holding_hidden_columns_has_its_errors_scrubbed(sql, errors_scrubbed):
+    """Fixed: a NOT NULL violation's detail quotes the whole failing row (`Failing row contains (1, …,
+    444-07-2101, …)`), for a statement that read no hidden column."""
+    assert plan_for(sql, Clearance(RULES, (), None, strict=False)).reads_hidden is errors_scrubbed
+    assert plan_for(sql, SUPPORT).reads_hidden is errors_scrubbed
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('application_name', ssn, false) FROM customers",
+    "SELECT pg_catalog.pg_notify('c', email) FROM customers",
+    "SELECT count(*) FROM customers WHERE setval('s', length(ssn)) > 0",
+    "SELECT id FROM orders WHERE EXISTS (SELECT pg_notify('c', ssn) FROM customers)",
+])
+def test_a_hidden_value_kept_as_a_setting_a_notification_or_a_sequence_value_is_refused(sql):
+    with pytest.raises(MaskingRefused, match="a setting, a notification"):
+        plan_for(sql, Clearance(RULES, (), None, strict=False))
+
+
+def test_a_setting_or_notification_of_values_the_session_sees_is_allowed():
+    assert plan_for("SELECT set_config('application_name', email, false) FROM customers", SUPPORT).columns == (None,)
+    assert plan_for("SELECT pg_notify('c', city) FROM customers").columns == (None,)
+
+
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("UPDATE customers SET email = 'x@' || replace(email, '@', '.')", True),
+    ("UPDATE customers SET email = lower(email)", True),
+    ("INSERT INTO customers (email) SELECT substr(email, 2) FROM customers", True),
+    ("INSERT INTO customers SELECT * FROM customers ON CONFLICT (id) DO UPDATE SET email = upper(excluded.email)",
+     True),
+    ("UPDATE customers SET email = email, city = upper(city)", False),
+    ("INSERT INTO customers SELECT * FROM customers ON CONFLICT (id) DO UPDATE SET email = excluded.email", False),
+])
+def test_a_value_derived_from_a_hidden_column_is_not_written_back_where_its_mask_would_show_it(sql, refused):
+    clearance = Clearance(RULES, (), None, strict=False)
+    if refused:
+        with pytest.raises(MaskingRefused, match="derived from public.customers.email"):
+            plan_for(sql, clearance)
+    else:
+        plan_for(sql, clearance)
+
+
+@pytest.mark.parametrize("sql", [
+    "DO $$ BEGIN RAISE NOTICE '%', (SELECT ssn FROM customers LIMIT 1); END $$",
+    "DO $$ BEGIN PERFORM 1; END $$",
+])
+def test_a_code_block_is_refused_to_a_session_with_hidden_columns(sql):
+    """Fixed: DO's notices and errors gave what its code read back raw (see test_masking_attacks for CALL)."""
+    with pytest.raises(MaskingRefused, match="cannot follow"):
+        plan_for(sql, Clearance(RULES, (), None, strict=False))
+    assert plan_for(sql, Clearance(RULES, ("*",), None, strict=False)).columns is None
+
+
 def field(name: str, type_oid: int, table_oid: int = 0, column: int = 0) -> FieldDescription:
     return FieldDescription(name, table_oid, column, type_oid, -1, -1, 0)
 
