@@ -600,3 +600,45 @@ def test_revoking_the_requesters_token_withdraws_the_request(gw: RunningGateway,
         assert isinstance(client.error, psycopg.errors.AdminShutdown), client.error
         assert api(gw, f"/api/approvals/{request['id']}", token(gw, "dba"))[1]["status"] == "cancelled"
         assert exists(postgres, number)
+
+
+# -- attempts to get around a hold -------------------------------------------------------------
+
+
+def untouched(postgres: PostgresServer, number: int) -> bool:
+    """The test's order row is there, as `order` made it."""
+    with psycopg.connect(postgres.dsn()) as conn:
+        return conn.execute("SELECT total::text FROM orders WHERE id = %s", (number,)).fetchone() == ("1.00",)
+
+
+def rolled_back(gateway: RunningGateway, sql: str) -> None:
+    """`sql` run by the engineer in a transaction that is rolled back: a statement that should have been
+    held and was not leaves the shared data as it was."""
+    with psycopg.connect(gateway.dsn("engineer")) as conn:
+        try:
+            conn.execute(sql)
+        finally:
+            conn.rollback()
+
+
+def held_and_denied(gateway: RunningGateway, sql: str) -> dict[str, Any]:
+    """Run `sql` as the engineer; it must wait for approval. It is denied; its request."""
+    client = Background(lambda: rolled_back(gateway, sql))
+    request = pending(gateway, sql)
+    api(gateway, f"/api/approvals/{request['id']}/deny", token(gateway, "dba"), {"reason": "no"})
+    client.join()
+    assert isinstance(client.error, psycopg.errors.InsufficientPrivilege), client.error
+    return request
+
+
+@pytest.mark.parametrize("sql", [
+    "MERGE INTO orders o USING (SELECT {} AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE",
+    "MERGE INTO orders o USING (SELECT {} AS id) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET total = 0",
+    "INSERT INTO orders (id, customer_id, total, status, created_at) VALUES ({}, 1, 0, 'x', now()) "
+    "ON CONFLICT (id) DO UPDATE SET total = 0",
+])
+def test_a_delete_or_update_in_other_clothes_is_held(gw: RunningGateway, postgres: PostgresServer, sql: str) -> None:
+    with order(postgres) as number:
+        request = held_and_denied(gw, sql.format(number))
+        assert request["rule"] == "roles.engineering.approval[1]"
+        assert untouched(postgres, number)

@@ -89,6 +89,15 @@ def decisions(config: Path, sql: str, rules: str | None = None) -> list[str]:
     # Preparing runs nothing; executing runs what was prepared.
     ("PREPARE d AS DELETE FROM orders WHERE id = $1; EXECUTE d(1)", ["allowed", "roles.engineering.approval[1]"]),
     ("PREPARE s AS SELECT 1; CREATE TABLE public.made AS EXECUTE s", ["allowed", "roles.engineering.approval[0]"]),
+    # A MERGE or an upsert is held for what its clauses do to the target.
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN DELETE",
+     ["roles.engineering.approval[1]"]),
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN UPDATE SET total = 0",
+     ["roles.engineering.approval[1]"]),
+    ("MERGE INTO orders o USING customers c ON o.id = c.id WHEN NOT MATCHED THEN INSERT (id) VALUES (c.id)",
+     ["allowed"]),
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 0", ["roles.engineering.approval[1]"]),
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT DO NOTHING", ["allowed"]),
 ])
 def test_the_demo_rules(demo_config: Path, sql: str, expected: list[str]) -> None:
     assert decisions(demo_config, sql) == expected
