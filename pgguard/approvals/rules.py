@@ -52,17 +52,27 @@ class ApprovalRule:
             return False
         if not self.tables and not self.kinds:
             return True
-        touched = [(relation, kinds | ({"unfiltered"} if statement.unfiltered else set()))
-                   for relation, kinds in statement.writes.items()]
+        touched: list[tuple[Name | None, set[str]]] = [
+            (relation, kinds | _implied(kinds) | ({"unfiltered"} if statement.unfiltered else set()))
+            for relation, kinds in statement.writes.items()]
+        if statement.cascades:
+            # TRUNCATE … CASCADE empties tables the statement does not name: any table, for a rule.
+            touched.append((None, {"truncate", "delete", "unfiltered"}))
         if READ in self.classes and not self.kinds:
             touched += [(relation, set()) for relation in statement.reads]
         for relation, kinds in touched:
             if self.kinds and not self.kinds & kinds:
                 continue
-            if self.tables and not any(_matches(self.tables, name) for name in resolve(relation)):
+            if self.tables and relation is not None and \
+                    not any(_matches(self.tables, name) for name in resolve(relation)):
                 continue
             return True
         return False
+
+
+def _implied(kinds: set[str]) -> set[str]:
+    """Kinds a write is as well: a TRUNCATE deletes every row."""
+    return {"delete"} if "truncate" in kinds else set()
 
 
 def _matches(patterns: tuple[str, ...], name: str) -> bool:

@@ -104,6 +104,8 @@ class Statement:
     read_write: bool = False
     # UPDATE or DELETE with no WHERE clause (for approval rules).
     unfiltered: bool = False
+    # TRUNCATE … CASCADE: it also empties every table that references those it names, unnamed here.
+    cascades: bool = False
     # PREPARE/EXECUTE/DEALLOCATE of a named statement.
     prepares: str | None = None
     executes: str | None = None
@@ -393,6 +395,7 @@ class _Walker:
     def _stmt_TruncateStmt(self, node: Node) -> None:
         self.out.classes.add(WRITE)
         self.out.unfiltered = True
+        self.out.cascades = node.get("behavior") == "DROP_CASCADE"
         for item in node.get("relations", []):
             self.out.write(_relation(item["RangeVar"]), "truncate")
 

@@ -98,6 +98,10 @@ def decisions(config: Path, sql: str, rules: str | None = None) -> list[str]:
      ["allowed"]),
     ("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 0", ["roles.engineering.approval[1]"]),
     ("INSERT INTO orders (id) VALUES (1) ON CONFLICT DO NOTHING", ["allowed"]),
+    # TRUNCATE deletes every row; with CASCADE, of tables it does not name.
+    ("TRUNCATE orders", ["roles.engineering.approval[1]"]),
+    ("TRUNCATE customers CASCADE", ["roles.engineering.approval[1]"]),
+    ("TRUNCATE tickets", ["allowed"]),
 ])
 def test_the_demo_rules(demo_config: Path, sql: str, expected: list[str]) -> None:
     assert decisions(demo_config, sql) == expected
