@@ -537,14 +537,14 @@ class SessionProtocol:
             refused = self._check_again(name)
             if refused is not None:
                 return refused
-        if self._held_statements or self._held_portals:
+        if self._held_statements or self._held_portals or any(scope.approval for scope in self.guard.scopes):
             self._bind_held(body, portal, name)
         return None
 
     def _bind_held(self, body: bytes, portal: str, name: str) -> None:
         """A portal of a statement that needs approval: its parameters, as approvers will see them."""
         self._held_portals.pop(portal, None)
-        held = self._held_statements.get(name)
+        held = self._held_statements.get(name) or self._prepared_held(name)
         if held is not None:
             bind = frontend.Bind.decode(body)
             types = held[2]
@@ -552,6 +552,19 @@ class SessionProtocol:
                                  types[index] if index < len(types) else 0, self.encoding)
                           for index, value in enumerate(bind.params))
             self._held_portals[portal] = _Ask(held[0], held[1], shown)
+
+    def _prepared_held(self, name: str) -> tuple[ApprovalRule, str, list[int]] | None:
+        """The rule that holds what prepared statement `name` may hold, as the guard follows it: what a
+        SQL PREPARE made (a Bind runs it too), or a Parse's statement that a later Parse of the name,
+        which failed, did not replace. Each is decided under the current configuration."""
+        guard = self.guard
+        assert guard is not None
+        for held in guard.prepared.candidates(name):
+            if held.statement is not None:
+                rule = guard.decide(held.statement).approval
+                if rule is not None:
+                    return rule, held.sql if held.sql is not None else held.statement.text, []
+        return None
 
     def _guard_execute(self, frame: Frame) -> None:
         """An Execute of a portal whose statement needs approval is held, unless a grant covers it."""
@@ -579,27 +592,10 @@ class SessionProtocol:
                         decision = self._masking_refusal(exc)
                         break
         if decision is None:
-            self._approval_again(name)
             guard.renew(name)
             return None
         self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
         return self._refused_message(decision)
-
-    def _approval_again(self, name: str) -> None:
-        """A statement prepared before a reload or a change of search path that now needs approval is
-        held at its Execute.
-
-        A rule the reload removed keeps holding it until it is prepared again: holding too
-        much is the safe side.
-        """
-        guard = self.guard
-        assert guard is not None
-        for held in guard.prepared.candidates(name):
-            if guard.stale(held) and held.statement is not None and held.sql is not None:
-                rule = guard.decide(held.statement).approval
-                if rule is not None:
-                    self._held_statements[name] = (rule, held.sql, [])
-                    return
 
     def _refused_message(self, decision: Decision | None) -> bytes | None:
         """The stand-in for a Bind, Describe or Execute refused: a Parse that fails, under a name of its own."""

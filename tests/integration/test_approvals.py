@@ -645,3 +645,32 @@ def test_a_delete_or_update_in_other_clothes_is_held(gw: RunningGateway, postgre
         request = held_and_denied(gw, sql.format(number))
         assert request["rule"] == "roles.engineering.approval[1]"
         assert untouched(postgres, number)
+
+
+@pytest.mark.parametrize(("prepare", "shown"), [
+    # A SQL PREPARE makes a statement the extended protocol's Bind runs too.
+    (lambda conn: conn.execute("PREPARE gone AS DELETE FROM orders WHERE id = $1"),
+     "PREPARE gone AS DELETE FROM orders WHERE id = $1"),
+    # A second Parse of the name fails (it is taken) and leaves the DELETE in place.
+    (lambda conn: (conn.pgconn.prepare(b"gone", b"DELETE FROM orders WHERE id = $1"),
+                   conn.pgconn.prepare(b"gone", b"SELECT $1::int")),
+     "DELETE FROM orders WHERE id = $1"),
+], ids=["sql-prepare", "parse-again"])
+def test_a_bind_of_a_prepared_delete_by_name_is_held(gw: RunningGateway, postgres: PostgresServer,
+                                                     prepare: Callable[[psycopg.Connection[Any]], Any],
+                                                     shown: str) -> None:
+    with order(postgres) as number:
+        def call() -> str:
+            with psycopg.connect(gw.dsn("engineer")) as conn:
+                try:
+                    prepare(conn)
+                    result = conn.pgconn.exec_prepared(b"gone", [str(number).encode()])  # Bind, Execute, Sync
+                    return (result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) or b"").decode()
+                finally:
+                    conn.rollback()
+        client = Background(call)
+        request = pending(gw, shown)
+        assert request["rule"] == "roles.engineering.approval[1]" and request["parameters"] == [str(number)]
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        assert client.join() == "42501"
+        assert untouched(postgres, number)
