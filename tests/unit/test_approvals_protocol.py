@@ -119,11 +119,30 @@ def test_a_grant_covers_the_same_rule_only(config: Config, approvals: Approvals)
     out = protocol.client_bytes(query("UPDATE orders SET status = 'x' WHERE id = 1"))
     assert out.hold is not None
     approvals.store.approve(out.hold.id, "dba", 1800)
-    approvals.store.add_grant(Grant("pgguard", "engineer-sub", out.hold.rule, 4e9, "dba", out.hold.id))
+    approvals.store.add_grant(Grant("pgguard", "engineer-sub", out.hold.rule, out.hold.rule_text, 4e9, "dba",
+                                    out.hold.id))
     protocol.resume(approvals.store.get(out.hold.id))  # type: ignore[arg-type]
     again = query("DELETE FROM orders WHERE id = 2")
     assert protocol.client_bytes(again) == (again, b"", None, None)
     assert protocol.client_bytes(query("DROP TABLE tickets")).hold is not None  # another rule
+
+
+def test_a_grant_does_not_pass_to_the_rule_a_reload_gives_its_label(
+        tmp_path_factory: pytest.TempPathFactory, config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1"))
+    assert out.hold is not None and out.hold.rule == "roles.engineering.approval[1]"
+    dba = Identity("pgguard", "pgguard", "dba-sub", "dba", ("dba",), "j2", 0, 2e9, 2e9)
+    approvals.approve(out.hold.id, dba, 1800)
+    # The reloaded config swaps the rules: approval[1] now holds every DDL statement.
+    path = offline_demo_config(tmp_path_factory.mktemp("swapped"))
+    rules = ('{ classes = ["ddl"] },\n    { tables = ["public.orders"], kinds = ["update", "delete"] },',
+             '{ tables = ["public.orders"], kinds = ["update", "delete"] },\n    { classes = ["ddl"] },')
+    assert rules[0] in path.read_text()
+    path.write_text(path.read_text().replace(*rules))
+    reloaded = engineer(load(path), approvals)
+    held = reloaded.client_bytes(query("DROP TABLE tickets")).hold
+    assert held is not None and held.rule == "roles.engineering.approval[1]"
 
 
 def test_max_pending_refuses_with_42501(config: Config, approvals: Approvals) -> None:
