@@ -416,7 +416,7 @@ class SessionGuard:
         rules = [rule for scope in self.scopes for rule in scope.approval]
         if not rules or statement.prepares is not None:
             return Decision(True, statement)
-        matched = [rule for rule in rules if any(rule.matches(st, self.resolve) for st in (statement, *runs))]
+        matched = [rule for rule in rules if any(rule.matches(st, self.related) for st in (statement, *runs))]
         if not matched:
             return Decision(True, statement)
         rule = max(matched, key=lambda rule: rule.approvers)
@@ -539,6 +539,18 @@ class SessionGuard:
             reached.extend((child, f" (reached through {qualified})")
                            for child in sorted(descendants.get(qualified, ())))
         return reached
+
+    def related(self, name: Name) -> list[str]:
+        """Every relation `name` might be, and every table that shares rows with one through inheritance
+        or partitioning: those it reaches, and those that reach it (an approval rule on a table holds
+        writes to its partitions, and to its parent)."""
+        descendants = self.catalog.descendants
+        found = []
+        for qualified in self.resolve(name):
+            found.append(qualified)
+            found.extend(descendants.get(qualified, ()))
+            found.extend(parent for parent, children in descendants.items() if qualified in children)
+        return found
 
     def _path_set(self) -> set[str]:
         self._path_schemas()

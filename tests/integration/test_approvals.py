@@ -674,3 +674,25 @@ def test_a_bind_of_a_prepared_delete_by_name_is_held(gw: RunningGateway, postgre
         api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
         assert client.join() == "42501"
         assert untouched(postgres, number)
+
+
+def test_a_rule_on_a_table_holds_writes_to_its_partitions(gateway_factory: Callable[..., RunningGateway],
+                                                          postgres: PostgresServer) -> None:
+    table = f"ledger_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE public.{table} (id int, part int) PARTITION BY LIST (part)")
+        conn.execute(f"CREATE TABLE public.{table}_a PARTITION OF public.{table} FOR VALUES IN (1)")
+        for name in (table, f"{table}_a"):
+            conn.execute(f"ALTER TABLE public.{name} OWNER TO pgguard_engineer")
+        conn.execute(f"INSERT INTO public.{table} VALUES (1, 1)")
+    try:
+        rule = '{ tables = ["public.orders"], kinds = ["update", "delete"] }'
+        running = gateway_factory(lambda text: text.replace(
+            rule, f'{rule},\n    {{ tables = ["public.{table}"], kinds = ["delete"] }}'))
+        request = held_and_denied(running, f"DELETE FROM {table}_a WHERE id = 1")
+        assert request["rule"] == "roles.engineering.approval[2]"
+        with psycopg.connect(postgres.dsn()) as conn:
+            assert conn.execute(f"SELECT count(*) FROM public.{table}").fetchone() == (1,)
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS public.{table}")

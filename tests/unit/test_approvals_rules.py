@@ -119,3 +119,21 @@ def test_read_rules_hold_reads_of_their_tables(demo_config: Path) -> None:
     rules = '{ classes = ["read"], tables = ["public.customers"] }'
     assert decisions(demo_config, "SELECT * FROM customers", rules) == ["roles.engineering.approval[0]"]
     assert decisions(demo_config, "SELECT * FROM orders") == ["allowed"]
+
+
+@pytest.mark.parametrize(("sql", "rules"), [
+    # A partition's rows are rows of the table a rule names.
+    ("DELETE FROM orders_2026 WHERE id = 1", '{ tables = ["public.orders"], kinds = ["delete"] }'),
+    ("UPDATE orders_old SET total = 0", '{ tables = ["public.orders"], kinds = ["update"] }'),
+    # A write to a parent reaches the children a rule names, even with ONLY (a child may be a partition).
+    ("DELETE FROM orders WHERE id = 1", '{ tables = ["public.orders_2026"], kinds = ["delete"] }'),
+])
+def test_rules_reach_through_inheritance_and_partitions(demo_config: Path, sql: str, rules: str) -> None:
+    with_rules(demo_config, rules)
+    catalog = Catalog.from_rows([("s", "public", ""), ("r", "pg_catalog", "pg_class")]) \
+        .with_inheritance([["public", "orders", "public", "orders_2026"],
+                           ["public", "orders_2026", "public", "orders_old"]])
+    guard = SessionGuard(Policy(load(demo_config)), ["engineering"], data.ENGINEER, lambda: catalog,
+                         assume_builtin=True)
+    [decision] = guard.check_query(sql)
+    assert decision.approval is not None and decision.approval.label == "roles.engineering.approval[0]"
