@@ -50,12 +50,18 @@ class Decision:
     rule: str = ""
     reason: str = ""
     hint: str | None = None
-    # Allowed, but only once an approver approves it: the rule that holds it.
-    approval: ApprovalRule | None = None
+    # Allowed, but only once an approver approves it: every rule that holds it (a grant of one
+    # leaves the others holding it).
+    approvals: tuple[ApprovalRule, ...] = ()
 
     def about(self, statement: Statement) -> Decision:
         """This decision, for another statement of the same shape (cheaper than dataclasses.replace)."""
-        return Decision(self.allowed, statement, self.rule, self.reason, self.hint, self.approval)
+        return Decision(self.allowed, statement, self.rule, self.reason, self.hint, self.approvals)
+
+    @property
+    def approval(self) -> ApprovalRule | None:
+        """The rule that holds the statement: of those that match, the one that needs the most approvers."""
+        return max(self.approvals, key=lambda rule: rule.approvers) if self.approvals else None
 
     @property
     def message(self) -> str:
@@ -420,7 +426,7 @@ class SessionGuard:
         if not matched:
             return Decision(True, statement)
         rule = max(matched, key=lambda rule: rule.approvers)
-        return Decision(True, statement, rule.label, f"needs approval ({rule})", approval=rule)
+        return Decision(True, statement, rule.label, f"needs approval ({rule})", approvals=tuple(matched))
 
     def _check(self, st: Statement) -> Decision | None:
         for cls in sorted(st.classes):

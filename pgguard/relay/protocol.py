@@ -205,8 +205,8 @@ class SessionProtocol:
         self.approvals = approvals
         # Prepared statements (by name) and portals that need approval to run, with their SQL and
         # a portal's parameters; what the frame being handled needs; the statement being held.
-        self._held_statements: dict[str, tuple[ApprovalRule, str, list[int]]] = {}
-        self._held_portals: dict[str, _Ask] = {}
+        self._held_statements: dict[str, tuple[tuple[ApprovalRule, ...], str, list[int]]] = {}
+        self._held_portals: dict[str, tuple[tuple[ApprovalRule, ...], str, tuple[str | None, ...]]] = {}
         self._ask: _Ask | None = None
         self._held: _Held | None = None
         # Grants made by approvals of this session's requests: request id -> its statement record.
@@ -465,7 +465,7 @@ class SessionProtocol:
         if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
-        held = self._needs_approval([d.approval for d in decisions if d.allowed and d.approval is not None])
+        held = self._needs_approval([rule for d in decisions if d.allowed for rule in d.approvals])
         if refused is None:
             if held is not None:
                 self._ask = _Ask(held, sql, None)
@@ -511,8 +511,8 @@ class SessionProtocol:
         self._held_statements.pop(parse.name, None)
         if decision.statement is not None:
             self._classes = tuple(sorted(decision.statement.classes))
-        if decision.allowed and decision.approval is not None:
-            self._held_statements[parse.name] = (decision.approval, self._log_text(body), parse.param_types)
+        if decision.allowed and decision.approvals:
+            self._held_statements[parse.name] = (decision.approvals, self._log_text(body), parse.param_types)
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -551,26 +551,30 @@ class SessionProtocol:
             shown = tuple(_shown(value, bind.param_format(index),
                                  types[index] if index < len(types) else 0, self.encoding)
                           for index, value in enumerate(bind.params))
-            self._held_portals[portal] = _Ask(held[0], held[1], shown)
+            self._held_portals[portal] = (held[0], held[1], shown)
 
-    def _prepared_held(self, name: str) -> tuple[ApprovalRule, str, list[int]] | None:
-        """The rule that holds what prepared statement `name` may hold, as the guard follows it: what a
+    def _prepared_held(self, name: str) -> tuple[tuple[ApprovalRule, ...], str, list[int]] | None:
+        """The rules that hold what prepared statement `name` may hold, as the guard follows it: what a
         SQL PREPARE made (a Bind runs it too), or a Parse's statement that a later Parse of the name,
         which failed, did not replace. Each is decided under the current configuration."""
         guard = self.guard
         assert guard is not None
+        rules: tuple[ApprovalRule, ...] = ()
+        sql = ""
         for held in guard.prepared.candidates(name):
             if held.statement is not None:
-                rule = guard.decide(held.statement).approval
-                if rule is not None:
-                    return rule, held.sql if held.sql is not None else held.statement.text, []
-        return None
+                found = guard.decide(held.statement).approvals
+                if found:
+                    rules += found
+                    sql = sql or (held.sql if held.sql is not None else held.statement.text)
+        return (rules, sql, []) if rules else None
 
     def _guard_execute(self, frame: Frame) -> None:
         """An Execute of a portal whose statement needs approval is held, unless a grant covers it."""
-        ask = self._held_portals.get(frontend.Execute.decode(frame.body).portal)
-        if ask is not None and self._needs_approval([ask.rule]) is not None:
-            self._ask = ask
+        held = self._held_portals.get(frontend.Execute.decode(frame.body).portal)
+        rule = self._needs_approval(list(held[0])) if held is not None else None
+        if held is not None and rule is not None:
+            self._ask = _Ask(rule, held[1], held[2])
 
     def _check_again(self, name: str) -> bytes | None:
         """A prepared statement decided before a reload or a change of search path is decided, and its

@@ -151,3 +151,21 @@ def test_max_pending_refuses_with_42501(config: Config, approvals: Approvals) ->
         engineer(config, approvals).client_bytes(query(f"DELETE FROM orders WHERE id = {index}"))
     out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1"))
     assert out.hold is None and STAND_IN.fullmatch(out.to_upstream[5:-1])
+
+
+def test_a_grant_of_one_rule_leaves_the_other_rules_of_a_statement_holding_it(config: Config,
+                                                                              approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("CREATE INDEX ON tickets (status)"))
+    assert out.hold is not None and out.hold.rule == "roles.engineering.approval[0]"
+    dba = Identity("pgguard", "pgguard", "dba-sub", "dba", ("dba",), "j2", 0, 2e9, 2e9)
+    protocol.resume(approvals.approve(out.hold.id, dba, 1800))  # every DDL statement, for 30 minutes
+    assert protocol.client_bytes(query("CREATE INDEX ON tickets (id)")).hold is None
+    # DDL that deletes orders too: the orders rule still holds it, as an Execute or as a Query.
+    both = "WITH d AS (DELETE FROM orders RETURNING *) SELECT * INTO public.kept FROM d"
+    held = protocol.client_bytes(query(both)).hold
+    assert held is not None and held.rule == "roles.engineering.approval[1]"
+    protocol.resume(decided(approvals, held, "denied"))
+    out = protocol.client_bytes(frontend.Parse("", both, []).encode() + frontend.Bind("", "", [], [], []).encode()
+                                + frontend.Execute("", 0).encode() + frontend.Sync().encode())
+    assert out.hold is not None and out.hold.rule == "roles.engineering.approval[1]"
