@@ -70,9 +70,13 @@ class ApprovalRule:
         return False
 
 
+# Kinds a write is as well: a TRUNCATE deletes every row; DDL on a table may drop, rewrite (ALTER
+# COLUMN … TYPE … USING) or rename it, after which a rule naming it no longer holds writes to it.
+_IMPLIED = {"truncate": frozenset({"delete"}), "ddl": frozenset({"update", "delete"})}
+
+
 def _implied(kinds: set[str]) -> set[str]:
-    """Kinds a write is as well: a TRUNCATE deletes every row."""
-    return {"delete"} if "truncate" in kinds else set()
+    return set().union(*(_IMPLIED.get(kind, ()) for kind in kinds))
 
 
 def _matches(patterns: tuple[str, ...], name: str) -> bool:

@@ -22,6 +22,7 @@ from pgguard.wire.framing import MessageFramer
 CATALOG = Catalog.from_rows([("s", "public", ""), ("r", "pg_catalog", "pg_class")])
 STAND_IN = re.compile(rb"SELECT 'pgguard-refusal:([0-9a-f]{16})'::pg_catalog\.int4")
 ENGINEER = Identity("pgguard", "pgguard", "engineer-sub", "engineer", ("engineering",), "j1", 0, 2e9, 2e9)
+DBA = Identity("pgguard", "pgguard", "dba-sub", "dba", ("dba",), "j2", 0, 2e9, 2e9)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +133,7 @@ def test_a_grant_does_not_pass_to_the_rule_a_reload_gives_its_label(
     protocol = engineer(config, approvals)
     out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1"))
     assert out.hold is not None and out.hold.rule == "roles.engineering.approval[1]"
-    dba = Identity("pgguard", "pgguard", "dba-sub", "dba", ("dba",), "j2", 0, 2e9, 2e9)
-    approvals.approve(out.hold.id, dba, 1800)
+    approvals.approve(out.hold.id, DBA, 1800)
     # The reloaded config swaps the rules: approval[1] now holds every DDL statement.
     path = offline_demo_config(tmp_path_factory.mktemp("swapped"))
     rules = ('{ classes = ["ddl"] },\n    { tables = ["public.orders"], kinds = ["update", "delete"] },',
@@ -158,8 +158,7 @@ def test_a_grant_of_one_rule_leaves_the_other_rules_of_a_statement_holding_it(co
     protocol = engineer(config, approvals)
     out = protocol.client_bytes(query("CREATE INDEX ON tickets (status)"))
     assert out.hold is not None and out.hold.rule == "roles.engineering.approval[0]"
-    dba = Identity("pgguard", "pgguard", "dba-sub", "dba", ("dba",), "j2", 0, 2e9, 2e9)
-    protocol.resume(approvals.approve(out.hold.id, dba, 1800))  # every DDL statement, for 30 minutes
+    protocol.resume(approvals.approve(out.hold.id, DBA, 1800))  # every DDL statement, for 30 minutes
     assert protocol.client_bytes(query("CREATE INDEX ON tickets (id)")).hold is None
     # DDL that deletes orders too: the orders rule still holds it, as an Execute or as a Query.
     both = "WITH d AS (DELETE FROM orders RETURNING *) SELECT * INTO public.kept FROM d"
@@ -169,3 +168,15 @@ def test_a_grant_of_one_rule_leaves_the_other_rules_of_a_statement_holding_it(co
     out = protocol.client_bytes(frontend.Parse("", both, []).encode() + frontend.Bind("", "", [], [], []).encode()
                                 + frontend.Execute("", 0).encode() + frontend.Sync().encode())
     assert out.hold is not None and out.hold.rule == "roles.engineering.approval[1]"
+
+
+@pytest.mark.parametrize("sql", ["DROP TABLE orders", "ALTER TABLE orders RENAME TO kept",
+                                 "ALTER TABLE orders ALTER COLUMN total TYPE int USING 0"])
+def test_ddl_that_drops_rewrites_or_renames_a_table_is_held_by_its_rule_under_a_ddl_grant(
+        config: Config, approvals: Approvals, sql: str) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("CREATE INDEX ON tickets (status)"))
+    assert out.hold is not None
+    protocol.resume(approvals.approve(out.hold.id, DBA, 1800))
+    held = protocol.client_bytes(query(sql)).hold
+    assert held is not None and held.rule == "roles.engineering.approval[1]"
