@@ -538,13 +538,19 @@ class SessionProtocol:
             if refused is not None:
                 return refused
         if self._held_statements or self._held_portals or any(scope.approval for scope in self.guard.scopes):
-            self._bind_held(body, portal, name)
+            self._bind_held(body, portal, name, body[start:body.find(b"\0", start)])
         return None
 
-    def _bind_held(self, body: bytes, portal: str, name: str) -> None:
-        """A portal of a statement that needs approval: its parameters, as approvers will see them."""
+    def _bind_held(self, body: bytes, portal: str, name: str, raw_name: bytes) -> None:
+        """A portal of a statement that needs approval: its parameters, as approvers will see them.
+
+        The server reads the name in the client's encoding, as it read a SQL PREPARE's; pgguard keeps
+        a Parse's name as UTF-8. Either may be the statement it binds."""
         self._held_portals.pop(portal, None)
         held = self._held_statements.get(name) or self._prepared_held(name)
+        in_encoding = self._text(raw_name) if not raw_name.isascii() else None
+        if held is None and in_encoding is not None:
+            held = self._held_statements.get(in_encoding) or self._prepared_held(in_encoding)
         if held is not None:
             bind = frontend.Bind.decode(body)
             types = held[2]

@@ -647,24 +647,28 @@ def test_a_delete_or_update_in_other_clothes_is_held(gw: RunningGateway, postgre
         assert untouched(postgres, number)
 
 
-@pytest.mark.parametrize(("prepare", "shown"), [
+@pytest.mark.parametrize(("prepare", "name", "shown"), [
     # A SQL PREPARE makes a statement the extended protocol's Bind runs too.
-    (lambda conn: conn.execute("PREPARE gone AS DELETE FROM orders WHERE id = $1"),
+    (lambda conn: conn.execute("PREPARE gone AS DELETE FROM orders WHERE id = $1"), b"gone",
      "PREPARE gone AS DELETE FROM orders WHERE id = $1"),
     # A second Parse of the name fails (it is taken) and leaves the DELETE in place.
     (lambda conn: (conn.pgconn.prepare(b"gone", b"DELETE FROM orders WHERE id = $1"),
-                   conn.pgconn.prepare(b"gone", b"SELECT $1::int")),
+                   conn.pgconn.prepare(b"gone", b"SELECT $1::int")), b"gone",
      "DELETE FROM orders WHERE id = $1"),
-], ids=["sql-prepare", "parse-again"])
+    # The server reads a Bind's statement name in the client's encoding, as it read the PREPARE.
+    (lambda conn: (conn.execute("SET client_encoding TO 'LATIN1'"),
+                   conn.execute('PREPARE "g\u00f6ne" AS DELETE FROM orders WHERE id = $1')), "g\u00f6ne".encode("latin-1"),
+     'PREPARE "g\u00f6ne" AS DELETE FROM orders WHERE id = $1'),
+], ids=["sql-prepare", "parse-again", "latin1-name"])
 def test_a_bind_of_a_prepared_delete_by_name_is_held(gw: RunningGateway, postgres: PostgresServer,
                                                      prepare: Callable[[psycopg.Connection[Any]], Any],
-                                                     shown: str) -> None:
+                                                     name: bytes, shown: str) -> None:
     with order(postgres) as number:
         def call() -> str:
             with psycopg.connect(gw.dsn("engineer")) as conn:
                 try:
                     prepare(conn)
-                    result = conn.pgconn.exec_prepared(b"gone", [str(number).encode()])  # Bind, Execute, Sync
+                    result = conn.pgconn.exec_prepared(name, [str(number).encode()])  # Bind, Execute, Sync
                     return (result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) or b"").decode()
                 finally:
                     conn.rollback()
