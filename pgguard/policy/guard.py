@@ -412,6 +412,15 @@ class SessionGuard:
             refused = self.check_portal(statement.fetches)
             if refused is not None:
                 return replace(refused, statement=statement)
+        if statement.fetches is not None and any(scope.approval for scope in self.scopes):
+            # A FETCH or MOVE of a portal that a Bind opened runs its statement: the approval rules see it.
+            for held in self.portals.candidates(statement.fetches):
+                if not held.known:
+                    return self._refuse(statement, f"FETCH or MOVE of {statement.fetches!r}, which pgguard cannot"
+                                        " follow, so it cannot tell whether it needs approval", "",
+                                        "close it, then bind or declare it again")
+                if held.statement is not None and held.statement.declares is None:  # a DECLARE was decided
+                    runs.append(held.statement)
         if self.unrestricted:
             return Decision(True, statement)
         return self._check(statement) or self._approval(statement, runs)

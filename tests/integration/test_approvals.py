@@ -27,7 +27,8 @@ from conftest import start_gateway, stop_gateway
 from pgguard.audit.verify import read_records
 from pgguard.config import load
 from pgguard.identity.tokens import TokenService
-from rawclient import config_edit, craft_token
+from pgguard.wire import backend, frontend
+from rawclient import config_edit, craft_token, login_as
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway, TLSFiles
@@ -700,3 +701,22 @@ def test_a_rule_on_a_table_holds_writes_to_its_partitions(gateway_factory: Calla
     finally:
         with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS public.{table}")
+
+
+@pytest.mark.parametrize("sql", ["FETCH ALL FROM gone", "MOVE ALL IN gone"])
+def test_a_fetch_of_a_portal_bound_to_a_delete_is_held(gw: RunningGateway, postgres: PostgresServer,
+                                                       sql: str) -> None:
+    with order(postgres) as number, login_as(gw, "engineer") as conn:
+        conn.query("BEGIN")
+        # Bound, not executed: the portal is a cursor that SQL can FETCH from, which runs the DELETE.
+        conn.send(frontend.Parse("d", "DELETE FROM orders WHERE id = $1 RETURNING id", []),
+                  frontend.Bind("gone", "d", [0], [str(number).encode()], []), frontend.Sync())
+        conn.receive_until(backend.ReadyForQuery)
+        fetch = Background(lambda: conn.query(sql))
+        request = pending(gw, sql)
+        assert request["rule"] == "roles.engineering.approval[1]"
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        messages, _ = fetch.join()
+        assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"]
+        conn.query("ROLLBACK")
+        assert untouched(postgres, number)
