@@ -47,7 +47,8 @@ class ApprovalRule:
             parts.append(f"{self.approvers} approvers")
         return "; ".join(parts)
 
-    def matches(self, statement: Statement, resolve: Callable[[Name], list[str]]) -> bool:
+    def matches(self, statement: Statement, resolve: Callable[[Name], list[str] | None]) -> bool:
+        """`resolve`: the tables a relation may be; None when writing it may write any table."""
         if self.classes and not self.classes & statement.classes:
             return False
         if not self.tables and not self.kinds:
@@ -61,10 +62,12 @@ class ApprovalRule:
         if READ in self.classes and not self.kinds:
             touched += [(relation, set()) for relation in statement.reads]
         for relation, kinds in touched:
+            names = resolve(relation) if relation is not None else None
+            if names is None:
+                kinds = kinds | _ANY_ROWS  # what a trigger, a rule or a foreign key's action may do
             if self.kinds and not self.kinds & kinds:
                 continue
-            if self.tables and relation is not None and \
-                    not any(_matches(self.tables, name) for name in resolve(relation)):
+            if self.tables and names is not None and not any(_matches(self.tables, name) for name in names):
                 continue
             return True
         return False
@@ -72,6 +75,7 @@ class ApprovalRule:
 
 # Kinds a write is as well: a TRUNCATE deletes every row; DDL on a table may drop, rewrite (ALTER
 # COLUMN … TYPE … USING) or rename it, after which a rule naming it no longer holds writes to it.
+_ANY_ROWS = frozenset({"insert", "update", "delete"})
 _IMPLIED = {"truncate": frozenset({"delete"}), "ddl": frozenset({"update", "delete"})}
 
 

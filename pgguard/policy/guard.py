@@ -555,17 +555,19 @@ class SessionGuard:
                            for child in sorted(descendants.get(qualified, ())))
         return reached
 
-    def related(self, name: Name) -> list[str]:
+    def related(self, name: Name) -> list[str] | None:
         """Every relation `name` might be, and every table that shares rows with one through inheritance
         or partitioning: those it reaches, and those that reach it (an approval rule on a table holds
-        writes to its partitions, and to its parent)."""
-        descendants = self.catalog.descendants
+        writes to its partitions, and to its parent). None when a write to one of them may write other
+        tables that pgguard does not follow (a view, a trigger, a rule, a foreign key's action)."""
+        catalog = self.catalog
+        descendants = catalog.descendants
         found = []
         for qualified in self.resolve(name):
             found.append(qualified)
             found.extend(descendants.get(qualified, ()))
             found.extend(parent for parent, children in descendants.items() if qualified in children)
-        return found
+        return None if catalog.writes_further.intersection(found) else found
 
     def _path_set(self) -> set[str]:
         self._path_schemas()

@@ -720,3 +720,37 @@ def test_a_fetch_of_a_portal_bound_to_a_delete_is_held(gw: RunningGateway, postg
         assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"]
         conn.query("ROLLBACK")
         assert untouched(postgres, number)
+
+
+@pytest.mark.parametrize(("setup", "sql"), [
+    # An updatable view over orders: its DELETE deletes orders' rows.
+    ("CREATE VIEW public.{name} AS SELECT * FROM public.orders", "DELETE FROM {name} WHERE id = {number}"),
+    # A trigger, or a rule, on a table of its own that deletes from orders.
+    ("CREATE TABLE public.{name} (id int); CREATE FUNCTION public.{name}_f() RETURNS trigger LANGUAGE plpgsql AS "
+     "'BEGIN DELETE FROM public.orders WHERE id = NEW.id; RETURN NEW; END'; CREATE TRIGGER t AFTER INSERT ON "
+     "public.{name} FOR EACH ROW EXECUTE FUNCTION public.{name}_f()", "INSERT INTO {name} VALUES ({number})"),
+    ("CREATE TABLE public.{name} (id int); CREATE RULE r AS ON INSERT TO public.{name} DO ALSO "
+     "DELETE FROM public.orders WHERE id = NEW.id", "INSERT INTO {name} VALUES ({number})"),
+    # A foreign key whose action deletes orders' rows when its table's are.
+    ("CREATE TABLE public.{name} (id int PRIMARY KEY); INSERT INTO public.{name} VALUES ({number}); "
+     "ALTER TABLE public.orders ADD CONSTRAINT {name}_fk FOREIGN KEY (id) REFERENCES public.{name} ON DELETE CASCADE "
+     "NOT VALID", "DELETE FROM {name} WHERE id = {number}"),
+], ids=["view", "trigger", "rule", "foreign-key"])
+def test_a_write_that_reaches_orders_through_the_database_is_held(
+        gateway_factory: Callable[..., RunningGateway], postgres: PostgresServer, setup: str, sql: str) -> None:
+    name = f"through_{uuid.uuid4().hex[:12]}"
+    with order(postgres) as number:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(setup.format(name=name, number=number))
+            conn.execute(f"ALTER TABLE public.{name} OWNER TO pgguard_engineer")
+        try:
+            running = gateway_factory()  # its catalog is read after the objects were made
+            request = held_and_denied(running, sql.format(name=name, number=number))
+            assert request["rule"] == "roles.engineering.approval[1]"
+            assert untouched(postgres, number)
+        finally:
+            with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE public.orders DROP CONSTRAINT IF EXISTS {name}_fk")
+                kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = %s", (name,)).fetchone()
+                conn.execute(f"DROP {'VIEW' if kind == ('v',) else 'TABLE'} public.{name} CASCADE")
+                conn.execute(f"DROP FUNCTION IF EXISTS public.{name}_f()")
