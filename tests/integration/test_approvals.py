@@ -754,3 +754,17 @@ def test_a_write_that_reaches_orders_through_the_database_is_held(
                 kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = %s", (name,)).fetchone()
                 conn.execute(f"DROP {'VIEW' if kind == ('v',) else 'TABLE'} public.{name} CASCADE")
                 conn.execute(f"DROP FUNCTION IF EXISTS public.{name}_f()")
+
+
+def test_the_cli_shows_control_characters_of_the_sql_as_escapes(gw: RunningGateway, postgres: PostgresServer) -> None:
+    with order(postgres) as number:
+        # Terminal escapes that would erase the line and print a harmless statement in its place.
+        sql = f"DELETE FROM orders WHERE id = {number} /*\x1b[2K\r    SELECT 1 \u202e*/"
+        client = Background(lambda: rolled_back(gw, sql))
+        request = pending(gw, sql)
+        listed = cli(gw, token(gw, "dba"), "list")
+        assert "\x1b" not in listed.stdout and "\r" not in listed.stdout and "\u202e" not in listed.stdout
+        assert f"DELETE FROM orders WHERE id = {number} /*\\u001b[2K\\u000d    SELECT 1 \\u202e*/" in listed.stdout
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        client.join()
+        assert untouched(postgres, number)
