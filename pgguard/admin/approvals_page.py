@@ -93,7 +93,7 @@ async function refresh() {{
     cell(row, r.id);
     cell(row, r.requester + " (" + r.target + ")");
     const params = r.parameters.length ? "\\nparameters: " + JSON.stringify(r.parameters) : "";
-    cell(row, visible(r.sql) + params, true);
+    cell(row, visible(r.sql + params), true);
     cell(row, r.rule + ": " + r.rule_text + (r.approved_by.length ? "\\napproved by " + r.approved_by.join(", ") : ""), true);
     cell(row, Math.round(r.age_seconds) + " s");
     const td = row.insertCell();
