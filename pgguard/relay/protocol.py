@@ -132,6 +132,8 @@ class _Held:
     seq: int | None  # the held statement's record
     # The held message first, then every later one the client sent.
     frames: list[Frame]
+    # The configuration generation it was decided under: a reload meanwhile may refuse it now.
+    generation: int
 
 
 # Binary parameters approvers see as values: integers (int2, int4, int8, oid) and booleans.
@@ -321,7 +323,8 @@ class SessionProtocol:
                 self.approvals.withdraw(request.id, "its session-log record could not be written")
                 return self._refused_frame(frame, None), b""
             self.recorder.approval(seq, request.id, "requested")
-        self._held = _Held(request, seq, frames)
+        assert self.guard is not None
+        self._held = _Held(request, seq, frames, self.guard.generation)
         notice = backend.NoticeResponse.build("NOTICE", "01000", self.approvals.notice(request))
         return None, notice.encode()
 
@@ -348,7 +351,12 @@ class SessionProtocol:
         simple = frame.tag == _QUERY
         recorder = self.recorder
         replacement: bytes | None = None
-        if request.status == "approved":
+        if request.status == "approved" and self.guard is not None and self.guard.generation != held.generation:
+            # Decided under a configuration since reloaded: not run, rather than run unchecked.
+            replacement = self._refused_frame(frame, Decision(
+                False, None, "", f"the configuration was reloaded while the statement waited for approval "
+                f"(request {request.id})", "run it again, to have it decided under the new configuration"))
+        elif request.status == "approved":
             if recorder is not None and held.seq is not None:
                 if not recorder.approval(held.seq, request.id, "approved", request.decided_by):
                     replacement = self._refused_frame(frame, None)

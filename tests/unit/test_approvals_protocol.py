@@ -180,3 +180,15 @@ def test_ddl_that_drops_rewrites_or_renames_a_table_is_held_by_its_rule_under_a_
     protocol.resume(approvals.approve(out.hold.id, DBA, 1800))
     held = protocol.client_bytes(query(sql)).hold
     assert held is not None and held.rule == "roles.engineering.approval[1]"
+
+
+def test_an_approved_statement_is_not_run_when_a_reload_came_while_it_waited(config: Config,
+                                                                             approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    held = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1")).hold
+    assert held is not None
+    # The reloaded configuration no longer lets engineering write: the DELETE would be refused now.
+    assert protocol.guard is not None
+    protocol.guard.reconfigure(Policy(config), ["analysts"])
+    out = protocol.resume(decided(approvals, held, "approved"))
+    assert b"DELETE" not in out.to_upstream and STAND_IN.search(out.to_upstream)
