@@ -254,7 +254,7 @@ class SessionProtocol:
                     if self.guard.generation:  # after a reload: a portal opened before it is decided again
                         replacement = self._refused_message(
                             self.guard.check_portal(frontend.Execute.decode(frame.body).portal))
-                    if replacement is None and self._held_portals:
+                    if replacement is None and (self._held_portals or self._approving):
                         self._guard_execute(frame)
                 elif tag == _SYNC:
                     self.guard.request_sent()
@@ -545,7 +545,7 @@ class SessionProtocol:
             refused = self._check_again(name)
             if refused is not None:
                 return refused
-        if self._held_statements or self._held_portals or any(scope.approval for scope in self.guard.scopes):
+        if self._held_statements or self._held_portals or self._approving:
             self._bind_held(body, portal, name, body[start:body.find(b"\0", start)])
         return None
 
@@ -553,8 +553,12 @@ class SessionProtocol:
         """A portal of a statement that needs approval: its parameters, as approvers will see them.
 
         The server reads the name in the client's encoding, as it read a SQL PREPARE's; pgguard keeps
-        a Parse's name as UTF-8. Either may be the statement it binds."""
-        self._held_portals.pop(portal, None)
+        a Parse's name as UTF-8. Either may be the statement it binds.
+
+        A named portal's entry stays when the new Bind needs no approval: a Bind of a name the server
+        holds fails, and the guard's portals tell which may be there (`_guard_execute`)."""
+        if not portal:
+            self._held_portals.pop(portal, None)
         held = self._held_statements.get(name) or self._prepared_held(name)
         in_encoding = self._text(raw_name) if not raw_name.isascii() else None
         if held is None and in_encoding is not None:
@@ -583,9 +587,32 @@ class SessionProtocol:
                     sql = sql or (held.sql if held.sql is not None else held.statement.text)
         return (rules, sql, []) if rules else None
 
+    @property
+    def _approving(self) -> bool:
+        """The session's roles have approval rules."""
+        return self.guard is not None and any(scope.approval for scope in self.guard.scopes)
+
     def _guard_execute(self, frame: Frame) -> None:
-        """An Execute of a portal whose statement needs approval is held, unless a grant covers it."""
-        held = self._held_portals.get(frontend.Execute.decode(frame.body).portal)
+        """An Execute of a portal whose statement needs approval is held, unless a grant covers it.
+
+        A named portal holds what the guard says it may hold: a later Bind of its name that failed
+        (say, in a savepoint since rolled back to) left the earlier statement there."""
+        portal = frontend.Execute.decode(frame.body).portal
+        held = self._held_portals.get(portal)
+        if portal and self.guard is not None:
+            rules: list[ApprovalRule] = []
+            known = True
+            for candidate in self.guard.portals.candidates(portal):
+                known = known and candidate.known
+                if candidate.statement is not None and candidate.statement.declares is None:
+                    found = self.guard.decide(candidate.statement).approvals
+                    rules += found
+                    if found and held is None:
+                        held = (found, candidate.sql or candidate.statement.text, ())
+            if held is not None and (rules or not known):  # not known: as its Bind said
+                held = (tuple(rules) or held[0], held[1], held[2])
+            else:
+                held = None
         rule = self._needs_approval(list(held[0])) if held is not None else None
         if held is not None and rule is not None:
             self._ask = _Ask(rule, held[1], held[2])

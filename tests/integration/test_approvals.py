@@ -28,7 +28,7 @@ from pgguard.audit.verify import read_records
 from pgguard.config import load
 from pgguard.identity.tokens import TokenService
 from pgguard.wire import backend, frontend
-from rawclient import config_edit, craft_token, login_as
+from rawclient import RawConnection, config_edit, craft_token, login_as
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway, TLSFiles
@@ -767,4 +767,37 @@ def test_the_cli_shows_control_characters_of_the_sql_as_escapes(gw: RunningGatew
         assert f"DELETE FROM orders WHERE id = {number} /*\\u001b[2K\\u000d    SELECT 1 \\u202e*/" in listed.stdout
         api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
         client.join()
+        assert untouched(postgres, number)
+
+
+def answers(conn: RawConnection) -> list[Any]:
+    """The server's messages up to ReadyForQuery, errors among them."""
+    seen = []
+    while not isinstance(message := conn.receive(), backend.ReadyForQuery):
+        seen.append(message)
+    return seen
+
+
+def test_a_failed_bind_over_a_held_portal_does_not_release_it(gw: RunningGateway, postgres: PostgresServer) -> None:
+    portal = "gone"
+    with order(postgres) as number, login_as(gw, "engineer") as conn:
+        conn.query("BEGIN")
+        conn.send(frontend.Parse("d", "DELETE FROM orders WHERE id = $1", []),
+                  frontend.Bind(portal, "d", [0], [str(number).encode()], []), frontend.Sync())
+        assert not [m for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
+        conn.query("SAVEPOINT s")
+        # A Bind of the same portal that fails (its parameters do not fit), in a savepoint: the DELETE's
+        # portal, made before the savepoint, survives the rollback to it.
+        conn.send(frontend.Parse("h", "SELECT $1::int", []), frontend.Bind(portal, "h", [], [], []),
+                  frontend.Sync())
+        assert [m.code for m in answers(conn) if isinstance(m, backend.ErrorResponse)] == ["08P01"]
+        conn.send(frontend.Parse("r", "ROLLBACK TO SAVEPOINT s", []), frontend.Bind("r", "r", [], [], []),
+                  frontend.Execute("r", 0), frontend.Sync())
+        assert not [m for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
+        execute = Background(lambda: (conn.send(frontend.Execute(portal, 0), frontend.Sync()), answers(conn))[1])
+        request = pending(gw, "DELETE FROM orders WHERE id = $1")
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        errors = [m.code for m in execute.join() if isinstance(m, backend.ErrorResponse)]
+        assert errors == ["42501"]
+        conn.query("ROLLBACK")
         assert untouched(postgres, number)
