@@ -210,6 +210,10 @@ class SessionProtocol:
         self._held_statements: dict[str, tuple[tuple[ApprovalRule, ...], str, list[int]]] = {}
         self._held_portals: dict[str, tuple[tuple[ApprovalRule, ...], str, tuple[str | None, ...]]] = {}
         self._ask: _Ask | None = None
+        # The unnamed portal's hold that a Bind needing none replaced, and the batch (Syncs sent before
+        # it) of that Bind: until the Bind is answered without an error, the held portal may be there
+        # still (a failed Bind leaves it, and a rollback to a savepoint lets it run).
+        self._unbound: tuple[tuple[tuple[ApprovalRule, ...], str, tuple[str | None, ...]], int] | None = None
         self._held: _Held | None = None
         # Grants made by approvals of this session's requests: request id -> its statement record.
         self._grants: dict[str, int] = {}
@@ -558,7 +562,9 @@ class SessionProtocol:
         A named portal's entry stays when the new Bind needs no approval: a Bind of a name the server
         holds fails, and the guard's portals tell which may be there (`_guard_execute`)."""
         if not portal:
-            self._held_portals.pop(portal, None)
+            replaced = self._held_portals.pop(portal, None)
+            if replaced is not None and self._unbound is None:
+                self._unbound = (replaced, self._cycles_sent)
         held = self._held_statements.get(name) or self._prepared_held(name)
         in_encoding = self._text(raw_name) if not raw_name.isascii() else None
         if held is None and in_encoding is not None:
@@ -570,6 +576,8 @@ class SessionProtocol:
                                  types[index] if index < len(types) else 0, self.encoding)
                           for index, value in enumerate(bind.params))
             self._held_portals[portal] = (held[0], held[1], shown)
+            if not portal:
+                self._unbound = None
 
     def _prepared_held(self, name: str) -> tuple[tuple[ApprovalRule, ...], str, list[int]] | None:
         """The rules that hold what prepared statement `name` may hold, as the guard follows it: what a
@@ -599,6 +607,8 @@ class SessionProtocol:
         (say, in a savepoint since rolled back to) left the earlier statement there."""
         portal = frontend.Execute.decode(frame.body).portal
         held = self._held_portals.get(portal)
+        if not portal and held is None and self._unbound is not None and self._unbound[1] != self._cycles_sent:
+            held = self._unbound[0]  # a later batch than the Bind that replaced it, which may have failed
         if portal and self.guard is not None:
             rules: list[ApprovalRule] = []
             known = True
@@ -835,11 +845,17 @@ class SessionProtocol:
     def _error(self) -> None:
         if self.guard is not None:
             self.guard.answered_error()
+        if self._unbound is not None:
+            # Perhaps the Bind that replaced the held unnamed portal: it counts as there again.
+            self._held_portals.setdefault("", self._unbound[0])
+            self._unbound = None
 
     def _ready(self, frame: Frame) -> None:
         if self.guard is not None:
             self.guard.answered_ready(idle=frame.data[5] == 0x49)  # I: out of any transaction
         self._cycles_done += 1
+        if self._unbound is not None and self._cycles_done > self._unbound[1]:
+            self._unbound = None  # the replacing Bind's batch is answered, without an error
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)
 

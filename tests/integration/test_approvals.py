@@ -778,22 +778,26 @@ def answers(conn: RawConnection) -> list[Any]:
     return seen
 
 
-def test_a_failed_bind_over_a_held_portal_does_not_release_it(gw: RunningGateway, postgres: PostgresServer) -> None:
-    portal = "gone"
+@pytest.mark.parametrize("portal", ["gone", ""])
+def test_a_failed_bind_over_a_held_portal_does_not_release_it(gw: RunningGateway, postgres: PostgresServer,
+                                                              portal: str) -> None:
     with order(postgres) as number, login_as(gw, "engineer") as conn:
-        conn.query("BEGIN")
+        def run(name: str, sql: str) -> list[str]:
+            """`sql` through a portal of its own (a simple Query would drop the unnamed portal); its errors."""
+            conn.send(frontend.Parse(name, sql, []), frontend.Bind(name, name, [], [], []),
+                      frontend.Execute(name, 0), frontend.Sync())
+            return [m.code for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
+        assert run("b", "BEGIN") == []
         conn.send(frontend.Parse("d", "DELETE FROM orders WHERE id = $1", []),
                   frontend.Bind(portal, "d", [0], [str(number).encode()], []), frontend.Sync())
         assert not [m for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
-        conn.query("SAVEPOINT s")
+        assert run("s", "SAVEPOINT s") == []
         # A Bind of the same portal that fails (its parameters do not fit), in a savepoint: the DELETE's
         # portal, made before the savepoint, survives the rollback to it.
         conn.send(frontend.Parse("h", "SELECT $1::int", []), frontend.Bind(portal, "h", [], [], []),
                   frontend.Sync())
         assert [m.code for m in answers(conn) if isinstance(m, backend.ErrorResponse)] == ["08P01"]
-        conn.send(frontend.Parse("r", "ROLLBACK TO SAVEPOINT s", []), frontend.Bind("r", "r", [], [], []),
-                  frontend.Execute("r", 0), frontend.Sync())
-        assert not [m for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
+        assert run("r", "ROLLBACK TO SAVEPOINT s") == []
         execute = Background(lambda: (conn.send(frontend.Execute(portal, 0), frontend.Sync()), answers(conn))[1])
         request = pending(gw, "DELETE FROM orders WHERE id = $1")
         api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
