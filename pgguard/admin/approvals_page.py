@@ -63,6 +63,12 @@ function cell(row, text, pre) {{
   if (pre) td.appendChild(holder);
   return td;
 }}
+// Control and invisible formatting characters (bidirectional overrides, zero-width ones) as escapes,
+// so that a requester's SQL cannot reorder or hide what the approver reads.
+function visible(text) {{
+  return text.replace(/[\\p{{Cc}}\\p{{Cf}}\\p{{Zl}}\\p{{Zp}}]/gu,
+    c => c === "\\n" || c === "\\t" ? c : "\\\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
+}}
 function button(td, label, id, action) {{
   const b = document.createElement("button");
   b.textContent = label; b.id = id; b.type = "button";
@@ -87,7 +93,7 @@ async function refresh() {{
     cell(row, r.id);
     cell(row, r.requester + " (" + r.target + ")");
     const params = r.parameters.length ? "\\nparameters: " + JSON.stringify(r.parameters) : "";
-    cell(row, r.sql + params, true);
+    cell(row, visible(r.sql + params), true);
     cell(row, r.rule + ": " + r.rule_text + (r.approved_by.length ? "\\napproved by " + r.approved_by.join(", ") : ""), true);
     cell(row, Math.round(r.age_seconds) + " s");
     const td = row.insertCell();

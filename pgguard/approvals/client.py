@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 import urllib.error
 import urllib.request
 from typing import Any
@@ -58,10 +59,18 @@ def call(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
         raise ClientError(f"cannot reach {base}: {exc.reason}") from exc
 
 
+def _visible(text: str) -> str:
+    """`text` with control and invisible formatting characters (terminal escapes, carriage returns,
+    bidirectional overrides) shown as escapes, so a requester's SQL cannot redraw the approver's
+    terminal or reorder what it shows. Line breaks stay, indented under the request."""
+    return "".join(char if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp")
+                   else f"\\u{ord(char):04x}" for char in text).replace("\n", "\n    ")
+
+
 def _show(request: dict[str, Any]) -> str:
-    lines = [f"{request['id']}  {request['status']}  {request['requester']} on {request['target']}, "
-             f"{request['age_seconds']:.0f} s ago, rule {request['rule']} ({request['rule_text']})",
-             f"    {request['sql']}"]
+    lines = [_visible(f"{request['id']}  {request['status']}  {request['requester']} on {request['target']}, "
+                      f"{request['age_seconds']:.0f} s ago, rule {request['rule']} ({request['rule_text']})"),
+             f"    {_visible(request['sql'])}"]
     if request["parameters"]:
         lines.append(f"    parameters: {json.dumps(request['parameters'])}")
     if request["approved_by"] and request["status"] == "pending":

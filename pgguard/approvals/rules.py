@@ -47,22 +47,40 @@ class ApprovalRule:
             parts.append(f"{self.approvers} approvers")
         return "; ".join(parts)
 
-    def matches(self, statement: Statement, resolve: Callable[[Name], list[str]]) -> bool:
+    def matches(self, statement: Statement, resolve: Callable[[Name], list[str] | None]) -> bool:
+        """`resolve`: the tables a relation may be; None when writing it may write any table."""
         if self.classes and not self.classes & statement.classes:
             return False
         if not self.tables and not self.kinds:
             return True
-        touched = [(relation, kinds | ({"unfiltered"} if statement.unfiltered else set()))
-                   for relation, kinds in statement.writes.items()]
+        touched: list[tuple[Name | None, set[str]]] = [
+            (relation, kinds | _implied(kinds) | ({"unfiltered"} if statement.unfiltered else set()))
+            for relation, kinds in statement.writes.items()]
+        if statement.cascades:
+            # TRUNCATE … CASCADE empties tables the statement does not name: any table, for a rule.
+            touched.append((None, {"truncate", "delete", "unfiltered"}))
         if READ in self.classes and not self.kinds:
             touched += [(relation, set()) for relation in statement.reads]
         for relation, kinds in touched:
+            names = resolve(relation) if relation is not None else None
+            if names is None:
+                kinds = kinds | _ANY_ROWS  # what a trigger, a rule or a foreign key's action may do
             if self.kinds and not self.kinds & kinds:
                 continue
-            if self.tables and not any(_matches(self.tables, name) for name in resolve(relation)):
+            if self.tables and names is not None and not any(_matches(self.tables, name) for name in names):
                 continue
             return True
         return False
+
+
+# Kinds a write is as well: a TRUNCATE deletes every row; DDL on a table may drop, rewrite (ALTER
+# COLUMN … TYPE … USING) or rename it, after which a rule naming it no longer holds writes to it.
+_ANY_ROWS = frozenset({"insert", "update", "delete"})
+_IMPLIED = {"truncate": frozenset({"delete"}), "ddl": frozenset({"update", "delete"})}
+
+
+def _implied(kinds: set[str]) -> set[str]:
+    return set().union(*(_IMPLIED.get(kind, ()) for kind in kinds))
 
 
 def _matches(patterns: tuple[str, ...], name: str) -> bool:

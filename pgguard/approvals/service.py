@@ -127,7 +127,10 @@ class Approvals:
         return request
 
     def granted(self, identity: Identity, rule: ApprovalRule) -> bool:
-        return self.store.grant(identity.issuer, identity.subject, rule.label, time.time()) is not None
+        """True when a grant covers `rule`: the rule of that label, with the conditions it had when granted
+        (after a reload, the label may name another rule, which the grant does not cover)."""
+        grant = self.store.grant(identity.issuer, identity.subject, rule.label, time.time())
+        return grant is not None and grant.rule_text == str(rule)
 
     # -- approvers --------------------------------------------------------------
 
@@ -159,7 +162,8 @@ class Approvals:
             return request
         if grant_seconds is not None:
             self.store.add_grant(Grant(request.requester_issuer, request.requester_subject, request.rule,
-                                       time.time() + grant_seconds, approver.username, request_id))
+                                       request.rule_text, time.time() + grant_seconds, approver.username,
+                                       request_id))
         log.info("request %s: approved by %s%s", request_id, request.decided_by,
                  f", with a grant for {describe_duration(grant_seconds)}" if grant_seconds else "")
         self._wake(request_id)

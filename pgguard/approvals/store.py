@@ -63,7 +63,8 @@ class Grant:
 
     requester_issuer: str
     requester_subject: str
-    rule: str
+    rule: str  # the rule's label, which a reload may give to another rule
+    rule_text: str  # what the rule held when it was granted: the grant covers that rule only
     until: float
     by: str
     request: str

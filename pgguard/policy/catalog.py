@@ -96,6 +96,10 @@ class Catalog:
     # Every table a read or write of a table reaches through inheritance or partitioning
     # ("schema.name" -> its children, their children, …), which may be in other schemas.
     descendants: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Relations a write to which may write other tables, which pgguard does not follow: views, tables
+    # with triggers or rules of their own, and tables that foreign keys with ON DELETE or ON UPDATE
+    # actions reference (for approval rules).
+    writes_further: frozenset[str] = frozenset()
 
     def with_inheritance(self, rows: list[list[str | None]]) -> Catalog:
         children: dict[str, set[str]] = defaultdict(set)
@@ -184,6 +188,15 @@ SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM pg_catalog.pg_inherits 
   JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'f')"""
 
+_WRITES_FURTHER = """\
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'v'
+   OR EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+   OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type <> '1')
+   OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.confrelid = c.oid AND k.contype = 'f'
+              AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))"""
+
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
 _ROUTINES = f"""\
@@ -209,10 +222,12 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         relations = await _rows(upstream, _RELATIONS)
         routines = await _rows(upstream, _ROUTINES)
         inheritance = await _rows(upstream, _INHERITANCE)
+        further = await _rows(upstream, _WRITES_FURTHER)
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
-    return catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
+    catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
+    return replace(catalog, writes_further=frozenset(qualify(schema or "", name or "") for schema, name in further))
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

@@ -47,6 +47,8 @@ _FIXED_CLASS = {
 _DDL_PREFIXES = ("Create", "Alter", "Drop", "Rename", "Comment", "SecLabel", "Define", "Index",
                  "View", "Rule", "CompositeType", "ImportForeignSchema", "AlterObject")
 _DML = ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt")
+# A MERGE's WHEN clause actions, as kinds of write to its target.
+_MERGE_ACTIONS = {"CMD_INSERT": "insert", "CMD_UPDATE": "update", "CMD_DELETE": "delete"}
 
 # Settings that change who the session is or whether it may write.
 IDENTITY_SETTINGS = frozenset({"role", "session_authorization", "session_replication_role"})
@@ -102,6 +104,8 @@ class Statement:
     read_write: bool = False
     # UPDATE or DELETE with no WHERE clause (for approval rules).
     unfiltered: bool = False
+    # TRUNCATE … CASCADE: it also empties every table that references those it names, unnamed here.
+    cascades: bool = False
     # PREPARE/EXECUTE/DEALLOCATE of a named statement.
     prepares: str | None = None
     executes: str | None = None
@@ -368,6 +372,8 @@ class _Walker:
 
     def _stmt_InsertStmt(self, node: Node) -> None:
         self._dml(node, "insert", reads_target=False)
+        if (node.get("onConflictClause") or {}).get("action") == "ONCONFLICT_UPDATE":
+            self.out.write(_relation(node["relation"]), "update")  # ON CONFLICT DO UPDATE updates rows
 
     def _stmt_UpdateStmt(self, node: Node) -> None:
         self.out.unfiltered |= "whereClause" not in node
@@ -379,10 +385,17 @@ class _Walker:
 
     def _stmt_MergeStmt(self, node: Node) -> None:
         self._dml(node, "merge", reads_target=True)
+        # What its WHEN clauses do to the target, too: a MERGE that deletes is a delete.
+        target = _relation(node["relation"])
+        for clause in node.get("mergeWhenClauses", []):
+            kind = _MERGE_ACTIONS.get(clause["MergeWhenClause"].get("commandType", ""))
+            if kind is not None:
+                self.out.write(target, kind)
 
     def _stmt_TruncateStmt(self, node: Node) -> None:
         self.out.classes.add(WRITE)
         self.out.unfiltered = True
+        self.out.cascades = node.get("behavior") == "DROP_CASCADE"
         for item in node.get("relations", []):
             self.out.write(_relation(item["RangeVar"]), "truncate")
 

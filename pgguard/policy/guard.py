@@ -50,12 +50,18 @@ class Decision:
     rule: str = ""
     reason: str = ""
     hint: str | None = None
-    # Allowed, but only once an approver approves it: the rule that holds it.
-    approval: ApprovalRule | None = None
+    # Allowed, but only once an approver approves it: every rule that holds it (a grant of one
+    # leaves the others holding it).
+    approvals: tuple[ApprovalRule, ...] = ()
 
     def about(self, statement: Statement) -> Decision:
         """This decision, for another statement of the same shape (cheaper than dataclasses.replace)."""
-        return Decision(self.allowed, statement, self.rule, self.reason, self.hint, self.approval)
+        return Decision(self.allowed, statement, self.rule, self.reason, self.hint, self.approvals)
+
+    @property
+    def approval(self) -> ApprovalRule | None:
+        """The rule that holds the statement: of those that match, the one that needs the most approvers."""
+        return max(self.approvals, key=lambda rule: rule.approvers) if self.approvals else None
 
     @property
     def message(self) -> str:
@@ -406,6 +412,15 @@ class SessionGuard:
             refused = self.check_portal(statement.fetches)
             if refused is not None:
                 return replace(refused, statement=statement)
+        if statement.fetches is not None and any(scope.approval for scope in self.scopes):
+            # A FETCH or MOVE of a portal that a Bind opened runs its statement: the approval rules see it.
+            for held in self.portals.candidates(statement.fetches):
+                if not held.known:
+                    return self._refuse(statement, f"FETCH or MOVE of {statement.fetches!r}, which pgguard cannot"
+                                        " follow, so it cannot tell whether it needs approval", "",
+                                        "close it, then bind or declare it again")
+                if held.statement is not None and held.statement.declares is None:  # a DECLARE was decided
+                    runs.append(held.statement)
         if self.unrestricted:
             return Decision(True, statement)
         return self._check(statement) or self._approval(statement, runs)
@@ -416,11 +431,11 @@ class SessionGuard:
         rules = [rule for scope in self.scopes for rule in scope.approval]
         if not rules or statement.prepares is not None:
             return Decision(True, statement)
-        matched = [rule for rule in rules if any(rule.matches(st, self.resolve) for st in (statement, *runs))]
+        matched = [rule for rule in rules if any(rule.matches(st, self.related) for st in (statement, *runs))]
         if not matched:
             return Decision(True, statement)
         rule = max(matched, key=lambda rule: rule.approvers)
-        return Decision(True, statement, rule.label, f"needs approval ({rule})", approval=rule)
+        return Decision(True, statement, rule.label, f"needs approval ({rule})", approvals=tuple(matched))
 
     def _check(self, st: Statement) -> Decision | None:
         for cls in sorted(st.classes):
@@ -539,6 +554,20 @@ class SessionGuard:
             reached.extend((child, f" (reached through {qualified})")
                            for child in sorted(descendants.get(qualified, ())))
         return reached
+
+    def related(self, name: Name) -> list[str] | None:
+        """Every relation `name` might be, and every table that shares rows with one through inheritance
+        or partitioning: those it reaches, and those that reach it (an approval rule on a table holds
+        writes to its partitions, and to its parent). None when a write to one of them may write other
+        tables that pgguard does not follow (a view, a trigger, a rule, a foreign key's action)."""
+        catalog = self.catalog
+        descendants = catalog.descendants
+        found = []
+        for qualified in self.resolve(name):
+            found.append(qualified)
+            found.extend(descendants.get(qualified, ()))
+            found.extend(parent for parent, children in descendants.items() if qualified in children)
+        return None if catalog.writes_further.intersection(found) else found
 
     def _path_set(self) -> set[str]:
         self._path_schemas()

@@ -148,6 +148,8 @@ class _Held:
     seq: int | None  # the held statement's record
     # The held message first, then every later one the client sent.
     frames: list[Frame]
+    # The configuration generation it was decided under: a reload meanwhile may refuse it now.
+    generation: int
 
 
 # Binary parameters approvers see as values: integers (int2, int4, int8, oid) and booleans.
@@ -221,9 +223,13 @@ class SessionProtocol:
         self.approvals = approvals
         # Prepared statements (by name) and portals that need approval to run, with their SQL and
         # a portal's parameters; what the frame being handled needs; the statement being held.
-        self._held_statements: dict[str, tuple[ApprovalRule, str, list[int]]] = {}
-        self._held_portals: dict[str, _Ask] = {}
+        self._held_statements: dict[str, tuple[tuple[ApprovalRule, ...], str, list[int]]] = {}
+        self._held_portals: dict[str, tuple[tuple[ApprovalRule, ...], str, tuple[str | None, ...]]] = {}
         self._ask: _Ask | None = None
+        # The unnamed portal's hold that a Bind needing none replaced, and the batch (Syncs sent before
+        # it) of that Bind: until the Bind is answered without an error, the held portal may be there
+        # still (a failed Bind leaves it, and a rollback to a savepoint lets it run).
+        self._unbound: tuple[tuple[tuple[ApprovalRule, ...], str, tuple[str | None, ...]], int] | None = None
         self._held: _Held | None = None
         # Grants made by approvals of this session's requests: request id -> its statement record.
         self._grants: dict[str, int] = {}
@@ -268,7 +274,7 @@ class SessionProtocol:
                     if self.guard.generation:  # after a reload: a portal opened before it is decided again
                         replacement = self._refused_message(
                             self.guard.check_portal(frontend.Execute.decode(frame.body).portal))
-                    if replacement is None and self._held_portals:
+                    if replacement is None and (self._held_portals or self._approving):
                         self._guard_execute(frame)
                 elif tag == _SYNC:
                     self.guard.request_sent()
@@ -337,7 +343,8 @@ class SessionProtocol:
                 self.approvals.withdraw(request.id, "its session-log record could not be written")
                 return self._refused_frame(frame, None), b""
             self.recorder.approval(seq, request.id, "requested")
-        self._held = _Held(request, seq, frames)
+        assert self.guard is not None
+        self._held = _Held(request, seq, frames, self.guard.generation)
         notice = backend.NoticeResponse.build("NOTICE", "01000", self.approvals.notice(request))
         return None, notice.encode()
 
@@ -364,7 +371,12 @@ class SessionProtocol:
         simple = frame.tag == _QUERY
         recorder = self.recorder
         replacement: bytes | None = None
-        if request.status == "approved":
+        if request.status == "approved" and self.guard is not None and self.guard.generation != held.generation:
+            # Decided under a configuration since reloaded: not run, rather than run unchecked.
+            replacement = self._refused_frame(frame, Decision(
+                False, None, "", f"the configuration was reloaded while the statement waited for approval "
+                f"(request {request.id})", "run it again, to have it decided under the new configuration"))
+        elif request.status == "approved":
             if recorder is not None and held.seq is not None:
                 if not recorder.approval(held.seq, request.id, "approved", request.decided_by):
                     replacement = self._refused_frame(frame, None)
@@ -481,7 +493,7 @@ class SessionProtocol:
         if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
-        held = self._needs_approval([d.approval for d in decisions if d.allowed and d.approval is not None])
+        held = self._needs_approval([rule for d in decisions if d.allowed for rule in d.approvals])
         if refused is None:
             if held is not None:
                 self._ask = _Ask(held, sql, None)
@@ -527,8 +539,8 @@ class SessionProtocol:
         self._held_statements.pop(parse.name, None)
         if decision.statement is not None:
             self._classes = tuple(sorted(decision.statement.classes))
-        if decision.allowed and decision.approval is not None:
-            self._held_statements[parse.name] = (decision.approval, self._log_text(body), parse.param_types)
+        if decision.allowed and decision.approvals:
+            self._held_statements[parse.name] = (decision.approvals, self._log_text(body), parse.param_types)
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -553,27 +565,83 @@ class SessionProtocol:
             refused = self._check_again(name)
             if refused is not None:
                 return refused
-        if self._held_statements or self._held_portals:
-            self._bind_held(body, portal, name)
+        if self._held_statements or self._held_portals or self._approving:
+            self._bind_held(body, portal, name, body[start:body.find(b"\0", start)])
         return None
 
-    def _bind_held(self, body: bytes, portal: str, name: str) -> None:
-        """A portal of a statement that needs approval: its parameters, as approvers will see them."""
-        self._held_portals.pop(portal, None)
-        held = self._held_statements.get(name)
+    def _bind_held(self, body: bytes, portal: str, name: str, raw_name: bytes) -> None:
+        """A portal of a statement that needs approval: its parameters, as approvers will see them.
+
+        The server reads the name in the client's encoding, as it read a SQL PREPARE's; pgguard keeps
+        a Parse's name as UTF-8. Either may be the statement it binds.
+
+        A named portal's entry stays when the new Bind needs no approval: a Bind of a name the server
+        holds fails, and the guard's portals tell which may be there (`_guard_execute`)."""
+        if not portal:
+            replaced = self._held_portals.pop(portal, None)
+            if replaced is not None and self._unbound is None:
+                self._unbound = (replaced, self._cycles_sent)
+        held = self._held_statements.get(name) or self._prepared_held(name)
+        in_encoding = self._text(raw_name) if not raw_name.isascii() else None
+        if held is None and in_encoding is not None:
+            held = self._held_statements.get(in_encoding) or self._prepared_held(in_encoding)
         if held is not None:
             bind = frontend.Bind.decode(body)
             types = held[2]
             shown = tuple(_shown(value, bind.param_format(index),
                                  types[index] if index < len(types) else 0, self.encoding)
                           for index, value in enumerate(bind.params))
-            self._held_portals[portal] = _Ask(held[0], held[1], shown)
+            self._held_portals[portal] = (held[0], held[1], shown)
+            if not portal:
+                self._unbound = None
+
+    def _prepared_held(self, name: str) -> tuple[tuple[ApprovalRule, ...], str, list[int]] | None:
+        """The rules that hold what prepared statement `name` may hold, as the guard follows it: what a
+        SQL PREPARE made (a Bind runs it too), or a Parse's statement that a later Parse of the name,
+        which failed, did not replace. Each is decided under the current configuration."""
+        guard = self.guard
+        assert guard is not None
+        rules: tuple[ApprovalRule, ...] = ()
+        sql = ""
+        for held in guard.prepared.candidates(name):
+            if held.statement is not None:
+                found = guard.decide(held.statement).approvals
+                if found:
+                    rules += found
+                    sql = sql or (held.sql if held.sql is not None else held.statement.text)
+        return (rules, sql, []) if rules else None
+
+    @property
+    def _approving(self) -> bool:
+        """The session's roles have approval rules."""
+        return self.guard is not None and any(scope.approval for scope in self.guard.scopes)
 
     def _guard_execute(self, frame: Frame) -> None:
-        """An Execute of a portal whose statement needs approval is held, unless a grant covers it."""
-        ask = self._held_portals.get(frontend.Execute.decode(frame.body).portal)
-        if ask is not None and self._needs_approval([ask.rule]) is not None:
-            self._ask = ask
+        """An Execute of a portal whose statement needs approval is held, unless a grant covers it.
+
+        A named portal holds what the guard says it may hold: a later Bind of its name that failed
+        (say, in a savepoint since rolled back to) left the earlier statement there."""
+        portal = frontend.Execute.decode(frame.body).portal
+        held = self._held_portals.get(portal)
+        if not portal and held is None and self._unbound is not None and self._unbound[1] != self._cycles_sent:
+            held = self._unbound[0]  # a later batch than the Bind that replaced it, which may have failed
+        if portal and self.guard is not None:
+            rules: list[ApprovalRule] = []
+            known = True
+            for candidate in self.guard.portals.candidates(portal):
+                known = known and candidate.known
+                if candidate.statement is not None and candidate.statement.declares is None:
+                    found = self.guard.decide(candidate.statement).approvals
+                    rules += found
+                    if found and held is None:
+                        held = (found, candidate.sql or candidate.statement.text, ())
+            if held is not None and (rules or not known):  # not known: as its Bind said
+                held = (tuple(rules) or held[0], held[1], held[2])
+            else:
+                held = None
+        rule = self._needs_approval(list(held[0])) if held is not None else None
+        if held is not None and rule is not None:
+            self._ask = _Ask(rule, held[1], held[2])
 
     def _check_again(self, name: str) -> bytes | None:
         """A prepared statement decided before a reload or a change of search path is decided, and its
@@ -595,27 +663,10 @@ class SessionProtocol:
                         decision = self._masking_refusal(exc)
                         break
         if decision is None:
-            self._approval_again(name)
             guard.renew(name)
             return None
         self._classes = tuple(sorted(decision.statement.classes)) if decision.statement is not None else ()
         return self._refused_message(decision)
-
-    def _approval_again(self, name: str) -> None:
-        """A statement prepared before a reload or a change of search path that now needs approval is
-        held at its Execute.
-
-        A rule the reload removed keeps holding it until it is prepared again: holding too
-        much is the safe side.
-        """
-        guard = self.guard
-        assert guard is not None
-        for held in guard.prepared.candidates(name):
-            if guard.stale(held) and held.statement is not None and held.sql is not None:
-                rule = guard.decide(held.statement).approval
-                if rule is not None:
-                    self._held_statements[name] = (rule, held.sql, [])
-                    return
 
     def _refused_message(self, decision: Decision | None) -> bytes | None:
         """The stand-in for a Bind, Describe or Execute refused: a Parse that fails, under a name of its own."""
@@ -817,11 +868,17 @@ class SessionProtocol:
     def _error(self) -> None:
         if self.guard is not None:
             self.guard.answered_error()
+        if self._unbound is not None:
+            # Perhaps the Bind that replaced the held unnamed portal: it counts as there again.
+            self._held_portals.setdefault("", self._unbound[0])
+            self._unbound = None
 
     def _ready(self, frame: Frame) -> None:
         if self.guard is not None:
             self.guard.answered_ready(idle=frame.data[5] == 0x49)  # I: out of any transaction
         self._cycles_done += 1
+        if self._unbound is not None and self._cycles_done > self._unbound[1]:
+            self._unbound = None  # the replacing Bind's batch is answered, without an error
         if self._cycles_done == self._cycles_sent:
             self.metrics.latency.observe(time.monotonic() - self._busy_since)
 

@@ -27,7 +27,8 @@ from conftest import start_gateway, stop_gateway
 from pgguard.audit.verify import read_records
 from pgguard.config import load
 from pgguard.identity.tokens import TokenService
-from rawclient import config_edit, craft_token
+from pgguard.wire import backend, frontend
+from rawclient import RawConnection, config_edit, craft_token, login_as
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway, TLSFiles
@@ -600,3 +601,207 @@ def test_revoking_the_requesters_token_withdraws_the_request(gw: RunningGateway,
         assert isinstance(client.error, psycopg.errors.AdminShutdown), client.error
         assert api(gw, f"/api/approvals/{request['id']}", token(gw, "dba"))[1]["status"] == "cancelled"
         assert exists(postgres, number)
+
+
+# -- attempts to get around a hold -------------------------------------------------------------
+
+
+def untouched(postgres: PostgresServer, number: int) -> bool:
+    """The test's order row is there, as `order` made it."""
+    with psycopg.connect(postgres.dsn()) as conn:
+        return conn.execute("SELECT total::text FROM orders WHERE id = %s", (number,)).fetchone() == ("1.00",)
+
+
+def rolled_back(gateway: RunningGateway, sql: str) -> None:
+    """`sql` run by the engineer in a transaction that is rolled back: a statement that should have been
+    held and was not leaves the shared data as it was."""
+    with psycopg.connect(gateway.dsn("engineer")) as conn:
+        try:
+            conn.execute(sql)
+        finally:
+            conn.rollback()
+
+
+def held_and_denied(gateway: RunningGateway, sql: str) -> dict[str, Any]:
+    """Run `sql` as the engineer; it must wait for approval. It is denied; its request."""
+    client = Background(lambda: rolled_back(gateway, sql))
+    request = pending(gateway, sql)
+    api(gateway, f"/api/approvals/{request['id']}/deny", token(gateway, "dba"), {"reason": "no"})
+    client.join()
+    assert isinstance(client.error, psycopg.errors.InsufficientPrivilege), client.error
+    return request
+
+
+@pytest.mark.parametrize("sql", [
+    "MERGE INTO orders o USING (SELECT {} AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE",
+    "MERGE INTO orders o USING (SELECT {} AS id) s ON o.id = s.id WHEN MATCHED THEN UPDATE SET total = 0",
+    "INSERT INTO orders (id, customer_id, total, status, created_at) VALUES ({}, 1, 0, 'x', now()) "
+    "ON CONFLICT (id) DO UPDATE SET total = 0",
+    # Emptying the table deletes every row; CASCADE empties orders through its reference to customers.
+    "TRUNCATE orders",
+    "TRUNCATE customers CASCADE",
+])
+def test_a_delete_or_update_in_other_clothes_is_held(gw: RunningGateway, postgres: PostgresServer, sql: str) -> None:
+    with order(postgres) as number:
+        request = held_and_denied(gw, sql.format(number))
+        assert request["rule"] == "roles.engineering.approval[1]"
+        assert untouched(postgres, number)
+
+
+@pytest.mark.parametrize(("prepare", "name", "shown"), [
+    # A SQL PREPARE makes a statement the extended protocol's Bind runs too.
+    (lambda conn: conn.execute("PREPARE gone AS DELETE FROM orders WHERE id = $1"), b"gone",
+     "PREPARE gone AS DELETE FROM orders WHERE id = $1"),
+    # A second Parse of the name fails (it is taken) and leaves the DELETE in place.
+    (lambda conn: (conn.pgconn.prepare(b"gone", b"DELETE FROM orders WHERE id = $1"),
+                   conn.pgconn.prepare(b"gone", b"SELECT $1::int")), b"gone",
+     "DELETE FROM orders WHERE id = $1"),
+    # The server reads a Bind's statement name in the client's encoding, as it read the PREPARE.
+    (lambda conn: (conn.execute("SET client_encoding TO 'LATIN1'"),
+                   conn.execute('PREPARE "g\u00f6ne" AS DELETE FROM orders WHERE id = $1')), "g\u00f6ne".encode("latin-1"),
+     'PREPARE "g\u00f6ne" AS DELETE FROM orders WHERE id = $1'),
+], ids=["sql-prepare", "parse-again", "latin1-name"])
+def test_a_bind_of_a_prepared_delete_by_name_is_held(gw: RunningGateway, postgres: PostgresServer,
+                                                     prepare: Callable[[psycopg.Connection[Any]], Any],
+                                                     name: bytes, shown: str) -> None:
+    with order(postgres) as number:
+        def call() -> str:
+            with psycopg.connect(gw.dsn("engineer")) as conn:
+                try:
+                    prepare(conn)
+                    result = conn.pgconn.exec_prepared(name, [str(number).encode()])  # Bind, Execute, Sync
+                    return (result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) or b"").decode()
+                finally:
+                    conn.rollback()
+        client = Background(call)
+        request = pending(gw, shown)
+        assert request["rule"] == "roles.engineering.approval[1]" and request["parameters"] == [str(number)]
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        assert client.join() == "42501"
+        assert untouched(postgres, number)
+
+
+def test_a_rule_on_a_table_holds_writes_to_its_partitions(gateway_factory: Callable[..., RunningGateway],
+                                                          postgres: PostgresServer) -> None:
+    table = f"ledger_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE public.{table} (id int, part int) PARTITION BY LIST (part)")
+        conn.execute(f"CREATE TABLE public.{table}_a PARTITION OF public.{table} FOR VALUES IN (1)")
+        for name in (table, f"{table}_a"):
+            conn.execute(f"ALTER TABLE public.{name} OWNER TO pgguard_engineer")
+        conn.execute(f"INSERT INTO public.{table} VALUES (1, 1)")
+    try:
+        rule = '{ tables = ["public.orders"], kinds = ["update", "delete"] }'
+        running = gateway_factory(lambda text: text.replace(
+            rule, f'{rule},\n    {{ tables = ["public.{table}"], kinds = ["delete"] }}'))
+        request = held_and_denied(running, f"DELETE FROM {table}_a WHERE id = 1")
+        assert request["rule"] == "roles.engineering.approval[2]"
+        with psycopg.connect(postgres.dsn()) as conn:
+            assert conn.execute(f"SELECT count(*) FROM public.{table}").fetchone() == (1,)
+    finally:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS public.{table}")
+
+
+@pytest.mark.parametrize("sql", ["FETCH ALL FROM gone", "MOVE ALL IN gone"])
+def test_a_fetch_of_a_portal_bound_to_a_delete_is_held(gw: RunningGateway, postgres: PostgresServer,
+                                                       sql: str) -> None:
+    with order(postgres) as number, login_as(gw, "engineer") as conn:
+        conn.query("BEGIN")
+        # Bound, not executed: the portal is a cursor that SQL can FETCH from, which runs the DELETE.
+        conn.send(frontend.Parse("d", "DELETE FROM orders WHERE id = $1 RETURNING id", []),
+                  frontend.Bind("gone", "d", [0], [str(number).encode()], []), frontend.Sync())
+        conn.receive_until(backend.ReadyForQuery)
+        fetch = Background(lambda: conn.query(sql))
+        request = pending(gw, sql)
+        assert request["rule"] == "roles.engineering.approval[1]"
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        messages, _ = fetch.join()
+        assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"]
+        conn.query("ROLLBACK")
+        assert untouched(postgres, number)
+
+
+@pytest.mark.parametrize(("setup", "sql"), [
+    # An updatable view over orders: its DELETE deletes orders' rows.
+    ("CREATE VIEW public.{name} AS SELECT * FROM public.orders", "DELETE FROM {name} WHERE id = {number}"),
+    # A trigger, or a rule, on a table of its own that deletes from orders.
+    ("CREATE TABLE public.{name} (id int); CREATE FUNCTION public.{name}_f() RETURNS trigger LANGUAGE plpgsql AS "
+     "'BEGIN DELETE FROM public.orders WHERE id = NEW.id; RETURN NEW; END'; CREATE TRIGGER t AFTER INSERT ON "
+     "public.{name} FOR EACH ROW EXECUTE FUNCTION public.{name}_f()", "INSERT INTO {name} VALUES ({number})"),
+    ("CREATE TABLE public.{name} (id int); CREATE RULE r AS ON INSERT TO public.{name} DO ALSO "
+     "DELETE FROM public.orders WHERE id = NEW.id", "INSERT INTO {name} VALUES ({number})"),
+    # A foreign key whose action deletes orders' rows when its table's are.
+    ("CREATE TABLE public.{name} (id int PRIMARY KEY); INSERT INTO public.{name} VALUES ({number}); "
+     "ALTER TABLE public.orders ADD CONSTRAINT {name}_fk FOREIGN KEY (id) REFERENCES public.{name} ON DELETE CASCADE "
+     "NOT VALID", "DELETE FROM {name} WHERE id = {number}"),
+], ids=["view", "trigger", "rule", "foreign-key"])
+def test_a_write_that_reaches_orders_through_the_database_is_held(
+        gateway_factory: Callable[..., RunningGateway], postgres: PostgresServer, setup: str, sql: str) -> None:
+    name = f"through_{uuid.uuid4().hex[:12]}"
+    with order(postgres) as number:
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(setup.format(name=name, number=number))
+            conn.execute(f"ALTER TABLE public.{name} OWNER TO pgguard_engineer")
+        try:
+            running = gateway_factory()  # its catalog is read after the objects were made
+            request = held_and_denied(running, sql.format(name=name, number=number))
+            assert request["rule"] == "roles.engineering.approval[1]"
+            assert untouched(postgres, number)
+        finally:
+            with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE public.orders DROP CONSTRAINT IF EXISTS {name}_fk")
+                kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = %s", (name,)).fetchone()
+                conn.execute(f"DROP {'VIEW' if kind == ('v',) else 'TABLE'} public.{name} CASCADE")
+                conn.execute(f"DROP FUNCTION IF EXISTS public.{name}_f()")
+
+
+def test_the_cli_shows_control_characters_of_the_sql_as_escapes(gw: RunningGateway, postgres: PostgresServer) -> None:
+    with order(postgres) as number:
+        # Terminal escapes that would erase the line and print a harmless statement in its place.
+        sql = f"DELETE FROM orders WHERE id = {number} /*\x1b[2K\r    SELECT 1 \u202e*/"
+        client = Background(lambda: rolled_back(gw, sql))
+        request = pending(gw, sql)
+        listed = cli(gw, token(gw, "dba"), "list")
+        assert "\x1b" not in listed.stdout and "\r" not in listed.stdout and "\u202e" not in listed.stdout
+        assert f"DELETE FROM orders WHERE id = {number} /*\\u001b[2K\\u000d    SELECT 1 \\u202e*/" in listed.stdout
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        client.join()
+        assert untouched(postgres, number)
+
+
+def answers(conn: RawConnection) -> list[Any]:
+    """The server's messages up to ReadyForQuery, errors among them."""
+    seen = []
+    while not isinstance(message := conn.receive(), backend.ReadyForQuery):
+        seen.append(message)
+    return seen
+
+
+@pytest.mark.parametrize("portal", ["gone", ""])
+def test_a_failed_bind_over_a_held_portal_does_not_release_it(gw: RunningGateway, postgres: PostgresServer,
+                                                              portal: str) -> None:
+    with order(postgres) as number, login_as(gw, "engineer") as conn:
+        def run(name: str, sql: str) -> list[str]:
+            """`sql` through a portal of its own (a simple Query would drop the unnamed portal); its errors."""
+            conn.send(frontend.Parse(name, sql, []), frontend.Bind(name, name, [], [], []),
+                      frontend.Execute(name, 0), frontend.Sync())
+            return [m.code for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
+        assert run("b", "BEGIN") == []
+        conn.send(frontend.Parse("d", "DELETE FROM orders WHERE id = $1", []),
+                  frontend.Bind(portal, "d", [0], [str(number).encode()], []), frontend.Sync())
+        assert not [m for m in answers(conn) if isinstance(m, backend.ErrorResponse)]
+        assert run("s", "SAVEPOINT s") == []
+        # A Bind of the same portal that fails (its parameters do not fit), in a savepoint: the DELETE's
+        # portal, made before the savepoint, survives the rollback to it.
+        conn.send(frontend.Parse("h", "SELECT $1::int", []), frontend.Bind(portal, "h", [], [], []),
+                  frontend.Sync())
+        assert [m.code for m in answers(conn) if isinstance(m, backend.ErrorResponse)] == ["08P01"]
+        assert run("r", "ROLLBACK TO SAVEPOINT s") == []
+        execute = Background(lambda: (conn.send(frontend.Execute(portal, 0), frontend.Sync()), answers(conn))[1])
+        request = pending(gw, "DELETE FROM orders WHERE id = $1")
+        api(gw, f"/api/approvals/{request['id']}/deny", token(gw, "dba"), {})
+        errors = [m.code for m in execute.join() if isinstance(m, backend.ErrorResponse)]
+        assert errors == ["42501"]
+        conn.query("ROLLBACK")
+        assert untouched(postgres, number)

@@ -72,3 +72,17 @@ def test_the_page_shows_sql_as_text_not_html(gateway: RunningGateway, postgres: 
         client.join()
         assert "denied by" in str(client.error) and "not today" in str(client.error)
         assert exists(postgres, number)
+
+
+def test_the_page_shows_invisible_and_reordering_characters_as_escapes(gateway: RunningGateway,
+                                                                       postgres: PostgresServer,
+                                                                       browser: webdriver.Chrome) -> None:
+    with order(postgres) as number:
+        # A right-to-left override would show the comment's text reversed, over what follows it.
+        sql = f"DELETE FROM orders WHERE id = {number} /* \u202e1 TCELES \u200b*/"
+        client, request_id, row = hold_and_show(browser, gateway, sql)
+        assert f"DELETE FROM orders WHERE id = {number} /* \\u202e1 TCELES \\u200b*/" in row.text
+        assert "\u202e" not in row.text and "\u200b" not in row.text
+        browser.find_element(By.ID, f"deny-{request_id}").click()
+        client.join()
+        assert exists(postgres, number)

@@ -22,6 +22,7 @@ from pgguard.wire.framing import MessageFramer
 CATALOG = Catalog.from_rows([("s", "public", ""), ("r", "pg_catalog", "pg_class")])
 STAND_IN = re.compile(rb"SELECT 'pgguard-refusal:([0-9a-f]{16})'::pg_catalog\.int4")
 ENGINEER = Identity("pgguard", "pgguard", "engineer-sub", "engineer", ("engineering",), "j1", 0, 2e9, 2e9)
+DBA = Identity("pgguard", "pgguard", "dba-sub", "dba", ("dba",), "j2", 0, 2e9, 2e9)
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +120,29 @@ def test_a_grant_covers_the_same_rule_only(config: Config, approvals: Approvals)
     out = protocol.client_bytes(query("UPDATE orders SET status = 'x' WHERE id = 1"))
     assert out.hold is not None
     approvals.store.approve(out.hold.id, "dba", 1800)
-    approvals.store.add_grant(Grant("pgguard", "engineer-sub", out.hold.rule, 4e9, "dba", out.hold.id))
+    approvals.store.add_grant(Grant("pgguard", "engineer-sub", out.hold.rule, out.hold.rule_text, 4e9, "dba",
+                                    out.hold.id))
     protocol.resume(approvals.store.get(out.hold.id))  # type: ignore[arg-type]
     again = query("DELETE FROM orders WHERE id = 2")
     assert protocol.client_bytes(again) == (again, b"", None, None)
     assert protocol.client_bytes(query("DROP TABLE tickets")).hold is not None  # another rule
+
+
+def test_a_grant_does_not_pass_to_the_rule_a_reload_gives_its_label(
+        tmp_path_factory: pytest.TempPathFactory, config: Config, approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1"))
+    assert out.hold is not None and out.hold.rule == "roles.engineering.approval[1]"
+    approvals.approve(out.hold.id, DBA, 1800)
+    # The reloaded config swaps the rules: approval[1] now holds every DDL statement.
+    path = offline_demo_config(tmp_path_factory.mktemp("swapped"))
+    rules = ('{ classes = ["ddl"] },\n    { tables = ["public.orders"], kinds = ["update", "delete"] },',
+             '{ tables = ["public.orders"], kinds = ["update", "delete"] },\n    { classes = ["ddl"] },')
+    assert rules[0] in path.read_text()
+    path.write_text(path.read_text().replace(*rules))
+    reloaded = engineer(load(path), approvals)
+    held = reloaded.client_bytes(query("DROP TABLE tickets")).hold
+    assert held is not None and held.rule == "roles.engineering.approval[1]"
 
 
 def test_max_pending_refuses_with_42501(config: Config, approvals: Approvals) -> None:
@@ -132,3 +151,44 @@ def test_max_pending_refuses_with_42501(config: Config, approvals: Approvals) ->
         engineer(config, approvals).client_bytes(query(f"DELETE FROM orders WHERE id = {index}"))
     out = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1"))
     assert out.hold is None and STAND_IN.fullmatch(out.to_upstream[5:-1])
+
+
+def test_a_grant_of_one_rule_leaves_the_other_rules_of_a_statement_holding_it(config: Config,
+                                                                              approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("CREATE INDEX ON tickets (status)"))
+    assert out.hold is not None and out.hold.rule == "roles.engineering.approval[0]"
+    protocol.resume(approvals.approve(out.hold.id, DBA, 1800))  # every DDL statement, for 30 minutes
+    assert protocol.client_bytes(query("CREATE INDEX ON tickets (id)")).hold is None
+    # DDL that deletes orders too: the orders rule still holds it, as an Execute or as a Query.
+    both = "WITH d AS (DELETE FROM orders RETURNING *) SELECT * INTO public.kept FROM d"
+    held = protocol.client_bytes(query(both)).hold
+    assert held is not None and held.rule == "roles.engineering.approval[1]"
+    protocol.resume(decided(approvals, held, "denied"))
+    out = protocol.client_bytes(frontend.Parse("", both, []).encode() + frontend.Bind("", "", [], [], []).encode()
+                                + frontend.Execute("", 0).encode() + frontend.Sync().encode())
+    assert out.hold is not None and out.hold.rule == "roles.engineering.approval[1]"
+
+
+@pytest.mark.parametrize("sql", ["DROP TABLE orders", "ALTER TABLE orders RENAME TO kept",
+                                 "ALTER TABLE orders ALTER COLUMN total TYPE int USING 0"])
+def test_ddl_that_drops_rewrites_or_renames_a_table_is_held_by_its_rule_under_a_ddl_grant(
+        config: Config, approvals: Approvals, sql: str) -> None:
+    protocol = engineer(config, approvals)
+    out = protocol.client_bytes(query("CREATE INDEX ON tickets (status)"))
+    assert out.hold is not None
+    protocol.resume(approvals.approve(out.hold.id, DBA, 1800))
+    held = protocol.client_bytes(query(sql)).hold
+    assert held is not None and held.rule == "roles.engineering.approval[1]"
+
+
+def test_an_approved_statement_is_not_run_when_a_reload_came_while_it_waited(config: Config,
+                                                                             approvals: Approvals) -> None:
+    protocol = engineer(config, approvals)
+    held = protocol.client_bytes(query("DELETE FROM orders WHERE id = 1")).hold
+    assert held is not None
+    # The reloaded configuration no longer lets engineering write: the DELETE would be refused now.
+    assert protocol.guard is not None
+    protocol.guard.reconfigure(Policy(config), ["analysts"])
+    out = protocol.resume(decided(approvals, held, "approved"))
+    assert b"DELETE" not in out.to_upstream and STAND_IN.search(out.to_upstream)

@@ -89,6 +89,19 @@ def decisions(config: Path, sql: str, rules: str | None = None) -> list[str]:
     # Preparing runs nothing; executing runs what was prepared.
     ("PREPARE d AS DELETE FROM orders WHERE id = $1; EXECUTE d(1)", ["allowed", "roles.engineering.approval[1]"]),
     ("PREPARE s AS SELECT 1; CREATE TABLE public.made AS EXECUTE s", ["allowed", "roles.engineering.approval[0]"]),
+    # A MERGE or an upsert is held for what its clauses do to the target.
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN DELETE",
+     ["roles.engineering.approval[1]"]),
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN UPDATE SET total = 0",
+     ["roles.engineering.approval[1]"]),
+    ("MERGE INTO orders o USING customers c ON o.id = c.id WHEN NOT MATCHED THEN INSERT (id) VALUES (c.id)",
+     ["allowed"]),
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 0", ["roles.engineering.approval[1]"]),
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT DO NOTHING", ["allowed"]),
+    # TRUNCATE deletes every row; with CASCADE, of tables it does not name.
+    ("TRUNCATE orders", ["roles.engineering.approval[1]"]),
+    ("TRUNCATE customers CASCADE", ["roles.engineering.approval[1]"]),
+    ("TRUNCATE tickets", ["allowed"]),
 ])
 def test_the_demo_rules(demo_config: Path, sql: str, expected: list[str]) -> None:
     assert decisions(demo_config, sql) == expected
@@ -106,3 +119,21 @@ def test_read_rules_hold_reads_of_their_tables(demo_config: Path) -> None:
     rules = '{ classes = ["read"], tables = ["public.customers"] }'
     assert decisions(demo_config, "SELECT * FROM customers", rules) == ["roles.engineering.approval[0]"]
     assert decisions(demo_config, "SELECT * FROM orders") == ["allowed"]
+
+
+@pytest.mark.parametrize(("sql", "rules"), [
+    # A partition's rows are rows of the table a rule names.
+    ("DELETE FROM orders_2026 WHERE id = 1", '{ tables = ["public.orders"], kinds = ["delete"] }'),
+    ("UPDATE orders_old SET total = 0", '{ tables = ["public.orders"], kinds = ["update"] }'),
+    # A write to a parent reaches the children a rule names, even with ONLY (a child may be a partition).
+    ("DELETE FROM orders WHERE id = 1", '{ tables = ["public.orders_2026"], kinds = ["delete"] }'),
+])
+def test_rules_reach_through_inheritance_and_partitions(demo_config: Path, sql: str, rules: str) -> None:
+    with_rules(demo_config, rules)
+    catalog = Catalog.from_rows([("s", "public", ""), ("r", "pg_catalog", "pg_class")]) \
+        .with_inheritance([["public", "orders", "public", "orders_2026"],
+                           ["public", "orders_2026", "public", "orders_old"]])
+    guard = SessionGuard(Policy(load(demo_config)), ["engineering"], data.ENGINEER, lambda: catalog,
+                         assume_builtin=True)
+    [decision] = guard.check_query(sql)
+    assert decision.approval is not None and decision.approval.label == "roles.engineering.approval[0]"

@@ -170,11 +170,11 @@ def test_a_statement_type_classify_does_not_know_is_other_and_refused(make_guard
     ("INSERT INTO tickets SELECT * FROM orders", {"orders"}, {"tickets": {"insert"}}),
     ("INSERT INTO tickets VALUES (1) RETURNING id", {"tickets"}, {"tickets": {"insert"}}),
     ("INSERT INTO tickets VALUES (1) ON CONFLICT (id) DO UPDATE SET status = tickets.status",
-     {"tickets"}, {"tickets": {"insert"}}),
+     {"tickets"}, {"tickets": {"insert", "update"}}),
     ("UPDATE orders SET total = 0 FROM customers WHERE customers.id = orders.customer_id",
      {"orders", "customers"}, {"orders": {"update"}}),
     ("MERGE INTO orders o USING tickets t ON o.id = t.id WHEN MATCHED THEN DELETE",
-     {"orders", "tickets"}, {"orders": {"merge"}}),
+     {"orders", "tickets"}, {"orders": {"merge", "delete"}}),
     ("WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x", {"orders"}, {"orders": {"delete"}}),
     ("WITH a AS (SELECT 1), b AS (WITH c AS (UPDATE orders SET total = 0 RETURNING 1) SELECT * FROM c) "
      "SELECT * FROM b", {"orders"}, {"orders": {"update"}}),
