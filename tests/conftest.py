@@ -150,6 +150,12 @@ class RunningGateway:
     ca_cert: Path
     identities: dict[str, DemoIdentity]
     process: subprocess.Popen[bytes]
+    admin_port: int | None = None
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port it listens on: the gateway's, and the admin listener's."""
+        return (self.port,) if self.admin_port is None else (self.port, self.admin_port)
 
     def dsn(self, identity: str = "analyst", *, sslmode: str = "verify-full", token: str | None = None,
             user: str | None = None, dbname: str = DATABASE, **params: str | int) -> str:
@@ -167,36 +173,39 @@ class RunningGateway:
 def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TLSFiles,
                   edit: Callable[[str], str] = lambda text: text) -> RunningGateway:
     """Write the demo's config for the shared server (optionally edited) and serve it."""
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     config_path = write_config(
-        directory, host="127.0.0.1", port=port, admin_port=free_port(),
+        directory, host="127.0.0.1", port=port, admin_port=admin_port,
         tls_cert=test_ca.cert, tls_key=test_ca.key, pg_host=postgres.host, pg_port=postgres.port,
         pg_ca=test_ca.ca_cert, database=DATABASE, login_passwords=postgres.login_passwords,
     )
     config_path.write_text(edit(config_path.read_text()))
     log_path = directory / "gateway.log"
     return RunningGateway("127.0.0.1", port, config_path, log_path, test_ca.ca_cert,
-                          issue_tokens(config_path), _serve(config_path, log_path, port))
+                          issue_tokens(config_path), _serve(config_path, log_path, (port, admin_port)), admin_port)
 
 
-def _serve(config_path: Path, log_path: Path, port: int, command: list[str] | None = None,
+def _serve(config_path: Path, log_path: Path, ports: tuple[int, ...], command: list[str] | None = None,
            env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`pgguard serve` (or `command`), logging to `log_path` (appended), once it accepts connections."""
+    """`pgguard serve` (or `command`), logging to `log_path` (appended), once it accepts connections
+    on every one of `ports` (the admin listener may open a moment after the gateway's)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command or [sys.executable, "-m", "pgguard.cli", "serve", "-c", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     deadline = time.monotonic() + 20
-    while True:
+    waiting = list(ports)
+    while waiting:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process
+            socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.5).close()
+            waiting.pop(0)
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
             time.sleep(0.05)
+    return process
 
 
 def stop_gateway(gateway: RunningGateway) -> None:
@@ -211,7 +220,7 @@ def stop_gateway(gateway: RunningGateway) -> None:
 def restart_gateway(gateway: RunningGateway) -> None:
     """Stop the gateway's process and serve the same config again (same port, same files)."""
     stop_gateway(gateway)
-    gateway.process = _serve(gateway.config_path, gateway.log_path, gateway.port)
+    gateway.process = _serve(gateway.config_path, gateway.log_path, gateway.ports)
 
 
 @pytest.fixture(scope="session")

@@ -187,10 +187,10 @@ def test_the_quickstart_runs_through_the_entrypoint(laid_out: tuple[Path, dict[s
         (base / "pgguard.toml").write_text(text)
         log = base / "gateway.log"
         # The image's default command.
-        process = _serve(base / "pgguard.toml", log, gateway_port, ["sh", str(ENTRYPOINT)],
+        process = _serve(base / "pgguard.toml", log, (gateway_port, admin_port), ["sh", str(ENTRYPOINT)],
                          {**env, "PGGUARD_CONFIG": str(base / "pgguard.toml")})
         running = RunningGateway("127.0.0.1", gateway_port, base / "pgguard.toml", log,
-                                 base / "secrets" / "tls" / "ca.crt", {}, process)
+                                 base / "secrets" / "tls" / "ca.crt", {}, process, admin_port)
         try:
             token = _entrypoint(env, "idp-token", "alice", "analysts")
             dsn = (f"host=127.0.0.1 port={gateway_port} dbname=demo user=alice sslmode=verify-full "
