@@ -171,9 +171,7 @@ class SessionGuard:
     def __init__(self, policy: Policy, roles: list[str], login_user: str, catalog: Callable[[], Catalog],
                  search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH, *, assume_builtin: bool = False,
                  on_ddl: Callable[[], None] = lambda: None) -> None:
-        self.policy = policy
-        self.scopes: list[Scope] = [policy.scopes[name] for name in roles]
-        self.roles_label = ", ".join(roles)
+        self._take(policy, roles)
         self.login_user = login_user
         # The target's current snapshot, which a refresh may replace mid-session.
         self._catalog = catalog
@@ -239,10 +237,15 @@ class SessionGuard:
 
     def reconfigure(self, policy: Policy, roles: list[str]) -> None:
         """Decide from now on under a reloaded policy; what was prepared before is decided again when run."""
-        self.policy = policy
-        self.scopes = [policy.scopes[name] for name in roles]
-        self.roles_label = ", ".join(roles)
+        self._take(policy, roles)
         self.generation += 1
+
+    def _take(self, policy: Policy, roles: list[str]) -> None:
+        self.policy = policy
+        self.scopes: list[Scope] = [policy.scopes[name] for name in roles]
+        self.roles_label = ", ".join(roles)
+        # Every approval rule of the roles, looked at for nearly every message when there are any.
+        self.approval_rules: tuple[ApprovalRule, ...] = tuple(rule for scope in self.scopes for rule in scope.approval)
 
     # -- entry points ---------------------------------------------------------
 
@@ -412,7 +415,7 @@ class SessionGuard:
             refused = self.check_portal(statement.fetches)
             if refused is not None:
                 return replace(refused, statement=statement)
-        if statement.fetches is not None and any(scope.approval for scope in self.scopes):
+        if statement.fetches is not None and self.approval_rules:
             # A FETCH or MOVE of a portal that a Bind opened runs its statement: the approval rules see it.
             for held in self.portals.candidates(statement.fetches):
                 if not held.known:
@@ -428,7 +431,7 @@ class SessionGuard:
     def _approval(self, statement: Statement, runs: list[Statement]) -> Decision:
         """Allowed; held when an approval rule of the caller's roles matches the statement or what it
         executes (`CREATE TABLE … AS EXECUTE p` is both). A PREPARE runs nothing: its EXECUTE is held."""
-        rules = [rule for scope in self.scopes for rule in scope.approval]
+        rules = self.approval_rules
         if not rules or statement.prepares is not None:
             return Decision(True, statement)
         matched = [rule for rule in rules if any(rule.matches(st, self.related) for st in (statement, *runs))]

@@ -38,7 +38,7 @@ from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
-from pgguard.policy.names import ServerNames
+from pgguard.policy.names import Named
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -50,6 +50,8 @@ _DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _MARKER = "pgguard-refusal:"
+# Prepared statements whose texts for the log are kept between Binds; all are dropped when there are more.
+_BOUND_TEXTS_KEPT = 1000
 
 
 class Output(NamedTuple):
@@ -107,11 +109,12 @@ def _failing_parse(stand_in: str, kind: str = "refused") -> bytes:
     return frontend.Parse(f"pgguard_{kind}_{secrets.token_hex(8)}", stand_in, []).encode()
 
 
-def _held_of(names: ServerNames, name: str) -> Held:
-    """The statements (text, classes) `name` may hold, as the guard follows them, for the session log:
-    a Parse's text, or the PREPARE or DECLARE that made it. Empty if it may hold one the guard cannot tell."""
+def _held_of(candidates: tuple[Named, ...]) -> Held:
+    """The statements (text, classes) a name may hold, as the guard follows them (its `candidates`), for
+    the session log: a Parse's text, or the PREPARE or DECLARE that made it. Empty if it may hold one the
+    guard cannot tell."""
     held = []
-    for each in names.candidates(name):
+    for each in candidates:
         if each.statement is not None:
             held.append((each.sql if each.sql is not None else each.statement.text,
                          tuple(sorted(each.statement.classes))))
@@ -220,6 +223,9 @@ class SessionProtocol:
         self._encoding_statements: set[str] = set()
         # The last Bind read, with its frame: masking and the log both read it.
         self._last_bind: tuple[Frame | None, _BindFields | None] = (None, None)
+        # For the log, by prepared statement: what the guard followed under the name when last bound
+        # (the very tuple, unchanged while nothing changes the name), and the texts it may hold.
+        self._bound_texts: dict[str, tuple[tuple[Named, ...], Held]] = {}
         self.approvals = approvals
         # Prepared statements (by name) and portals that need approval to run, with their SQL and
         # a portal's parameters; what the frame being handled needs; the statement being held.
@@ -614,7 +620,7 @@ class SessionProtocol:
     @property
     def _approving(self) -> bool:
         """The session's roles have approval rules."""
-        return self.guard is not None and any(scope.approval for scope in self.guard.scopes)
+        return self.guard is not None and bool(self.guard.approval_rules)
 
     def _guard_execute(self, frame: Frame) -> None:
         """An Execute of a portal whose statement needs approval is held, unless a grant covers it.
@@ -756,11 +762,11 @@ class SessionProtocol:
         elif tag == _BIND:
             portal, statement, formats, values, _ = self._bind_of(frame)
             recorder.bind(portal, statement, formats, values, self.encoding,
-                          None if self.guard is None else _held_of(self.guard.prepared, statement))
+                          None if self.guard is None else self._prepared_texts(statement))
         elif tag == _EXECUTE:
             portal = frontend.Execute.portal_of(frame.data, 5)
             untold = None if refused is not None else recorder.untold(portal)
-            cursor = None if untold is None or self.guard is None else _held_of(self.guard.portals, portal)
+            cursor = None if untold is None or self.guard is None else _held_of(self.guard.portals.candidates(portal))
             if untold is not None and not cursor:  # it would run with a record that cannot say what it runs
                 refused = Decision(False, None, "", untold, "Parse the statement again")
                 replacement = _failing_parse(self._stand_in("42501", refused.message, refused.hint, True))
@@ -776,6 +782,20 @@ class SessionProtocol:
             close = frontend.Close.decode(frame.body)
             recorder.forget(close.kind, close.name)
         return replacement
+
+    def _prepared_texts(self, name: str) -> Held:
+        """_held_of the prepared statement `name`, made again only when what the guard follows under it
+        changed: a Bind comes with nearly every statement of the extended protocol."""
+        assert self.guard is not None
+        candidates = self.guard.prepared.candidates(name)
+        kept = self._bound_texts.get(name)
+        if kept is not None and kept[0] is candidates:
+            return kept[1]
+        texts = _held_of(candidates)
+        if len(self._bound_texts) >= _BOUND_TEXTS_KEPT:
+            self._bound_texts.clear()
+        self._bound_texts[name] = (candidates, texts)
+        return texts
 
     def _log_text(self, data: bytes) -> str:
         """Text as the session log keeps it: what cannot be decoded is replaced, never dropped."""
