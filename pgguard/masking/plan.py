@@ -24,8 +24,8 @@ from pgguard.config import ConfigError, RoleConfig
 from pgguard.masking.detectors import DETECTORS, Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.readings import FLOAT8, binary_readings, float8_text_readings, is_text, text_readings
-from pgguard.masking.values import BINARY_FORMAT, BYTEA, JSON_TYPES, NO_FREE_TEXT, TEXT_ARRAYS, TEXT_TYPES
+from pgguard.masking.readings import binary_readings, float8_text_readings, is_text, text_readings
+from pgguard.masking.values import BINARY_FORMAT, BYTEA, FLOAT8, JSON_TYPES, NO_FREE_TEXT, TEXT_ARRAYS, TEXT_TYPES
 from pgguard.wire.backend import FieldDescription
 
 # What a derived value of a sensitive column becomes: NULL, valid for every type.

@@ -24,11 +24,8 @@ import struct
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 
-INT8 = 20
-FLOAT8 = 701
-MONEY = 790
-XID8 = 5069
-NUMERIC = 1700
+from pgguard.masking.values import FLOAT8, INT8, MONEY, NUMERIC, XID8
+
 # Range and multirange types whose bounds are numbers, by their subtype.
 _RANGES = {3926: INT8, 3906: NUMERIC}
 # Geometric types are float8s, after a header of this many bytes (path: closed flag and count; polygon: count).

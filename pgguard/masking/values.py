@@ -40,6 +40,9 @@ UUID = 2950
 
 BYTEA = 17
 NUMERIC = 1700
+FLOAT8 = 701
+MONEY = 790
+XID8 = 5069
 # Arrays whose elements are text-like: their text form is an array literal in
 # which a masked element (`*` is not special in one) is still an element.
 TEXT_ARRAYS = frozenset({1009, 1015, 1014, 1003})
