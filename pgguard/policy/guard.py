@@ -564,12 +564,10 @@ class SessionGuard:
         writes to its partitions, and to its parent). None when a write to one of them may write other
         tables that pgguard does not follow (a view, a trigger, a rule, a foreign key's action)."""
         catalog = self.catalog
-        descendants = catalog.descendants
-        found = []
-        for qualified in self.resolve(name):
-            found.append(qualified)
-            found.extend(descendants.get(qualified, ()))
-            found.extend(parent for parent, children in descendants.items() if qualified in children)
+        reached = self._reached(name)
+        found = [qualified for qualified, _ in reached]
+        found.extend(parent for qualified, through in reached if not through  # what `name` may be itself
+                     for parent, children in catalog.descendants.items() if qualified in children)
         return None if catalog.writes_further.intersection(found) else found
 
     def _path_set(self) -> set[str]:
