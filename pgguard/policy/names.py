@@ -45,6 +45,14 @@ class Named:
     paths: int = 0
 
     @property
+    def text(self) -> str | None:
+        """The text it was made from: the Parse's, or the statement's own (a PREPARE's or DECLARE's);
+        None when it is not known."""
+        if self.sql is not None:
+            return self.sql
+        return self.statement.text if self.statement is not None else None
+
+    @property
     def known(self) -> bool:
         return self.statement is not None or self.sql is not None
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -115,13 +116,10 @@ def _held_of(candidates: tuple[Named, ...]) -> Held:
     guard cannot tell."""
     held = []
     for each in candidates:
-        if each.statement is not None:
-            held.append((each.sql if each.sql is not None else each.statement.text,
-                         tuple(sorted(each.statement.classes))))
-        elif each.sql is not None:  # an empty query
-            held.append((each.sql, ()))
-        else:
+        text = each.text
+        if text is None:
             return ()
+        held.append((text, tuple(sorted(each.statement.classes)) if each.statement is not None else ()))
     return tuple(dict.fromkeys(held))
 
 
@@ -605,17 +603,24 @@ class SessionProtocol:
         """The rules that hold what prepared statement `name` may hold, as the guard follows it: what a
         SQL PREPARE made (a Bind runs it too), or a Parse's statement that a later Parse of the name,
         which failed, did not replace. Each is decided under the current configuration."""
+        assert self.guard is not None
+        rules, sql = self._approvals_of(self.guard.prepared.candidates(name))
+        return (rules, sql, []) if rules else None
+
+    def _approvals_of(self, held: Iterable[Named]) -> tuple[tuple[ApprovalRule, ...], str]:
+        """The approval rules that hold any of `held` (each decided under the current configuration),
+        and the text of the first they hold."""
         guard = self.guard
         assert guard is not None
         rules: tuple[ApprovalRule, ...] = ()
         sql = ""
-        for held in guard.prepared.candidates(name):
-            if held.statement is not None:
-                found = guard.decide(held.statement).approvals
+        for each in held:
+            if each.statement is not None:
+                found = guard.decide(each.statement).approvals
                 if found:
                     rules += found
-                    sql = sql or (held.sql if held.sql is not None else held.statement.text)
-        return (rules, sql, []) if rules else None
+                    sql = sql or each.text or ""
+        return rules, sql
 
     @property
     def _approving(self) -> bool:
@@ -632,17 +637,14 @@ class SessionProtocol:
         if not portal and held is None and self._unbound is not None and self._unbound[1] != self._cycles_sent:
             held = self._unbound[0]  # a later batch than the Bind that replaced it, which may have failed
         if portal and self.guard is not None:
-            rules: list[ApprovalRule] = []
-            known = True
-            for candidate in self.guard.portals.candidates(portal):
-                known = known and candidate.known
-                if candidate.statement is not None and candidate.statement.declares is None:
-                    found = self.guard.decide(candidate.statement).approvals
-                    rules += found
-                    if found and held is None:
-                        held = (found, candidate.sql or candidate.statement.text, ())
-            if held is not None and (rules or not known):  # not known: as its Bind said
-                held = (tuple(rules) or held[0], held[1], held[2])
+            candidates = self.guard.portals.candidates(portal)
+            # A DECLARE was decided when it ran; a FETCH from its cursor is decided as the FETCH.
+            rules, sql = self._approvals_of(each for each in candidates
+                                            if each.statement is None or each.statement.declares is None)
+            if held is None and rules:
+                held = (rules, sql, ())
+            if held is not None and (rules or not all(c.known for c in candidates)):  # not known: as its Bind said
+                held = (rules or held[0], held[1], held[2])
             else:
                 held = None
         rule = self._needs_approval(list(held[0])) if held is not None else None
