@@ -630,8 +630,7 @@ class _Analyzer:
             while current is not None and not any(_named(r, qualifier) for r in current.relations):
                 current = current.outer
             if current is None:
-                self.result.uncertain.append(f"{'.'.join(qualifier)}.* cannot be resolved")
-                self.result.touched |= _within_reach(scope)
+                self._unplaced(f"{'.'.join(qualifier)}.*", scope)
                 return None
             relations = [r for r in current.relations if _named(r, qualifier)]
         columns = _concat(r.columns if qualifier else r.visible for r in relations)
@@ -791,13 +790,16 @@ class _Analyzer:
             return found
         if self.in_body or column in _SYSTEM_COLUMNS:
             return set(), False
-        # PostgreSQL found it where pgguard did not (or the statement fails there): it may be any
-        # column within reach, so it counts as all of them, and the statement is refused if one
-        # of them is hidden (fail closed).
-        self.result.uncertain.append(f"column {'.'.join(fields)} cannot be resolved")
+        return set(self._unplaced(f"column {'.'.join(fields)}", scope)), False
+
+    def _unplaced(self, what: str, scope: _Scope) -> frozenset[SourceColumn]:
+        """A name lineage cannot place. PostgreSQL found it where pgguard did not (or the statement fails
+        there): it may be any column within reach, so it counts as all of them, and the statement is
+        refused if one of them is hidden (fail closed)."""
+        self.result.uncertain.append(f"{what} cannot be resolved")
         reach = _within_reach(scope)
         self.result.touched |= reach
-        return reach, False
+        return reach
 
     def _qualified(self, qualifier: list[str], column: str, scope: _Scope) -> tuple[set[SourceColumn], bool] | None:
         """`t.column`: a column of the nearest relation named t, or a function in attribute notation.
@@ -817,7 +819,6 @@ class _Analyzer:
                 if self.relations.functions(None, column):
                     # `t.f` with no column f is f(t), a function in attribute notation.
                     row = set().union(*(c.sources for c in relation.columns))
-                    self.result.touched |= row
                     return row | self._call([column], row), False
             current = current.outer
         return None
@@ -899,19 +900,17 @@ def _merge_functions(into: dict[str, set[SourceColumn]], found: dict[str, set[So
 def _by_reference(items: list[Node]) -> list[Node] | None:
     """WITH items ordered so that each comes after the siblings it names in FROM; None if they
     name each other in a circle (which PostgreSQL refuses, or a name is shadowed inside)."""
-    names = {item["CommonTableExpr"]["ctename"] for item in items}
-    needs = {item["CommonTableExpr"]["ctename"]:
-             _relation_names(item["CommonTableExpr"]["ctequery"]) & (names - {item["CommonTableExpr"]["ctename"]})
-             for item in items}
+    named = [(item["CommonTableExpr"]["ctename"], item) for item in items]
+    names = {name for name, _ in named}
+    needs = {name: _relation_names(item["CommonTableExpr"]["ctequery"]) & (names - {name}) for name, item in named}
     ordered: list[Node] = []
     done: set[str] = set()
     while len(ordered) < len(items):
-        ready = [item for item in items if item["CommonTableExpr"]["ctename"] not in done
-                 and needs[item["CommonTableExpr"]["ctename"]] <= done]
+        ready = [(name, item) for name, item in named if name not in done and needs[name] <= done]
         if not ready:
             return None
-        ordered.extend(ready)
-        done |= {item["CommonTableExpr"]["ctename"] for item in ready}
+        ordered.extend(item for _, item in ready)
+        done |= {name for name, _ in ready}
     return ordered
 
 
