@@ -41,7 +41,7 @@ from typing import Any
 from pgguard.masking.detectors import Scrubber
 from pgguard.masking.functions import ValueMask, column_mask
 from pgguard.masking.lineage import Lineage, SourceColumn
-from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, detector_mask
+from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, ResultPlan, as_shown, detector_mask
 from pgguard.masking.readings import is_text, spelled_out
 from pgguard.masking.values import BINARY_FORMAT, TEXT_FORMAT
 from pgguard.wire.backend import CopyOutResponse
@@ -261,7 +261,7 @@ def _masks(planned: CopyPlan, width: int, binary: bool, clearance: Clearance) ->
     fmt = BINARY_FORMAT if binary else TEXT_FORMAT
     masks: list[ValueMask | None] = []
     for index in range(width):
-        spec = columns[index] if columns is not None else None
+        spec = as_shown(columns[index]) if columns is not None else None
         type_oid = types[index]
         if spec is not None:
             # Type 0 (unknown) is no type a function has a value for: NULL.

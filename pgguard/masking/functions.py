@@ -58,6 +58,9 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "email": ("keep_first", "mask_char"),
     "hmac": ("length",),
     "fake": (),
+    # Free text that may quote sensitive values: read as itself, it gets the
+    # session's detectors; anything computed from it is NULL (plan.as_shown).
+    "scrub": (),
 }
 
 
@@ -164,7 +167,7 @@ def column_mask(spec: MaskSpec, type_oid: int, fmt: int, key: bytes = b"") -> Va
     """
     if spec.needs_key and not key:
         raise ValueError(f"masking function {spec.function!r} needs a key")
-    if spec.function == "null":
+    if spec.function in ("null", "scrub"):  # a scrub column as itself never gets here (plan.as_shown)
         return _null
     if spec.function == "hmac":
         return _hmac(spec, key, type_oid, fmt)

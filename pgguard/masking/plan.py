@@ -192,6 +192,12 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
                       unresolved=lineage.unresolved)
 
 
+def as_shown(spec: MaskSpec | None) -> MaskSpec | None:
+    """The mask a column read as itself gets from its spec: none for a `scrub` column, whose own
+    values get the detectors like any unclassified column's (only what is computed from it is NULL)."""
+    return None if spec is not None and spec.function == "scrub" else spec
+
+
 def _listed(columns: list[SourceColumn], lineage: Lineage) -> str:
     """Hidden columns, for a refusal, with the user-defined functions through which the statement reads them."""
     names = sorted(name for name, read in lineage.functions.items() if read.intersection(columns))
@@ -274,8 +280,9 @@ def row_masker(result: ResultPlan, fields: list[FieldDescription], formats: list
         source = table_column(field.table_oid, field.column_number) if field.table_oid else None
         if source is not None:
             spec = clearance.spec_for(source)
-        if spec is None and planned is not None:
+        if planned is not None and as_shown(spec) is None:  # lineage may know it for derived: NULL
             spec = NULLIFY if misaligned else planned[index]
+        spec = as_shown(spec)
         if spec is not None:
             masks.append(column_mask(spec, field.type_oid, fmt, clearance.rules.key))
         elif scrubber is not None:

@@ -120,6 +120,9 @@ WAYS_AROUND = {
     "SELECT set_config('default_transaction_read_only', 'off', false)": "(rule roles.analysts.write)",
     "UPDATE customers SET city = 'Nowhere' WHERE id = 1": "(rule roles.analysts.write)",
     "SELECT pg_read_file('/etc/passwd')": "(rule roles.analysts.functions)",
+    # Free text that quotes emails and card numbers, cut or reshaped so no detector knows it.
+    "SELECT substr(body, strpos(body, '@') - 20, 20), reverse(body) FROM tickets LIMIT 2": "[(None, None), (None, None)]",
+    "SELECT count(*) FROM tickets WHERE body ~ '4[0-9]{3} [0-9]{4}'": "(rule masking)",
 }
 
 
@@ -127,7 +130,7 @@ def test_an_agents_ways_around_the_rules_come_back_masked_or_refused(
         example: ModuleType, demo: dict[str, Any], raw_values: set[str]) -> None:
     before = closed_tickets_and_orders(demo)
     script = (*(("sql_db_query", {"query": query}) for query in WAYS_AROUND),
-              ("sql_db_query", {"query": "SELECT body FROM tickets WHERE body LIKE '%@%' LIMIT 5"}))
+              ("sql_db_query", {"query": "SELECT body FROM tickets ORDER BY id LIMIT 40"}))
     run = example.run(demo, example.ScriptedChatModel(script=script), application=unique_name("agent"))
     *answers, bodies = [message.text for message in run.tool_messages()]
     for (query, expected), answer in zip(WAYS_AROUND.items(), answers, strict=True):

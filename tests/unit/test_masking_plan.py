@@ -147,6 +147,48 @@ def test_nothing_to_mask_gives_no_masker():
     assert row_masker(ResultPlan((None,)), [field("id", INT4)], None, SUPPORT, lambda oid, attnum: None) is None
 
 
+SCRUB_RULES = MaskingRules({**RULES.columns, "public.customers.full_name": MaskSpec("scrub")})
+NAME = SourceColumn("public.customers", "full_name")
+
+
+def test_a_scrub_column_gets_the_detectors_as_itself_and_null_when_computed_from():
+    clearance = Clearance(SCRUB_RULES, (), Scrubber(["card_number"]), strict=True)
+    result = plan_for("SELECT full_name, lower(full_name), full_name AS n FROM customers", clearance)
+    assert result.columns == (MaskSpec("scrub"), NULLIFY, MaskSpec("scrub"))
+    # The third is named by RowDescription too; the second is too, as a view's computed column could be.
+    fields = [field("full_name", TEXT, 16384, 2), field("lower", TEXT, 16384, 2), field("n", TEXT)]
+    masker = row_masker(result, fields, None, clearance, lambda oid, attnum: NAME if oid == 16384 else None)
+    assert masker is not None
+    card = b"Jane 4111 1111 1111 1111"
+    assert DataRow.decode(masker.mask(DataRow([card, card.lower(), card]).encode())[5:]).values == [
+        b"Jane **** **** **** 1111", None, b"Jane **** **** **** 1111"]
+
+
+def test_a_scrub_column_without_detectors_is_shown_as_it_is_and_still_null_when_computed_from():
+    clearance = Clearance(SCRUB_RULES, (), None, strict=False)
+    result = plan_for("SELECT full_name, upper(full_name) FROM customers", clearance)
+    masker = row_masker(result, [field("full_name", TEXT), field("upper", TEXT)], None, clearance,
+                        lambda oid, attnum: None)
+    assert masker is not None
+    assert DataRow.decode(masker.mask(DataRow([b"Jane", b"JANE"]).encode())[5:]).values == [b"Jane", None]
+
+
+@pytest.mark.parametrize(("sql", "strict", "refused"), [
+    ("SELECT id FROM customers WHERE full_name LIKE '%4111%'", True, "reveals its values"),
+    ("UPDATE customers SET full_name = substr(full_name, 2)", False, "derived from public.customers.full_name"),
+    ("UPDATE customers SET city = full_name", False, "could be read back unmasked"),
+    ("UPDATE customers SET full_name = full_name", False, None),
+])
+def test_a_scrub_column_is_hidden_to_inference_and_writes(sql, strict, refused):
+    clearance = Clearance(SCRUB_RULES, (), None, strict=strict)
+    if refused is None:
+        plan_for(sql, clearance)
+        return
+    with pytest.raises(MaskingRefused, match=refused):
+        plan_for(sql, clearance)
+    plan_for(sql, Clearance(SCRUB_RULES, ("public.customers.full_name",), None, strict=strict))
+
+
 def role(name: str, **rules: object) -> RoleConfig:
     return RoleConfig(name, (name,), "login", dict(rules))
 
