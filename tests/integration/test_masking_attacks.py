@@ -1196,6 +1196,19 @@ def test_free_text_named_scrub_is_no_filter_for_strict_roles(analyst, sql):
     assert "tickets.body" in refused_message(caught.value)
 
 
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_free_text_named_scrub_copied_out_is_null_when_computed_from(analyst, raw, fmt):
+    sql = f"COPY (SELECT reverse(body), substr(body, strpos(body, '@') - 25, 25) FROM tickets ORDER BY id) " \
+          f"TO STDOUT (FORMAT {fmt})"
+    with analyst.cursor().copy(sql) as copy:
+        received = b"".join(bytes(block) for block in copy)
+    if fmt == "binary":
+        assert binary_fields(received) and set(binary_fields(received)) == {None}
+    else:
+        null = b"\\N\t\\N" if fmt == "text" else b","
+        assert received and set(received.splitlines()) == {null}
+
+
 def test_free_text_named_scrub_is_unchanged_for_roles_cleared_for_it(gateway, raw):
     """The demo clears support and engineering for tickets.body: derived text still gets their detectors."""
     for role in ("support", "engineer"):
