@@ -62,10 +62,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     config = load(args.config)
-    decisions = explain(config, args.group, args.sql, target=args.target, offline=args.offline)
-    print(dumps(decisions) if args.json else f"user {args.user}, groups {', '.join(args.group)}\n"
-          + render(decisions))
-    return 0 if all(decision.allowed for decision in decisions) else 1
+    explained = explain(config, args.group, args.sql, target=args.target, offline=args.offline)
+    print(dumps(explained) if args.json else f"user {args.user}, groups {', '.join(args.group)}\n"
+          + render(explained))
+    return 0 if all(item.decision.allowed for item in explained) else 1
 
 
 def _token_issue(args: argparse.Namespace) -> int:
@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
                         help='log one JSON object a line (as [gateway] log_format = "json")')
     server.set_defaults(func=_serve)
     with_config("check", "validate a config and print its roles").set_defaults(func=_check)
-    explainer = with_config("explain", "the decision for a statement, as the gateway would make it")
+    explainer = with_config("explain", "the decision and masking plan for a statement, as the gateway would make them")
     explainer.add_argument("--user", default="explain", help="the caller's user name (for the output)")
     explainer.add_argument("--group", action="append", default=[], help="a group (repeatable)")
     explainer.add_argument("--target", help="target whose catalog to read (default: the first)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from pgguard.config import Config, RoleConfig
@@ -11,8 +12,20 @@ from pgguard.masking.plan import Clearance, MaskingRefused, MaskingRules, cleara
 from pgguard.masking.results import ResultMasking
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import Name
-from pgguard.policy.guard import SessionGuard
+from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.policy.shapes import Key, shape_of, shared
+
+log = logging.getLogger("pgguard.masking")
+
+
+def masking_refusal(exc: Exception) -> Decision:
+    """The refusal of a statement masking cannot guarantee: its reason, or, for a statement it
+    could not analyse at all, a plain one (and the trace in the gateway's log)."""
+    if not isinstance(exc, MaskingRefused):
+        log.warning("masking could not analyse a statement; refused", exc_info=True)
+        exc = MaskingRefused("pgguard cannot establish what this statement returns")
+    return Decision(False, None, "masking", str(exc),
+                    "select the column's masked value, or ask for a role cleared for it")
 
 
 class MaskingConfig:

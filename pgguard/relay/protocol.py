@@ -35,8 +35,8 @@ from pgguard.approvals.rules import ApprovalRule
 from pgguard.approvals.service import ApprovalError, SessionApprovals
 from pgguard.approvals.store import Request
 from pgguard.audit.recorder import Held, SessionRecorder
-from pgguard.masking.plan import MaskingRefused
 from pgguard.masking.results import ResultMasking
+from pgguard.masking.session import masking_refusal
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.policy.names import Named
@@ -668,7 +668,7 @@ class SessionProtocol:
                     try:
                         self.masking.steps(held.sql)
                     except Exception as exc:
-                        decision = self._masking_refusal(exc)
+                        decision = masking_refusal(exc)
                         break
         if decision is None:
             guard.renew(name)
@@ -727,7 +727,7 @@ class SessionProtocol:
                 masking.function_call()
         except Exception as exc:
             # What cannot be masked is refused, never forwarded (fail closed).
-            decision = self._masking_refusal(exc)
+            decision = masking_refusal(exc)
             if tag == _PARSE:
                 name = frontend.Parse.decode(frame.body).name
                 masking.parse(name, "")
@@ -735,14 +735,6 @@ class SessionProtocol:
             masking.query("")
             return self._refused_query(b"", decision)
         return replacement
-
-    @staticmethod
-    def _masking_refusal(exc: Exception) -> Decision:
-        if not isinstance(exc, MaskingRefused):
-            log.warning("masking could not analyse a statement; refused", exc_info=True)
-            exc = MaskingRefused("pgguard cannot establish what this statement returns")
-        return Decision(False, None, "masking", str(exc),
-                        "select the column's masked value, or ask for a role cleared for it")
 
     def _record(self, frame: Frame, replacement: bytes | None) -> bytes | None:
         """Record what goes upstream; a refusal instead of what cannot be recorded (fail closed)."""

@@ -58,3 +58,32 @@ def test_check_names_an_unknown_statement_class(tmp_path, gateway):
     result = _pgguard("check", "-c", str(config))
     assert result.returncode == 2
     assert "[roles.engineering] statements: unknown class(es) wirte" in result.stderr
+
+
+def test_explain_shows_each_columns_masking_and_refuses_what_masking_cannot_guarantee(gateway):
+    result = _pgguard("explain", "-c", str(gateway.config_path), "--group", "analysts",
+                      "SELECT id, email, lower(email), city, body FROM customers JOIN tickets ON customer_id = "
+                      "customers.id; SELECT reverse(body) FROM tickets; "
+                      "SELECT id FROM customers WHERE ssn LIKE '4%'")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "  column id: detectors card_number, email\n" in result.stdout
+    assert "  column email: email (from public.customers.email)\n" in result.stdout
+    assert "  column lower: null (from public.customers.email)\n" in result.stdout
+    assert "  column body: detectors card_number, email (from public.tickets.body)\n" in result.stdout
+    assert "  column reverse: null (from public.tickets.body)\n" in result.stdout
+    # The gateway's own refusal, word for word: masking refuses inference on a hidden column.
+    assert ("REFUSED: pgguard: statement refused: the statement filters, groups, joins or sorts on "
+            "public.customers.ssn, which reveals its values (rule masking)") in result.stdout
+
+
+def test_explain_json_masking_for_a_role_cleared_for_everything(gateway):
+    result = _pgguard("explain", "-c", str(gateway.config_path), "--group", "dba", "--json",
+                      "SELECT email FROM customers")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (item,) = json.loads(result.stdout)
+    assert item["columns"] is None and item["masking"] == "none: these roles see every column raw"
+    result = _pgguard("explain", "-c", str(gateway.config_path), "--group", "support", "--json",
+                      "SELECT email, ssn FROM customers")
+    (item,) = json.loads(result.stdout)
+    assert item["columns"] == [{"column": "email", "shown": "detectors card_number", "from": []},
+                               {"column": "ssn", "shown": "redact", "from": ["public.customers.ssn"]}]
