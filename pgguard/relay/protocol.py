@@ -244,15 +244,18 @@ class SessionProtocol:
         self.bytes_in += len(data)
         try:
             raw, frames = self._client.feed(data)
+            if not frames:
+                return _NOTHING
+            if self._held is not None:
+                self._held.frames.extend(frames)  # read before the hold took effect: kept with it
+                return _NOTHING
+            return self._frames(frames, raw)
         except ProtocolViolation as exc:
+            # A message framed right whose body is not what its type says (a Bind cut short, a
+            # Describe of neither S nor P): PostgreSQL ends the session too, and nothing of this
+            # read goes upstream.
             return Output(to_client=_fatal(f"protocol violation: {exc}"),
                           close=f"client protocol violation: {exc}")
-        if not frames:
-            return _NOTHING
-        if self._held is not None:
-            self._held.frames.extend(frames)  # read before the hold took effect: kept with it
-            return _NOTHING
-        return self._frames(frames, raw)
 
     def _frames(self, frames: list[Frame], raw: bytes | None) -> Output:
         """What goes upstream for `frames` (`raw`: their bytes, if they came in together)."""
@@ -725,6 +728,8 @@ class SessionProtocol:
                 masking.sync()
             elif tag == _FUNCTION_CALL:
                 masking.function_call()
+        except ProtocolViolation:
+            raise  # a malformed message, which ends the session (client_bytes)
         except Exception as exc:
             # What cannot be masked is refused, never forwarded (fail closed).
             decision = masking_refusal(exc)

@@ -11,6 +11,7 @@ import random
 import ssl
 import struct
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from pgguard.wire import backend, frontend
 from pgguard.wire.codec import Message
 from helpers import scratch_table
 from rawclient import Closed, LogCursor, RawConnection, Refused, config_edit, login_as
+from test_session_log import find_log, records_of
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -93,6 +95,41 @@ def test_oversized_message_after_login_is_fatal_08P01(gateway: RunningGateway) -
         assert (said[0].severity, said[0].code) == ("FATAL", "08P01")
         assert "2147483647" in said[0].message
         log.wait_for(r"session \d+ ended: client protocol violation: message 'Q' declares length 2147483647")
+
+
+# Framed right, with bodies that are not what their type says.
+MALFORMED = {
+    "bind-cut-short": b"B" + struct.pack("!i", 4 + 5) + b"\0\0\0\1\0",  # one format code announced, none sent
+    "describe-of-neither": b"D" + struct.pack("!i", 4 + 3) + b"X\0\0",
+    "close-unterminated": b"C" + struct.pack("!i", 4 + 3) + b"Ss1",
+    "execute-extra-bytes": b"E" + struct.pack("!i", 4 + 9) + b"\0\0\0\0\0junk",
+    "parse-unterminated": b"P" + struct.pack("!i", 4 + 9) + b"\0SELECT 1",
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_message_after_login_is_fatal_08P01_and_nothing_of_its_read_runs(
+        gateway: RunningGateway, postgres: PostgresServer, malformed: bytes) -> None:
+    """Fixed: such a message went deep into the guards before its decoding failed; the session ended
+    as an internal error (XX000, a traceback in the gateway's log), or masking refused it as a statement
+    it could not analyse and the session went on."""
+    marker = f"malformed-{uuid.uuid4().hex}"
+    insert = frontend.Query(f"INSERT INTO tickets (customer_id, subject, body, status) "
+                            f"VALUES (1, '{marker}', 'x', 'open')")
+    with only_this_connection_dropped(gateway) as log:
+        with login_as(gateway, "support", application_name=marker) as conn:
+            conn.send(insert.encode() + malformed)
+            said = conn.wait_closed()
+        assert len(said) == 1 and isinstance(said[0], backend.ErrorResponse), said
+        assert (said[0].severity, said[0].code) == ("FATAL", "08P01"), said[0].fields
+        assert said[0].message.startswith("pgguard: protocol violation: "), said[0].message
+        log.wait_for(r"session \d+ ended: client protocol violation: ")
+        assert "session failed" not in log.new_text() and "Traceback" not in log.new_text()
+    with psycopg.connect(postgres.dsn()) as direct:
+        assert direct.execute("SELECT count(*) FROM tickets WHERE subject = %s", (marker,)).fetchone() == (0,)
+    records = records_of(find_log(gateway, marker))
+    assert [r["type"] for r in records] == ["header", "statement", "close", "checkpoint"]
+    assert records[1]["sql"] == insert.query and records[2]["reason"].startswith("client protocol violation: ")
 
 
 def test_half_sent_startup_times_out(gateway_factory: Callable[..., RunningGateway]) -> None:
