@@ -825,11 +825,14 @@ class SessionProtocol:
     def upstream_bytes(self, data: bytes) -> Output:
         try:
             raw, frames = self._upstream.feed(data)
+            return self._server_frames(raw, frames) if frames else _NOTHING
         except ProtocolViolation as exc:
+            # Framed wrong, or a message whose body is not what its type says: the client gets
+            # nothing of this read but the FATAL.
             return Output(to_client=_fatal("the target database sent an invalid message"),
                           close=f"target protocol violation: {exc}")
-        if not frames:
-            return _NOTHING
+
+    def _server_frames(self, raw: bytes | None, frames: list[Frame]) -> Output:
         # A server that closes after an ErrorResponse (FATAL) has told the client why.
         self._said_error = frames[-1].tag == _ERROR
         recorder = self.recorder
@@ -893,6 +896,8 @@ class SessionProtocol:
             self._unbound = None
 
     def _ready(self, frame: Frame) -> None:
+        if len(frame.data) != 6:
+            raise ProtocolViolation(f"ReadyForQuery of {len(frame.data) - 5} bytes")
         if self.guard is not None:
             self.guard.answered_ready(idle=frame.data[5] == 0x49)  # I: out of any transaction
         self._cycles_done += 1

@@ -1,10 +1,10 @@
-"""Malformed client messages, sans I/O: whatever the bytes, the session protocol answers with a
-FATAL 08P01 and ends the session, or goes on; it never raises (which the reactor would turn into
-an internal error) and never forwards what came with a malformed message.
+"""Malformed messages, sans I/O: whatever the bytes, the session protocol answers with a FATAL
+08P01 and ends the session, or goes on; it never raises (which the reactor would turn into an
+internal error) and never passes on what came with a malformed message.
 
-The messages are real ones of every kind a client sends after login, each batch with one of them
-mutated (bytes changed, cut out or put in, with its length field kept right or left wrong), from
-fixed seeds.
+The messages are real ones of every kind a client sends after login, and a server's answer to a
+query, each batch with one of them mutated (bytes changed, cut out or put in, with its length
+field kept right or left wrong), from fixed seeds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pgguard.masking.session import MaskingConfig
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.guard import Policy, SessionGuard
 from pgguard.relay.protocol import SessionProtocol
-from pgguard.wire import frontend
+from pgguard.wire import backend, frontend
+from pgguard.wire.backend import FieldDescription
 from pgguard.wire.codec import message
 from pgguard.wire.framing import MessageFramer
 
@@ -98,3 +99,28 @@ def test_mutated_messages_end_the_session_cleanly_or_pass(config: Config, first_
             assert out.to_upstream == b"" and out.to_client.startswith(b"E"), seed
             assert b"08P01" in out.to_client and b"pgguard: protocol violation: " in out.to_client, seed
     assert violations > 50  # the mutations do reach the decoders, not only the framing
+
+
+def server_answer(rng: random.Random) -> list[bytes]:
+    relname = rng.choice([b"pg_class", b"see 4111 1111 1111 1111"])
+    return [m.encode() for m in (backend.RowDescription([FieldDescription("relname", 1259, 2, 19, 64, -1, 0)]),
+                                 backend.DataRow([relname]), backend.CommandComplete("SELECT 1"),
+                                 backend.ReadyForQuery("I"))]
+
+
+def test_mutated_server_messages_end_the_session_cleanly_or_pass(config: Config) -> None:
+    policy, masking = Policy(config), MaskingConfig(config)
+    violations = 0
+    for seed in range(1000):
+        rng = random.Random(seed)
+        session = analyst_session(config, policy, masking)
+        session.client_bytes(message(b"Q", b"SELECT relname FROM pg_class\0"))
+        answer = server_answer(rng)
+        bad = rng.randrange(len(answer))
+        answer[bad] = mutated(rng, answer[bad])
+        out = session.upstream_bytes(b"".join(answer))  # must not raise
+        if out.close is not None and out.close.startswith("target protocol violation"):
+            violations += 1
+            assert out.to_client.startswith(b"E") and b"sent an invalid message" in out.to_client, seed
+            assert b"4111" not in out.to_client, seed
+    assert violations > 50
