@@ -14,6 +14,8 @@ A trigger's writes are those of its function's body, followed as masking lineage
 (pgguard/masking/bodies.py), into the user-defined functions and operators it calls. Where that
 cannot be told (another language, dynamic SQL, a SECURITY DEFINER function without a search_path
 of its own, …) the reach says why, and only a role that may write every table may set it off.
+PostgreSQL's own functions (pg_catalog's, such as suppress_redundant_updates_trigger) are taken
+to write nothing but the row, as a statement's own calls of them are, unless they run SQL text.
 Sans-IO: built from the catalog's rows, once per snapshot.
 """
 
@@ -99,7 +101,8 @@ class Follower:
             name = qualify(function_schema or "", function or "")
             fired = frozenset(event for bit, event in _TRIGGER_EVENTS.items() if int(tgtype or 0) & bit)
             how = f"the trigger {trigger} on {qualified} (function {name}())"
-            writes = self._trigger(Routine(name, language or "", definition=definition), definer == "t")
+            writes = () if function_schema in _SYSTEM else \
+                self._trigger(Routine(name, language or "", definition=definition), definer == "t")
             found.setdefault(qualified, []).append(
                 Reach(fired, f"{how}, where {writes}", None) if isinstance(writes, str) else Reach(fired, how, writes))
         for schema, table, rule, event, definition in rules:
@@ -159,7 +162,7 @@ class Follower:
         for kind, node in statements:
             try:
                 statement = classify_node(kind, node)
-            except (Unsupported, KeyError, TypeError, ValueError) as exc:
+            except (Unsupported, KeyError, TypeError, ValueError, RecursionError) as exc:
                 return f"{what} runs a statement pgguard cannot analyse ({exc})"
             others = statement.classes - {READ, WRITE}
             if others:
@@ -168,7 +171,7 @@ class Follower:
                 found.extend((placed, frozenset(kinds)) for placed in _placed(name, schemas))
             for operator, names in ((False, statement.functions), (True, statement.operators)):
                 for name in sorted(names, key=str):
-                    called = self._called(name, operator, what)
+                    called = self._called(name, operator, schemas, what)
                     if isinstance(called, str):
                         return called
                     for routine in called:
@@ -178,13 +181,17 @@ class Follower:
                         found.extend(writes)
         return tuple(dict.fromkeys(found))
 
-    def _called(self, name: Name, operator: bool, what: str) -> list[Routine] | str:
-        """The user-defined functions a call of `name` may run (any schema defining it), or why it is not followed."""
+    def _called(self, name: Name, operator: bool, path: tuple[str, ...] | None, what: str) -> list[Routine] | str:
+        """The user-defined functions a call of `name` may run, or why it is not followed. An unqualified name
+        may be any schema's on `path` (a function's own search_path), or of any schema at all (None: the
+        session's search path, which the catalog cannot know)."""
         suffix = "" if operator else "()"
         defined, routines = self._defined[operator], self._routines[operator]
         schemas = {name.schema} if name.schema is not None else defined.get(name.name)
         if schemas is None:
             return f"{what} calls {name}{suffix}, which pgguard does not know"
+        if name.schema is None and path is not None:
+            schemas = schemas & {*path, *_SYSTEM}
         if not operator and schemas & _SYSTEM and any(fnmatchcase(name.name, p) for p in RUNS_SQL_TEXT):
             return f"{what} calls {name.name}(), which runs SQL handed to it as text"
         user = sorted(schemas - _SYSTEM)

@@ -4,7 +4,7 @@ Support may write `reach_ok.*` and nothing of `reach_hr`. Each way the database 
 of `reach_ok` into `reach_hr` is set up directly as superuser before the module's gateway starts,
 so its catalog snapshot knows it: an updatable view, a rule, each foreign-key action, TRUNCATE …
 CASCADE, triggers (whose functions write, call a function that writes, run dynamic SQL, are in C,
-or are SECURITY DEFINER). The upstream logins are granted everything in both schemas, so it is
+or are SECURITY DEFINER without a search_path of their own). The upstream logins are granted everything in both schemas, so it is
 pgguard, not PostgreSQL, that stands in the way. Every refusal is checked against the server:
 no table of either schema changed. Engineering here may write every table (`write = ["*"]`),
 and its writes through the same objects run.
@@ -89,9 +89,13 @@ CREATE FUNCTION reach_ok.dynamic() RETURNS trigger LANGUAGE plpgsql
   AS $$ BEGIN EXECUTE 'INSERT INTO reach_hr.log VALUES ($1, $2)' USING 'dynamic', NEW.id; RETURN NEW; END $$;
 CREATE TABLE reach_ok.dynamic (id int);
 CREATE TRIGGER t AFTER INSERT ON reach_ok.dynamic FOR EACH ROW EXECUTE FUNCTION reach_ok.dynamic();
+CREATE FUNCTION reach_ok.skip_same() RETURNS trigger LANGUAGE internal AS 'suppress_redundant_updates_trigger';
 CREATE TABLE reach_ok.c_language (id int);
 INSERT INTO reach_ok.c_language VALUES (1);
-CREATE TRIGGER t BEFORE UPDATE ON reach_ok.c_language FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+CREATE TRIGGER t BEFORE UPDATE ON reach_ok.c_language FOR EACH ROW EXECUTE FUNCTION reach_ok.skip_same();
+CREATE TABLE reach_ok.builtin (id int);
+INSERT INTO reach_ok.builtin VALUES (1);
+CREATE TRIGGER t BEFORE UPDATE ON reach_ok.builtin FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
 CREATE FUNCTION reach_ok.definer() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
   AS $$ BEGIN INSERT INTO reach_ok.local_log VALUES ('definer', NEW.id); RETURN NEW; END $$;
 CREATE TABLE reach_ok.definer (id int);
@@ -145,8 +149,8 @@ REFUSED = [
      f"search_path pgguard cannot tell); {CANNOT_FOLLOW}"),
     ("UPDATE reach_ok.c_language SET id = 2",
      "(update) reach_ok.c_language: it reaches further through the trigger t on reach_ok.c_language (function "
-     "pg_catalog.suppress_redundant_updates_trigger()), where pgguard cannot follow the body of "
-     f"pg_catalog.suppress_redundant_updates_trigger() (language internal); {CANNOT_FOLLOW}"),
+     "reach_ok.skip_same()), where pgguard cannot follow the body of reach_ok.skip_same() (language internal); "
+     f"{CANNOT_FOLLOW}"),
     ("INSERT INTO reach_ok.definer VALUES (1)",
      "(insert) reach_ok.definer: it reaches further through the trigger t on reach_ok.definer (function "
      f"reach_ok.definer()), where reach_ok.definer() is SECURITY DEFINER without a search_path of its own; {CANNOT_FOLLOW}"),
@@ -251,6 +255,8 @@ def test_writes_that_reach_only_what_the_role_may_write_run(gw: RunningGateway, 
         conn.execute("INSERT INTO reach_ok.local VALUES (101)")
         conn.execute("UPDATE reach_ok.local SET id = 102 WHERE id = 101")
         conn.execute("INSERT INTO reach_ok.pinned VALUES (103)")
+        # PostgreSQL's own trigger function, which changes only the row.
+        conn.execute("UPDATE reach_ok.builtin SET id = 2")
         # An INSERT sets off no foreign-key action; nor does a DELETE under NO ACTION.
         conn.execute("INSERT INTO reach_ok.p_update_cascade VALUES (104)")
         conn.execute("DELETE FROM reach_ok.p_plain WHERE id = 3")
@@ -260,7 +266,7 @@ def test_writes_that_reach_only_what_the_role_may_write_run(gw: RunningGateway, 
     assert ("local", 101) in rows["reach_ok.local_log"] and ("local", 102) in rows["reach_ok.local_log"]
     assert ("pinned", 103) in rows["reach_ok.local_log"]
     assert (104,) in rows["reach_ok.p_update_cascade"] and (3,) not in rows["reach_ok.p_plain"]
-    assert rows["reach_ok.local"] == []
+    assert rows["reach_ok.local"] == [] and rows["reach_ok.builtin"] == [(2,)]
 
 
 def test_a_role_that_may_write_every_table_writes_through_all_of_them(gw: RunningGateway, direct: str) -> None:
