@@ -66,9 +66,11 @@ INSERT INTO reach_hr.c_plain VALUES (1, 1);
 -- A rule, and an updatable view whose base table is in reach_hr.
 CREATE TABLE reach_ok.ruled (id int);
 CREATE RULE to_hr AS ON INSERT TO reach_ok.ruled DO ALSO INSERT INTO reach_hr.log VALUES ('rule', NEW.id);
+CREATE RULE instead AS ON DELETE TO reach_ok.ruled DO INSTEAD DELETE FROM reach_hr.log WHERE id = OLD.id;
 CREATE TABLE reach_hr.salaries (id int PRIMARY KEY, amount int);
 INSERT INTO reach_hr.salaries VALUES (1, 100), (2, 200);
 CREATE VIEW reach_ok.salaries AS SELECT id, amount FROM reach_hr.salaries;
+CREATE VIEW reach_ok.salaries_again AS SELECT * FROM reach_ok.salaries WHERE amount > 0;
 
 -- Triggers.
 CREATE FUNCTION reach_ok.to_hr() RETURNS trigger LANGUAGE plpgsql
@@ -138,6 +140,10 @@ REFUSED = [
     ("UPDATE reach_ok.salaries SET amount = 0 WHERE id = 1",
      "(update) reach_hr.salaries (reach_ok.salaries reaches it through the view's base relation reach_hr.salaries)"),
     ("DELETE FROM reach_ok.salaries", "(delete) reach_hr.salaries (reach_ok.salaries reaches it"),
+    ("INSERT INTO reach_ok.salaries_again VALUES (3, 300)",
+     "(insert) reach_hr.salaries (reach_ok.salaries reaches it through the view's base relation reach_hr.salaries)"),
+    ("DELETE FROM reach_ok.ruled WHERE id = 1",
+     "(delete) reach_hr.log (reach_ok.ruled reaches it through the rule instead on reach_ok.ruled)"),
     ("INSERT INTO reach_ok.audited VALUES (1)", TRIGGER_TO_HR),
     ("INSERT INTO reach_ok.nested VALUES (1)",
      "(insert) reach_hr.log (reach_ok.nested reaches it through the trigger t on reach_ok.nested "
@@ -249,19 +255,23 @@ def test_a_prepared_statement_that_reaches_further_is_refused_at_parse(gw: Runni
     assert contents(direct) == before
 
 
+def run_as(gw: RunningGateway, identity: str, *statements: str) -> None:
+    with psycopg.connect(gw.dsn(identity), autocommit=True) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+
 def test_writes_that_reach_only_what_the_role_may_write_run(gw: RunningGateway, direct: str) -> None:
-    with psycopg.connect(gw.dsn("support"), autocommit=True) as conn:
-        # A trigger that writes the same schema, and a SECURITY DEFINER one with a search_path of its own.
-        conn.execute("INSERT INTO reach_ok.local VALUES (101)")
-        conn.execute("UPDATE reach_ok.local SET id = 102 WHERE id = 101")
-        conn.execute("INSERT INTO reach_ok.pinned VALUES (103)")
-        # PostgreSQL's own trigger function, which changes only the row.
-        conn.execute("UPDATE reach_ok.builtin SET id = 2")
-        # An INSERT sets off no foreign-key action; nor does a DELETE under NO ACTION.
-        conn.execute("INSERT INTO reach_ok.p_update_cascade VALUES (104)")
-        conn.execute("DELETE FROM reach_ok.p_plain WHERE id = 3")
-        # A TRUNCATE without CASCADE reaches nothing (the trigger of `local` is for rows).
-        conn.execute("TRUNCATE reach_ok.local")
+    run_as(gw, "support",
+           # A trigger that writes the same schema, and a SECURITY DEFINER one with a search_path of its own.
+           "INSERT INTO reach_ok.local VALUES (101)", "UPDATE reach_ok.local SET id = 102 WHERE id = 101",
+           "INSERT INTO reach_ok.pinned VALUES (103)",
+           # PostgreSQL's own trigger function, which changes only the row.
+           "UPDATE reach_ok.builtin SET id = 2",
+           # An INSERT sets off no foreign-key action; nor does a DELETE under NO ACTION.
+           "INSERT INTO reach_ok.p_update_cascade VALUES (104)", "DELETE FROM reach_ok.p_plain WHERE id = 3",
+           # A TRUNCATE without CASCADE reaches nothing (the trigger of `local` is for rows).
+           "TRUNCATE reach_ok.local")
     rows = contents(direct)
     assert ("local", 101) in rows["reach_ok.local_log"] and ("local", 102) in rows["reach_ok.local_log"]
     assert ("pinned", 103) in rows["reach_ok.local_log"]
@@ -270,12 +280,9 @@ def test_writes_that_reach_only_what_the_role_may_write_run(gw: RunningGateway, 
 
 
 def test_a_role_that_may_write_every_table_writes_through_all_of_them(gw: RunningGateway, direct: str) -> None:
-    with psycopg.connect(gw.dsn("engineer"), autocommit=True) as conn:
-        conn.execute("DELETE FROM reach_ok.p_delete_cascade WHERE id = 2")
-        conn.execute("UPDATE reach_ok.salaries SET amount = 201 WHERE id = 2")
-        conn.execute("INSERT INTO reach_ok.dynamic VALUES (201)")
-        conn.execute("INSERT INTO reach_ok.nested VALUES (202)")
-        conn.execute("UPDATE reach_ok.c_language SET id = 1")
+    run_as(gw, "engineer", "DELETE FROM reach_ok.p_delete_cascade WHERE id = 2",
+           "UPDATE reach_ok.salaries SET amount = 201 WHERE id = 2", "INSERT INTO reach_ok.dynamic VALUES (201)",
+           "INSERT INTO reach_ok.nested VALUES (202)", "UPDATE reach_ok.c_language SET id = 1")
     rows = contents(direct)
     assert rows["reach_hr.c_delete_cascade"] == [(1, 1)]
     assert (2, 201) in rows["reach_hr.salaries"]

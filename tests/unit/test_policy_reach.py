@@ -3,6 +3,7 @@ checks it, without a database: hand-written catalog rows as catalog.py's queries
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -46,9 +47,11 @@ def trigger(table: str, body: str, *, tgtype: int = 4 | 8 | 16, definer: bool = 
     return ["public", table, "t", str(tgtype), schema, f"{table}_f", language, "t" if definer else "f", definition]
 
 
-def follow(triggers: list[list[str | None]] = [], rules: list[list[str | None]] = [],  # noqa: B006
-           keys: list[list[str | None]] = [], views: list[list[str | None]] = []) -> Catalog:  # noqa: B006
-    return NAMES.with_routines(ROUTINES).with_reaches(triggers, rules, keys, views)
+Rows = Sequence[list[str | None]]
+
+
+def follow(triggers: Rows = (), rules: Rows = (), keys: Rows = (), views: Rows = ()) -> Catalog:
+    return NAMES.with_routines(ROUTINES).with_reaches(list(triggers), list(rules), list(keys), list(views))
 
 
 @pytest.fixture(scope="module")
