@@ -113,7 +113,7 @@ class Catalog:
 
     def with_reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
                      foreign_keys: list[list[str | None]], views: list[list[str | None]]) -> Catalog:
-        follower = Follower(self.functions, self.operators, self.routines, self.operator_routines)
+        follower = Follower(self.functions, self.operators, self.routines, self.operator_routines, self.casts)
         return replace(self, reaches=follower.reaches(triggers, rules, foreign_keys, views))
 
     def with_inheritance(self, rows: list[list[str | None]]) -> Catalog:

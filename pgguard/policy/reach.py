@@ -11,7 +11,7 @@ relation writes others, each with what it writes. The guard walks them, transiti
 each table reached like one the statement names (guard.py, `SessionGuard._written`).
 
 A trigger's writes are those of its function's body, followed as masking lineage follows bodies
-(pgguard/masking/bodies.py), into the user-defined functions and operators it calls. Where that
+(pgguard/masking/bodies.py), into the user-defined functions, operators and casts it calls. Where that
 cannot be told (another language, dynamic SQL, a SECURITY DEFINER function without a search_path
 of its own, …) the reach says why, and only a role that may write every table may set it off.
 PostgreSQL's own functions (pg_catalog's, such as suppress_redundant_updates_trigger) are taken
@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 from pglast import parser
 
 from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine, body_of
-from pgguard.policy.classify import READ, WRITE, Name, Node, Unsupported, classify_node
+from pgguard.policy.classify import READ, WRITE, Name, Node, Statement, Unsupported, classify_node
 from pgguard.policy.scope import RUNS_SQL_TEXT, SYSTEM_SCHEMAS, qualify
 
 _SYSTEM = frozenset(SYSTEM_SCHEMAS)
@@ -78,9 +78,11 @@ class Follower:
     """Builds the reaches of a catalog snapshot; knows its user-defined functions and operators."""
 
     def __init__(self, functions: dict[str, frozenset[str]], operators: dict[str, frozenset[str]],
-                 routines: dict[str, tuple[Routine, ...]], operator_routines: dict[str, tuple[Routine, ...]]) -> None:
+                 routines: dict[str, tuple[Routine, ...]], operator_routines: dict[str, tuple[Routine, ...]],
+                 casts: dict[str, frozenset[str]]) -> None:
         self._defined = {False: functions, True: operators}
         self._routines = {False: routines, True: operator_routines}
+        self._casts = casts  # type name -> user-defined functions a cast to it may run (catalog.py)
 
     def reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
                 foreign_keys: list[list[str | None]], views: list[list[str | None]]) -> dict[str, tuple[Reach, ...]]:
@@ -169,17 +171,32 @@ class Follower:
                 return f"{what} runs {', '.join(sorted(others))} statements"
             for name, kinds in statement.writes.items():
                 found.extend((placed, frozenset(kinds)) for placed in _placed(name, schemas))
-            for operator, names in ((False, statement.functions), (True, statement.operators)):
-                for name in sorted(names, key=str):
-                    called = self._called(name, operator, schemas, what)
-                    if isinstance(called, str):
-                        return called
-                    for routine in called:
-                        writes = self._body(routine, schemas, stack)
-                        if isinstance(writes, str):
-                            return writes
-                        found.extend(writes)
+            called = self._runs(statement, schemas, what)
+            if isinstance(called, str):
+                return called
+            for routine in called:
+                writes = self._body(routine, schemas, stack)
+                if isinstance(writes, str):
+                    return writes
+                found.extend(writes)
         return tuple(dict.fromkeys(found))
+
+    def _runs(self, statement: Statement, schemas: tuple[str, ...] | None, what: str) -> list[Routine] | str:
+        """The user-defined functions a statement may call, as the statement policy counts calls: functions,
+        operators, attribute notation (`(r).f` is f(r)) and casts; or why pgguard cannot tell."""
+        calls = [(name, False) for name in sorted(statement.functions, key=str)]
+        calls += [(name, True) for name in sorted(statement.operators, key=str)]
+        calls += [(Name(None, name), False) for name in sorted(statement.attributes) if name in self._defined[False]]
+        found: list[Routine] = []
+        for name, operator in calls:
+            called = self._called(name, operator, schemas, what)
+            if isinstance(called, str):
+                return called
+            found.extend(called)
+        for cast in sorted(statement.casts, key=str):
+            for function in sorted(self._casts.get(cast.name, ())):
+                found.extend(self._routines[False].get(function, (Routine(function, ""),)))
+        return found
 
     def _called(self, name: Name, operator: bool, path: tuple[str, ...] | None, what: str) -> list[Routine] | str:
         """The user-defined functions a call of `name` may run, or why it is not followed. An unqualified name

@@ -20,6 +20,7 @@ NAMES = Catalog.from_rows(
     + [("f", "pg_catalog", name) for name in ("upper", "now", "query_to_xml", "nextval")]
     + [("f", "tools", "note"), ("f", "hr", "note"), ("f", "tools", "loop_a"), ("f", "tools", "loop_b")]
     + [("o", "pg_catalog", op) for op in ("=", "+")] + [("r", "pg_catalog", "pg_class")]
+    + [("c", "tools.note", "boom")]  # a cast to type boom runs tools.note()
 )
 
 
@@ -154,3 +155,12 @@ def test_unqualified_writes_of_a_body_resolve_on_the_session_search_path(policy:
     assert guard.check_query("INSERT INTO t VALUES (1)")[-1].allowed  # public.log
     guard.check_query("SET search_path = hr, public")
     assert "(insert) hr.log (public.t reaches it" in guard.check_query("INSERT INTO public.t VALUES (1)")[-1].reason
+
+
+def test_attribute_notation_and_casts_in_a_body_are_calls_too(policy: Policy) -> None:
+    # NEW.note may be note(NEW): of every schema, hr's (in C) among them.
+    catalog = follow(triggers=[trigger("t", "BEGIN PERFORM NEW.note; RETURN NEW; END")])
+    assert "where pgguard cannot follow the body of hr.note() (language c)" in \
+        decide(policy, catalog, "INSERT INTO t VALUES (1)").reason
+    catalog = follow(triggers=[trigger("t", "BEGIN PERFORM NEW.id::boom; RETURN NEW; END")])
+    assert "may not write (insert) hr.log (public.t reaches it" in decide(policy, catalog, "INSERT INTO t VALUES (1)").reason
