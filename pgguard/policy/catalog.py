@@ -217,7 +217,8 @@ WHERE c.relkind = 'v'"""
 _TRIGGERS = f"""\
 SELECT n.nspname, c.relname, t.tgname, t.tgtype, pn.nspname, p.proname, l.lanname, p.prosecdef,
        CASE WHEN l.lanname IN ({', '.join(f"'{lang}'" for lang in FOLLOWED_LANGUAGES)})
-            THEN pg_catalog.pg_get_functiondef(p.oid) END
+            THEN pg_catalog.pg_get_functiondef(p.oid) END,
+       pg_catalog.pg_get_triggerdef(t.oid)
 FROM pg_catalog.pg_trigger t
   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

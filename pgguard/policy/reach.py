@@ -98,13 +98,13 @@ class Follower:
             if base is not None:
                 found.setdefault(qualify(schema or "", view or ""), []).append(
                     Reach(_ROW_EVENTS, f"the view's base relation {base}", ((base, frozenset()),)))
-        for schema, table, trigger, tgtype, function_schema, function, language, definer, definition in triggers:
+        for schema, table, trigger, tgtype, function_schema, function, language, definer, body, created in triggers:
             qualified = qualify(schema or "", table or "")
             name = qualify(function_schema or "", function or "")
             fired = frozenset(event for bit, event in _TRIGGER_EVENTS.items() if int(tgtype or 0) & bit)
             how = f"the trigger {trigger} on {qualified} (function {name}())"
-            writes = () if function_schema in _SYSTEM else \
-                self._trigger(Routine(name, language or "", definition=definition), definer == "t")
+            writes = self._trigger(created or "", function_schema in _SYSTEM,
+                                   Routine(name, language or "", definition=body), definer == "t")
             found.setdefault(qualified, []).append(
                 Reach(fired, f"{how}, where {writes}", None) if isinstance(writes, str) else Reach(fired, how, writes))
         for schema, table, rule, event, definition in rules:
@@ -128,21 +128,31 @@ class Follower:
                                          ((other, frozenset({kind})),)))
         return {relation: tuple(each) for relation, each in found.items()}
 
-    def _trigger(self, routine: Routine, definer: bool) -> Writes | str:
-        """What a trigger function writes, or why pgguard cannot tell."""
+    def _trigger(self, created: str, builtin: bool, routine: Routine, definer: bool) -> Writes | str:
+        """What a trigger's WHEN condition and function write, or why pgguard cannot tell. `created`: its
+        CREATE TRIGGER; `builtin`: the function is PostgreSQL's own, which changes only the row."""
+        try:
+            condition = _condition(_parsed(created, "CreateTrigStmt").get("whenClause"))
+        except ValueError:
+            return "pgguard cannot read its definition"
+        writes = self._statements(condition, None, (), "its WHEN condition")
+        if isinstance(writes, str) or builtin:
+            return writes
         body = body_of(routine)
         if definer and body.statements is not None and body.search_path is None:
             # It runs as its owner, and "$user" on the caller's search path is then the owner's schema.
             return f"{routine.name}() is SECURITY DEFINER without a search_path of its own"
-        return self._body(routine, body.search_path, ())
+        followed = self._body(routine, body.search_path, ())
+        return followed if isinstance(followed, str) else writes + followed
 
     def _rule(self, definition: str) -> Writes | str:
+        """What a rule's condition and actions write, or why pgguard cannot tell."""
         try:
-            (raw,) = json.loads(parser.parse_sql_json(definition))["stmts"]
-            actions = raw["stmt"]["RuleStmt"].get("actions", [])
-        except (parser.ParseError, KeyError, ValueError):
+            rule = _parsed(definition, "RuleStmt")
+        except ValueError:
             return "pgguard cannot read its definition"
-        return self._statements([next(iter(action.items())) for action in actions], None, (), "its action")
+        actions = [next(iter(action.items())) for action in rule.get("actions", [])]
+        return self._statements(_condition(rule.get("whereClause")) + actions, None, (), "its condition or actions")
 
     def _body(self, routine: Routine, search_path: tuple[str, ...] | None, stack: tuple[str, ...]) -> Writes | str:
         if routine.name in stack:
@@ -225,15 +235,25 @@ def _placed(name: Name, schemas: tuple[str, ...] | None) -> list[Name]:
     return [Name(schema, name.name) for schema in schemas if schema != "pg_temp"]
 
 
+def _parsed(definition: str, kind: str) -> Node:
+    """The parse node of a definition the catalog prints, a statement of `kind`; ValueError if it is not one."""
+    try:
+        (raw,) = json.loads(parser.parse_sql_json(definition))["stmts"]
+        return raw["stmt"][kind]  # type: ignore[no-any-return]
+    except (parser.ParseError, KeyError) as exc:
+        raise ValueError(f"not a {kind}: {exc}") from exc
+
+
+def _condition(expression: Node | None) -> list[tuple[str, Node]]:
+    """A trigger's WHEN or a rule's WHERE, as the SELECT of its value that classify reads (it may call functions)."""
+    return [] if expression is None else [("SelectStmt", {"targetList": [{"ResTarget": {"val": expression}}]})]
+
+
 def _base(definition: str) -> Name | None:
     """An automatically updatable view's base relation: the one relation of its top-level FROM.
     None for any other view, which PostgreSQL writes only through its triggers or rules; ValueError if
     the definition does not parse."""
-    try:
-        (raw,) = json.loads(parser.parse_sql_json(definition))["stmts"]
-    except (parser.ParseError, KeyError) as exc:
-        raise ValueError(str(exc)) from exc
-    select = raw["stmt"].get("SelectStmt", {})
+    select = _parsed(definition, "SelectStmt")
     items = select.get("fromClause", [])
     if select.get("op", "SETOP_NONE") != "SETOP_NONE" or len(items) != 1 or "RangeVar" not in items[0]:
         return None

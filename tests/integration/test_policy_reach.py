@@ -3,7 +3,7 @@
 Support may write `reach_ok.*` and nothing of `reach_hr`. Each way the database carries a write
 of `reach_ok` into `reach_hr` is set up directly as superuser before the module's gateway starts,
 so its catalog snapshot knows it: an updatable view, a rule, each foreign-key action, TRUNCATE …
-CASCADE, triggers (whose functions write, call a function that writes, run dynamic SQL, are in C,
+CASCADE, triggers (whose WHEN condition or functions write, call a function that writes, run dynamic SQL, are in C,
 or are SECURITY DEFINER without a search_path of their own). The upstream logins are granted everything in both schemas, so it is
 pgguard, not PostgreSQL, that stands in the way. Every refusal is checked against the server:
 no table of either schema changed. Engineering here may write every table (`write = ["*"]`),
@@ -83,6 +83,9 @@ CREATE FUNCTION reach_ok.to_local() RETURNS trigger LANGUAGE plpgsql
 CREATE TABLE reach_ok.local (id int);
 CREATE TRIGGER t AFTER INSERT OR UPDATE OR DELETE ON reach_ok.local FOR EACH ROW EXECUTE FUNCTION reach_ok.to_local();
 CREATE FUNCTION reach_ok.note(int) RETURNS void LANGUAGE sql AS $$ INSERT INTO reach_hr.log VALUES ('nested', $1) $$;
+CREATE TABLE reach_ok.conditional (id int);
+CREATE TRIGGER t AFTER INSERT ON reach_ok.conditional FOR EACH ROW WHEN (reach_ok.note(NEW.id) IS NULL)
+  EXECUTE FUNCTION reach_ok.to_local();
 CREATE FUNCTION reach_ok.via_note() RETURNS trigger LANGUAGE plpgsql
   AS $$ BEGIN PERFORM reach_ok.note(NEW.id); RETURN NEW; END $$;
 CREATE TABLE reach_ok.nested (id int);
@@ -149,6 +152,9 @@ REFUSED = [
      "(insert) reach_hr.log (reach_ok.nested reaches it through the trigger t on reach_ok.nested "
      "(function reach_ok.via_note()))"),
     ("INSERT INTO reach_ok.chained VALUES (1)", TRIGGER_TO_HR),
+    ("INSERT INTO reach_ok.conditional VALUES (1)",
+     "(insert) reach_hr.log (reach_ok.conditional reaches it through the trigger t on reach_ok.conditional "
+     "(function reach_ok.to_local()))"),
     ("INSERT INTO reach_ok.dynamic VALUES (1)",
      "(insert) reach_ok.dynamic: it reaches further through the trigger t on reach_ok.dynamic (function "
      "reach_ok.dynamic()), where pgguard cannot follow the body of reach_ok.dynamic() (dynamic SQL, or a "

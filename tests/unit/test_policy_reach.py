@@ -43,9 +43,12 @@ ROUTINES = [
 
 
 def trigger(table: str, body: str, *, tgtype: int = 4 | 8 | 16, definer: bool = False, extra: str = "",
-            language: str = "plpgsql", schema: str = "public") -> list[str | None]:
+            language: str = "plpgsql", schema: str = "public", when: str = "") -> list[str | None]:
     definition = function(schema, f"{table}_f", body, language, extra) if language in ("sql", "plpgsql") else None
-    return ["public", table, "t", str(tgtype), schema, f"{table}_f", language, "t" if definer else "f", definition]
+    created = (f"CREATE TRIGGER t AFTER INSERT ON public.{table} FOR EACH ROW {when} "
+               f"EXECUTE FUNCTION {schema}.{table}_f()")
+    return ["public", table, "t", str(tgtype), schema, f"{table}_f", language, "t" if definer else "f", definition,
+            created]
 
 
 Rows = Sequence[list[str | None]]
@@ -100,6 +103,13 @@ def test_reaches_are_followed_transitively_and_a_cycle_ends(policy: Policy) -> N
     assert decide(policy, catalog, "INSERT INTO a VALUES (1)", "everywhere").allowed
 
 
+def test_a_rule_condition_is_followed(policy: Policy) -> None:
+    catalog = follow(rules=[["public", "a", "r", "4", "CREATE RULE r AS ON DELETE TO public.a "
+                             "WHERE (tools.note(old.id) IS NULL) DO ALSO NOTIFY a;"]])
+    assert "(insert) hr.log (public.a reaches it through the rule r on public.a)" in \
+        decide(policy, catalog, "DELETE FROM a").reason
+
+
 def test_a_rule_that_does_nothing_and_a_view_that_is_not_updatable_reach_nothing(policy: Policy) -> None:
     catalog = follow(rules=[["public", "a", "n", "4", "CREATE RULE n AS ON DELETE TO public.a DO INSTEAD NOTHING;"]],
                      views=[["public", "joined", "SELECT a.id FROM hr.a a, hr.b b"],
@@ -141,12 +151,16 @@ def test_a_trigger_body_is_followed_into_the_functions_it_calls(policy: Policy) 
     reached = catalog.reaches["public.t"][0].writes
     assert reached is not None and (Name("public", "looped"), frozenset({"delete"})) in reached
     # PostgreSQL's own trigger functions change the row only; a trigger for TRUNCATE is not set off by an INSERT.
-    builtin = ["public", "u", "t", "16", "pg_catalog", "suppress_redundant_updates_trigger", "internal", "f", None]
+    builtin = trigger("u", "", tgtype=16, schema="pg_catalog", language="internal")
     truncating = trigger("v", "BEGIN DELETE FROM hr.x; RETURN NULL; END", tgtype=32)
     catalog = follow(triggers=[builtin, truncating])
     assert decide(policy, catalog, "UPDATE u SET id = 1").allowed
     assert decide(policy, catalog, "INSERT INTO v VALUES (1)").allowed
     assert "(delete) hr.x (public.v reaches it" in decide(policy, catalog, "TRUNCATE v").reason
+    # Its WHEN condition runs, whichever function the trigger calls.
+    catalog = follow(triggers=[trigger("u", "", tgtype=16, schema="pg_catalog", language="internal",
+                                       when="WHEN (tools.note(new.id) IS NULL)")])
+    assert "(insert) hr.log (public.u reaches it" in decide(policy, catalog, "UPDATE u SET id = 1").reason
 
 
 def test_unqualified_writes_of_a_body_resolve_on_the_session_search_path(policy: Policy) -> None:
