@@ -571,6 +571,9 @@ class SessionGuard:
         write and how it is reached, for a refusal to say; None for a write that pgguard cannot follow."""
         reaches = self.catalog.reaches
         written: list[tuple[str | None, frozenset[str], str]] = []
+        if events(kinds) and not (self.catalog.system_relations or self.assume_builtin):  # no snapshot read (yet)
+            written.append((None, kinds, "pgguard has not read the database's catalog, so it cannot tell what"
+                                         " else the write reaches"))
         seen: set[tuple[str, frozenset[str]]] = set()
         pending = [(name, kinds, "")]
         while pending:

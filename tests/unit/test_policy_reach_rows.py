@@ -10,7 +10,7 @@ import pytest
 
 from helpers import offline_demo_config
 from pgguard.config import load
-from pgguard.policy.catalog import Catalog
+from pgguard.policy.catalog import EMPTY, Catalog
 from pgguard.policy.classify import Name
 from pgguard.policy.guard import Decision, Policy, SessionGuard
 from pgguard.policy.reach import CASCADE, Follower, events
@@ -178,3 +178,16 @@ def test_attribute_notation_and_casts_in_a_body_are_calls_too(policy: Policy) ->
         decide(policy, catalog, "INSERT INTO t VALUES (1)").reason
     catalog = follow(triggers=[trigger("t", "BEGIN PERFORM NEW.id::boom; RETURN NEW; END")])
     assert "may not write (insert) hr.log (public.t reaches it" in decide(policy, catalog, "INSERT INTO t VALUES (1)").reason
+
+
+def test_without_a_catalog_snapshot_a_write_that_may_set_something_off_is_refused(policy: Policy) -> None:
+    # The target's catalog could not be read: what a write reaches cannot be told.
+    assert decide(policy, EMPTY, "DELETE FROM public.t").reason == (
+        "role engineering may not write (delete) public.t: pgguard has not read the database's catalog, so it cannot"
+        " tell what else the write reaches; pgguard cannot follow that, so only a role that may write every table may"
+        " set it off")
+    assert decide(policy, EMPTY, "DELETE FROM public.t", "everywhere").allowed
+    assert decide(policy, EMPTY, "SELECT * FROM public.t FOR UPDATE").allowed  # a lock sets nothing off
+    # pgguard explain --offline reads no catalog on purpose, and takes the names as they are.
+    guard = SessionGuard(policy, ["engineering"], "pgguard_engineer", lambda: EMPTY, assume_builtin=True)
+    assert guard.check_query("DELETE FROM public.t")[-1].allowed
