@@ -598,7 +598,7 @@ class SessionGuard:
         """Every relation `name` might be, and every table that shares rows with one through inheritance
         or partitioning: those it reaches, and those that reach it (an approval rule on a table holds
         writes to its partitions, and to its parent). None when a write to one of them may write other
-        tables that pgguard does not follow (a view, a trigger, a rule, a foreign key's action)."""
+        tables (a view, a trigger, a rule, a foreign key's action), which approval rules do not follow."""
         catalog = self.catalog
         reached = self._reached(name)
         found = [qualified for qualified, _ in reached]

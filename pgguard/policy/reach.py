@@ -65,6 +65,11 @@ class Reach:
     # None: pgguard cannot tell what it writes, and `how` says why.
     writes: Writes | None
 
+    @classmethod
+    def of(cls, fired: frozenset[str], how: str, writes: Writes | str) -> Reach:
+        """A reach of what was followed: `writes`, or why it could not be (a str)."""
+        return cls(fired, f"{how}, where {writes}", None) if isinstance(writes, str) else cls(fired, how, writes)
+
     def written(self, fired: frozenset[str]) -> list[tuple[Name, frozenset[str]]]:
         return [(name, kinds or fired) for name, kinds in self.writes or ()]
 
@@ -105,15 +110,13 @@ class Follower:
             how = f"the trigger {trigger} on {qualified} (function {name}())"
             writes = self._trigger(created or "", function_schema in _SYSTEM,
                                    Routine(name, language or "", definition=body), definer == "t")
-            found.setdefault(qualified, []).append(
-                Reach(fired, f"{how}, where {writes}", None) if isinstance(writes, str) else Reach(fired, how, writes))
+            found.setdefault(qualified, []).append(Reach.of(fired, how, writes))
         for schema, table, rule, event, definition in rules:
             qualified = qualify(schema or "", table or "")
             how = f"the rule {rule} on {qualified}"
             writes = self._rule(definition or "")
             fired = frozenset({_RULE_EVENTS[event]}) if event in _RULE_EVENTS else _ROW_EVENTS
-            found.setdefault(qualified, []).append(
-                Reach(fired, f"{how}, where {writes}", None) if isinstance(writes, str) else Reach(fired, how, writes))
+            found.setdefault(qualified, []).append(Reach.of(fired, how, writes))
         for schema, table, referencing_schema, referencing, key, on_delete, on_update in foreign_keys:
             qualified = qualify(schema or "", table or "")
             other = Name(referencing_schema, referencing or "")
