@@ -23,7 +23,8 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from conftest import start_gateway, stop_gateway
-from rawclient import config_edit
+from rawclient import config_edit, login_as
+from pgguard.wire import backend
 from pgguard.demo import data
 
 if TYPE_CHECKING:
@@ -178,7 +179,8 @@ REFUSED = [
 
 def _edit(text: str) -> str:
     """Support writes reach_ok only; engineering writes every table, and needs no approval here."""
-    text = re.sub(r"approval = \[\n(?:    .*\n)*\]\n", "", text)
+    text, removed = re.subn(r"approval = \[\n(?:    .*\n)*\]\n", "", text)
+    assert removed == 1, "the demo config's approval rules were not found"
     return config_edit({
         "roles.support": {"read": ["public.*", "reach_ok.*", "reach_hr.*"], "write": ["reach_ok.*"]},
         "roles.engineering": {"read": ["*"], "write": ["*"]},
@@ -293,3 +295,21 @@ def test_a_role_that_may_write_every_table_writes_through_all_of_them(gw: Runnin
     assert rows["reach_hr.c_delete_cascade"] == [(1, 1)]
     assert (2, 201) in rows["reach_hr.salaries"]
     assert ("dynamic", 201) in rows["reach_hr.log"] and ("nested", 202) in rows["reach_hr.log"]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1; DELETE FROM reach_ok.p_delete_cascade WHERE id = 1",
+    "PREPARE reach_p AS DELETE FROM reach_ok.p_delete_cascade WHERE id = $1",
+    "EXPLAIN ANALYZE DELETE FROM reach_ok.p_delete_cascade WHERE id = 1",
+])
+def test_the_simple_protocol_is_refused_the_same(gw: RunningGateway, direct: str, sql: str) -> None:
+    before = contents(direct)
+    with login_as(gw, "support") as conn:
+        messages, ready = conn.query(sql)
+        errors = [m for m in messages if isinstance(m, backend.ErrorResponse)]
+        assert [e.code for e in errors] == ["42501"] and DELETE_CASCADE in errors[0].message
+        assert ready.status == "I"
+        # Nothing was prepared under the name: an EXECUTE of it is refused too.
+        messages, _ = conn.query("EXECUTE reach_p(1)")
+        assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"]
+    assert contents(direct) == before
