@@ -182,6 +182,8 @@ class Follower:
             others = statement.classes - {READ, WRITE}
             if others:
                 return f"{what} runs {', '.join(sorted(others))} statements"
+            if statement.settings:  # set_config('search_path', …) would move the names that follow
+                return f"{what} changes settings ({', '.join(name for name, _ in statement.settings)})"
             for name, kinds in statement.writes.items():
                 found.extend((placed, frozenset(kinds)) for placed in _placed(name, schemas))
             called = self._runs(statement, schemas, what)

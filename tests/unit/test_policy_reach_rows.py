@@ -17,7 +17,7 @@ from pgguard.policy.reach import CASCADE, Follower, events
 
 NAMES = Catalog.from_rows(
     [("s", schema, "") for schema in ("pg_catalog", "public", "hr", "tools")]
-    + [("f", "pg_catalog", name) for name in ("upper", "now", "query_to_xml", "nextval")]
+    + [("f", "pg_catalog", name) for name in ("upper", "now", "query_to_xml", "nextval", "set_config")]
     + [("f", "tools", "note"), ("f", "hr", "note"), ("f", "tools", "loop_a"), ("f", "tools", "loop_b")]
     + [("o", "pg_catalog", op) for op in ("=", "+")] + [("r", "pg_catalog", "pg_class")]
     + [("c", "tools.note", "boom")]  # a cast to type boom runs tools.note()
@@ -130,6 +130,8 @@ def test_a_rule_that_does_nothing_and_a_view_that_is_not_updatable_reach_nothing
      "pgguard cannot follow the body of hr.note() (language c)"),
     (trigger("t", "BEGIN PERFORM mystery(1); RETURN NEW; END"), "public.t_f() calls mystery(), which pgguard does not know"),
     (trigger("t", "BEGIN CREATE TABLE public.x (a int); RETURN NEW; END"), "public.t_f() runs ddl statements"),
+    (trigger("t", "BEGIN PERFORM set_config('search_path', 'hr', true); INSERT INTO log VALUES (1); RETURN NEW; END"),
+     "public.t_f() changes settings (search_path)"),
 ])
 def test_a_trigger_pgguard_cannot_follow_is_refused_unless_the_role_writes_everywhere(
         policy: Policy, row: list[str | None], why: str) -> None:
