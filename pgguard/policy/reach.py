@@ -44,8 +44,10 @@ _RULE_EVENTS = {"2": "update", "3": "insert", "4": "delete"}
 _ROW_EVENTS = frozenset({"insert", "update", "delete"})
 # A foreign key's action codes (pg_constraint.confdeltype, confupdtype) that write the referencing table.
 _ACTIONS = {"c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
-# User-defined functions followed into from a trigger's: no deeper than this.
+# User-defined functions followed into from a trigger's: no deeper than this, and no more bodies per
+# trigger or rule (a body is followed again for each call of it, so calls could multiply).
 _MAX_DEPTH = 8
+_MAX_BODIES = 64
 
 Writes = tuple[tuple[Name, frozenset[str]], ...]
 
@@ -88,6 +90,7 @@ class Follower:
         self._defined = {False: functions, True: operators}
         self._routines = {False: routines, True: operator_routines}
         self._casts = casts  # type name -> user-defined functions a cast to it may run (catalog.py)
+        self._followed = 0  # bodies followed for the trigger or rule at hand
 
     def reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
                 foreign_keys: list[list[str | None]], views: list[list[str | None]]) -> dict[str, tuple[Reach, ...]]:
@@ -134,6 +137,7 @@ class Follower:
     def _trigger(self, created: str, builtin: bool, routine: Routine, definer: bool) -> Writes | str:
         """What a trigger's WHEN condition and function write, or why pgguard cannot tell. `created`: its
         CREATE TRIGGER; `builtin`: the function is PostgreSQL's own, which changes only the row."""
+        self._followed = 0
         try:
             condition = _condition(_parsed(created, "CreateTrigStmt").get("whenClause"))
         except ValueError:
@@ -150,6 +154,7 @@ class Follower:
 
     def _rule(self, definition: str) -> Writes | str:
         """What a rule's condition and actions write, or why pgguard cannot tell."""
+        self._followed = 0
         try:
             rule = _parsed(definition, "RuleStmt")
         except ValueError:
@@ -160,8 +165,9 @@ class Follower:
     def _body(self, routine: Routine, search_path: tuple[str, ...] | None, stack: tuple[str, ...]) -> Writes | str:
         if routine.name in stack:
             return ()  # a recursive call writes what the body being followed writes
-        if len(stack) >= _MAX_DEPTH:
-            return f"functions call functions deeper than pgguard follows ({_MAX_DEPTH}), at {routine.name}()"
+        if len(stack) >= _MAX_DEPTH or self._followed >= _MAX_BODIES:
+            return f"functions call functions deeper or more often than pgguard follows, at {routine.name}()"
+        self._followed += 1
         body = body_of(routine)
         if body.statements is None:
             why = (f"language {routine.language or 'unknown'}" if routine.language not in FOLLOWED_LANGUAGES

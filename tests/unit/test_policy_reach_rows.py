@@ -129,6 +129,8 @@ def test_a_rule_that_does_nothing_and_a_view_that_is_not_updatable_reach_nothing
     (trigger("t", "BEGIN PERFORM note(NEW.id); RETURN NEW; END"),
      "pgguard cannot follow the body of hr.note() (language c)"),
     (trigger("t", "BEGIN PERFORM mystery(1); RETURN NEW; END"), "public.t_f() calls mystery(), which pgguard does not know"),
+    (trigger("t", "BEGIN " + "PERFORM tools.loop_a(); " * 40 + "RETURN NEW; END"),
+     "functions call functions deeper or more often than pgguard follows, at tools.loop_b()"),
     (trigger("t", "BEGIN CREATE TABLE public.x (a int); RETURN NEW; END"), "public.t_f() runs ddl statements"),
     (trigger("t", "BEGIN PERFORM set_config('search_path', 'hr', true); INSERT INTO log VALUES (1); RETURN NEW; END"),
      "public.t_f() changes settings (search_path)"),
