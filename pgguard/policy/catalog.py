@@ -15,7 +15,9 @@ unseen until the next refresh (docs/policy.md, "Known limits").
 For masking it also reads every relation's columns, views' definitions, and
 user-defined functions (and the functions behind user-defined operators)
 with the definitions of those in SQL and PL/pgSQL, whose bodies masking
-lineage follows.
+lineage follows. For the write check it reads what a write may reach beyond
+the relations it names: views' base relations, triggers with their
+functions, rules, and foreign keys (reach.py).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import ssl
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import trio
 
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError
 from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine
+from pgguard.policy.reach import Follower, Reach
 from pgguard.policy.scope import qualify
 from pgguard.relay.streams import receive_frames
 from pgguard.relay.upstream import Upstream, connect
@@ -96,10 +100,21 @@ class Catalog:
     # Every table a read or write of a table reaches through inheritance or partitioning
     # ("schema.name" -> its children, their children, …), which may be in other schemas.
     descendants: dict[str, frozenset[str]] = field(default_factory=dict)
-    # Relations a write to which may write other tables, which pgguard does not follow: views, tables
-    # with triggers or rules of their own, and tables that foreign keys with ON DELETE or ON UPDATE
-    # actions reference (for approval rules).
-    writes_further: frozenset[str] = frozenset()
+    # How a write to a relation writes others ("schema.name" -> its reaches): an updatable view's
+    # base relation, rules, triggers, foreign keys that refer to it (reach.py).
+    reaches: dict[str, tuple[Reach, ...]] = field(default_factory=dict)
+
+    @cached_property
+    def writes_further(self) -> frozenset[str]:
+        """Relations an INSERT, UPDATE, DELETE or TRUNCATE of which may write other tables (for approval
+        rules, which take such a write to write any table)."""
+        return frozenset(relation for relation, reaches in self.reaches.items()
+                         if any(reach.row_writes for reach in reaches))
+
+    def with_reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
+                     foreign_keys: list[list[str | None]], views: list[list[str | None]]) -> Catalog:
+        follower = Follower(self.functions, self.operators, self.routines, self.operator_routines, self.casts)
+        return replace(self, reaches=follower.reaches(triggers, rules, foreign_keys, views))
 
     def with_inheritance(self, rows: list[list[str | None]]) -> Catalog:
         children: dict[str, set[str]] = defaultdict(set)
@@ -188,14 +203,47 @@ SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM pg_catalog.pg_inherits 
   JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'f')"""
 
-_WRITES_FURTHER = """\
-SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+# What a write may reach beyond the relations it names (reach.py). Read with an empty search_path,
+# so that PostgreSQL prints every name in view definitions and rules with its schema.
+_NO_SEARCH_PATH = "SET search_path = ''"
+
+_VIEWS = """\
+SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'v'
-   OR EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
-   OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type <> '1')
-   OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.confrelid = c.oid AND k.contype = 'f'
-              AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))"""
+WHERE c.relkind = 'v'"""
+
+# Every trigger but those PostgreSQL makes for foreign keys (their actions are read below), disabled
+# ones too (ALTER TABLE … ENABLE TRIGGER outside the gateway shows only at the next read).
+_TRIGGERS = f"""\
+SELECT n.nspname, c.relname, t.tgname, t.tgtype, pn.nspname, p.proname, l.lanname, p.prosecdef,
+       CASE WHEN l.lanname IN ({', '.join(f"'{lang}'" for lang in FOLLOWED_LANGUAGES)})
+            THEN pg_catalog.pg_get_functiondef(p.oid) END,
+       pg_catalog.pg_get_triggerdef(t.oid)
+FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+  JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE NOT t.tgisinternal"""
+
+_RULES = """\
+SELECT n.nspname, c.relname, r.rulename, r.ev_type, pg_catalog.pg_get_ruledef(r.oid)
+FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE r.ev_type <> '1'"""
+
+# Every foreign key, by the table it refers to: TRUNCATE … CASCADE follows all of them, and
+# ON DELETE/ON UPDATE actions other than NO ACTION and RESTRICT write the referencing table.
+_FOREIGN_KEYS = """\
+SELECT fn.nspname, f.relname, n.nspname, c.relname, k.conname, k.confdeltype, k.confupdtype
+FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_class f ON f.oid = k.confrelid
+  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE k.contype = 'f'"""
 
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
@@ -222,12 +270,13 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         relations = await _rows(upstream, _RELATIONS)
         routines = await _rows(upstream, _ROUTINES)
         inheritance = await _rows(upstream, _INHERITANCE)
-        further = await _rows(upstream, _WRITES_FURTHER)
+        await _rows(upstream, _NO_SEARCH_PATH)  # last: the queries above print names as masking reads them
+        reached = [await _rows(upstream, sql) for sql in (_TRIGGERS, _RULES, _FOREIGN_KEYS, _VIEWS)]
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
     catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
-    return replace(catalog, writes_further=frozenset(qualify(schema or "", name or "") for schema, name in further))
+    return catalog.with_reaches(*reached)
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

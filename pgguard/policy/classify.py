@@ -152,10 +152,15 @@ def classify_tree(tree: Node) -> list[Statement]:
     statements = []
     for raw in tree.get("stmts", []):
         (kind, node), = raw["stmt"].items()
-        statement = Statement(kind, "", 0)
-        _Walker(statement).statement(kind, node)
-        statements.append(statement)
+        statements.append(classify_node(kind, node))
     return statements
+
+
+def classify_node(kind: str, node: Node) -> Statement:
+    """Classify one statement's parse node (of a text, or of a function body or a rule's action)."""
+    statement = Statement(kind, "", 0)
+    _Walker(statement).statement(kind, node)
+    return statement
 
 
 def placed(statements: list[Statement], sql: str, spans: list[tuple[int, int]]) -> list[Statement]:

@@ -28,6 +28,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
+from pgguard.policy.reach import CASCADE, events
 from pgguard.policy.scope import GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
@@ -451,9 +452,15 @@ class SessionGuard:
                 if not any(scope.may_read(qualified) for scope in self.scopes):
                     return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", None)
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
-            for qualified, through in self._reached(relation):
-                if not any(scope.may_write(qualified) for scope in self.scopes):
-                    kind = "/".join(sorted(kinds))
+            cascade = {CASCADE} if st.cascades and "truncate" in kinds else set()
+            for qualified, written, through in self._written(relation, frozenset(kinds | cascade)):
+                kind = "/".join(sorted(written - {CASCADE}))
+                if qualified is None:
+                    if not any(scope.writes_everywhere for scope in self.scopes):
+                        return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {relation}: {through};"
+                                            " pgguard cannot follow that, so only a role that may write every table"
+                                            " may set it off", "write", None)
+                elif not any(scope.may_write(qualified) for scope in self.scopes):
                     return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}{through}",
                                         "write", None)
         # A write that names no relation, or only the session's own temporary ones (pg_temp.t, checked
@@ -558,11 +565,40 @@ class SessionGuard:
                            for child in sorted(descendants.get(qualified, ())))
         return reached
 
+    def _written(self, name: Name, kinds: frozenset[str]) -> list[tuple[str | None, frozenset[str], str]]:
+        """Every table a write of `kinds` to `name` writes: what `_reached` finds, and, transitively, what
+        the views, rules, triggers and foreign keys of those write (reach.py). Each comes with the kinds of
+        write and how it is reached, for a refusal to say; None for a write that pgguard cannot follow."""
+        reaches = self.catalog.reaches
+        written: list[tuple[str | None, frozenset[str], str]] = []
+        if events(kinds) and not (self.catalog.system_relations or self.assume_builtin):  # no snapshot read (yet)
+            written.append((None, kinds, "pgguard has not read the database's catalog, so it cannot tell what"
+                                         " else the write reaches"))
+        seen: set[tuple[str, frozenset[str]]] = set()
+        pending = [(name, kinds, "")]
+        while pending:
+            target, kinds, how = pending.pop(0)  # breadth first: what the statement names comes first
+            fired = events(kinds)
+            for qualified, through in self._reached(target):
+                if (qualified, kinds) in seen:
+                    continue
+                seen.add((qualified, kinds))
+                written.append((qualified, kinds, through or how))
+                for reach in reaches.get(qualified, ()):
+                    set_off = reach.events & fired
+                    if not set_off:
+                        continue
+                    if reach.writes is None:
+                        written.append((None, set_off, f"it reaches further through {reach.how}"))
+                    pending.extend((each, each_kinds, f" ({qualified} reaches it through {reach.how})")
+                                   for each, each_kinds in reach.written(set_off))
+        return written
+
     def related(self, name: Name) -> list[str] | None:
         """Every relation `name` might be, and every table that shares rows with one through inheritance
         or partitioning: those it reaches, and those that reach it (an approval rule on a table holds
         writes to its partitions, and to its parent). None when a write to one of them may write other
-        tables that pgguard does not follow (a view, a trigger, a rule, a foreign key's action)."""
+        tables (a view, a trigger, a rule, a foreign key's action), which approval rules do not follow."""
         catalog = self.catalog
         reached = self._reached(name)
         found = [qualified for qualified, _ in reached]

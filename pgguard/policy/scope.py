@@ -102,6 +102,11 @@ class Scope:
     def writes_anything(self) -> bool:
         return bool(self.write)
 
+    @property
+    def writes_everywhere(self) -> bool:
+        """May write every table: what a write that reaches further than pgguard can follow needs."""
+        return any(pattern in ("*", "*.*") for pattern in self.write)
+
     def function_denied(self, name: str) -> bool:
         return not self.unrestricted and (
             matches(DENIED_FUNCTIONS, name) or matches(self.deny_functions, name))
