@@ -13,9 +13,11 @@ import trio
 from pgguard import __version__
 from pgguard.approvals import client as approvals_client
 from pgguard.audit.writer import prune
-from pgguard.config import ConfigError, load, parse_duration
+from pgguard.config import ConfigError, RoleConfig, load, parse_duration
 from pgguard.identity import TokenError, revocation
 from pgguard.identity.tokens import TokenService
+from pgguard.masking.lineage import SourceColumn
+from pgguard.masking.session import MaskingConfig
 from pgguard.policy.explain import dumps, explain, render
 from pgguard.policy.guard import Policy
 from pgguard.runtime import run_gateway, setup_logging
@@ -32,6 +34,9 @@ def _check(args: argparse.Namespace) -> int:
     config = load(args.config)
     TokenService(config.identity)
     revoked = revocation.load(config.identity.revocation_file)
+    scopes = Policy(config).scopes
+    masking = MaskingConfig(config)
+    masked = {name: _masked_for(masking, role) for name, role in config.roles.items()}  # raises as serve would
     print(f"{config.path}: ok")
     print(f"issuer {config.identity.issuer} (the gateway's own tokens); {len(revoked)} revocation(s) in "
           f"{config.identity.revocation_file}")
@@ -39,25 +44,35 @@ def _check(args: argparse.Namespace) -> int:
         print(f"provider {provider.name}: issuer {provider.issuer}; keys from {provider.jwks_url or provider.jwks_file}")
     for name, target in config.targets.items():
         print(f"target {name}: {target.host}:{target.port}/{target.dbname} sslmode={target.sslmode}")
-    scopes = Policy(config).scopes
     for name, role in config.roles.items():
         print(f"role {name}: groups {', '.join(role.groups) or '-'}; login {role.login}")
         scope = scopes[name]
         if scope.unrestricted:
             print("  may run anything (not analysed)")
-            continue
-        print(f"  statements: {', '.join(sorted(scope.statements))}")
-        print(f"  read:  {', '.join(scope.read) or '-'} (and the system catalogs)")
-        print(f"  write: {', '.join(scope.write) or '-'}")
+        else:
+            print(f"  statements: {', '.join(sorted(scope.statements))}")
+            print(f"  read:  {', '.join(scope.read) or '-'} (and the system catalogs)")
+            print(f"  write: {', '.join(scope.write) or '-'}")
         if scope.allow_functions:
             print(f"  user-defined functions: {', '.join(scope.allow_functions)}")
         for rule in scope.approval:
             print(f"  held for approval ({rule.label}): {rule}")
+        print(f"  masked: {masked[name]}")
     approvals = config.approvals
     print(f"approvals: approver groups {', '.join(approvals.approver_groups) or '- (nobody can approve)'}; "
           f"timeout {approvals.timeout} s; at most {approvals.max_pending} pending; "
           f"webhook {approvals.webhook_url or '-'}")
     return 0
+
+
+def _masked_for(masking: MaskingConfig, role: RoleConfig) -> str:
+    """What a session of this role alone sees masked: columns with their functions, the detectors, strictness."""
+    clearance = masking.clearance([role])
+    columns = [f"{name} ({spec.function})" for name, spec in masking.rules.columns.items()
+               if clearance.spec_for(SourceColumn(*name.rsplit(".", 1))) is not None]
+    detectors = f"detectors {', '.join(clearance.scrubber.names)}" if clearance.scrubber else "no detectors"
+    strict = "; filters on masked columns refused (strict_inference)" if clearance.strict else ""
+    return f"{', '.join(columns) or 'no column'}; {detectors}{strict}"
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _pgguard(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pgguard.cli", *args], capture_output=True, text=True,
@@ -48,6 +50,27 @@ def test_check_prints_what_each_role_may_do(gateway):
     assert "role support: groups support; login support" in result.stdout
     assert "  write: public.tickets" in result.stdout
     assert "role dba: groups dba; login admin\n  may run anything" in result.stdout
+    assert ("  masked: public.customers.email (email), public.customers.phone (partial), "
+            "public.customers.card_number (partial), public.customers.ssn (redact), public.tickets.body (scrub); "
+            "detectors card_number, email; filters on masked columns refused (strict_inference)\n") in result.stdout
+    assert "  masked: public.customers.phone (partial), public.customers.card_number (partial), " \
+           "public.customers.ssn (redact); detectors card_number\n" in result.stdout  # support
+    assert "  may run anything (not analysed)\n  masked: no column; no detectors\n" in result.stdout
+
+
+@pytest.mark.parametrize(("old", "new", "error"), [
+    ('"public.tickets.body" = "scrub"', '"public.tickets.body" = "scurb"', "unknown masking function 'scurb'"),
+    ('detectors = ["card_number"]', 'detectors = ["card-number"]', "unknown detector 'card-number'"),
+])
+def test_check_refuses_a_masking_config_the_gateway_would_refuse(tmp_path, gateway, old, new, error):
+    """Fixed: check said ok, and printed every role, for a [masking] that serve refuses at start."""
+    config = tmp_path / "pgguard.toml"
+    text = gateway.config_path.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new))
+    result = _pgguard("check", "-c", str(config))
+    assert result.returncode == 2 and result.stdout == ""
+    assert error in result.stderr
 
 
 def test_check_names_an_unknown_statement_class(tmp_path, gateway):
