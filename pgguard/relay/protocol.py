@@ -40,6 +40,7 @@ from pgguard.masking.results import ResultMasking
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.policy.names import Named
+from pgguard.relay.copy_in import DROP, KEEP, PASS, CopyInTracker
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -49,7 +50,10 @@ log = logging.getLogger("pgguard.session")
 _QUERY, _PARSE, _BIND, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c in "QPBFSCX")
 _DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
+# Server messages that tell whether a COPY FROM STDIN runs (copy_in.py).
+_COPY_ANSWERS = frozenset(ord(c) for c in "GEZCsI")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
+_FLUSH_MESSAGE = frontend.Flush().encode()
 _MARKER = "pgguard-refusal:"
 # Prepared statements whose texts for the log are kept between Binds; all are dropped when there are more.
 _BOUND_TEXTS_KEPT = 1000
@@ -108,6 +112,11 @@ def _failing_parse(stand_in: str, kind: str = "refused") -> bytes:
     after any error; a name of its own leaves the client's unnamed statement alone.
     """
     return frontend.Parse(f"pgguard_{kind}_{secrets.token_hex(8)}", stand_in, []).encode()
+
+
+def _copies_in(statement: Statement | None) -> bool:
+    """A COPY FROM: the server may read the client's next messages as its data."""
+    return statement is not None and any("copy" in kinds for kinds in statement.writes.values())
 
 
 def _held_of(candidates: tuple[Named, ...]) -> Held:
@@ -237,6 +246,8 @@ class SessionProtocol:
         self._held: _Held | None = None
         # Grants made by approvals of this session's requests: request id -> its statement record.
         self._grants: dict[str, int] = {}
+        # Which client messages the server will act on, around COPY FROM STDIN and batches.
+        self._copy_in = CopyInTracker()
 
     # -- from the client -----------------------------------------------------
 
@@ -260,6 +271,19 @@ class SessionProtocol:
         for index, frame in enumerate(frames):
             tag = frame.tag
             replacement: bytes | None = None
+            if self.guard is not None:
+                verdict = self._copy_in.client(frame)
+                if verdict is not PASS:
+                    if parts is None:
+                        parts = [f.data for f in frames[:index]]
+                    if verdict is DROP:
+                        continue  # the server ignores it: neither forwarded nor counted
+                    problem = self._copy_in.keep(frames[index:]) if verdict is KEEP else verdict
+                    if problem is None:
+                        return Output(b"".join(parts))
+                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                                  close=f"client protocol violation: {problem}")
+            flush = False  # a Flush goes after it (an Execute that may start a COPY FROM STDIN)
             if tag == _QUERY or tag == _SYNC or tag == _FUNCTION_CALL:
                 if self._cycles_sent == self._cycles_done:
                     self._busy_since = time.monotonic()
@@ -275,6 +299,11 @@ class SessionProtocol:
                 elif tag == _BIND:
                     replacement = self._bind(frame)
                 elif tag == _EXECUTE:
+                    problem = self._copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
+                    if problem is not None:
+                        return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                                      close=f"client protocol violation: {problem}")
+                    flush = self._copy_in.waiting
                     if self.guard.generation:  # after a reload: a portal opened before it is decided again
                         replacement = self._refused_message(
                             self.guard.check_portal(frontend.Execute.decode(frame.body).portal))
@@ -311,8 +340,12 @@ class SessionProtocol:
                 return Output(to_upstream=b"".join(kept) + frame.data, close="client terminated")
             if replacement is not None and parts is None:
                 parts = [f.data for f in frames[:index]]
+            if flush and parts is None:
+                parts = [f.data for f in frames[:index]]
             if parts is not None:
                 parts.append(replacement if replacement is not None else frame.data)
+                if flush:
+                    parts.append(_FLUSH_MESSAGE)
         if parts is not None:
             return Output(b"".join(parts))
         return Output(raw if raw is not None else b"".join(f.data for f in frames))
@@ -399,6 +432,8 @@ class SessionProtocol:
             recorder.release(held.seq, simple, runs=replacement is None)
         # Result masking tracked the statement before it was held: a stand-in's error ends its results.
         first = replacement if replacement is not None else frame.data
+        if replacement is None and frame.tag == _EXECUTE and self._copy_in.waiting:
+            first += _FLUSH_MESSAGE  # as _frames would have sent it (copy_in.py)
         after = self._frames(rest, None) if rest else _NOTHING
         return Output(first + after.to_upstream, after.to_client, after.close, after.hold)
 
@@ -435,7 +470,7 @@ class SessionProtocol:
     @property
     def idle(self) -> bool:
         """No request is waiting for its ReadyForQuery, nor held for approval."""
-        return self._held is None and self._cycles_sent == self._cycles_done
+        return self._held is None and self._cycles_sent == self._cycles_done and not self._copy_in.kept
 
     @property
     def draining(self) -> bool:
@@ -496,6 +531,8 @@ class SessionProtocol:
             self._classes = tuple(sorted({c for d in decisions if d.statement for c in d.statement.classes}))
         if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
+        if any(_copies_in(d.statement) for d in decisions if d.allowed):
+            self._copy_in.query_may_copy(self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
         held = self._needs_approval([rule for d in decisions if d.allowed for rule in d.approvals])
         if refused is None:
@@ -545,6 +582,10 @@ class SessionProtocol:
             self._classes = tuple(sorted(decision.statement.classes))
         if decision.allowed and decision.approvals:
             self._held_statements[parse.name] = (decision.approvals, self._log_text(body), parse.param_types)
+        if decision.allowed and _copies_in(decision.statement):
+            self._copy_in.statements.add(parse.name)
+        else:
+            self._copy_in.statements.discard(parse.name)
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -563,6 +604,10 @@ class SessionProtocol:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
         assert self.guard is not None
         portal = body[:start - 1].decode("utf-8", "surrogateescape")
+        if name in self._copy_in.statements:
+            self._copy_in.portals.add(portal)
+        else:
+            self._copy_in.portals.discard(portal)
         if start > 1 or self.guard.generation:  # a named portal, or any after a reload
             self.guard.bound(portal, name)
         if self.guard.replanning:
@@ -850,9 +895,13 @@ class SessionProtocol:
                         if recorder is not None:  # what the client received before it
                             recorder.server_frames(frames[:frames.index(frame)])
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
+                if tag in _COPY_ANSWERS and self.guard is not None:
+                    problem = self._copy_in.server(tag, self._cycles_done)
+                    if problem:
+                        return Output(to_client=_fatal(problem, "42501"), close=problem)
             if recorder is not None:
                 recorder.server_frames(frames)
-            return self._to_client(raw)
+            return self._released(self._to_client(raw))
         parts = []
         changed = False
         masking = self.masking
@@ -871,13 +920,27 @@ class SessionProtocol:
                 problem = self._parameter(frame)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
+            if tag in _COPY_ANSWERS and self.guard is not None:
+                problem = self._copy_in.server(tag, self._cycles_done)
+                if problem:
+                    return Output(to_client=_fatal(problem, "42501"), close=problem)
             if masking is not None:
                 data = masking.server(tag, data)
             if recorder is not None:
                 recorder.server(tag, data)
             changed = changed or data is not frame.data
             parts.append(data)
-        return self._to_client(b"".join(parts) if changed else raw)
+        return self._released(self._to_client(b"".join(parts) if changed else raw))
+
+    def _released(self, output: Output) -> Output:
+        """`output`, then what the client sent while a COPY FROM STDIN might have been starting, once
+        the server has said whether it did (copy_in.py)."""
+        kept = self._copy_in.release()
+        if not kept or output.close is not None:
+            return output
+        after = self._frames(kept, None)
+        return Output(output.to_upstream + after.to_upstream, output.to_client + after.to_client,
+                      after.close, after.hold)
 
     def _to_client(self, out: bytes) -> Output:
         """The server's messages for the client; and, when draining, the FATAL right after the last answer."""

@@ -1,0 +1,102 @@
+"""Messages PostgreSQL skips without a word must not shift the gateway's pairing of answers to requests.
+
+Result masking pairs each server answer with the request it answers. A Sync the server ignores
+(sent during COPY FROM STDIN) left the gateway one request ahead: the next statement's rows were masked with the plan of
+the skipped one, and came through raw. These drive the wire by hand, as the attack does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import PostgresServer, RunningGateway
+from rawclient import RawConnection, login_as
+
+from pgguard.wire import backend, frontend
+
+SELECT = "SELECT email, ssn FROM customers ORDER BY id LIMIT 3"
+
+
+@pytest.fixture(scope="module")
+def hidden(postgres: PostgresServer) -> list[str]:
+    """The values SELECT returns unmasked, straight from the database."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        return [value for row in conn.execute(SELECT).fetchall() for value in row]
+
+
+@pytest.fixture
+def engineer(gateway: RunningGateway) -> Iterator[RawConnection]:
+    """A role that may COPY into public tables, and sees email and ssn masked."""
+    with login_as(gateway, "engineer") as conn:
+        yield conn
+
+
+def until_ready(conn: RawConnection) -> list[backend.Message]:
+    seen = []
+    while not isinstance(message := conn.receive(), backend.ReadyForQuery):
+        seen.append(message)
+    return seen
+
+
+def assert_masked(conn: RawConnection, hidden: list[str]) -> None:
+    seen, ready = conn.query(SELECT)
+    rows = [m for m in seen if isinstance(m, backend.DataRow)]
+    assert len(rows) == 3 and ready.status in ("I", "T")
+    shown = repr(seen)
+    assert not any(value in shown for value in hidden), shown
+    assert b"[redacted]" in rows[0].values[1]
+
+
+def test_a_sync_sent_during_copy_from_stdin_does_not_unmask_the_next_query(engineer: RawConnection,
+                                                                           hidden: list[str]) -> None:
+    engineer.send(frontend.Query("COPY orders FROM STDIN"))
+    engineer.expect(backend.CopyInResponse)
+    engineer.send(frontend.Sync(), frontend.Sync(), frontend.CopyFail("abandoned"))
+    errors = [m for m in until_ready(engineer) if isinstance(m, backend.ErrorResponse)]
+    assert [e.code for e in errors] == ["57014"]
+    assert_masked(engineer, hidden)
+    assert_masked(engineer, hidden)
+
+
+def test_copy_from_stdin_in_the_extended_protocol_as_libpq_sends_it(engineer: RawConnection,
+                                                                     hidden: list[str]) -> None:
+    """libpq sends Sync right after the Execute of a COPY, and again after CopyDone; the server ignores the
+    first. Rows are copied in a transaction that is rolled back."""
+    engineer.query("BEGIN")
+    engineer.send(frontend.Parse("", "COPY orders (id, customer_id, total, status, created_at) FROM STDIN", []),
+                  frontend.Bind("", "", [], [], []), frontend.Describe("P", ""), frontend.Execute("", 0),
+                  frontend.Sync())
+    engineer.expect(backend.ParseComplete)
+    engineer.expect(backend.BindComplete)
+    engineer.expect(backend.NoData)
+    engineer.expect(backend.CopyInResponse)
+    engineer.send(frontend.CopyData(b"999001\t1\t1.00\tnew\t2024-01-01\n"),
+                  frontend.CopyData(b"999002\t1\t2.00\tnew\t2024-01-02\n"),
+                  frontend.CopyDone(), frontend.Sync())
+    seen = until_ready(engineer)
+    assert backend.CommandComplete("COPY 2") in seen, seen
+    assert_masked(engineer, hidden)
+    seen, ready = engineer.query("SELECT count(*) FROM orders WHERE id IN (999001, 999002)")
+    assert backend.DataRow([b"2"]) in seen and ready.status == "T"
+    engineer.query("ROLLBACK")
+    assert_masked(engineer, hidden)
+
+
+def test_a_copy_that_fails_to_start_lets_what_followed_it_run(engineer: RawConnection, hidden: list[str]) -> None:
+    engineer.send(frontend.Parse("", "COPY orders (no_such_column) FROM STDIN", []),
+                  frontend.Bind("", "", [], [], []), frontend.Execute("", 0), frontend.Sync(), frontend.Query(SELECT))
+    errors = [m for m in until_ready(engineer) if isinstance(m, backend.ErrorResponse)]
+    assert [e.code for e in errors] == ["42703"]
+    rows = [m for m in until_ready(engineer) if isinstance(m, backend.DataRow)]
+    assert len(rows) == 3 and not any(value in repr(rows) for value in hidden)
+
+
+def test_a_query_sent_during_copy_from_stdin_ends_the_session(engineer: RawConnection, hidden: list[str]) -> None:
+    engineer.send(frontend.Query("COPY orders FROM STDIN"))
+    engineer.expect(backend.CopyInResponse)
+    engineer.send(frontend.Query(SELECT))
+    said = engineer.wait_closed()
+    assert [(m.severity, m.code) for m in said if isinstance(m, backend.ErrorResponse)][0] == ("FATAL", "08P01")
+    assert not any(value in repr(said) for value in hidden)
