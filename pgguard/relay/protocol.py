@@ -54,6 +54,9 @@ _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 _COPY_ANSWERS = frozenset(ord(c) for c in "GEZCsI")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _FLUSH_MESSAGE = frontend.Flush().encode()
+_SYNC_MESSAGE = frontend.Sync().encode()
+# Extended-protocol messages that open a batch, which only a Sync closes.
+_BATCH = frozenset(ord(c) for c in "PBDEC")
 _MARKER = "pgguard-refusal:"
 # Prepared statements whose texts for the log are kept between Binds; all are dropped when there are more.
 _BOUND_TEXTS_KEPT = 1000
@@ -248,6 +251,11 @@ class SessionProtocol:
         self._grants: dict[str, int] = {}
         # Which client messages the server will act on, around COPY FROM STDIN and batches.
         self._copy_in = CopyInTracker()
+        # Extended-protocol messages sent since the last Sync; and for each Sync pgguard sent before a
+        # Query or FunctionCall among them, how many ReadyForQuery come before its own, which the
+        # client never sees.
+        self._batch_open = False
+        self._syncs_sent: list[int] = []
 
     # -- from the client -----------------------------------------------------
 
@@ -284,6 +292,19 @@ class SessionProtocol:
                     return Output(to_client=_fatal(f"protocol violation: {problem}"),
                                   close=f"client protocol violation: {problem}")
             flush = False  # a Flush goes after it (an Execute that may start a COPY FROM STDIN)
+            if self.guard is not None:
+                if tag in _BATCH:
+                    self._batch_open = True
+                elif tag == _SYNC:
+                    self._batch_open = False
+                elif (tag == _QUERY or tag == _FUNCTION_CALL) and self._batch_open:
+                    # The server skips a Query inside a batch after an error in it, which pgguard may not
+                    # have seen yet: a Sync of its own ends the batch first, so the Query always runs.
+                    self._batch_open = False
+                    if parts is None:
+                        parts = [f.data for f in frames[:index]]
+                    parts.append(_SYNC_MESSAGE)
+                    self._syncs_sent.append(self._cycles_sent)
             if tag == _QUERY or tag == _SYNC or tag == _FUNCTION_CALL:
                 if self._cycles_sent == self._cycles_done:
                     self._busy_since = time.monotonic()
@@ -872,10 +893,13 @@ class SessionProtocol:
 
     def upstream_bytes(self, data: bytes) -> Output:
         try:
+            raw: bytes | None
             raw, frames = self._upstream.feed(data)
         except ProtocolViolation as exc:
             return Output(to_client=_fatal("the target database sent an invalid message"),
                           close=f"target protocol violation: {exc}")
+        if self._syncs_sent:
+            frames, raw = self._unseen_ready(frames), None
         if not frames:
             return _NOTHING
         # A server that closes after an ErrorResponse (FATAL) has told the client why.
@@ -901,7 +925,7 @@ class SessionProtocol:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
             if recorder is not None:
                 recorder.server_frames(frames)
-            return self._released(self._to_client(raw))
+            return self._released(self._to_client(raw if raw is not None else b"".join(f.data for f in frames)))
         parts = []
         changed = False
         masking = self.masking
@@ -930,7 +954,20 @@ class SessionProtocol:
                 recorder.server(tag, data)
             changed = changed or data is not frame.data
             parts.append(data)
-        return self._released(self._to_client(b"".join(parts) if changed else raw))
+        return self._released(self._to_client(b"".join(parts) if changed or raw is None else raw))
+
+    def _unseen_ready(self, frames: list[Frame]) -> list[Frame]:
+        """`frames` without the ReadyForQuery that answers a Sync pgguard sent on its own."""
+        done = self._cycles_done
+        kept = []
+        for frame in frames:
+            if frame.tag == _READY:
+                if self._syncs_sent and self._syncs_sent[0] == done:
+                    self._syncs_sent.pop(0)
+                    continue
+                done += 1
+            kept.append(frame)
+        return kept
 
     def _released(self, output: Output) -> Output:
         """`output`, then what the client sent while a COPY FROM STDIN might have been starting, once

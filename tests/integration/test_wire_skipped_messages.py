@@ -1,14 +1,19 @@
 """Messages PostgreSQL skips without a word must not shift the gateway's pairing of answers to requests.
 
-Result masking pairs each server answer with the request it answers. A Sync the server ignores
-(sent during COPY FROM STDIN) left the gateway one request ahead: the next statement's rows were masked with the plan of
+Result masking pairs each server answer with the request it answers. A Query the server skips
+(sent inside an extended-protocol batch after an error) or a Sync it ignores (sent during COPY FROM
+STDIN) left the gateway one request ahead: the next statement's rows were masked with the plan of
 the skipped one, and came through raw. These drive the wire by hand, as the attack does.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
 
+import asyncpg
 import psycopg
 import pytest
 from conftest import PostgresServer, RunningGateway
@@ -47,6 +52,63 @@ def assert_masked(conn: RawConnection, hidden: list[str]) -> None:
     shown = repr(seen)
     assert not any(value in shown for value in hidden), shown
     assert b"[redacted]" in rows[0].values[1]
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_query_inside_a_batch_that_failed_does_not_unmask_the_next_query(gateway: RunningGateway,
+                                                                            hidden: list[str],
+                                                                            pipelined: bool) -> None:
+    """PostgreSQL skips a Query sent after an error and before Sync; the gateway ends the batch with a Sync
+    of its own first, so the Query runs and every answer stays paired with its request."""
+    with login_as(gateway, "analyst") as conn:
+        conn.send(frontend.Parse("", "SELECT 'x'::int4", []), *([] if pipelined else [frontend.Flush()]))
+        if not pipelined:
+            assert conn.expect(backend.ErrorResponse).code == "22P02"
+        conn.send(frontend.Query("SELECT 1, 2"), frontend.Sync())
+        seen = until_ready(conn)
+        # It runs; after an error pgguard saw first, its values are NULL (masking cannot tell its plan then).
+        assert [m.values for m in seen if isinstance(m, backend.DataRow)] in ([[b"1", b"2"]], [[None, None]])
+        assert [m.code for m in seen if isinstance(m, backend.ErrorResponse)] == (["22P02"] if pipelined else [])
+        assert until_ready(conn) == []  # the client's own Sync
+        assert_masked(conn, hidden)
+        assert_masked(conn, hidden)
+
+
+def test_a_function_call_inside_a_batch_that_failed_is_refused_in_turn(gateway: RunningGateway,
+                                                                        hidden: list[str]) -> None:
+    with login_as(gateway, "analyst") as conn:
+        conn.send(frontend.Parse("", "SELECT 'x'::int4", []), frontend.FunctionCall(1299, [], [], 0),
+                  frontend.Sync(), frontend.Query(SELECT))
+        seen = until_ready(conn)
+        assert [m.code for m in seen if isinstance(m, backend.ErrorResponse)] == ["22P02", "42501"]
+        assert until_ready(conn) == []
+        rows = [m for m in until_ready(conn) if isinstance(m, backend.DataRow)]
+        assert len(rows) == 3 and not any(value in repr(rows) for value in hidden)
+
+
+def test_asyncpg_copy_after_a_prepare_that_ended_in_flush(gateway: RunningGateway, hidden: list[str]) -> None:
+    """asyncpg prepares with Parse, Describe and Flush, then sends a Query without a Sync between."""
+
+    async def work() -> list[str]:
+        conn = await asyncpg.connect(gateway.dsn("engineer"))
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table("orders", records=[(999003, 1, Decimal(1), "new", datetime.now())],
+                                                 columns=["id", "customer_id", "total", "status", "created_at"])
+                raise Rollback
+        except Rollback:
+            pass
+        try:
+            return [repr(await conn.fetch(SELECT)) for _ in range(2)]
+        finally:
+            await conn.close()
+
+    shown = asyncio.run(work())
+    assert all("[redacted]" in each for each in shown) and not any(v in "".join(shown) for v in hidden)
+
+
+class Rollback(Exception):
+    pass
 
 
 def test_a_sync_sent_during_copy_from_stdin_does_not_unmask_the_next_query(engineer: RawConnection,
