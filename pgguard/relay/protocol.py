@@ -758,11 +758,14 @@ class SessionProtocol:
 
     def _guard_function_call(self) -> bytes | None:
         assert self.guard is not None
-        if self.guard.unrestricted:
-            return None
         # The FunctionCall message names a function by OID only; pgguard
-        # allows it to roles that may run anything.
-        decision = self.guard.refuse_function_call()
+        # allows it to roles that may run anything. Its result has no lineage
+        # to mask (query_to_xml runs any query), so only where nothing is masked.
+        if self.guard.unrestricted and self.masking is None:
+            return None
+        decision = self.guard.refuse_function_call() if not self.guard.unrestricted else Decision(
+            False, None, "masking", "the FunctionCall message's result cannot be masked, and this session may not"
+            " see every column unmasked", "call the function from a SELECT instead")
         return frontend.Query(self._refuse(decision)).encode()
 
     def _track(self, frame: Frame, replacement: bytes | None) -> bytes | None:

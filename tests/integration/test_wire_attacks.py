@@ -1,15 +1,19 @@
-"""Messages PostgreSQL skips without a word must not shift the gateway's pairing of answers to requests.
+"""Attacks at the protocol level, driven by hand on the wire.
 
-Result masking pairs each server answer with the request it answers. A Query the server skips
-(sent inside an extended-protocol batch after an error) or a Sync it ignores (sent during COPY FROM
-STDIN) left the gateway one request ahead: the next statement's rows were masked with the plan of
-the skipped one, and came through raw. These drive the wire by hand, as the attack does.
+Messages PostgreSQL skips without a word must not shift the gateway's pairing of answers to
+requests. Result masking pairs each server answer with the request it answers. A Query the server
+skips (sent inside an extended-protocol batch after an error) or a Sync it ignores (sent during COPY
+FROM STDIN) left the gateway one request ahead: the next statement's rows were masked with the plan
+of the skipped one, and came through raw.
+
+And a FunctionCall message, whose result has no lineage to mask, is refused to a session that may
+not see every column.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 
@@ -17,7 +21,7 @@ import asyncpg
 import psycopg
 import pytest
 from conftest import PostgresServer, RunningGateway
-from rawclient import RawConnection, login_as
+from rawclient import RawConnection, config_edit, login_as
 
 from pgguard.wire import backend, frontend
 
@@ -162,3 +166,22 @@ def test_a_query_sent_during_copy_from_stdin_ends_the_session(engineer: RawConne
     said = engineer.wait_closed()
     assert [(m.severity, m.code) for m in said if isinstance(m, backend.ErrorResponse)][0] == ("FATAL", "08P01")
     assert not any(value in repr(said) for value in hidden)
+
+
+def test_a_function_call_is_refused_to_a_role_that_may_run_anything_but_sees_masked_columns(
+        gateway_factory: Callable[..., RunningGateway], postgres: PostgresServer, hidden: list[str]) -> None:
+    """The FunctionCall message's result has no lineage to mask: query_to_xml by OID returned every value raw."""
+    masked_dba = gateway_factory(config_edit({"roles.dba": {"unmasked": None}}))
+    with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+        query_to_xml = conn.execute("SELECT 'pg_catalog.query_to_xml'::regproc::oid").fetchone()[0]
+    with login_as(masked_dba, "dba") as conn:
+        conn.send(frontend.FunctionCall(query_to_xml, [0, 0, 0, 0], [SELECT.encode(), b"true", b"false", b""], 0))
+        seen = until_ready(conn)
+        errors = [m for m in seen if isinstance(m, backend.ErrorResponse)]
+        assert [e.code for e in errors] == ["42501"] and "FunctionCall" in errors[0].message, seen
+        assert not any(value in repr(seen) for value in hidden)
+        assert_masked(conn, hidden)
+    with login_as(gateway_factory(), "dba") as conn:  # sees everything: the message is relayed
+        conn.send(frontend.FunctionCall(query_to_xml, [0, 0, 0, 0], [SELECT.encode(), b"true", b"false", b""], 0))
+        relayed = repr(until_ready(conn))
+        assert all(value in relayed for value in hidden)
