@@ -255,6 +255,8 @@ class ResultMasking:
                 self._executing = head
                 self._start_execute(head)
             if self._masker is None:
+                if head is None or (head.kind != "query" and head.kind != "execute"):
+                    return _UNPAIRED.mask(message)  # a row the gateway cannot pair with its request: NULL
                 return message
             masked = self._masker.mask(message)
             if masked is not message:
@@ -360,9 +362,10 @@ class ResultMasking:
 
     def _row_description(self, fields: list[FieldDescription]) -> None:
         head = self._head()
-        if head is None:
-            return
-        if head.kind == "describe":
+        if head is None or head.kind not in ("describe", "query"):
+            # Rows the gateway cannot pair with a request it saw (it lost count): every value NULL.
+            self._masker = _UNPAIRED
+        elif head.kind == "describe":
             self._units.popleft()
             described = (self._statements if head.target == "S" else self._portals).get(head.name)
             if described is not None:
@@ -556,3 +559,6 @@ class _NullEverything(RowMasker):
         count = int.from_bytes(message[5:7], "big")
         body = message[5:7] + b"\xff\xff\xff\xff" * count
         return b"D" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+_UNPAIRED = _NullEverything()
