@@ -49,14 +49,17 @@ _MAX_INDIRECTION = 4
 _PLANS_KEPT = 256
 
 # Errors and notices of a statement that reads hidden columns: every detector
-# over the message, whose quoted parts (where PostgreSQL quotes values) are
-# redacted and whose digits are masked (some messages print numbers unquoted:
-# make_time's `time field value out of range: 444:07:2101`, chr's `requested
-# character too large for encoding: 444072101`), and no detail or context
-# (`Key (email)=(…)`, `JSON data, line 1: …`).
+# over the message and hint, whose quoted parts (where PostgreSQL quotes values)
+# are redacted, whose text after the first ": " is redacted (where PostgreSQL
+# prints values unquoted: `cross-database references are not implemented:
+# ben.obrien1@example.net` from a regclass or regoper cast, make_time's `time
+# field value out of range: 444:07:2101`), and whose digits are masked; and no
+# detail, context or internal query (`Key (email)=(…)`, `JSON data, line 1: …`,
+# dynamic SQL built from a value).
 _QUOTED = re.compile(r'"[\s\S]*"')
 _DIGIT = re.compile(r"[0-9]")
-_VALUE_FIELDS = ("D", "W")
+_VALUE_FIELDS = ("D", "W", "q", "p")
+_TEXT_FIELDS = ("M", "H")
 
 
 @dataclass(frozen=True)
@@ -497,8 +500,9 @@ class ResultMasking:
         if reads_hidden:
             for code in _VALUE_FIELDS:
                 fields.pop(code, None)
-            if "M" in fields:
-                fields["M"] = EVERY_DETECTOR.scrub(_DIGIT.sub("*", _QUOTED.sub('"[redacted]"', fields["M"])))
+            for code in _TEXT_FIELDS:
+                if code in fields:
+                    fields[code] = _redacted(fields[code])
         if scrubber is not None:
             fields = {code: scrubber.scrub(text) for code, text in fields.items()}
         return message if fields == notice.fields else kind(fields).encode()
@@ -511,6 +515,15 @@ class ResultMasking:
         payload = scrubber.scrub(note.payload)
         return message if payload is note.payload else \
             backend.NotificationResponse(note.process_id, note.channel, payload).encode()
+
+
+def _redacted(text: str) -> str:
+    """An error's or notice's text without the values PostgreSQL may have printed in it."""
+    text = _QUOTED.sub('"[redacted]"', text)
+    head, colon, rest = text.partition(": ")
+    if colon and rest != '"[redacted]"':
+        text = head + colon + ('"[redacted]"' if rest.startswith('"') else "[redacted]")
+    return EVERY_DETECTOR.scrub(_DIGIT.sub("*", text))
 
 
 def _null(value: bytes) -> None:
