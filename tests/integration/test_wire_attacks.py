@@ -7,7 +7,8 @@ FROM STDIN) left the gateway one request ahead: the next statement's rows were m
 of the skipped one, and came through raw.
 
 And a FunctionCall message, whose result has no lineage to mask, is refused to a session that may
-not see every column.
+not see every column; a replication (walsender) connection, whose commands are not SQL, is never
+opened.
 """
 
 from __future__ import annotations
@@ -185,3 +186,15 @@ def test_a_function_call_is_refused_to_a_role_that_may_run_anything_but_sees_mas
         conn.send(frontend.FunctionCall(query_to_xml, [0, 0, 0, 0], [SELECT.encode(), b"true", b"false", b""], 0))
         relayed = repr(until_ready(conn))
         assert all(value in relayed for value in hidden)
+
+
+@pytest.mark.parametrize("replication", ["database", "true", "on", "yes", "1", "t"])
+def test_a_walsender_connection_is_refused_at_login(gateway: RunningGateway, replication: str) -> None:
+    """A replication connection takes commands (BASE_BACKUP, START_REPLICATION) that are not SQL: never opened."""
+    with RawConnection.to(gateway) as conn:
+        ident = gateway.identities["analyst"]
+        conn.startup(ident.user, "demo", replication=replication)
+        said = conn.wait_closed()
+    errors = [m for m in said if isinstance(m, backend.ErrorResponse)]
+    assert [(e.severity, e.code) for e in errors] == [("FATAL", "0A000")], said
+    assert "replication" in errors[0].message and not any(isinstance(m, backend.AuthenticationOk) for m in said)
