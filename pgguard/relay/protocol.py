@@ -24,6 +24,7 @@ pgguard's own 42501.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -55,6 +56,7 @@ _COPY_ANSWERS = frozenset(ord(c) for c in "GEZCsI")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _FLUSH_MESSAGE = frontend.Flush().encode()
 _SYNC_MESSAGE = frontend.Sync().encode()
+_COPY_WORD = re.compile(rb"(?i)copy")
 # Extended-protocol messages that open a batch, which only a Sync closes.
 _BATCH = frozenset(ord(c) for c in "PBDEC")
 _MARKER = "pgguard-refusal:"
@@ -279,38 +281,44 @@ class SessionProtocol:
         for index, frame in enumerate(frames):
             tag = frame.tag
             replacement: bytes | None = None
-            if self.guard is not None:
-                verdict = self._copy_in.client(frame)
-                if verdict is not PASS:
-                    if parts is None:
-                        parts = [f.data for f in frames[:index]]
-                    if verdict is DROP:
-                        continue  # the server ignores it: neither forwarded nor counted
-                    problem = self._copy_in.keep(frames[index:]) if verdict is KEEP else verdict
-                    if problem is None:
-                        return Output(b"".join(parts))
-                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
-                                  close=f"client protocol violation: {problem}")
+            verdict = self._copy_in.client(frame)
+            if verdict is not PASS:
+                if parts is None:
+                    parts = [f.data for f in frames[:index]]
+                if verdict is DROP:
+                    continue  # the server ignores it: neither forwarded nor counted
+                problem = self._copy_in.keep(frames[index:]) if verdict is KEEP else verdict
+                if problem is None:
+                    return Output(b"".join(parts))
+                return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                              close=f"client protocol violation: {problem}")
             flush = False  # a Flush goes after it (an Execute that may start a COPY FROM STDIN)
-            if self.guard is not None:
-                if tag in _BATCH:
-                    self._batch_open = True
-                elif tag == _SYNC:
-                    self._batch_open = False
-                elif (tag == _QUERY or tag == _FUNCTION_CALL) and self._batch_open:
-                    # The server skips a Query inside a batch after an error in it, which pgguard may not
-                    # have seen yet: a Sync of its own ends the batch first, so the Query always runs.
-                    self._batch_open = False
-                    if parts is None:
-                        parts = [f.data for f in frames[:index]]
-                    parts.append(_SYNC_MESSAGE)
-                    self._syncs_sent.append(self._cycles_sent)
+            if tag in _BATCH:
+                self._batch_open = True
+            elif tag == _SYNC:
+                self._batch_open = False
+            elif (tag == _QUERY or tag == _FUNCTION_CALL) and self._batch_open:
+                # The server skips a Query inside a batch after an error in it, which pgguard may not
+                # have seen yet: a Sync of its own ends the batch first, so the Query always runs.
+                self._batch_open = False
+                if parts is None:
+                    parts = [f.data for f in frames[:index]]
+                parts.append(_SYNC_MESSAGE)
+                self._syncs_sent.append(self._cycles_sent)
             if tag == _QUERY or tag == _SYNC or tag == _FUNCTION_CALL:
                 if self._cycles_sent == self._cycles_done:
                     self._busy_since = time.monotonic()
                 self._cycles_sent += 1
             if tag == _QUERY or tag == _PARSE or tag == _FUNCTION_CALL:
                 self.metrics.statements += 1
+            if tag == _EXECUTE and self._copy_in.portals:
+                problem = self._copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
+                if problem is not None:
+                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                                  close=f"client protocol violation: {problem}")
+                flush = self._copy_in.waiting
+            if self.guard is None and (tag == _QUERY or tag == _PARSE or tag == _BIND):
+                self._copy_by_word(frame)
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
@@ -320,11 +328,6 @@ class SessionProtocol:
                 elif tag == _BIND:
                     replacement = self._bind(frame)
                 elif tag == _EXECUTE:
-                    problem = self._copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
-                    if problem is not None:
-                        return Output(to_client=_fatal(f"protocol violation: {problem}"),
-                                      close=f"client protocol violation: {problem}")
-                    flush = self._copy_in.waiting
                     if self.guard.generation:  # after a reload: a portal opened before it is decided again
                         replacement = self._refused_message(
                             self.guard.check_portal(frontend.Execute.decode(frame.body).portal))
@@ -922,7 +925,7 @@ class SessionProtocol:
                         if recorder is not None:  # what the client received before it
                             recorder.server_frames(frames[:frames.index(frame)])
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
-                if tag in _COPY_ANSWERS and self.guard is not None:
+                if tag in _COPY_ANSWERS:
                     problem = self._copy_in.server(tag, self._cycles_done)
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
@@ -947,7 +950,7 @@ class SessionProtocol:
                 problem = self._parameter(frame)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
-            if tag in _COPY_ANSWERS and self.guard is not None:
+            if tag in _COPY_ANSWERS:
                 problem = self._copy_in.server(tag, self._cycles_done)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
@@ -958,6 +961,27 @@ class SessionProtocol:
             changed = changed or data is not frame.data
             parts.append(data)
         return self._released(self._to_client(b"".join(parts) if changed or raw is None else raw))
+
+    def _copy_by_word(self, frame: Frame) -> None:
+        """Without a guard, nothing is parsed: a Query, or a Parse's statement, may start a COPY FROM STDIN
+        when its text has the word COPY in it (copy_in.py). A Bind of such a statement makes such a portal."""
+        copy_in = self._copy_in
+        tag = frame.tag
+        if tag == _QUERY:
+            if _COPY_WORD.search(frame.data, 5):
+                copy_in.query_may_copy(self._cycles_sent)
+        elif tag == _PARSE:
+            name, query = _parse_fields(frame.data)
+            if _COPY_WORD.search(query):
+                copy_in.statements.add(name)
+            else:
+                copy_in.statements.discard(name)
+        elif copy_in.statements:  # a Bind
+            portal, statement, *_ = self._bind_of(frame)
+            if statement in copy_in.statements:
+                copy_in.portals.add(portal)
+            else:
+                copy_in.portals.discard(portal)
 
     def _unseen_ready(self, frames: list[Frame]) -> list[Frame]:
         """`frames` without the ReadyForQuery that answers a Sync pgguard sent on its own."""
