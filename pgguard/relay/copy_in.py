@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pgguard.wire.framing import Frame
 
-_SYNC, _FLUSH, _EXECUTE = (ord(c) for c in "SHE")
+_SYNC, _FLUSH = ord("S"), ord("H")
 _COPY_DATA, _COPY_DONE, _COPY_FAIL = (ord(c) for c in "dcf")
 # From the server: CopyInResponse; an Execute's answer; ErrorResponse; ReadyForQuery.
 _COPY_IN_RESPONSE, _ERROR, _READY = ord("G"), ord("E"), ord("Z")
@@ -41,35 +41,34 @@ class _Copy:
 
 class CopyInTracker:
     def __init__(self) -> None:
-        self._copy: _Copy | None = None
+        # The copy that may be starting or runs; the caller asks client() and server() only while there is
+        # one (and server() for a CopyInResponse), and counts Execute messages since the last Sync.
+        self.copy: _Copy | None = None
         self.kept: list[Frame] = []
         self._kept_bytes = 0
-        self._batch_executes = 0  # Execute messages since the last Sync
+        self.batch_executes = 0
         # Prepared statements and portals (by name) that are a COPY FROM, as last made.
         self.statements: set[str] = set()
         self.portals: set[str] = set()
 
     def client(self, frame: Frame) -> str:
-        """PASS, DROP (the server would ignore it), KEEP (it and what follows) or why the session ends."""
+        """While a copy may be starting or runs: PASS, DROP (the server would ignore it), KEEP (it and what
+        follows) or why the session ends."""
         tag = frame.tag
-        copy = self._copy
-        if copy is not None and not copy.running:
-            return KEEP
-        if copy is not None:
-            if tag == _SYNC or tag == _FLUSH:
-                return DROP
-            if tag == _COPY_DONE or tag == _COPY_FAIL:
-                # A Query may start another; an Execute's copy is over, and what follows runs as usual.
-                copy.running = False
-                if not copy.by_query:
-                    self._copy = None
-            elif tag != _COPY_DATA:
-                return "a message other than CopyData, CopyDone or CopyFail during COPY FROM STDIN"
+        copy = self.copy
+        if copy is None:
             return PASS
-        if tag == _EXECUTE:
-            self._batch_executes += 1
-        elif tag == _SYNC:
-            self._batch_executes = 0
+        if not copy.running:
+            return KEEP
+        if tag == _SYNC or tag == _FLUSH:
+            return DROP
+        if tag == _COPY_DONE or tag == _COPY_FAIL:
+            # A Query may start another; an Execute's copy is over, and what follows runs as usual.
+            copy.running = False
+            if not copy.by_query:
+                self.copy = None
+        elif tag != _COPY_DATA:
+            return "a message other than CopyData, CopyDone or CopyFail during COPY FROM STDIN"
         return PASS
 
     def keep(self, frames: list[Frame]) -> str | None:
@@ -82,12 +81,12 @@ class CopyInTracker:
 
     def query_may_copy(self, cycle: int) -> None:
         """A Query with a COPY FROM was sent, in the `cycle`-th request."""
-        self._copy = _Copy(cycle, True)
+        self.copy = _Copy(cycle, True)
 
     @property
     def waiting(self) -> bool:
         """A copy may be starting: what the client sends now is kept."""
-        return self._copy is not None and not self._copy.running
+        return self.copy is not None and not self.copy.running
 
     def execute(self, portal: str, cycle: int) -> str | None:
         """An Execute was sent, in the batch its Sync will make the `cycle`-th request; why the session
@@ -97,14 +96,14 @@ class CopyInTracker:
         answer when it reaches a Flush or Sync, and the client's Sync is kept until that answer."""
         if portal not in self.portals:
             return None
-        if self._batch_executes > 1:
+        if self.batch_executes > 1:
             return "an Execute of a COPY FROM STDIN after another Execute in the same batch (send Sync first)"
-        self._copy = _Copy(cycle, False)
+        self.copy = _Copy(cycle, False)
         return None
 
     def server(self, tag: int, cycles_done: int) -> str | None:
         """Follow the server's answer (`cycles_done` counts this one if it is a ReadyForQuery)."""
-        copy = self._copy
+        copy = self.copy
         if tag == _COPY_IN_RESPONSE:
             if copy is None:
                 return "the target started a COPY FROM STDIN that pgguard did not see coming"
@@ -113,17 +112,17 @@ class CopyInTracker:
             return None
         elif tag == _READY:
             if cycles_done >= copy.cycle:
-                self._copy = None
+                self.copy = None
         elif copy.by_query:
             if tag == _ERROR and copy.running:
-                self._copy = None  # the rest of the Query is skipped; its ReadyForQuery comes next
+                self.copy = None  # the rest of the Query is skipped; its ReadyForQuery comes next
         elif (tag == _ERROR or tag in _EXECUTE_DONE) and cycles_done == copy.cycle - 1:
-            self._copy = None  # the Execute was answered, or skipped after an error: no copy runs now
+            self.copy = None  # the Execute was answered, or skipped after an error: no copy runs now
         return None
 
     def release(self) -> list[Frame]:
         """What was kept, once the server has said whether a copy runs; else nothing."""
-        if not self.kept or (self._copy is not None and not self._copy.running):
+        if not self.kept or (self.copy is not None and not self.copy.running):
             return []
         frames, self.kept, self._kept_bytes = self.kept, [], 0
         return frames

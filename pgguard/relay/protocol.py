@@ -24,7 +24,6 @@ pgguard's own 42501.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -52,11 +51,10 @@ _QUERY, _PARSE, _BIND, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c
 _DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
 # Server messages that tell whether a COPY FROM STDIN runs (copy_in.py).
-_COPY_ANSWERS = frozenset(ord(c) for c in "GEZCsI")
+_COPY_ANSWERS, _COPY_IN_RESPONSE = frozenset(ord(c) for c in "GEZCsI"), ord("G")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
 _FLUSH_MESSAGE = frontend.Flush().encode()
 _SYNC_MESSAGE = frontend.Sync().encode()
-_COPY_WORD = re.compile(rb"(?i)copy")
 # Extended-protocol messages that open a batch, which only a Sync closes.
 _BATCH = frozenset(ord(c) for c in "PBDEC")
 _MARKER = "pgguard-refusal:"
@@ -278,25 +276,30 @@ class SessionProtocol:
     def _frames(self, frames: list[Frame], raw: bytes | None) -> Output:
         """What goes upstream for `frames` (`raw`: their bytes, if they came in together)."""
         parts: list[bytes] | None = None
+        copy_in = self._copy_in
         for index, frame in enumerate(frames):
             tag = frame.tag
             replacement: bytes | None = None
-            verdict = self._copy_in.client(frame)
-            if verdict is not PASS:
-                if parts is None:
-                    parts = [f.data for f in frames[:index]]
-                if verdict is DROP:
-                    continue  # the server ignores it: neither forwarded nor counted
-                problem = self._copy_in.keep(frames[index:]) if verdict is KEEP else verdict
-                if problem is None:
-                    return Output(b"".join(parts))
-                return Output(to_client=_fatal(f"protocol violation: {problem}"),
-                              close=f"client protocol violation: {problem}")
+            if copy_in.copy is not None:
+                verdict = copy_in.client(frame)
+                if verdict is not PASS:
+                    if parts is None:
+                        parts = [f.data for f in frames[:index]]
+                    if verdict is DROP:
+                        continue  # the server ignores it: neither forwarded nor counted
+                    problem = copy_in.keep(frames[index:]) if verdict is KEEP else verdict
+                    if problem is None:
+                        return Output(b"".join(parts))
+                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                                  close=f"client protocol violation: {problem}")
             flush = False  # a Flush goes after it (an Execute that may start a COPY FROM STDIN)
             if tag in _BATCH:
                 self._batch_open = True
+                if tag == _EXECUTE:
+                    copy_in.batch_executes += 1
             elif tag == _SYNC:
                 self._batch_open = False
+                copy_in.batch_executes = 0
             elif (tag == _QUERY or tag == _FUNCTION_CALL) and self._batch_open:
                 # The server skips a Query inside a batch after an error in it, which pgguard may not
                 # have seen yet: a Sync of its own ends the batch first, so the Query always runs.
@@ -311,13 +314,13 @@ class SessionProtocol:
                 self._cycles_sent += 1
             if tag == _QUERY or tag == _PARSE or tag == _FUNCTION_CALL:
                 self.metrics.statements += 1
-            if tag == _EXECUTE and self._copy_in.portals:
-                problem = self._copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
+            if tag == _EXECUTE and copy_in.portals:
+                problem = copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
                 if problem is not None:
                     return Output(to_client=_fatal(f"protocol violation: {problem}"),
                                   close=f"client protocol violation: {problem}")
-                flush = self._copy_in.waiting
-            if self.guard is None and (tag == _QUERY or tag == _PARSE or tag == _BIND):
+                flush = copy_in.waiting
+            if self.guard is None and (tag == _QUERY or tag == _PARSE or tag == _BIND and copy_in.statements):
                 self._copy_by_word(frame)
             if self.guard is not None:
                 if tag == _QUERY:
@@ -911,6 +914,7 @@ class SessionProtocol:
         # A server that closes after an ErrorResponse (FATAL) has told the client why.
         self._said_error = frames[-1].tag == _ERROR
         recorder = self.recorder
+        copy_in = self._copy_in
         if not self._refusals and self.masking is None:
             # Nothing to change: the very bytes go on, and the log reads them as they pass.
             for frame in frames:
@@ -925,13 +929,14 @@ class SessionProtocol:
                         if recorder is not None:  # what the client received before it
                             recorder.server_frames(frames[:frames.index(frame)])
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
-                if tag in _COPY_ANSWERS:
-                    problem = self._copy_in.server(tag, self._cycles_done)
+                if (tag == _COPY_IN_RESPONSE or copy_in.copy is not None) and tag in _COPY_ANSWERS:
+                    problem = copy_in.server(tag, self._cycles_done)
                     if problem:
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
             if recorder is not None:
                 recorder.server_frames(frames)
-            return self._released(self._to_client(raw if raw is not None else b"".join(f.data for f in frames)))
+            out = self._to_client(raw if raw is not None else b"".join(f.data for f in frames))
+            return self._released(out) if self._copy_in.kept else out
         parts = []
         changed = False
         masking = self.masking
@@ -950,8 +955,8 @@ class SessionProtocol:
                 problem = self._parameter(frame)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
-            if tag in _COPY_ANSWERS:
-                problem = self._copy_in.server(tag, self._cycles_done)
+            if (tag == _COPY_IN_RESPONSE or copy_in.copy is not None) and tag in _COPY_ANSWERS:
+                problem = copy_in.server(tag, self._cycles_done)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
             if masking is not None:
@@ -960,7 +965,8 @@ class SessionProtocol:
                 recorder.server(tag, data)
             changed = changed or data is not frame.data
             parts.append(data)
-        return self._released(self._to_client(b"".join(parts) if changed or raw is None else raw))
+        out = self._to_client(b"".join(parts) if changed or raw is None else raw)
+        return self._released(out) if self._copy_in.kept else out
 
     def _copy_by_word(self, frame: Frame) -> None:
         """Without a guard, nothing is parsed: a Query, or a Parse's statement, may start a COPY FROM STDIN
@@ -968,15 +974,15 @@ class SessionProtocol:
         copy_in = self._copy_in
         tag = frame.tag
         if tag == _QUERY:
-            if _COPY_WORD.search(frame.data, 5):
+            if b"copy" in frame.data.lower():
                 copy_in.query_may_copy(self._cycles_sent)
         elif tag == _PARSE:
             name, query = _parse_fields(frame.data)
-            if _COPY_WORD.search(query):
+            if b"copy" in query.lower():
                 copy_in.statements.add(name)
             else:
                 copy_in.statements.discard(name)
-        elif copy_in.statements:  # a Bind
+        else:  # a Bind, once a statement may be a COPY
             portal, statement, *_ = self._bind_of(frame)
             if statement in copy_in.statements:
                 copy_in.portals.add(portal)
