@@ -55,7 +55,8 @@ _PLANS_KEPT = 256
 # ben.obrien1@example.net` from a regclass or regoper cast, make_time's `time
 # field value out of range: 444:07:2101`), and whose digits are masked; and no
 # detail, context or internal query (`Key (email)=(…)`, `JSON data, line 1: …`,
-# dynamic SQL built from a value).
+# dynamic SQL built from a value). What code in a procedural language raised
+# (PL/pgSQL's RAISE, which prints values where it likes) is redacted whole.
 _QUOTED = re.compile(r'"[\s\S]*"')
 _DIGIT = re.compile(r"[0-9]")
 _VALUE_FIELDS = ("D", "W", "q", "p")
@@ -498,11 +499,13 @@ class ResultMasking:
         notice = kind.decode(message[5:])
         fields = dict(notice.fields)
         if reads_hidden:
+            # Raised by code in a procedural language (PL/pgSQL's RAISE): text the function wrote, anywhere in it.
+            written = fields.get("R") == "exec_stmt_raise" or "PL/" in fields.get("W", "")
             for code in _VALUE_FIELDS:
                 fields.pop(code, None)
             for code in _TEXT_FIELDS:
                 if code in fields:
-                    fields[code] = _redacted(fields[code])
+                    fields[code] = "[redacted]" if written else _redacted(fields[code])
         if scrubber is not None:
             fields = {code: scrubber.scrub(text) for code, text in fields.items()}
         return message if fields == notice.fields else kind(fields).encode()
