@@ -49,14 +49,18 @@ _MAX_INDIRECTION = 4
 _PLANS_KEPT = 256
 
 # Errors and notices of a statement that reads hidden columns: every detector
-# over the message, whose quoted parts (where PostgreSQL quotes values) are
-# redacted and whose digits are masked (some messages print numbers unquoted:
-# make_time's `time field value out of range: 444:07:2101`, chr's `requested
-# character too large for encoding: 444072101`), and no detail or context
-# (`Key (email)=(…)`, `JSON data, line 1: …`).
+# over the message and hint, whose quoted parts (where PostgreSQL quotes values)
+# are redacted, whose text after the first ": " is redacted (where PostgreSQL
+# prints values unquoted: `cross-database references are not implemented:
+# ben.obrien1@example.net` from a regclass or regoper cast, make_time's `time
+# field value out of range: 444:07:2101`), and whose digits are masked; and no
+# detail, context or internal query (`Key (email)=(…)`, `JSON data, line 1: …`,
+# dynamic SQL built from a value). What code in a procedural language raised
+# (PL/pgSQL's RAISE, which prints values where it likes) is redacted whole.
 _QUOTED = re.compile(r'"[\s\S]*"')
 _DIGIT = re.compile(r"[0-9]")
-_VALUE_FIELDS = ("D", "W")
+_VALUE_FIELDS = ("D", "W", "q", "p")
+_TEXT_FIELDS = ("M", "H")
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,8 @@ class ResultMasking:
                 self._executing = head
                 self._start_execute(head)
             if self._masker is None:
+                if head is None or (head.kind != "query" and head.kind != "execute"):
+                    return _UNPAIRED.mask(message)  # a row the gateway cannot pair with its request: NULL
                 return message
             masked = self._masker.mask(message)
             if masked is not message:
@@ -360,9 +366,10 @@ class ResultMasking:
 
     def _row_description(self, fields: list[FieldDescription]) -> None:
         head = self._head()
-        if head is None:
-            return
-        if head.kind == "describe":
+        if head is None or head.kind not in ("describe", "query"):
+            # Rows the gateway cannot pair with a request it saw (it lost count): every value NULL.
+            self._masker = _UNPAIRED
+        elif head.kind == "describe":
             self._units.popleft()
             described = (self._statements if head.target == "S" else self._portals).get(head.name)
             if described is not None:
@@ -492,10 +499,13 @@ class ResultMasking:
         notice = kind.decode(message[5:])
         fields = dict(notice.fields)
         if reads_hidden:
+            # Raised by code in a procedural language (PL/pgSQL's RAISE): text the function wrote, anywhere in it.
+            written = fields.get("R") == "exec_stmt_raise" or "PL/" in fields.get("W", "")
             for code in _VALUE_FIELDS:
                 fields.pop(code, None)
-            if "M" in fields:
-                fields["M"] = EVERY_DETECTOR.scrub(_DIGIT.sub("*", _QUOTED.sub('"[redacted]"', fields["M"])))
+            for code in _TEXT_FIELDS:
+                if code in fields:
+                    fields[code] = "[redacted]" if written else _redacted(fields[code])
         if scrubber is not None:
             fields = {code: scrubber.scrub(text) for code, text in fields.items()}
         return message if fields == notice.fields else kind(fields).encode()
@@ -508,6 +518,15 @@ class ResultMasking:
         payload = scrubber.scrub(note.payload)
         return message if payload is note.payload else \
             backend.NotificationResponse(note.process_id, note.channel, payload).encode()
+
+
+def _redacted(text: str) -> str:
+    """An error's or notice's text without the values PostgreSQL may have printed in it."""
+    text = _QUOTED.sub('"[redacted]"', text)
+    head, colon, rest = text.partition(": ")
+    if colon and rest != '"[redacted]"':
+        text = head + colon + ('"[redacted]"' if rest.startswith('"') else "[redacted]")
+    return EVERY_DETECTOR.scrub(_DIGIT.sub("*", text))
 
 
 def _null(value: bytes) -> None:
@@ -556,3 +575,6 @@ class _NullEverything(RowMasker):
         count = int.from_bytes(message[5:7], "big")
         body = message[5:7] + b"\xff\xff\xff\xff" * count
         return b"D" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+_UNPAIRED = _NullEverything()

@@ -40,6 +40,7 @@ from pgguard.masking.session import masking_refusal
 from pgguard.policy.classify import PROCEDURAL, Statement
 from pgguard.policy.guard import Decision, SessionGuard
 from pgguard.policy.names import Named
+from pgguard.relay.copy_in import DROP, KEEP, PASS, CopyInTracker
 from pgguard.wire import backend, frontend
 from pgguard.wire.codec import message
 from pgguard.wire.framing import Frame, MessageFramer, ProtocolViolation
@@ -49,7 +50,13 @@ log = logging.getLogger("pgguard.session")
 _QUERY, _PARSE, _BIND, _FUNCTION_CALL, _SYNC, _CLOSE, _TERMINATE = (ord(c) for c in "QPBFSCX")
 _DESCRIBE, _EXECUTE = ord("D"), ord("E")
 _READY, _ERROR, _PARAMETER_STATUS = ord("Z"), ord("E"), ord("S")
+# Server messages that tell whether a COPY FROM STDIN runs (copy_in.py).
+_COPY_ANSWERS, _COPY_IN_RESPONSE = frozenset(ord(c) for c in "GEZCsI"), ord("G")
 _TERMINATE_MESSAGE = frontend.Terminate().encode()
+_FLUSH_MESSAGE = frontend.Flush().encode()
+_SYNC_MESSAGE = frontend.Sync().encode()
+# Extended-protocol messages that open a batch, which only a Sync closes.
+_BATCH = frozenset(ord(c) for c in "PBDEC")
 _MARKER = "pgguard-refusal:"
 # Prepared statements whose texts for the log are kept between Binds; all are dropped when there are more.
 _BOUND_TEXTS_KEPT = 1000
@@ -108,6 +115,11 @@ def _failing_parse(stand_in: str, kind: str = "refused") -> bytes:
     after any error; a name of its own leaves the client's unnamed statement alone.
     """
     return frontend.Parse(f"pgguard_{kind}_{secrets.token_hex(8)}", stand_in, []).encode()
+
+
+def _copies_in(statement: Statement | None) -> bool:
+    """A COPY FROM: the server may read the client's next messages as its data."""
+    return statement is not None and any("copy" in kinds for kinds in statement.writes.values())
 
 
 def _held_of(candidates: tuple[Named, ...]) -> Held:
@@ -237,6 +249,13 @@ class SessionProtocol:
         self._held: _Held | None = None
         # Grants made by approvals of this session's requests: request id -> its statement record.
         self._grants: dict[str, int] = {}
+        # Which client messages the server will act on, around COPY FROM STDIN and batches.
+        self._copy_in = CopyInTracker()
+        # Extended-protocol messages sent since the last Sync; and for each Sync pgguard sent before a
+        # Query or FunctionCall among them, how many ReadyForQuery come before its own, which the
+        # client never sees.
+        self._batch_open = False
+        self._syncs_sent: list[int] = []
 
     # -- from the client -----------------------------------------------------
 
@@ -260,15 +279,52 @@ class SessionProtocol:
     def _frames(self, frames: list[Frame], raw: bytes | None) -> Output:
         """What goes upstream for `frames` (`raw`: their bytes, if they came in together)."""
         parts: list[bytes] | None = None
+        copy_in = self._copy_in
         for index, frame in enumerate(frames):
             tag = frame.tag
             replacement: bytes | None = None
+            if copy_in.copy is not None:
+                verdict = copy_in.client(frame)
+                if verdict is not PASS:
+                    if parts is None:
+                        parts = [f.data for f in frames[:index]]
+                    if verdict is DROP:
+                        continue  # the server ignores it: neither forwarded nor counted
+                    problem = copy_in.keep(frames[index:]) if verdict is KEEP else verdict
+                    if problem is None:
+                        return Output(b"".join(parts))
+                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                                  close=f"client protocol violation: {problem}")
+            flush = False  # a Flush goes after it (an Execute that may start a COPY FROM STDIN)
+            if tag in _BATCH:
+                self._batch_open = True
+                if tag == _EXECUTE:
+                    copy_in.batch_executes += 1
+            elif tag == _SYNC:
+                self._batch_open = False
+                copy_in.batch_executes = 0
+            elif (tag == _QUERY or tag == _FUNCTION_CALL) and self._batch_open:
+                # The server skips a Query inside a batch after an error in it, which pgguard may not
+                # have seen yet: a Sync of its own ends the batch first, so the Query always runs.
+                self._batch_open = False
+                if parts is None:
+                    parts = [f.data for f in frames[:index]]
+                parts.append(_SYNC_MESSAGE)
+                self._syncs_sent.append(self._cycles_sent)
             if tag == _QUERY or tag == _SYNC or tag == _FUNCTION_CALL:
                 if self._cycles_sent == self._cycles_done:
                     self._busy_since = time.monotonic()
                 self._cycles_sent += 1
             if tag == _QUERY or tag == _PARSE or tag == _FUNCTION_CALL:
                 self.metrics.statements += 1
+            if tag == _EXECUTE and copy_in.portals:
+                problem = copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
+                if problem is not None:
+                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
+                                  close=f"client protocol violation: {problem}")
+                flush = copy_in.waiting
+            if self.guard is None and (tag == _QUERY or tag == _PARSE or tag == _BIND and copy_in.statements):
+                self._copy_by_word(frame)
             if self.guard is not None:
                 if tag == _QUERY:
                     replacement = self._guard_query(frame)
@@ -314,8 +370,12 @@ class SessionProtocol:
                 return Output(to_upstream=b"".join(kept) + frame.data, close="client terminated")
             if replacement is not None and parts is None:
                 parts = [f.data for f in frames[:index]]
+            if flush and parts is None:
+                parts = [f.data for f in frames[:index]]
             if parts is not None:
                 parts.append(replacement if replacement is not None else frame.data)
+                if flush:
+                    parts.append(_FLUSH_MESSAGE)
         if parts is not None:
             return Output(b"".join(parts))
         return Output(raw if raw is not None else b"".join(f.data for f in frames))
@@ -402,6 +462,8 @@ class SessionProtocol:
             recorder.release(held.seq, simple, runs=replacement is None)
         # Result masking tracked the statement before it was held: a stand-in's error ends its results.
         first = replacement if replacement is not None else frame.data
+        if replacement is None and frame.tag == _EXECUTE and self._copy_in.waiting:
+            first += _FLUSH_MESSAGE  # as _frames would have sent it (copy_in.py)
         after = self._frames(rest, None) if rest else _NOTHING
         return Output(first + after.to_upstream, after.to_client, after.close, after.hold)
 
@@ -438,7 +500,7 @@ class SessionProtocol:
     @property
     def idle(self) -> bool:
         """No request is waiting for its ReadyForQuery, nor held for approval."""
-        return self._held is None and self._cycles_sent == self._cycles_done
+        return self._held is None and self._cycles_sent == self._cycles_done and not self._copy_in.kept
 
     @property
     def draining(self) -> bool:
@@ -499,6 +561,8 @@ class SessionProtocol:
             self._classes = tuple(sorted({c for d in decisions if d.statement for c in d.statement.classes}))
         if any(self._changes_encoding(d.statement) for d in decisions if d.allowed):
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent)
+        if any(_copies_in(d.statement) for d in decisions if d.allowed):
+            self._copy_in.query_may_copy(self._cycles_sent)
         refused = decisions[-1] if decisions and not decisions[-1].allowed else None
         held = self._needs_approval([rule for d in decisions if d.allowed for rule in d.approvals])
         if refused is None:
@@ -548,6 +612,10 @@ class SessionProtocol:
             self._classes = tuple(sorted(decision.statement.classes))
         if decision.allowed and decision.approvals:
             self._held_statements[parse.name] = (decision.approvals, self._log_text(body), parse.param_types)
+        if decision.allowed and _copies_in(decision.statement):
+            self._copy_in.statements.add(parse.name)
+        else:
+            self._copy_in.statements.discard(parse.name)
         if decision.allowed:
             if self._changes_encoding(decision.statement):
                 self._encoding_statements.add(parse.name)
@@ -566,6 +634,10 @@ class SessionProtocol:
             self._encoding_settles = max(self._encoding_settles, self._cycles_sent + 1)
         assert self.guard is not None
         portal = body[:start - 1].decode("utf-8", "surrogateescape")
+        if name in self._copy_in.statements:
+            self._copy_in.portals.add(portal)
+        else:
+            self._copy_in.portals.discard(portal)
         if start > 1 or self.guard.generation:  # a named portal, or any after a reload
             self.guard.bound(portal, name)
         if self.guard.replanning:
@@ -695,11 +767,14 @@ class SessionProtocol:
 
     def _guard_function_call(self) -> bytes | None:
         assert self.guard is not None
-        if self.guard.unrestricted:
-            return None
         # The FunctionCall message names a function by OID only; pgguard
-        # allows it to roles that may run anything.
-        decision = self.guard.refuse_function_call()
+        # allows it to roles that may run anything. Its result has no lineage
+        # to mask (query_to_xml runs any query), so only where nothing is masked.
+        if self.guard.unrestricted and self.masking is None:
+            return None
+        decision = self.guard.refuse_function_call() if not self.guard.unrestricted else Decision(
+            False, None, "masking", "the FunctionCall message's result cannot be masked, and this session may not"
+            " see every column unmasked", "call the function from a SELECT instead")
         return frontend.Query(self._refuse(decision)).encode()
 
     def _track(self, frame: Frame, replacement: bytes | None) -> bytes | None:
@@ -824,6 +899,7 @@ class SessionProtocol:
 
     def upstream_bytes(self, data: bytes) -> Output:
         try:
+            raw: bytes | None
             raw, frames = self._upstream.feed(data)
             return self._server_frames(raw, frames) if frames else _NOTHING
         except ProtocolViolation as exc:
@@ -833,9 +909,14 @@ class SessionProtocol:
                           close=f"target protocol violation: {exc}")
 
     def _server_frames(self, raw: bytes | None, frames: list[Frame]) -> Output:
+        if self._syncs_sent:
+            frames, raw = self._unseen_ready(frames), None
+            if not frames:
+                return _NOTHING
         # A server that closes after an ErrorResponse (FATAL) has told the client why.
         self._said_error = frames[-1].tag == _ERROR
         recorder = self.recorder
+        copy_in = self._copy_in
         if not self._refusals and self.masking is None:
             # Nothing to change: the very bytes go on, and the log reads them as they pass.
             for frame in frames:
@@ -850,9 +931,14 @@ class SessionProtocol:
                         if recorder is not None:  # what the client received before it
                             recorder.server_frames(frames[:frames.index(frame)])
                         return Output(to_client=_fatal(problem, "42501"), close=problem)
+                if (tag == _COPY_IN_RESPONSE or copy_in.copy is not None) and tag in _COPY_ANSWERS:
+                    problem = copy_in.server(tag, self._cycles_done)
+                    if problem:
+                        return Output(to_client=_fatal(problem, "42501"), close=problem)
             if recorder is not None:
                 recorder.server_frames(frames)
-            return self._to_client(raw)
+            out = self._to_client(raw if raw is not None else b"".join(f.data for f in frames))
+            return self._released(out) if self._copy_in.kept else out
         parts = []
         changed = False
         masking = self.masking
@@ -871,13 +957,62 @@ class SessionProtocol:
                 problem = self._parameter(frame)
                 if problem:
                     return Output(to_client=_fatal(problem, "42501"), close=problem)
+            if (tag == _COPY_IN_RESPONSE or copy_in.copy is not None) and tag in _COPY_ANSWERS:
+                problem = copy_in.server(tag, self._cycles_done)
+                if problem:
+                    return Output(to_client=_fatal(problem, "42501"), close=problem)
             if masking is not None:
                 data = masking.server(tag, data)
             if recorder is not None:
                 recorder.server(tag, data)
             changed = changed or data is not frame.data
             parts.append(data)
-        return self._to_client(b"".join(parts) if changed else raw)
+        out = self._to_client(b"".join(parts) if changed or raw is None else raw)
+        return self._released(out) if self._copy_in.kept else out
+
+    def _copy_by_word(self, frame: Frame) -> None:
+        """Without a guard, nothing is parsed: a Query, or a Parse's statement, may start a COPY FROM STDIN
+        when its text has the word COPY in it (copy_in.py). A Bind of such a statement makes such a portal."""
+        copy_in = self._copy_in
+        tag = frame.tag
+        if tag == _QUERY:
+            if b"copy" in frame.data.lower():
+                copy_in.query_may_copy(self._cycles_sent)
+        elif tag == _PARSE:
+            name, query = _parse_fields(frame.data)
+            if b"copy" in query.lower():
+                copy_in.statements.add(name)
+            else:
+                copy_in.statements.discard(name)
+        else:  # a Bind, once a statement may be a COPY
+            portal, statement, *_ = self._bind_of(frame)
+            if statement in copy_in.statements:
+                copy_in.portals.add(portal)
+            else:
+                copy_in.portals.discard(portal)
+
+    def _unseen_ready(self, frames: list[Frame]) -> list[Frame]:
+        """`frames` without the ReadyForQuery that answers a Sync pgguard sent on its own."""
+        done = self._cycles_done
+        kept = []
+        for frame in frames:
+            if frame.tag == _READY:
+                if self._syncs_sent and self._syncs_sent[0] == done:
+                    self._syncs_sent.pop(0)
+                    continue
+                done += 1
+            kept.append(frame)
+        return kept
+
+    def _released(self, output: Output) -> Output:
+        """`output`, then what the client sent while a COPY FROM STDIN might have been starting, once
+        the server has said whether it did (copy_in.py)."""
+        kept = self._copy_in.release()
+        if not kept or output.close is not None:
+            return output
+        after = self._frames(kept, None)
+        return Output(output.to_upstream + after.to_upstream, output.to_client + after.to_client,
+                      after.close, after.hold)
 
     def _to_client(self, out: bytes) -> Output:
         """The server's messages for the client; and, when draining, the FATAL right after the last answer."""

@@ -805,3 +805,35 @@ def test_a_failed_bind_over_a_held_portal_does_not_release_it(gw: RunningGateway
         assert errors == ["42501"]
         conn.query("ROLLBACK")
         assert untouched(postgres, number)
+
+
+@pytest.mark.parametrize("outcome", ["approve", "deny"])
+def test_an_extended_protocol_copy_from_stdin_held_for_approval(gateway_factory: Callable[..., RunningGateway],
+                                                                outcome: str) -> None:
+    """libpq's Sync right after the Execute of a COPY is kept with the held Execute; once the copy runs the server
+    ignores it, and the gateway drops it (or, when the copy is denied, sends it): the next rows stay masked."""
+    gateway = gateway_factory(lambda text: text.replace('kinds = ["update", "delete"]',
+                                                        'kinds = ["update", "delete", "copy"]'))
+    sql = "COPY orders (id, customer_id, total, status, created_at) FROM STDIN"
+    with login_as(gateway, "engineer") as conn:
+        conn.query("BEGIN")
+        conn.send(frontend.Parse("", sql, []), frontend.Bind("", "", [], [], []), frontend.Execute("", 0),
+                  frontend.Sync())
+        conn.receive_until(backend.NoticeResponse)
+        decided = cli(gateway, token(gateway, "dba"), outcome, pending(gateway, sql)["id"])
+        assert decided.returncode == 0, decided.stderr
+        if outcome == "approve":
+            conn.receive_until(backend.CopyInResponse)
+            conn.send(frontend.CopyData(b"999201\t1\t1.00\tnew\t2024-01-01\n"), frontend.CopyDone(), frontend.Sync())
+            seen, _ = conn.receive_until(backend.ReadyForQuery)
+            assert backend.CommandComplete("COPY 1") in seen
+        else:
+            seen = []
+            while not isinstance(seen[-1:] and seen[-1], backend.ReadyForQuery):
+                seen.append(conn.receive())
+            errors = [m for m in seen if isinstance(m, backend.ErrorResponse)]
+            assert [e.code for e in errors] == ["42501"] and "denied" in errors[0].message, seen
+            conn.query("ROLLBACK")  # the denial failed the transaction, as any error would
+        seen, _ = conn.query("SELECT email FROM customers ORDER BY id LIMIT 1")
+        assert backend.DataRow([b"***@example.net"]) in seen, seen
+        conn.query("ROLLBACK")

@@ -13,6 +13,7 @@ gateway started is followed once the catalog is read again.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,6 +59,12 @@ CREATE FUNCTION public.mf_name(p_id int) RETURNS text LANGUAGE plpgsql AS $$
 CREATE FUNCTION public.mf_with_tax(p numeric) RETURNS numeric LANGUAGE plpgsql AS $$
   DECLARE v numeric;
   BEGIN v := p * 1.2; IF v < 0 THEN RAISE EXCEPTION 'negative'; END IF; RETURN round(v, 2); END $$;
+CREATE FUNCTION public.mf_raise(p_id int, p_level text) RETURNS int LANGUAGE plpgsql AS $$
+  DECLARE v text := translate((SELECT email FROM public.customers WHERE id = p_id), '@.', '  ');
+  BEGIN
+    IF p_level = 'notice' THEN RAISE NOTICE '% wrote in', v; RETURN 1; END IF;
+    RAISE EXCEPTION '% wrote in', v USING HINT = v || ' is who wrote';
+  END $$;
 CREATE FUNCTION public.mf_orders_of(p_id int) RETURNS SETOF public.orders LANGUAGE sql
   AS $$ SELECT * FROM public.orders WHERE customer_id = p_id $$;
 -- Named like PostgreSQL's count, which reveals no values; this one returns its argument.
@@ -216,3 +223,18 @@ def test_a_function_created_after_the_gateway_started_is_followed_once_the_catal
             continue
         assert not raw.leaked(rows) and {row[1] for row in rows} == {None}
         return
+
+
+def test_what_a_function_raises_from_a_sensitive_column_is_redacted(gw, raw):
+    """Fixed: RAISE prints its values where it likes (`ben obrien1 example net wrote in`), unquoted and before any
+    colon, so only the digits were masked: the email's user part, which its mask hides, came through."""
+    name = max(re.findall(r"[a-z]+", raw.emails[0].split("@")[0]), key=len)  # the user part's longest word
+    with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
+        said: list[tuple[str | None, str | None]] = []
+        conn.add_notice_handler(lambda notice: said.append((notice.message_primary, notice.message_hint)))
+        assert conn.execute("SELECT mf_raise(1, 'notice')").fetchall() == [(None,)]
+        with pytest.raises(psycopg.errors.RaiseException) as caught:
+            conn.execute("SELECT mf_raise(1, 'error')").fetchall()
+    assert len(said) == 1 and name not in str(said), said
+    assert (caught.value.diag.message_primary, caught.value.diag.message_hint) == ("[redacted]", "[redacted]")
+    assert name not in error_text(caught.value)

@@ -427,3 +427,49 @@ def test_prune_removes_finished_logs_older_than_the_retention(gateway: RunningGa
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert not copy.exists() and path.name in done.stdout
+
+
+@pytest.mark.parametrize("identity", ["engineer", "dba"])
+def test_results_after_copy_from_stdin_in_the_extended_protocol_are_logged_with_their_statements(
+        gateway: RunningGateway, identity: str) -> None:
+    """libpq sends a Sync right after the Execute of a COPY FROM STDIN, which the server ignores. The log counted it,
+    and from then on recorded each statement with the result of the one after it (for the dba too, whose statements
+    are not analysed)."""
+    application = unique_name("log")
+    ident = gateway.identities[identity]
+    with RawConnection.to(gateway) as conn:
+        conn.login(ident.user, ident.token, DATABASE, application_name=application)
+        conn.query("BEGIN")
+        conn.send(frontend.Parse("", "COPY orders (id, customer_id, total, status, created_at) FROM STDIN", []),
+                  frontend.Bind("", "", [], [], []), frontend.Execute("", 0), frontend.Sync())
+        conn.expect(backend.ParseComplete)
+        conn.expect(backend.BindComplete)
+        conn.expect(backend.CopyInResponse)
+        conn.send(frontend.CopyData(b"999101\t1\t1.00\tnew\t2024-01-01\n"), frontend.CopyDone(), frontend.Sync())
+        conn.receive_until(backend.ReadyForQuery)
+        for word in ("first", "second"):
+            conn.query(f"SELECT '{word}'")
+        conn.query("ROLLBACK")
+    records = records_of(find_log(gateway, application))
+    sql = {r["seq"]: r["sql"] for r in records if r["type"] == "statement"}
+    told = [(sql[r["statement"]], r["command_tag"], r["rows"]) for r in records if r["type"] == "result"]
+    assert told[-3:] == [("SELECT 'first'", "SELECT 1", [[b"first"]]), ("SELECT 'second'", "SELECT 1", [[b"second"]]),
+                         ("ROLLBACK", "ROLLBACK", [])], told
+
+
+def test_results_after_a_query_inside_a_failed_batch_are_logged_with_their_statements(gateway: RunningGateway) -> None:
+    """The server skips a Query sent inside a batch after an error; in a session whose statements are not analysed
+    (the dba's), the log counted it, and recorded the next statement with the skipped one's result."""
+    application = unique_name("log")
+    ident = gateway.identities["dba"]
+    with RawConnection.to(gateway) as conn:
+        conn.login(ident.user, ident.token, DATABASE, application_name=application)
+        conn.send(frontend.Parse("", "SELECT 'x'::int4", []), frontend.Query("SELECT 'skipped?'"), frontend.Sync())
+        conn.receive_until(backend.ErrorResponse)
+        conn.receive_until(backend.ReadyForQuery)
+        conn.receive_until(backend.ReadyForQuery)
+        conn.query("SELECT 'after'")
+    records = records_of(find_log(gateway, application))
+    sql = {r["seq"]: r["sql"] for r in records if r["type"] == "statement"}
+    told = [(sql[r["statement"]], r["rows"]) for r in records if r["type"] == "result"]
+    assert told[-1] == ("SELECT 'after'", [[b"after"]]), told
