@@ -28,7 +28,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
-from pgguard.policy.scope import GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
@@ -165,6 +165,14 @@ def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
     for value in values:
         schemas.extend(split_identifiers(value) or ())
     return tuple(schemas)
+
+
+def _denial_hint(name: str) -> str | None:
+    """How to allow a denied function, for those a role may allow."""
+    if name not in ADVISORY_LOCKS:
+        return None
+    return (f'advisory locks are denied unless a role lists them: allow_functions = ["pg_catalog.{name}"]'
+            " (docs/policy.md, Functions and operators)")
 
 
 class SessionGuard:
@@ -468,7 +476,10 @@ class SessionGuard:
                 return self._refuse(st, f"setting {name} to {values[0]} is reserved", "statements",
                                     "pgguard reads statements as PostgreSQL does with it on")
         for function in sorted(st.functions, key=str):
-            problem = self._function_problem(function)
+            if function.schema in (None, *SYSTEM_SCHEMAS) and self._denied(function.name):
+                return self._refuse(st, f"function {function.name}() is denied", "functions",
+                                    _denial_hint(function.name))
+            problem = self._callable_problem("function", function, self.catalog.functions, "()")
             if problem:
                 return self._refuse(st, problem, "functions", None)
         for operator in sorted(st.operators, key=str):
@@ -478,10 +489,9 @@ class SessionGuard:
         functions = self.catalog.functions
         for attribute in sorted(st.attributes):
             # `(x).f` is f(x), PostgreSQL's own functions too; `o.f` may be a column instead.
-            if (attribute in functions or not functions) and \
-                    any(scope.function_denied(attribute) for scope in self.scopes):
+            if (attribute in functions or not functions) and self._denied(attribute):
                 return self._refuse(st, f"function {attribute}() is denied (.{attribute} may call it in attribute"
-                                    " notation)", "functions", None)
+                                    " notation)", "functions", _denial_hint(attribute))
             for qualified in self.user_defined(Name(None, attribute), functions) or ():
                 if not any(scope.function_allowed(qualified) for scope in self.scopes):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
@@ -584,11 +594,10 @@ class SessionGuard:
         path = self._path_set()
         return [qualify(schema, name.name) for schema in sorted(schemas - SYSTEM_SCHEMAS) if schema in path]
 
-    def _function_problem(self, function: Name) -> str | None:
-        if function.schema in (None, *SYSTEM_SCHEMAS) and \
-                any(scope.function_denied(function.name) for scope in self.scopes):
-            return f"function {function.name}() is denied"
-        return self._callable_problem("function", function, self.catalog.functions, "()")
+    def _denied(self, name: str) -> bool:
+        """A built-in function some role denies, unless some role lifts the denial (the union of their grants)."""
+        return any(scope.function_denied(name) for scope in self.scopes) and \
+            not any(scope.lifts_denial(name) for scope in self.scopes)
 
     def _operator_problem(self, operator: Name) -> str | None:
         return self._callable_problem("operator", operator, self.catalog.operators, "")

@@ -1,0 +1,86 @@
+"""Client compatibility: what real clients and tools send that the gateway used to refuse or garble.
+
+Each test goes through the real gateway with a real client (psycopg, psql), and where a
+refusal was loosened, the dangerous neighbour is shown still refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from helpers import fetch_all
+
+if TYPE_CHECKING:
+    from conftest import PostgresServer, RunningGateway
+
+ADVISORY = ('allow_functions = ["pg_catalog.pg_advisory_lock", "pg_catalog.pg_advisory_xact_lock",'
+            ' "pg_catalog.pg_try_advisory_lock"]\n')
+
+
+def refusal(dsn: str, sql: str) -> psycopg.errors.InsufficientPrivilege:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+        conn.execute(sql)
+    return caught.value
+
+
+def with_engineering_advisory_locks(text: str) -> str:
+    """The demo config, with engineering listing three advisory lock functions, as a migration tool needs."""
+    anchor = 'statements = ["read", "write", "ddl", "session", "transaction"]\n'
+    assert text.count(anchor) == 1
+    return text.replace(anchor, anchor + ADVISORY)
+
+
+@pytest.fixture
+def advisory_gateway(gateway_factory: Callable[..., RunningGateway]) -> RunningGateway:
+    return gateway_factory(with_engineering_advisory_locks)
+
+
+# --- advisory locks --------------------------------------------------------------------------------
+
+
+def test_an_advisory_lock_refusal_says_how_to_allow_it(gateway: RunningGateway) -> None:
+    error = refusal(gateway.dsn("engineer"), "SELECT pg_advisory_lock(4711)")
+    assert error.diag.message_primary.startswith("pgguard: SELECT refused: function pg_advisory_lock() is denied")
+    assert error.diag.message_hint is not None
+    assert 'allow_functions = ["pg_catalog.pg_advisory_lock"]' in error.diag.message_hint
+
+
+def test_a_role_that_lists_advisory_locks_takes_and_releases_them(advisory_gateway: RunningGateway,
+                                                                  postgres: PostgresServer) -> None:
+    """What migration tools (Rails, Prisma, golang-migrate, Flyway) run before they migrate."""
+    direct = postgres.dsn(sslmode="verify-full")
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND granted"
+    with psycopg.connect(advisory_gateway.dsn("engineer"), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(4711)")
+        assert fetch_all(direct, held, [4711]) == [(1,)]
+        assert conn.execute("SELECT pg_try_advisory_lock(4712)").fetchone() == (True,)
+        assert conn.execute("SELECT pg_advisory_unlock(4711), pg_advisory_unlock(4712)").fetchone() == (True, True)
+        assert fetch_all(direct, held, [4711]) == [(0,)]
+        with conn.transaction():
+            conn.execute("SELECT (4713::bigint).pg_advisory_xact_lock")  # attribute notation, as a function call
+            assert fetch_all(direct, held, [4713]) == [(1,)]
+        assert fetch_all(direct, held, [4713]) == [(0,)]
+
+
+@pytest.mark.parametrize(("identity", "sql"), [
+    ("analyst", "SELECT pg_advisory_lock(4711)"),           # the analysts' role lists none
+    ("analyst", "SELECT (4711::bigint).pg_advisory_lock"),
+    ("engineer", "SELECT pg_advisory_lock_shared(4711)"),   # not listed
+    ("engineer", "SELECT pg_try_advisory_xact_lock(4711)"),
+    ("engineer", "SELECT pg_read_file('PG_VERSION')"),       # the rest of the deny list stays denied
+    ("engineer", "SELECT pg_terminate_backend(1)"),
+])
+def test_functions_a_role_does_not_list_stay_denied(advisory_gateway: RunningGateway, identity: str, sql: str) -> None:
+    error = refusal(advisory_gateway.dsn(identity), sql)
+    assert "is denied" in error.diag.message_primary
+
+
+def test_denied_functions_other_than_advisory_locks_cannot_be_allowed(gateway_factory: Callable[..., Any]) -> None:
+    """A config that lists another denied built-in is an error, not a silently ignored line."""
+    with pytest.raises(RuntimeError, match=r"allow_functions: pg_catalog.pg_read_file names no advisory lock"):
+        gateway_factory(lambda text: with_engineering_advisory_locks(text).replace(
+            '"pg_catalog.pg_try_advisory_lock"]', '"pg_catalog.pg_try_advisory_lock", "pg_catalog.pg_read_file"]'))
