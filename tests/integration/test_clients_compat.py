@@ -84,3 +84,41 @@ def test_denied_functions_other_than_advisory_locks_cannot_be_allowed(gateway_fa
     with pytest.raises(RuntimeError, match=r"allow_functions: pg_catalog.pg_read_file names no advisory lock"):
         gateway_factory(lambda text: with_engineering_advisory_locks(text).replace(
             '"pg_catalog.pg_try_advisory_lock"]', '"pg_catalog.pg_try_advisory_lock", "pg_catalog.pg_read_file"]'))
+
+
+# --- errors whose quoted parts pgguard hides ------------------------------------------------------------
+
+
+def error_of(dsn: str, sql: str) -> psycopg.Error:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as caught:
+        conn.execute(sql)
+    return caught.value
+
+
+def test_a_misspelt_relation_says_why_its_name_is_hidden(gateway: RunningGateway) -> None:
+    """Alembic's `SELECT version_num FROM alembic_version` on a database without it, or a typo."""
+    error = error_of(gateway.dsn("engineer"), "SELECT version_num FROM alembic_version")
+    assert isinstance(error, psycopg.errors.UndefinedTable)
+    assert error.diag.message_primary == 'relation "[redacted]" does not exist'
+    assert error.diag.message_hint is not None and "does not know (a misspelt name is one)" in error.diag.message_hint
+
+
+def test_a_hidden_value_in_an_error_stays_hidden_under_the_hint(gateway: RunningGateway,
+                                                                 postgres: PostgresServer) -> None:
+    ssn = fetch_all(postgres.dsn(sslmode="verify-full"), "SELECT ssn FROM customers WHERE id = 7")[0][0]
+    error = error_of(gateway.dsn("analyst"), "SELECT ssn::int FROM customers WHERE id = 7")
+    assert isinstance(error, psycopg.errors.InvalidTextRepresentation)
+    assert error.diag.message_primary == 'invalid input syntax for type integer: "[redacted]"'
+    assert error.diag.message_hint is not None and "reads columns masked for you" in error.diag.message_hint
+    assert ssn not in str(error) and ssn[-4:] not in (error.diag.message_hint or "")
+
+
+@pytest.mark.parametrize(("identity", "sql"), [
+    ("analyst", "SELECT 1/0"),                                    # reads nothing hidden
+    ("support", "SELECT email::int FROM customers WHERE id = 7"),  # support sees emails
+])
+def test_an_error_pgguard_leaves_alone_gets_no_hint(gateway: RunningGateway, identity: str, sql: str) -> None:
+    error = error_of(gateway.dsn(identity), sql)
+    assert "[redacted]" not in str(error)
+    assert error.diag.message_hint is None
+
