@@ -457,7 +457,10 @@ class SessionGuard:
         for relation in sorted(st.reads, key=str):
             for qualified, through in self._reached(relation):
                 if not any(scope.may_read(qualified) for scope in self.scopes):
-                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", None)
+                    hint = (f"{qualified} holds values or secrets, not only descriptions of objects: only roles"
+                            " whose read patterns name it may read it (docs/policy.md, Relations and names)"
+                            if qualified in GUARDED_SYSTEM_RELATIONS else None)
+                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", hint)
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
             for qualified, through in self._reached(relation):
                 if not any(scope.may_write(qualified) for scope in self.scopes):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from helpers import fetch_all
+from helpers import fetch_all, run_psql
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -122,3 +122,13 @@ def test_an_error_pgguard_leaves_alone_gets_no_hint(gateway: RunningGateway, ide
     assert "[redacted]" not in str(error)
     assert error.diag.message_hint is None
 
+
+# --- psql --------------------------------------------------------------------------------------------
+
+
+def test_psql_list_subscriptions_refusal_says_why(gateway: RunningGateway) -> None:
+    """`\\dRs` reads pg_subscription, which holds connection strings: refused, with the reason in a hint."""
+    result = run_psql(gateway.dsn("engineer"), r"\dRs")
+    assert result.returncode == 1
+    assert "may not read pg_catalog.pg_subscription (rule roles.engineering.read)" in result.stderr
+    assert "HINT:  pg_catalog.pg_subscription holds values or secrets" in result.stderr
