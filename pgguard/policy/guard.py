@@ -470,7 +470,9 @@ class SessionGuard:
         # A write that names no relation, or only the session's own temporary ones (pg_temp.t, checked
         # against no pattern), is still a write.
         if (WRITE in st.classes or st.read_write) and not any(scope.writes_anything for scope in self.scopes):
-            return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
+            hint = ("it asks for a read-write transaction or session (READ WRITE, or a read_only setting off);"
+                    " leave that out (psycopg: leave read_only unset)" if st.read_write else None)
+            return self._refuse(st, f"role {self.roles_label} may not write anything", "write", hint)
         for name, values in st.settings:
             if name in IDENTITY_SETTINGS:
                 return self._refuse(st, f"setting {name} is reserved", "statements",

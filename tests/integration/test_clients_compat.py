@@ -132,3 +132,20 @@ def test_psql_list_subscriptions_refusal_says_why(gateway: RunningGateway) -> No
     assert result.returncode == 1
     assert "may not read pg_catalog.pg_subscription (rule roles.engineering.read)" in result.stderr
     assert "HINT:  pg_catalog.pg_subscription holds values or secrets" in result.stderr
+
+
+# --- transactions --------------------------------------------------------------------------------------
+
+
+def test_a_read_write_transaction_refusal_says_what_to_leave_out(gateway: RunningGateway) -> None:
+    """psycopg's `read_only = False` sends BEGIN READ WRITE, which a role that may write nothing is refused."""
+    with psycopg.connect(gateway.dsn("analyst")) as conn:
+        conn.read_only = False
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+            conn.execute("SELECT 1")
+        assert caught.value.diag.message_primary == (
+            "pgguard: BEGIN refused: role analysts may not write anything (rule roles.analysts.write)")
+        assert "(READ WRITE, or a read_only setting off); leave that out" in (caught.value.diag.message_hint or "")
+        conn.rollback()
+        conn.read_only = None
+        assert conn.execute("SELECT current_setting('transaction_read_only')").fetchone() == ("on",)
