@@ -57,6 +57,7 @@ READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_re
 LEXICAL_SETTINGS = frozenset({"standard_conforming_strings"})
 
 _CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt's option bit for WITH HOLD
+_ACCESS_SHARE_LOCK = 1  # LockStmt's mode for IN ACCESS SHARE MODE (the default, 8, is ACCESS EXCLUSIVE)
 
 # Functions that change state although they are called from a SELECT.
 SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
@@ -400,6 +401,11 @@ class _Walker:
             self.out.write(_relation(item["RangeVar"]), "truncate")
 
     def _stmt_LockStmt(self, node: Node) -> None:
+        if node.get("mode") == _ACCESS_SHARE_LOCK:
+            # What any SELECT takes and holds to the end of its transaction: a read (pg_dump takes it).
+            self.out.classes.add(READ)
+            self.out.reads.update(_relation(item["RangeVar"]) for item in node.get("relations", []))
+            return
         self.out.classes.add(WRITE)
         for item in node.get("relations", []):
             self.out.write(_relation(item["RangeVar"]), "lock")

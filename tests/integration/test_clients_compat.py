@@ -149,3 +149,23 @@ def test_a_read_write_transaction_refusal_says_what_to_leave_out(gateway: Runnin
         conn.rollback()
         conn.read_only = None
         assert conn.execute("SELECT current_setting('transaction_read_only')").fetchone() == ("on",)
+
+
+# --- pg_dump ---------------------------------------------------------------------------------------------
+
+
+def test_an_access_share_lock_is_a_read(gateway: RunningGateway) -> None:
+    """pg_dump locks every table it dumps IN ACCESS SHARE MODE: the lock any SELECT takes and holds to the end of
+    its transaction. A role that may read the table may take it; a stronger one is still a write."""
+    with psycopg.connect(gateway.dsn("analyst")) as conn:
+        conn.execute("LOCK TABLE public.customers, orders IN ACCESS SHARE MODE NOWAIT")
+        assert conn.execute("SELECT mode FROM pg_locks WHERE relation = 'orders'::regclass"
+                            " AND pid = pg_backend_pid()").fetchall() == [("AccessShareLock",)]
+        conn.rollback()
+        for mode in ("ROW SHARE", "SHARE", "ACCESS EXCLUSIVE"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not write \\(lock\\) public.orders"):
+                conn.execute(f"LOCK TABLE orders IN {mode} MODE")
+            conn.rollback()
+    # A role that may not read the table may not lock it either.
+    error = refusal(gateway.dsn("support"), "LOCK TABLE pg_catalog.pg_authid IN ACCESS SHARE MODE")
+    assert "may not read pg_catalog.pg_authid" in error.diag.message_primary
