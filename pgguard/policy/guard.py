@@ -473,6 +473,10 @@ class SessionGuard:
             hint = ("it asks for a read-write transaction or session (READ WRITE, or a read_only setting off);"
                     " leave that out (psycopg: leave read_only unset)" if st.read_write else None)
             return self._refuse(st, f"role {self.roles_label} may not write anything", "write", hint)
+        for relation in st.catalog_names:
+            if self.resolve(relation) != [qualify("pg_catalog", relation.name)]:
+                return self._refuse(st, f"{relation} may not be pg_catalog's here, and set_config() takes the"
+                                    " setting's name from it", "statements", f"write pg_catalog.{relation.name}")
         for name, values in st.settings:
             if name in IDENTITY_SETTINGS:
                 return self._refuse(st, f"setting {name} is reserved", "statements",

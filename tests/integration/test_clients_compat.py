@@ -6,6 +6,8 @@ refusal was loosened, the dangerous neighbour is shown still refused.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -169,3 +171,58 @@ def test_an_access_share_lock_is_a_read(gateway: RunningGateway) -> None:
     # A role that may not read the table may not lock it either.
     error = refusal(gateway.dsn("support"), "LOCK TABLE pg_catalog.pg_authid IN ACCESS SHARE MODE")
     assert "may not read pg_catalog.pg_authid" in error.diag.message_primary
+
+
+def pg_dump(gateway: RunningGateway, identity: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return subprocess.run(["pg_dump", gateway.dsn(identity), *args], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+
+
+def test_pg_dump_of_the_engineers_tables_is_masked(gateway: RunningGateway, postgres: PostgresServer) -> None:
+    """pg_dump sets restrict_nonsystem_relation_kind with set_config(name, …) FROM pg_settings WHERE name = '…',
+    and locks what it dumps IN ACCESS SHARE MODE. (--no-subscriptions: it reads pg_subscription otherwise.)"""
+    result = pg_dump(gateway, "engineer", "--no-subscriptions", "-t", "customers", "-t", "orders")
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE public.customers (" in result.stdout
+    email = fetch_all(postgres.dsn(sslmode="verify-full"), "SELECT email FROM customers WHERE id = 1")[0][0]
+    rows = result.stdout.split("COPY public.customers ", 1)[1].split("\n\\.\n", 1)[0].splitlines()[1:]
+    assert len(rows) == 1200
+    assert rows[0].split("\t")[2] == "***@" + email.split("@")[1]
+    assert email not in result.stdout
+
+
+def test_pg_dump_schema_as_analyst(gateway: RunningGateway) -> None:
+    """The analysts' login may not read the sequences' values, so their dump is of the schema only."""
+    result = pg_dump(gateway, "analyst", "--no-subscriptions", "-s", "-t", "customers", "-t", "orders")
+    assert result.returncode == 0, result.stderr
+    assert "ALTER TABLE ONLY public.orders" in result.stdout and "FOREIGN KEY (customer_id)" in result.stdout
+
+
+@pytest.mark.parametrize(("sql", "refused"), [
+    ("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'", "setting role is reserved"),
+    ("SELECT set_config(name, 'off', false) FROM pg_catalog.pg_settings WHERE name = 'default_transaction_read_only'",
+     "may not write anything"),
+    ("SELECT set_config(name, 'x', false) FROM pg_settings", "not a constant"),
+    ("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name <> 'application_name'", "not a constant"),
+    ("SELECT set_config(name, 'x', false) FROM pg_settings, (VALUES ('role')) v(r) WHERE name = 'application_name'",
+     "not a constant"),
+    ("SELECT (SELECT set_config(name, 'x', false) FROM (VALUES ('role')) v(name)) FROM pg_settings"
+     " WHERE name = 'application_name'", "not a constant"),
+    ("SELECT set_config(name, 'x', false) FROM public.pg_settings WHERE name = 'application_name'", "not a constant"),
+])
+def test_set_config_from_pg_settings_is_judged_as_the_set_it_makes(gateway: RunningGateway, sql: str,
+                                                                     refused: str) -> None:
+    assert refused in refusal(gateway.dsn("analyst"), sql).diag.message_primary
+
+
+def test_set_config_from_pg_settings_when_pg_settings_may_be_another_relation(gateway: RunningGateway) -> None:
+    """With pg_catalog searched after public, `pg_settings` may be a table whose `name` is anything."""
+    dump_sql = "SELECT set_config(name, 'view', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'"
+    with psycopg.connect(gateway.dsn("engineer"), autocommit=True) as conn:
+        assert conn.execute(dump_sql).fetchall() == [("view",)]
+        conn.execute("SET search_path = public, pg_catalog")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_settings may not be pg_catalog's here"):
+            conn.execute(dump_sql)
+        assert conn.execute(dump_sql.replace("FROM pg_settings", "FROM pg_catalog.pg_settings")).fetchall() == [
+            ("view",)]

@@ -550,6 +550,8 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("COPY orders TO '/tmp/x'", "COPY", "role analysts may not run admin statements", "statements"),
     ("SET ROLE postgres", "SET", "setting role is reserved", "statements"),
     ("SELECT set_config('role', 'postgres', false)", "SELECT", "setting role is reserved", "statements"),
+    ("SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name = 'role'", "SELECT",
+     "setting role is reserved", "statements"),
     ("SET SESSION AUTHORIZATION postgres", "SET", "setting session_authorization is reserved", "statements"),
     ("SET default_transaction_read_only = off", "SET", "role analysts may not write anything", "write"),
     ("BEGIN READ WRITE", "BEGIN", "role analysts may not write anything", "write"),
@@ -744,6 +746,10 @@ def test_classifications_are_shared_by_shape_unless_a_constant_is_read(policy: P
         [("application_name", ["x"])]
     assert policy.classify("SELECT set_config('role', 'x', false)")[0].settings == [("role", ["x"])]
     assert policy.classify("SELECT set_config('role', 'x', false)")[0].settings == [("role", ["x"])]
+    # So is the name pg_dump's set_config(name, …) FROM pg_settings WHERE name = '…' compares with.
+    from_settings = "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = '{}'"
+    assert policy.classify(from_settings.format("application_name"))[0].settings == [("application_name", ["x"])]
+    assert policy.classify(from_settings.format("role"))[0].settings == [("role", ["x"])]
 
 
 def test_a_catalog_without_functions_refuses_unknown_ones(make_guard: GuardFactory) -> None:
