@@ -100,6 +100,8 @@ class Catalog:
     # with triggers or rules of their own, and tables that foreign keys with ON DELETE or ON UPDATE
     # actions reference (for approval rules).
     writes_further: frozenset[str] = frozenset()
+    # Sequences a table's column owns (serial and identity columns): sequence -> the table.
+    sequence_owners: dict[str, str] = field(default_factory=dict)
 
     def with_inheritance(self, rows: list[list[str | None]]) -> Catalog:
         children: dict[str, set[str]] = defaultdict(set)
@@ -197,6 +199,15 @@ WHERE c.relkind = 'v'
    OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.confrelid = c.oid AND k.contype = 'f'
               AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))"""
 
+_OWNED_SEQUENCES = """\
+SELECT sn.nspname, s.relname, tn.nspname, t.relname FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+  JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')"""
+
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
 _ROUTINES = f"""\
@@ -223,11 +234,14 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         routines = await _rows(upstream, _ROUTINES)
         inheritance = await _rows(upstream, _INHERITANCE)
         further = await _rows(upstream, _WRITES_FURTHER)
+        owned = await _rows(upstream, _OWNED_SEQUENCES)
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
     catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
-    return replace(catalog, writes_further=frozenset(qualify(schema or "", name or "") for schema, name in further))
+    return replace(catalog, writes_further=frozenset(qualify(schema or "", name or "") for schema, name in further),
+                   sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
+                                    for s_schema, s_name, t_schema, t_name in owned})
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

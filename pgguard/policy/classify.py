@@ -90,7 +90,7 @@ class Statement:
     location: int  # byte offset in the query string
     classes: set[str] = field(default_factory=set)
     reads: set[Name] = field(default_factory=set)
-    # relation -> kinds of write (insert, update, delete, merge, truncate, lock, copy, ddl, sequence)
+    # relation -> kinds of write (insert, update, delete, merge, truncate, lock, copy, ddl, nextval, setval)
     writes: dict[Name, set[str]] = field(default_factory=dict)
     functions: set[Name] = field(default_factory=set)
     operators: set[Name] = field(default_factory=set)
@@ -636,7 +636,7 @@ class _Walker:
         if name.schema in (None, "pg_catalog"):
             if name.name in SEQUENCE_WRITERS:
                 self.out.classes.add(WRITE)
-                self.out.write(_sequence(name.name, node), "sequence")
+                self.out.write(_sequence(name.name, node), name.name)  # "nextval" or "setval"
             elif name.name in SEQUENCE_READERS:
                 self.out.reads.add(_sequence(name.name, node))
             elif name.name in NOTIFIERS:

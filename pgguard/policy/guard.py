@@ -463,7 +463,8 @@ class SessionGuard:
                     return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", hint)
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
             for qualified, through in self._reached(relation):
-                if not any(scope.may_write(qualified) for scope in self.scopes):
+                if not any(scope.may_write(qualified) for scope in self.scopes) and \
+                        not (kinds == {"nextval"} and self._owner_writable(qualified)):
                     kind = "/".join(sorted(kinds))
                     return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}{through}",
                                         "write", None)
@@ -511,6 +512,12 @@ class SessionGuard:
                     return self._refuse(st, f"a cast to {cast} runs user-defined function {qualified}(),"
                                         " which is not listed as safe", "functions", None)
         return None
+
+    def _owner_writable(self, sequence: str) -> bool:
+        """Whether the sequence is a serial or identity column's, of a table the roles may write: nextval() of it
+        draws an id as the table's INSERT would (ORMs fetch ids first). setval() is still a write of the sequence."""
+        owner = self.catalog.sequence_owners.get(sequence)
+        return owner is not None and any(scope.may_write(owner) for scope in self.scopes)
 
     def _classes(self) -> set[str]:
         """The classes the roles may run; `write` only where some role may write somewhere."""

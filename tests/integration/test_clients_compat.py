@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from helpers import fetch_all, run_psql
 
@@ -226,3 +228,52 @@ def test_set_config_from_pg_settings_when_pg_settings_may_be_another_relation(ga
             conn.execute(dump_sql)
         assert conn.execute(dump_sql.replace("FROM pg_settings", "FROM pg_catalog.pg_settings")).fetchall() == [
             ("view",)]
+
+
+# --- sequences ---------------------------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(sa.Sequence("tickets_id_seq"), primary_key=True)
+    customer_id: Mapped[int]
+    subject: Mapped[str]
+    body: Mapped[str]
+    status: Mapped[str]
+
+
+def test_an_orm_that_fetches_ids_first_inserts_through_the_tables_own_sequence(gateway: RunningGateway,
+                                                                                postgres: PostgresServer) -> None:
+    """SQLAlchemy with a Sequence (like Hibernate's sequence generators) runs nextval('tickets_id_seq') before the
+    INSERT: support may write tickets, so it may draw the ids of tickets' serial column."""
+    engine = sa.create_engine(gateway.dsn("support").replace("postgresql://", "postgresql+psycopg://", 1),
+                              poolclass=sa.NullPool)
+    direct = postgres.dsn(sslmode="verify-full")
+    try:
+        with Session(engine) as session:
+            ticket = Ticket(customer_id=1, subject="compat sequence", body="ids first", status="open")
+            session.add(ticket)
+            session.commit()
+            made = ticket.id
+        assert fetch_all(direct, "SELECT subject FROM tickets WHERE id = %s", [made]) == [("compat sequence",)]
+    finally:
+        engine.dispose()
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DELETE FROM tickets WHERE subject = 'compat sequence'")
+
+
+@pytest.mark.parametrize(("identity", "sql", "refused"), [
+    ("support", "SELECT nextval('orders_id_seq')", "may not write (nextval) public.orders_id_seq"),
+    ("support", "SELECT setval('tickets_id_seq', 1)", "may not write (setval) public.tickets_id_seq"),
+    ("support", "SELECT nextval('tickets_id_seq'), setval('tickets_id_seq', 1)", "(nextval/setval) public.tickets"),
+    ("support", "SELECT nextval('public.tickets_id_seq'), nextval('orders_id_seq')", "public.orders_id_seq"),
+    ("analyst", "SELECT nextval('tickets_id_seq')", "may not write (nextval) public.tickets_id_seq"),
+    ("support", "SELECT * FROM tickets_id_seq", "may not read public.tickets_id_seq"),  # a write is not a read
+])
+def test_other_sequence_writes_stay_refused(gateway: RunningGateway, identity: str, sql: str,
+                                                               refused: str) -> None:
+    assert refused in refusal(gateway.dsn(identity), sql).diag.message_primary

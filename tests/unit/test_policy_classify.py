@@ -187,8 +187,8 @@ def test_a_statement_type_classify_does_not_know_is_other_and_refused(make_guard
     ("SELECT * FROM orders FOR KEY SHARE", {"orders"}, {"orders": {"lock"}}),
     ("COPY orders FROM STDIN", set(), {"orders": {"copy"}}),
     ("COPY (DELETE FROM orders RETURNING *) TO STDOUT", {"orders"}, {"orders": {"delete"}}),
-    ("SELECT setval('orders_id_seq', 1)", set(), {"orders_id_seq": {"sequence"}}),
-    ("SELECT pg_catalog.nextval('public.orders_id_seq')", set(), {"public.orders_id_seq": {"sequence"}}),
+    ("SELECT setval('orders_id_seq', 1)", set(), {"orders_id_seq": {"setval"}}),
+    ("SELECT pg_catalog.nextval('public.orders_id_seq')", set(), {"public.orders_id_seq": {"nextval"}}),
     ("EXPLAIN DELETE FROM orders", {"orders"}, {}),
     ("EXPLAIN ANALYZE DELETE FROM orders", {"orders"}, {"orders": {"delete"}}),
     ("SELECT * INTO newtab FROM orders", {"orders"}, {"newtab": {"ddl"}}),
@@ -368,7 +368,7 @@ def test_a_sequence_s_last_value_is_a_read_of_it() -> None:
 
 
 def test_sequence_names_are_read_as_regclass_reads_them() -> None:
-    assert one("SELECT nextval('\"Public\".Orders_Seq')").writes == {Name("Public", "orders_seq"): {"sequence"}}
+    assert one("SELECT nextval('\"Public\".Orders_Seq')").writes == {Name("Public", "orders_seq"): {"nextval"}}
     with pytest.raises(Unsupported):
         parse("SELECT nextval('orders_id_seq'::regclass)")  # not a plain constant
     with pytest.raises(Unsupported):
@@ -538,7 +538,7 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT * FROM orders FOR UPDATE", "SELECT", "role analysts may not write (lock) public.orders", "write"),
     ("EXPLAIN ANALYZE UPDATE orders SET total = 0", "EXPLAIN",
      "role analysts may not write (update) public.orders", "write"),
-    ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (sequence) public.orders_id_seq",
+    ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (nextval) public.orders_id_seq",
      "write"),
     ("SELECT * FROM hidden.orders", "SELECT", "role analysts may not read hidden.orders", "read"),
     ("DELETE FROM pg_temp.orders", "DELETE", "role analysts may not write anything", "write"),
@@ -667,7 +667,7 @@ def test_allowed(make_guard: GuardFactory, role: str, sql: str) -> None:
      "role support may not write (lock) public.orders"),
     ("support", "WITH victim AS (SELECT * FROM victim) SELECT * FROM victim",
      "role support may not read public.victim"),
-    ("support", "SELECT nextval('tickets_id_seq')", "role support may not write (sequence) public.tickets_id_seq"),
+    ("support", "SELECT setval('tickets_id_seq', 1)", "role support may not write (setval) public.tickets_id_seq"),
     ("support", "CREATE TABLE public.x (a int)", "role support may not run ddl statements"),
     ("engineering", "SET ROLE postgres", "setting role is reserved"),
     ("engineering", "SELECT pg_read_file('x')", "function pg_read_file() is denied"),
