@@ -167,6 +167,16 @@ def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(schemas)
 
 
+def _guarded_hint(qualified: str) -> str | None:
+    """Why a system relation is not readable, for those that only named roles may read."""
+    if qualified not in GUARDED_SYSTEM_RELATIONS:
+        return None
+    hint = (f"{qualified} holds values or secrets, not only descriptions of objects: only roles whose read"
+            " patterns name it may read it (docs/policy.md, Relations and names)")
+    return hint + "; pg_dump reads it unless run with --no-subscriptions" \
+        if qualified == "pg_catalog.pg_subscription" else hint
+
+
 def _denial_hint(name: str) -> str | None:
     """How to allow a denied function, for those a role may allow."""
     if name not in ADVISORY_LOCKS:
@@ -457,10 +467,8 @@ class SessionGuard:
         for relation in sorted(st.reads, key=str):
             for qualified, through in self._reached(relation):
                 if not any(scope.may_read(qualified) for scope in self.scopes):
-                    hint = (f"{qualified} holds values or secrets, not only descriptions of objects: only roles"
-                            " whose read patterns name it may read it (docs/policy.md, Relations and names)"
-                            if qualified in GUARDED_SYSTEM_RELATIONS else None)
-                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", hint)
+                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read",
+                                        _guarded_hint(qualified))
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
             for qualified, through in self._reached(relation):
                 if not any(scope.may_write(qualified) for scope in self.scopes) and \

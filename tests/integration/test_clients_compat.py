@@ -194,6 +194,14 @@ def test_pg_dump_of_the_engineers_tables_is_masked(gateway: RunningGateway, post
     assert email not in result.stdout
 
 
+def test_pg_dump_without_no_subscriptions_is_told_to_add_it(gateway: RunningGateway) -> None:
+    """pg_dump counts the subscriptions (a login that is not a superuser may not dump them)."""
+    result = pg_dump(gateway, "engineer", "-s", "-t", "orders")
+    assert result.returncode == 1
+    assert "may not read pg_catalog.pg_subscription" in result.stderr
+    assert "pg_dump reads it unless run with --no-subscriptions" in result.stderr
+
+
 def test_pg_dump_schema_as_analyst(gateway: RunningGateway) -> None:
     """The analysts' login may not read the sequences' values, so their dump is of the schema only."""
     result = pg_dump(gateway, "analyst", "--no-subscriptions", "-s", "-t", "customers", "-t", "orders")
