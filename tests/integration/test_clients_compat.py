@@ -1,7 +1,7 @@
 """Client compatibility: what real clients and tools send that the gateway used to refuse or garble.
 
-Each test goes through the real gateway with a real client (psycopg, psql), and where a
-refusal was loosened, the dangerous neighbour is shown still refused.
+Each test goes through the real gateway with a real client (psql, pg_dump, psycopg, SQLAlchemy),
+and where a refusal was loosened, the dangerous neighbours are shown still refused.
 """
 
 from __future__ import annotations
@@ -25,10 +25,16 @@ ADVISORY = ('allow_functions = ["pg_catalog.pg_advisory_lock", "pg_catalog.pg_ad
             ' "pg_catalog.pg_try_advisory_lock"]\n')
 
 
-def refusal(dsn: str, sql: str) -> psycopg.errors.InsufficientPrivilege:
-    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+def error_of(dsn: str, sql: str) -> psycopg.Error:
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as caught:
         conn.execute(sql)
     return caught.value
+
+
+def refusal(dsn: str, sql: str) -> psycopg.Error:
+    error = error_of(dsn, sql)
+    assert isinstance(error, psycopg.errors.InsufficientPrivilege), error
+    return error
 
 
 def with_engineering_advisory_locks(text: str) -> str:
@@ -91,12 +97,6 @@ def test_denied_functions_other_than_advisory_locks_cannot_be_allowed(gateway_fa
 
 
 # --- errors whose quoted parts pgguard hides ------------------------------------------------------------
-
-
-def error_of(dsn: str, sql: str) -> psycopg.Error:
-    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as caught:
-        conn.execute(sql)
-    return caught.value
 
 
 def test_a_misspelt_relation_says_why_its_name_is_hidden(gateway: RunningGateway) -> None:
