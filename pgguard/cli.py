@@ -54,7 +54,7 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  read:  {', '.join(scope.read) or '-'} (and the system catalogs)")
             print(f"  write: {', '.join(scope.write) or '-'}")
         if scope.allow_functions:
-            print(f"  user-defined functions: {', '.join(scope.allow_functions)}")
+            print(f"  functions allowed: {', '.join(scope.allow_functions)}")
         for rule in scope.approval:
             print(f"  held for approval ({rule.label}): {rule}")
         print(f"  masked: {masked[name]}")

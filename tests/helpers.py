@@ -55,15 +55,20 @@ def fetch_value(dsn: str, sql: str, params: Sequence[Any] | None = None) -> Any:
     return rows[0][0]
 
 
-def psql(dsn: str, *commands: str) -> str:
-    """Run psql non-interactively with each command as a `-c`; return stdout, failing on any error."""
-    args = ["psql", dsn, "-X", "-v", "ON_ERROR_STOP=1"]
+def run_psql(dsn: str, *commands: str, args: Sequence[str] = (), stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run psql non-interactively with ON_ERROR_STOP, `args`, and each command as a `-c`, whatever its exit status."""
+    argv = ["psql", dsn, "-X", "-v", "ON_ERROR_STOP=1", *args]
     for command in commands:
-        args += ["-c", command]
+        argv += ["-c", command]
     # Nothing from the environment may change how psql connects or formats.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGCONNECT_TIMEOUT="10", LC_ALL="C.UTF-8", PAGER="", PSQL_PAGER="")
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=30, check=False)
+
+
+def psql(dsn: str, *commands: str) -> str:
+    """Run psql non-interactively with each command as a `-c`; return stdout, failing on any error."""
+    result = run_psql(dsn, *commands)
     assert result.returncode == 0, f"psql {commands} failed ({result.returncode}): {result.stderr}"
     return result.stdout
 

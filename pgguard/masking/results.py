@@ -61,6 +61,10 @@ _QUOTED = re.compile(r'"[\s\S]*"')
 _DIGIT = re.compile(r"[0-9]")
 _VALUE_FIELDS = ("D", "W", "q", "p")
 _TEXT_FIELDS = ("M", "H")
+# Said where that changed the message, so that `relation "[redacted]" does not exist` of a
+# misspelt name does not leave its reader guessing.
+_REDACTED_HINT = ("pgguard hid the quoted parts and digits of this message: the statement reads columns masked"
+                  " for you, or a relation pgguard's catalog does not know (a misspelt name is one)")
 
 
 @dataclass(frozen=True)
@@ -506,6 +510,8 @@ class ResultMasking:
             for code in _TEXT_FIELDS:
                 if code in fields:
                     fields[code] = "[redacted]" if written else _redacted(fields[code])
+            if fields.get("M") != notice.fields.get("M"):
+                fields["H"] = "\n".join(filter(None, (fields.get("H"), _REDACTED_HINT)))
         if scrubber is not None:
             fields = {code: scrubber.scrub(text) for code, text in fields.items()}
         return message if fields == notice.fields else kind(fields).encode()

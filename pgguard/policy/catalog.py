@@ -103,6 +103,8 @@ class Catalog:
     # How a write to a relation writes others ("schema.name" -> its reaches): an updatable view's
     # base relation, rules, triggers, foreign keys that refer to it (reach.py).
     reaches: dict[str, tuple[Reach, ...]] = field(default_factory=dict)
+    # Sequences a table's column owns (serial and identity columns): sequence -> the table.
+    sequence_owners: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -245,6 +247,15 @@ FROM pg_catalog.pg_constraint k
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE k.contype = 'f'"""
 
+_OWNED_SEQUENCES = """\
+SELECT sn.nspname, s.relname, tn.nspname, t.relname FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+  JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')"""
+
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
 _ROUTINES = f"""\
@@ -270,12 +281,15 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         relations = await _rows(upstream, _RELATIONS)
         routines = await _rows(upstream, _ROUTINES)
         inheritance = await _rows(upstream, _INHERITANCE)
+        owned = await _rows(upstream, _OWNED_SEQUENCES)
         await _rows(upstream, _NO_SEARCH_PATH)  # last: the queries above print names as masking reads them
         reached = [await _rows(upstream, sql) for sql in (_TRIGGERS, _RULES, _FOREIGN_KEYS, _VIEWS)]
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
     catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
+    catalog = replace(catalog, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
+                                                for s_schema, s_name, t_schema, t_name in owned})
     return catalog.with_reaches(*reached)
 
 

@@ -57,6 +57,7 @@ READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_re
 LEXICAL_SETTINGS = frozenset({"standard_conforming_strings"})
 
 _CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt's option bit for WITH HOLD
+_ACCESS_SHARE_LOCK = 1  # LockStmt's mode for IN ACCESS SHARE MODE (the default, 8, is ACCESS EXCLUSIVE)
 
 # Functions that change state although they are called from a SELECT.
 SEQUENCE_WRITERS = frozenset({"nextval", "setval"})
@@ -89,7 +90,7 @@ class Statement:
     location: int  # byte offset in the query string
     classes: set[str] = field(default_factory=set)
     reads: set[Name] = field(default_factory=set)
-    # relation -> kinds of write (insert, update, delete, merge, truncate, lock, copy, ddl, sequence)
+    # relation -> kinds of write (insert, update, delete, merge, truncate, lock, copy, ddl, nextval, setval)
     writes: dict[Name, set[str]] = field(default_factory=dict)
     functions: set[Name] = field(default_factory=set)
     operators: set[Name] = field(default_factory=set)
@@ -102,6 +103,9 @@ class Statement:
     casts: set[Name] = field(default_factory=set)
     # True when the statement asks for a read-write transaction.
     read_write: bool = False
+    # Unqualified relations its decision takes to be pg_catalog's: set_config(name, …) FROM pg_settings
+    # WHERE name = 'x' sets x only if pg_settings is the catalog's view.
+    catalog_names: set[Name] = field(default_factory=set)
     # UPDATE or DELETE with no WHERE clause (for approval rules).
     unfiltered: bool = False
     # TRUNCATE … CASCADE: it also empties every table that references those it names, unnamed here.
@@ -260,6 +264,15 @@ def _relation(range_var: Node) -> Name:
     return Name(range_var.get("schemaname"), range_var["relname"])
 
 
+_SET_CONFIG = (Name(None, "set_config"), Name("pg_catalog", "set_config"))
+
+
+def _is_name_column(node: Node) -> bool:
+    """Whether `node` is the unqualified column reference `name`."""
+    fields = (node.get("ColumnRef") or {}).get("fields") or []
+    return len(fields) == 1 and fields[0].get("String", {}).get("sval") == "name"
+
+
 def _constant(node: Node) -> str | None:
     """The text of a string or number constant, or None if `node` is not one."""
     const = node.get("A_Const")
@@ -304,6 +317,8 @@ class _Walker:
     def __init__(self, statement: Statement) -> None:
         self.out = statement
         self.ctes: list[set[str]] = []
+        # set_config's first arguments that stand for a setting's name (id of the node -> the name).
+        self.setting_names: dict[int, str] = {}
 
     # -- statements -------------------------------------------------------
 
@@ -342,6 +357,7 @@ class _Walker:
 
     def _stmt_SelectStmt(self, node: Node) -> None:
         self.out.classes.add(READ)
+        self._settings_row(node)
         outer_reads, self.out.reads = self.out.reads, set()
         try:
             self._with(node)
@@ -405,6 +421,11 @@ class _Walker:
             self.out.write(_relation(item["RangeVar"]), "truncate")
 
     def _stmt_LockStmt(self, node: Node) -> None:
+        if node.get("mode") == _ACCESS_SHARE_LOCK:
+            # What any SELECT takes and holds to the end of its transaction: a read (pg_dump takes it).
+            self.out.classes.add(READ)
+            self.out.reads.update(_relation(item["RangeVar"]) for item in node.get("relations", []))
+            return
         self.out.classes.add(WRITE)
         for item in node.get("relations", []):
             self.out.write(_relation(item["RangeVar"]), "lock")
@@ -620,7 +641,7 @@ class _Walker:
         if name.schema in (None, "pg_catalog"):
             if name.name in SEQUENCE_WRITERS:
                 self.out.classes.add(WRITE)
-                self.out.write(_sequence(name.name, node), "sequence")
+                self.out.write(_sequence(name.name, node), name.name)  # "nextval" or "setval"
             elif name.name in SEQUENCE_READERS:
                 self.out.reads.add(_sequence(name.name, node))
             elif name.name in NOTIFIERS:
@@ -628,9 +649,34 @@ class _Walker:
             elif name.name == "set_config":
                 self._set_config(node.get("args", []))
 
+    def _settings_row(self, node: Node) -> None:
+        """`SELECT set_config(name, 'v', false) FROM pg_settings WHERE name = 'x'` sets x (pg_dump sends it).
+
+        Only that shape: one FROM item, pg_settings (which must then be the catalog's, see catalog_names),
+        filtered on `name = 'x'`, and set_config called on the same `name` right in the select list, where
+        `name` refers to the column the WHERE compared. Each row it sets is named x.
+        """
+        where, items = node.get("whereClause") or {}, node.get("fromClause") or []
+        relation = items[0].get("RangeVar") if len(items) == 1 else None
+        compared = where.get("A_Expr") or {}
+        if relation is None or relation.get("relname") != "pg_settings" or \
+                relation.get("schemaname") not in (None, "pg_catalog") or \
+                compared.get("kind") != "AEXPR_OP" or _name(compared.get("name", [])) != Name(None, "=") or \
+                not _is_name_column(compared.get("lexpr") or {}):
+            return
+        setting = _constant(compared.get("rexpr") or {})
+        if setting is None:
+            return
+        for target in node.get("targetList") or []:
+            call = target.get("ResTarget", {}).get("val", {}).get("FuncCall") or {}
+            args = call.get("args") or []
+            if call and _name(call["funcname"]) in _SET_CONFIG and args and _is_name_column(args[0]):
+                self.setting_names[id(args[0])] = setting
+                self.out.catalog_names.add(Name(relation.get("schemaname"), "pg_settings"))
+
     def _set_config(self, args: list[Node]) -> None:
         """set_config(name, value, is_local) is a SET, and is judged as one."""
-        setting = _constant(args[0]) if args else None
+        setting = (_constant(args[0]) or self.setting_names.get(id(args[0]))) if args else None
         if setting is None:
             raise Unsupported("set_config() of a setting that is not a constant")
         setting = setting.lower()

@@ -29,7 +29,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.reach import CASCADE, events
-from pgguard.policy.scope import GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
@@ -166,6 +166,24 @@ def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
     for value in values:
         schemas.extend(split_identifiers(value) or ())
     return tuple(schemas)
+
+
+def _guarded_hint(qualified: str) -> str | None:
+    """Why a system relation is not readable, for those that only named roles may read."""
+    if qualified not in GUARDED_SYSTEM_RELATIONS:
+        return None
+    hint = (f"{qualified} holds values or secrets, not only descriptions of objects: only roles whose read"
+            " patterns name it may read it (docs/policy.md, Relations and names)")
+    return hint + "; pg_dump reads it unless run with --no-subscriptions" \
+        if qualified == "pg_catalog.pg_subscription" else hint
+
+
+def _denial_hint(name: str) -> str | None:
+    """How to allow a denied function, for those a role may allow."""
+    if name not in ADVISORY_LOCKS:
+        return None
+    return (f'advisory locks are denied unless a role lists them: allow_functions = ["pg_catalog.{name}"]'
+            " (docs/policy.md, Functions and operators)")
 
 
 class SessionGuard:
@@ -450,7 +468,8 @@ class SessionGuard:
         for relation in sorted(st.reads, key=str):
             for qualified, through in self._reached(relation):
                 if not any(scope.may_read(qualified) for scope in self.scopes):
-                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read", None)
+                    return self._refuse(st, f"role {self.roles_label} may not read {qualified}{through}", "read",
+                                        _guarded_hint(qualified))
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
             cascade = {CASCADE} if st.cascades and "truncate" in kinds else set()
             for qualified, written, through in self._written(relation, frozenset(kinds | cascade)):
@@ -460,13 +479,20 @@ class SessionGuard:
                         return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {relation}: {through};"
                                             " pgguard cannot follow that, so only a role that may write every table"
                                             " may set it off", "write", None)
-                elif not any(scope.may_write(qualified) for scope in self.scopes):
+                elif not any(scope.may_write(qualified) for scope in self.scopes) and \
+                        not (written == {"nextval"} and self._owner_writable(qualified)):
                     return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {qualified}{through}",
                                         "write", None)
         # A write that names no relation, or only the session's own temporary ones (pg_temp.t, checked
         # against no pattern), is still a write.
         if (WRITE in st.classes or st.read_write) and not any(scope.writes_anything for scope in self.scopes):
-            return self._refuse(st, f"role {self.roles_label} may not write anything", "write", None)
+            hint = ("it asks for a read-write transaction or session (READ WRITE, or a read_only setting off);"
+                    " leave that out (psycopg: leave read_only unset)" if st.read_write else None)
+            return self._refuse(st, f"role {self.roles_label} may not write anything", "write", hint)
+        for relation in st.catalog_names:
+            if self.resolve(relation) != [qualify("pg_catalog", relation.name)]:
+                return self._refuse(st, f"{relation} may not be pg_catalog's here, and set_config() takes the"
+                                    " setting's name from it", "statements", f"write pg_catalog.{relation.name}")
         for name, values in st.settings:
             if name in IDENTITY_SETTINGS:
                 return self._refuse(st, f"setting {name} is reserved", "statements",
@@ -475,7 +501,10 @@ class SessionGuard:
                 return self._refuse(st, f"setting {name} to {values[0]} is reserved", "statements",
                                     "pgguard reads statements as PostgreSQL does with it on")
         for function in sorted(st.functions, key=str):
-            problem = self._function_problem(function)
+            if function.schema in (None, *SYSTEM_SCHEMAS) and self._denied(function.name):
+                return self._refuse(st, f"function {function.name}() is denied", "functions",
+                                    _denial_hint(function.name))
+            problem = self._callable_problem("function", function, self.catalog.functions, "()")
             if problem:
                 return self._refuse(st, problem, "functions", None)
         for operator in sorted(st.operators, key=str):
@@ -485,10 +514,9 @@ class SessionGuard:
         functions = self.catalog.functions
         for attribute in sorted(st.attributes):
             # `(x).f` is f(x), PostgreSQL's own functions too; `o.f` may be a column instead.
-            if (attribute in functions or not functions) and \
-                    any(scope.function_denied(attribute) for scope in self.scopes):
+            if (attribute in functions or not functions) and self._denied(attribute):
                 return self._refuse(st, f"function {attribute}() is denied (.{attribute} may call it in attribute"
-                                    " notation)", "functions", None)
+                                    " notation)", "functions", _denial_hint(attribute))
             for qualified in self.user_defined(Name(None, attribute), functions) or ():
                 if not any(scope.function_allowed(qualified) for scope in self.scopes):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
@@ -499,6 +527,12 @@ class SessionGuard:
                     return self._refuse(st, f"a cast to {cast} runs user-defined function {qualified}(),"
                                         " which is not listed as safe", "functions", None)
         return None
+
+    def _owner_writable(self, sequence: str) -> bool:
+        """Whether the sequence is a serial or identity column's, of a table the roles may write: nextval() of it
+        draws an id as the table's INSERT would (ORMs fetch ids first). setval() is still a write of the sequence."""
+        owner = self.catalog.sequence_owners.get(sequence)
+        return owner is not None and any(scope.may_write(owner) for scope in self.scopes)
 
     def _classes(self) -> set[str]:
         """The classes the roles may run; `write` only where some role may write somewhere."""
@@ -620,11 +654,10 @@ class SessionGuard:
         path = self._path_set()
         return [qualify(schema, name.name) for schema in sorted(schemas - SYSTEM_SCHEMAS) if schema in path]
 
-    def _function_problem(self, function: Name) -> str | None:
-        if function.schema in (None, *SYSTEM_SCHEMAS) and \
-                any(scope.function_denied(function.name) for scope in self.scopes):
-            return f"function {function.name}() is denied"
-        return self._callable_problem("function", function, self.catalog.functions, "()")
+    def _denied(self, name: str) -> bool:
+        """A built-in function some role denies, unless some role lifts the denial (the union of their grants)."""
+        return any(scope.function_denied(name) for scope in self.scopes) and \
+            not any(scope.lifts_denial(name) for scope in self.scopes)
 
     def _operator_problem(self, operator: Name) -> str | None:
         return self._callable_problem("operator", operator, self.catalog.operators, "")

@@ -45,10 +45,18 @@ RUNS_SQL_TEXT = (
     "ts_stat", "ts_rewrite",
 )
 
+# Advisory locks: a lock an analyst holds can stall the jobs and migrations that wait for it, so they are
+# denied by default; but migration tools take one, so a role may lift the denial by listing them in
+# allow_functions as `pg_catalog.NAME`. (The unlock functions release only the session's own locks.)
+ADVISORY_LOCKS = frozenset({
+    f"{prefix}{lock}{shared}" for prefix in ("pg_", "pg_try_") for lock in ("advisory_lock", "advisory_xact_lock")
+    for shared in ("", "_shared")
+})
+
 # Built-in functions no role may call unless it allows every statement
 # class: server files, large objects, other connections, backend signalling,
-# configuration, advisory locks, replication and WAL control, and SQL run
-# from a string. (set_config is judged as the SET it makes.)
+# configuration, advisory locks (unless lifted, above), replication and WAL
+# control, and SQL run from a string. (set_config is judged as the SET it makes.)
 DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
     # (and their `_old` twins, which PostgreSQL keeps callable for adminpack 1.0)
     "pg_read_file*", "pg_read_binary_file*", "pg_ls_*", "pg_stat_file", "pg_logdir_ls",
@@ -111,6 +119,11 @@ class Scope:
         return not self.unrestricted and (
             matches(DENIED_FUNCTIONS, name) or matches(self.deny_functions, name))
 
+    def lifts_denial(self, name: str) -> bool:
+        """Whether the role lists this advisory lock function in allow_functions (as pg_catalog.NAME)."""
+        return name in ADVISORY_LOCKS and not matches(self.deny_functions, name) and \
+            matches(self.allow_functions, f"pg_catalog.{name}")
+
     def function_allowed(self, qualified: str) -> bool:
         return self.unrestricted or matches(self.allow_functions, qualified)
 
@@ -150,12 +163,19 @@ def compile_scope(role: RoleConfig) -> Scope:
             raise ConfigError(f"[{where}] statements: unknown class(es) {', '.join(bad)}"
                               f" (known: {', '.join(CLASSES)}, or *)")
         classes = frozenset(statements)
+    allow_functions = _strings(role.rules, "allow_functions", where)
+    for pattern in allow_functions:
+        if pattern.startswith("pg_catalog.") and \
+                not any(fnmatchcase(f"pg_catalog.{name}", pattern) for name in ADVISORY_LOCKS):
+            raise ConfigError(f"[{where}] allow_functions: {pattern} names no advisory lock function; built-in"
+                              " functions are allowed unless denied, and of the denied only the advisory locks"
+                              f" ({', '.join(sorted(ADVISORY_LOCKS))}) can be allowed")
     return Scope(
         role=role.name,
         read=_strings(role.rules, "read", where),
         write=_strings(role.rules, "write", where),
         statements=classes,
-        allow_functions=_strings(role.rules, "allow_functions", where),
+        allow_functions=allow_functions,
         deny_functions=_strings(role.rules, "deny_functions", where),
         approval=compile_rules(role),
     )

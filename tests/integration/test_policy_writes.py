@@ -143,7 +143,7 @@ LOCKS = [
     "SELECT count(*) FROM orders o WHERE EXISTS (SELECT 1 FROM orders WHERE id = 1 FOR UPDATE)",
     "WITH l AS (SELECT id FROM tickets WHERE id = 1 FOR SHARE) SELECT * FROM l",
     "LOCK TABLE orders",
-    "LOCK orders IN ACCESS SHARE MODE",
+    "LOCK orders IN ROW SHARE MODE",  # IN ACCESS SHARE MODE is a read: what a SELECT takes
 ]
 SEQUENCES = [
     "SELECT nextval('orders_id_seq')",

@@ -93,6 +93,7 @@ def n(text: str) -> Name:
     ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", {WRITE}),
     ("TRUNCATE t", {WRITE}),
     ("LOCK TABLE t", {WRITE}),
+    ("LOCK TABLE t IN ACCESS SHARE MODE", {READ}),
     ("NOTIFY chan", {WRITE}),
     ("SELECT * FROM t FOR UPDATE", {READ, WRITE}),
     ("SELECT nextval('s')", {READ, WRITE}),
@@ -181,12 +182,13 @@ def test_a_statement_type_classify_does_not_know_is_other_and_refused(make_guard
     ("SELECT * FROM (WITH x AS (INSERT INTO tickets VALUES (1) RETURNING 1) SELECT * FROM x) s",
      {"tickets"}, {"tickets": {"insert"}}),
     ("TRUNCATE orders, tickets", set(), {"orders": {"truncate"}, "tickets": {"truncate"}}),
-    ("LOCK orders IN ACCESS SHARE MODE", set(), {"orders": {"lock"}}),
+    ("LOCK orders IN ROW SHARE MODE", set(), {"orders": {"lock"}}),
+    ("LOCK orders, public.tickets IN ACCESS SHARE MODE NOWAIT", {"orders", "public.tickets"}, {}),
     ("SELECT * FROM orders FOR KEY SHARE", {"orders"}, {"orders": {"lock"}}),
     ("COPY orders FROM STDIN", set(), {"orders": {"copy"}}),
     ("COPY (DELETE FROM orders RETURNING *) TO STDOUT", {"orders"}, {"orders": {"delete"}}),
-    ("SELECT setval('orders_id_seq', 1)", set(), {"orders_id_seq": {"sequence"}}),
-    ("SELECT pg_catalog.nextval('public.orders_id_seq')", set(), {"public.orders_id_seq": {"sequence"}}),
+    ("SELECT setval('orders_id_seq', 1)", set(), {"orders_id_seq": {"setval"}}),
+    ("SELECT pg_catalog.nextval('public.orders_id_seq')", set(), {"public.orders_id_seq": {"nextval"}}),
     ("EXPLAIN DELETE FROM orders", {"orders"}, {}),
     ("EXPLAIN ANALYZE DELETE FROM orders", {"orders"}, {"orders": {"delete"}}),
     ("SELECT * INTO newtab FROM orders", {"orders"}, {"newtab": {"ddl"}}),
@@ -366,7 +368,7 @@ def test_a_sequence_s_last_value_is_a_read_of_it() -> None:
 
 
 def test_sequence_names_are_read_as_regclass_reads_them() -> None:
-    assert one("SELECT nextval('\"Public\".Orders_Seq')").writes == {Name("Public", "orders_seq"): {"sequence"}}
+    assert one("SELECT nextval('\"Public\".Orders_Seq')").writes == {Name("Public", "orders_seq"): {"nextval"}}
     with pytest.raises(Unsupported):
         parse("SELECT nextval('orders_id_seq'::regclass)")  # not a plain constant
     with pytest.raises(Unsupported):
@@ -536,7 +538,7 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("SELECT * FROM orders FOR UPDATE", "SELECT", "role analysts may not write (lock) public.orders", "write"),
     ("EXPLAIN ANALYZE UPDATE orders SET total = 0", "EXPLAIN",
      "role analysts may not write (update) public.orders", "write"),
-    ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (sequence) public.orders_id_seq",
+    ("SELECT nextval('orders_id_seq')", "SELECT", "role analysts may not write (nextval) public.orders_id_seq",
      "write"),
     ("SELECT * FROM hidden.orders", "SELECT", "role analysts may not read hidden.orders", "read"),
     ("DELETE FROM pg_temp.orders", "DELETE", "role analysts may not write anything", "write"),
@@ -548,6 +550,8 @@ def test_unqualified_functions_resolve_through_the_path(make_guard: GuardFactory
     ("COPY orders TO '/tmp/x'", "COPY", "role analysts may not run admin statements", "statements"),
     ("SET ROLE postgres", "SET", "setting role is reserved", "statements"),
     ("SELECT set_config('role', 'postgres', false)", "SELECT", "setting role is reserved", "statements"),
+    ("SELECT set_config(name, 'postgres', false) FROM pg_settings WHERE name = 'role'", "SELECT",
+     "setting role is reserved", "statements"),
     ("SET SESSION AUTHORIZATION postgres", "SET", "setting session_authorization is reserved", "statements"),
     ("SET default_transaction_read_only = off", "SET", "role analysts may not write anything", "write"),
     ("BEGIN READ WRITE", "BEGIN", "role analysts may not write anything", "write"),
@@ -663,7 +667,7 @@ def test_allowed(make_guard: GuardFactory, role: str, sql: str) -> None:
      "role support may not write (lock) public.orders"),
     ("support", "WITH victim AS (SELECT * FROM victim) SELECT * FROM victim",
      "role support may not read public.victim"),
-    ("support", "SELECT nextval('tickets_id_seq')", "role support may not write (sequence) public.tickets_id_seq"),
+    ("support", "SELECT setval('tickets_id_seq', 1)", "role support may not write (setval) public.tickets_id_seq"),
     ("support", "CREATE TABLE public.x (a int)", "role support may not run ddl statements"),
     ("engineering", "SET ROLE postgres", "setting role is reserved"),
     ("engineering", "SELECT pg_read_file('x')", "function pg_read_file() is denied"),
@@ -742,6 +746,10 @@ def test_classifications_are_shared_by_shape_unless_a_constant_is_read(policy: P
         [("application_name", ["x"])]
     assert policy.classify("SELECT set_config('role', 'x', false)")[0].settings == [("role", ["x"])]
     assert policy.classify("SELECT set_config('role', 'x', false)")[0].settings == [("role", ["x"])]
+    # So is the name pg_dump's set_config(name, …) FROM pg_settings WHERE name = '…' compares with.
+    from_settings = "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = '{}'"
+    assert policy.classify(from_settings.format("application_name"))[0].settings == [("application_name", ["x"])]
+    assert policy.classify(from_settings.format("role"))[0].settings == [("role", ["x"])]
 
 
 def test_a_catalog_without_functions_refuses_unknown_ones(make_guard: GuardFactory) -> None:
