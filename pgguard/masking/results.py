@@ -510,7 +510,7 @@ class ResultMasking:
             for code in _TEXT_FIELDS:
                 if code in fields:
                     fields[code] = "[redacted]" if written else _redacted(fields[code])
-            if fields.get("M") != notice.fields.get("M"):
+            if not written and fields.get("M") != notice.fields.get("M"):
                 fields["H"] = "\n".join(filter(None, (fields.get("H"), _REDACTED_HINT)))
         if scrubber is not None:
             fields = {code: scrubber.scrub(text) for code, text in fields.items()}
