@@ -177,9 +177,10 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         computed = clearance.hidden(lineage.computed)
         if computed:
             uses = ", ".join(f"{column} ({lineage.computed[column]})" for column in computed)
-            raise MaskingRefused(f"the statement puts the values of {uses} through what may fail, run long or "
-                                 "make rows depending on them, which reveals them; a strict role reads a hidden "
-                                 f"column as itself, cast to text, or through {'(), '.join(TOTAL_FUNCTIONS)}()")
+            raise MaskingRefused(f"the statement computes with {uses}, which reveals its values: whether that fails, "
+                                 "how long it takes or how many rows it makes depends on them; a strict role may read "
+                                 "a hidden column only as itself, cast to text, or through "
+                                 f"{'(), '.join(TOTAL_FUNCTIONS)}()")
     if lineage.columns is None:
         if touched:
             raise MaskingRefused(f"the statement reads {_listed(touched, lineage)} into columns pgguard "
