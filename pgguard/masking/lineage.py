@@ -833,6 +833,9 @@ class _Analyzer:
         if kind == "EXISTS_SUBLINK":
             self.result.filters |= inner
             return set(), False
+        if kind == "ARRAY_SUBLINK":
+            # It fails on arrays of different dimensions, as ARRAY[…] does.
+            self._computed(inner, "ARRAY(…)")
         if kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
             return inner, False
         # IN / ANY / ALL: a boolean that reveals membership.

@@ -311,8 +311,9 @@ ROUTES = [
     computes(f"SELECT CASE WHEN id > 0 THEN email ELSE 'x' END, coalesce(ssn, 'x'), nullif(phone, 'x'), "
     f"greatest(card_number, '0'), least(email, 'zzz') FROM {C} ORDER BY id LIMIT 150"),
     # subqueries: scalar, IN, EXISTS, ARRAY
-    f"SELECT (SELECT email FROM {C} c2 WHERE c2.id = c.id), ARRAY(SELECT ssn FROM {C} c3 WHERE c3.id = c.id) "
+    f"SELECT (SELECT email FROM {C} c2 WHERE c2.id = c.id), (SELECT upper(ssn) FROM {C} c3 WHERE c3.id = c.id) "
     f"FROM {C} c ORDER BY id LIMIT 150",
+    computes(f"SELECT ARRAY(SELECT ssn FROM {C} c3 WHERE c3.id = c.id) FROM {C} c ORDER BY id LIMIT 150"),
     f"SELECT id, id IN (SELECT id FROM {C} WHERE id < 10), EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) "
     f"FROM {C} c ORDER BY id LIMIT 150",
     f"SELECT x.e FROM (SELECT email AS e FROM {C} ORDER BY id LIMIT 150) x",

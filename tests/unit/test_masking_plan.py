@@ -58,6 +58,8 @@ ORACLES = [
     ("SELECT 1 / (length(email) - 20) FROM customers", "email (operator -)"),
     ("SELECT sqrt(-length(ssn)) FROM customers", "ssn (operator -)"),
     ("SELECT (ARRAY[1])[length(ssn)] FROM customers", "ssn (a subscript)"),
+    ("SELECT ARRAY[ssn] FROM customers", "ssn (ARRAY[…])"),
+    ("SELECT ARRAY(SELECT ssn FROM customers)", "ssn (ARRAY(…))"),
     ("SELECT NULLIF(ssn, '444-07-2101') FROM customers", "ssn (NULLIF)"),
     ("SELECT COALESCE(lower(ssn), (1 / 0)::text) FROM customers", "ssn (COALESCE)"),
     ("SELECT repeat('x', length(ssn)) FROM customers", "ssn (repeat())"),
