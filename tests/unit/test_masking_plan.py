@@ -109,8 +109,8 @@ def test_strict_mode_lets_a_hidden_value_through_what_cannot_fail_to_a_null_colu
 
 
 def test_a_count_of_distinct_hidden_values_is_a_comparison():
-    """Fixed: `count(DISTINCT x)` over a hidden value and a guess (UNION ALL) is 1 exactly when they are equal."""
-    sql = "SELECT count(DISTINCT x) FROM (SELECT ssn AS x FROM customers UNION ALL SELECT '444-07-2101') s"
+    """Fixed: `count(DISTINCT ssn)` over two rows tells whether their values are equal."""
+    sql = "SELECT count(DISTINCT ssn) FROM customers WHERE id IN (1, 2)"
     with pytest.raises(MaskingRefused, match="filters, groups, joins or sorts on public.customers.ssn"):
         plan_for(sql)
     assert plan_for(sql, Clearance(RULES, (), None, strict=False)).columns == (None,)
