@@ -53,8 +53,8 @@ _SET_RETURNING = frozenset({
 _KEEPING = frozenset({"set_config", "pg_notify", "setval"})
 # Built-ins through which a value may pass for strict roles (docs/masking.md, "Strict inference"): for
 # every type they take, with these numbers of arguments, they cannot fail, take time linear in the
-# value's size, and return one value (never NULL but for a NULL argument) per call or group. Each is
-# PostgreSQL's own only where no user-defined function shares its name.
+# value's size, and return one value per call or group. Each is PostgreSQL's own only where no
+# user-defined function shares its name.
 TOTAL_FUNCTIONS: dict[str, range] = {
     "lower": range(1, 2), "upper": range(1, 2), "md5": range(1, 2),
     "length": range(1, 2), "char_length": range(1, 2), "character_length": range(1, 2),
@@ -67,7 +67,8 @@ TOTAL_FUNCTIONS: dict[str, range] = {
 # length, the value is cut, never refused). Not to an array of text, which parses the value.
 _TOTAL_CASTS = frozenset({"text", "varchar", "bpchar", "name"})
 # Nodes that hand values on without working on them.
-_PASSING = frozenset({"List", "CollateClause", "RowExpr", "SortBy", "WindowDef", "GroupingSet"})
+_PASSING = frozenset({"List", "CollateClause", "RowExpr", "NamedArgExpr", "ResTarget", "MultiAssignRef", "SortBy",
+                      "WindowDef", "GroupingSet"})
 # What other nodes do with a value, for refusals.
 _DOING = {"BoolExpr": "AND, OR or NOT", "NullTest": "IS NULL", "BooleanTest": "IS TRUE, FALSE or UNKNOWN",
           "CoalesceExpr": "COALESCE", "MinMaxExpr": "GREATEST or LEAST", "A_ArrayExpr": "ARRAY[…]",
@@ -719,7 +720,7 @@ class _Analyzer:
                     # `count(NULLIF(ssn, 'guess'))`) tests the values.
                     self.result.filters |= found
             if call.get("agg_distinct"):
-                # `count(DISTINCT x)` over a hidden value and a guess (UNION ALL) counts 1 if they are equal.
+                # `count(DISTINCT ssn)` over two rows is 1 if their values are equal.
                 self.result.filters |= args
             total = name in TOTAL_FUNCTIONS and len(call.get("args", [])) in TOTAL_FUNCTIONS[name] and \
                 schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
