@@ -65,7 +65,7 @@ sslrootcert = "{pg_ca}"
 "public.customers.ssn" = "redact"
 # Free text that quotes customers' emails and card numbers: read as it is, it gets each role's
 # detectors; anything computed from it (substr, reverse, encode …) is NULL to roles not cleared
-# for it, and strict roles may not filter or sort on it (docs/masking.md, "scrub").
+# for it, and strict roles may not filter, sort or compute on it (docs/masking.md, "scrub").
 "public.tickets.body" = "scrub"
 
 [masking.detectors]
@@ -78,6 +78,7 @@ read = ["public.*"]
 write = []
 unmasked = []
 detectors = ["card_number", "email"]
+# No filtering, sorting or computing on hidden columns (docs/masking.md, "Strict inference").
 strict_inference = true
 
 [roles.support]

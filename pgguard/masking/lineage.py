@@ -51,6 +51,31 @@ _SET_RETURNING = frozenset({
 # they are: a setting (SHOW, current_setting, the ParameterStatus of
 # application_name), a notification to the listeners, a sequence's value.
 _KEEPING = frozenset({"set_config", "pg_notify", "setval"})
+# Built-ins through which a value may pass for strict roles (docs/masking.md, "Strict inference"): for
+# every type they take, with these numbers of arguments, they cannot fail, take time linear in the
+# value's size, and return one value per call or group. Each is PostgreSQL's own only where no
+# user-defined function shares its name.
+TOTAL_FUNCTIONS: dict[str, range] = {
+    "lower": range(1, 2), "upper": range(1, 2), "md5": range(1, 2),
+    "length": range(1, 2), "char_length": range(1, 2), "character_length": range(1, 2),
+    "octet_length": range(1, 2),
+    "btrim": range(1, 3), "ltrim": range(1, 3), "rtrim": range(1, 3),
+    "concat": range(1, 101), "concat_ws": range(1, 101),
+    "string_agg": range(2, 3),
+}
+# Casts that cannot fail: to text, whose output functions every type has and which never fail (with a
+# length, the value is cut, never refused). Not to an array of text, which parses the value.
+_TOTAL_CASTS = frozenset({"text", "varchar", "bpchar", "name"})
+# Nodes that hand values on without working on them.
+_PASSING = frozenset({"List", "CollateClause", "RowExpr", "NamedArgExpr", "ResTarget", "MultiAssignRef", "SortBy",
+                      "WindowDef", "GroupingSet"})
+# What other nodes do with a value, for refusals.
+_DOING = {"BoolExpr": "AND, OR or NOT", "NullTest": "IS NULL", "BooleanTest": "IS TRUE, FALSE or UNKNOWN",
+          "CoalesceExpr": "COALESCE", "MinMaxExpr": "GREATEST or LEAST", "A_ArrayExpr": "ARRAY[…]",
+          "A_Expr": "BETWEEN", "A_Indices": "a subscript"}
+_OPERATOR_KINDS = {"AEXPR_DISTINCT": "IS DISTINCT FROM", "AEXPR_NOT_DISTINCT": "IS NOT DISTINCT FROM",
+                   "AEXPR_NULLIF": "NULLIF", "AEXPR_IN": "IN", "AEXPR_LIKE": "LIKE", "AEXPR_ILIKE": "ILIKE",
+                   "AEXPR_SIMILAR": "SIMILAR TO"}
 _MAX_VIEW_DEPTH = 8
 # A_Expr kinds named by a keyword, not an operator: every other kind calls the operator it names.
 _BETWEEN = frozenset({"AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN", "AEXPR_BETWEEN_SYM", "AEXPR_NOT_BETWEEN_SYM"})
@@ -113,6 +138,11 @@ class Lineage:
     stores: str | None = None
     # User-defined functions called, and the columns each may read (to name them in refusals).
     functions: dict[str, set[SourceColumn]] = field(default_factory=dict)
+    # Columns whose values something other than a total function (see TOTAL_FUNCTIONS) worked on, and
+    # the first such thing for each: a cast that can fail, an operator, a CASE condition, a call. Whether
+    # it fails, how long it takes or how many rows it makes depends on the value, which the client sees
+    # (`1 / (CASE WHEN ssn LIKE '4%' THEN 0 ELSE 1 END)`): strict roles are refused it on hidden columns.
+    computed: dict[SourceColumn, str] = field(default_factory=dict)
 
 
 class Relations:
@@ -470,7 +500,7 @@ class _Analyzer:
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
                                written=self.result.written, changed=self.result.changed,
                                derived_writes=self.result.derived_writes,
-                               functions=self.result.functions)
+                               functions=self.result.functions, computed=self.result.computed)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
         return columns
@@ -594,6 +624,8 @@ class _Analyzer:
         inner = lineage_of_view(definition, self.relations, self.depth + 1, self.calls)
         self.result.touched |= inner.touched
         self.result.filters |= inner.filters
+        for column, doing in inner.computed.items():
+            self.result.computed.setdefault(column, doing)
         self.result.uncertain.extend(inner.uncertain)
         self.result.unresolved |= inner.unresolved
         _merge_functions(self.result.functions, inner.functions)
@@ -660,7 +692,10 @@ class _Analyzer:
             return self._column_ref(node["ColumnRef"], scope)
         if "TypeCast" in node:
             found, direct = self._sources(node["TypeCast"].get("arg"), scope)
-            return found, direct and self.result.copy is None and not _cuts(node["TypeCast"].get("typeName", {}))
+            type_name = node["TypeCast"].get("typeName", {})
+            if not _total_cast(type_name):
+                self._computed(found, f"a cast to {_type_label(type_name)}")
+            return found, direct and self.result.copy is None and not _cuts(type_name)
         if "SelectStmt" in node:
             columns = self.select(node["SelectStmt"], scope)
             found = set().union(*(c.sources for c in columns)) if columns else set()
@@ -684,6 +719,13 @@ class _Analyzer:
                     # of an expression (`count(CASE WHEN ssn LIKE '1%' THEN 1 END)`,
                     # `count(NULLIF(ssn, 'guess'))`) tests the values.
                     self.result.filters |= found
+            if call.get("agg_distinct"):
+                # `count(DISTINCT ssn)` over two rows is 1 if their values are equal.
+                self.result.filters |= args
+            total = name in TOTAL_FUNCTIONS and len(call.get("args", [])) in TOTAL_FUNCTIONS[name] and \
+                schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
+            if not (counting or total):
+                self._computed(args, f"{'.'.join(names)}()")
             if call.get("agg_within_group"):
                 # `mode() WITHIN GROUP (ORDER BY ssn)`: the values sorted are the aggregate's input.
                 args |= self._sources(call.get("agg_order"), scope)[0]
@@ -698,21 +740,41 @@ class _Analyzer:
         if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
             operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)
             names = [part["String"]["sval"] for part in node["A_Expr"].get("name", [])]
+            kind = node["A_Expr"].get("kind")
+            self._computed(operands, _OPERATOR_KINDS.get(kind) or f"operator {'.'.join(names)}")
             return operands | self._call(names, operands, operator=True), False
         if "A_Indirection" in node:
             # `(row).f` selects a field, or calls a user-defined f(row) in attribute notation.
             indirection = node["A_Indirection"]
             found, _ = self._sources(indirection.get("arg"), scope)
             found |= self._sources(indirection.get("indirection"), scope)[0]
+            if any("A_Indices" in part for part in indirection.get("indirection", [])):
+                self._computed(found, "a subscript")
             for part in indirection.get("indirection", []):
                 if "String" in part and self.relations.functions(None, part["String"]["sval"]):
                     found |= self._call([part["String"]["sval"]], found)
             return found, False
+        if "CaseExpr" in node:
+            # Which branch runs is a test of the value, whatever each branch holds (`THEN 1/0`).
+            case = node["CaseExpr"]
+            whens = [when.get("CaseWhen", {}) for when in case.get("args", [])]
+            tested, _ = self._sources([case.get("arg"), *(when.get("expr") for when in whens)], scope)
+            self._computed(tested, "a CASE condition")
+            chosen, _ = self._sources([case.get("defresult"), *(when.get("result") for when in whens)], scope)
+            return tested | chosen, False
         found = set()
         for key, child in node.items():
             if isinstance(child, (dict, list)):
                 found |= self._sources(child, scope)[0]
+        kind = next(iter(node)) if len(node) == 1 else ""
+        if kind[:1].isupper() and kind not in _PASSING:  # a node (its fields are named in lower case)
+            self._computed(found, _DOING.get(kind, kind))
         return found, False
+
+    def _computed(self, found: Iterable[SourceColumn], doing: str) -> None:
+        """Values of `found` go through `doing`, which can fail, run long or make rows by them."""
+        for column in found:
+            self.result.computed.setdefault(column, doing)
 
     def _call(self, names: list[str], args: set[SourceColumn], operator: bool = False) -> set[SourceColumn]:
         """What a call may return beyond its arguments: whatever the bodies of the user-defined functions it may run read."""
@@ -726,6 +788,8 @@ class _Analyzer:
         found: set[SourceColumn] = set()
         for routine in routines:
             read = self._routine(routine)
+            # What the body does with what it reads, pgguard does not follow (`IF ssn LIKE '4%' THEN RAISE`).
+            self._computed(read, f"{routine.name}()")
             if routine.returns_set:  # how many rows it returns reveals what its body read
                 self.result.filters |= read | args
             self.result.functions.setdefault(routine.name, set()).update(read)
@@ -770,6 +834,9 @@ class _Analyzer:
         if kind == "EXISTS_SUBLINK":
             self.result.filters |= inner
             return set(), False
+        if kind == "ARRAY_SUBLINK":
+            # It fails on arrays of different dimensions, as ARRAY[…] does.
+            self._computed(inner, "ARRAY(…)")
         if kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
             return inner, False
         # IN / ANY / ALL: a boolean that reveals membership.
@@ -1053,6 +1120,18 @@ def _cuts(type_name: Node) -> bool:
     """
     names = [part["String"]["sval"] for part in type_name.get("names", [])]
     return bool(type_name.get("typmods")) or names[-1:] in (["name"], ["char"])
+
+
+def _total_cast(type_name: Node) -> bool:
+    """Whether a cast to the type cannot fail: to one of PostgreSQL's text types, not an array of them."""
+    names = [part["String"]["sval"] for part in type_name.get("names", [])]
+    return bool(names) and names[-1] in _TOTAL_CASTS and names[:-1] in ([], ["pg_catalog"]) and \
+        not type_name.get("arrayBounds")
+
+
+def _type_label(type_name: Node) -> str:
+    names = [part["String"]["sval"] for part in type_name.get("names", [])]
+    return ".".join(name for name in names if name != "pg_catalog") + ("[]" if type_name.get("arrayBounds") else "")
 
 
 def _column_aliases(alias: Node) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 from pgguard.config import ConfigError, RoleConfig
 from pgguard.masking.detectors import DETECTORS, Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
-from pgguard.masking.lineage import Lineage, SourceColumn
+from pgguard.masking.lineage import TOTAL_FUNCTIONS, Lineage, SourceColumn
 from pgguard.masking.readings import binary_readings, float8_text_readings, is_text, text_readings
 from pgguard.masking.values import BINARY_FORMAT, BYTEA, FLOAT8, JSON_TYPES, NO_FREE_TEXT, TEXT_ARRAYS, TEXT_TYPES
 from pgguard.wire.backend import FieldDescription
@@ -174,6 +174,13 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
         if inferred:
             raise MaskingRefused(f"the statement filters, groups, joins or sorts on {_listed(inferred, lineage)},"
                                  " which reveals its values")
+        computed = clearance.hidden(lineage.computed)
+        if computed:
+            uses = ", ".join(f"{column} ({lineage.computed[column]})" for column in computed)
+            raise MaskingRefused(f"the statement computes with {uses}, which reveals its values: whether that fails, "
+                                 "how long it takes or how many rows it makes depends on them; a strict role may read "
+                                 "a hidden column only as itself, cast to text, or through "
+                                 f"{'(), '.join(TOTAL_FUNCTIONS)}()")
     if lineage.columns is None:
         if touched:
             raise MaskingRefused(f"the statement reads {_listed(touched, lineage)} into columns pgguard "

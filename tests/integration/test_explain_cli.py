@@ -86,17 +86,20 @@ def test_check_names_an_unknown_statement_class(tmp_path, gateway):
 def test_explain_shows_each_columns_masking_and_refuses_what_masking_cannot_guarantee(gateway):
     result = _pgguard("explain", "-c", str(gateway.config_path), "--group", "analysts",
                       "SELECT id, email, lower(email), city, body FROM customers JOIN tickets ON customer_id = "
-                      "customers.id; SELECT reverse(body) FROM tickets; "
-                      "SELECT id FROM customers WHERE ssn LIKE '4%'")
+                      "customers.id; SELECT upper(body) FROM tickets; "
+                      "SELECT id FROM customers WHERE ssn LIKE '4%'; SELECT reverse(body) FROM tickets")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "  column id: detectors card_number, email\n" in result.stdout
     assert "  column email: email (from public.customers.email)\n" in result.stdout
     assert "  column lower: null (from public.customers.email)\n" in result.stdout
     assert "  column body: detectors card_number, email (from public.tickets.body)\n" in result.stdout
-    assert "  column reverse: null (from public.tickets.body)\n" in result.stdout
-    # The gateway's own refusal, word for word: masking refuses inference on a hidden column.
+    assert "  column upper: null (from public.tickets.body)\n" in result.stdout
+    # The gateway's own refusal, word for word: masking refuses inference on a hidden column, and, for strict
+    # roles, computing on one with what may fail.
     assert ("REFUSED: pgguard: statement refused: the statement filters, groups, joins or sorts on "
             "public.customers.ssn, which reveals its values (rule masking)") in result.stdout
+    assert ("REFUSED: pgguard: statement refused: the statement computes with public.tickets.body (reverse()), "
+            "which reveals its values") in result.stdout
 
 
 def test_explain_json_masking_for_a_role_cleared_for_everything(gateway):

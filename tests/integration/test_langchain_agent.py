@@ -120,8 +120,12 @@ WAYS_AROUND = {
     "SELECT set_config('default_transaction_read_only', 'off', false)": "(rule roles.analysts.write)",
     "UPDATE customers SET city = 'Nowhere' WHERE id = 1": "(rule roles.analysts.write)",
     "SELECT pg_read_file('/etc/passwd')": "(rule roles.analysts.functions)",
-    # Free text that quotes emails and card numbers, cut or reshaped so no detector knows it.
-    "SELECT substr(body, strpos(body, '@') - 20, 20), reverse(body) FROM tickets LIMIT 2": "[(None, None), (None, None)]",
+    # Free text that quotes emails and card numbers, cut or reshaped so no detector knows it: arithmetic and
+    # calls that may fail on the text, which strict inference refuses (they would be NULL otherwise).
+    "SELECT substr(body, strpos(body, '@') - 20, 20), reverse(body) FROM tickets LIMIT 2": "(rule masking)",
+    # A runtime error as an oracle on a hidden value: whether it fails tells one bit of the SSN.
+    "SELECT 1 / (CASE WHEN ssn LIKE '4%' THEN 0 ELSE 1 END) FROM customers WHERE id = 1": "(rule masking)",
+    "SELECT md5(ssn), length(email), concat(full_name, ' ', email) FROM customers LIMIT 1": "[(None, None, None)]",
     "SELECT count(*) FROM tickets WHERE body ~ '4[0-9]{3} [0-9]{4}'": "(rule masking)",
 }
 

@@ -11,9 +11,9 @@ import pytest
 
 from pgguard.masking.bodies import Routine, body_of
 from pgguard.masking.lineage import Lineage, SourceColumn, lineage
-from pgguard.masking.plan import NULLIFY, MaskingRefused, plan
+from pgguard.masking.plan import NULLIFY, Clearance, MaskingRefused, plan
 from test_masking_lineage import FakeCatalog
-from test_masking_plan import ANALYST, SUPPORT
+from test_masking_plan import ANALYST, RULES, SUPPORT
 
 EVERYTHING = {"email", "phone", "card_number", "ssn"}
 
@@ -171,7 +171,8 @@ def test_a_set_returning_function_filters_on_what_it_reads():
 
 
 def test_plans_mask_calls_for_those_not_cleared():
-    assert plan(analysed("SELECT id, get_email(id) FROM customers"), ANALYST).columns == (None, NULLIFY)
+    lax = Clearance(RULES, (), None, strict=False)
+    assert plan(analysed("SELECT id, get_email(id) FROM customers"), lax).columns == (None, NULLIFY)
     # Support sees emails raw, and a function that reads only emails is not hidden from it.
     assert plan(analysed("SELECT id, get_email(id) FROM customers"), SUPPORT).columns == (None, None)
     assert plan(analysed("SELECT plpgsql_dynamic('ssn')"), SUPPORT).columns == (NULLIFY,)
@@ -184,6 +185,13 @@ def test_strict_inference_refuses_a_call_in_where_and_names_the_function():
         plan(analysed("SELECT id FROM customers ORDER BY get_email(id)"), ANALYST)
     # Lax roles may filter, as they may on the column itself.
     assert plan(analysed("SELECT id FROM orders WHERE ssn_starts('123') > 0"), SUPPORT).columns == (None,)
+
+
+def test_strict_inference_refuses_a_call_that_reads_a_hidden_column():
+    """What the body does with the value (a condition that raises, a loop as long as the value) is not
+    followed: for strict roles, the call is refused, not NULL."""
+    with pytest.raises(MaskingRefused, match=r"public\.customers\.email \(public\.get_email\(\)\)"):
+        plan(analysed("SELECT id, get_email(id) FROM customers"), ANALYST)
 
 
 def test_the_function_read_is_recorded_for_refusals():

@@ -43,6 +43,79 @@ def test_strict_mode_refuses_inference_and_lax_mode_allows_it(sql):
     plan_for(sql, Clearance(RULES, (), None, strict=False))
 
 
+# What a hidden value goes through, which decides whether the statement fails, how long it runs or how
+# many rows it makes: each an oracle on the value, and how the refusal names it.
+ORACLES = [
+    ("SELECT 1 / (CASE WHEN ssn LIKE '4%' THEN 0 ELSE 1 END) FROM customers WHERE id = 1", "ssn (LIKE)"),
+    ("SELECT CASE WHEN ssn IS NULL THEN 1 / 0 END FROM customers", "ssn (IS NULL)"),
+    ("SELECT CASE ssn WHEN '444-07-2101' THEN 1 / 0 END FROM customers", "ssn (a CASE condition)"),
+    ("SELECT ssn::int FROM customers WHERE id = 1", "ssn (a cast to int4)"),
+    ("SELECT CAST(ssn AS pg_catalog.int8) FROM customers", "ssn (a cast to int8)"),
+    ("SELECT (substr(email, 1, 1) || '1')::int FROM customers", "email (substr())"),
+    ("SELECT email::inet FROM customers", "email (a cast to inet)"),
+    ("SELECT ssn::text[] FROM customers", "ssn (a cast to text[])"),
+    ("SELECT make_date(2000, 1, length(ssn)) FROM customers", "ssn (make_date())"),
+    ("SELECT 1 / (length(email) - 20) FROM customers", "email (operator -)"),
+    ("SELECT sqrt(-length(ssn)) FROM customers", "ssn (operator -)"),
+    ("SELECT (ARRAY[1])[length(ssn)] FROM customers", "ssn (a subscript)"),
+    ("SELECT ARRAY[ssn] FROM customers", "ssn (ARRAY[…])"),
+    ("SELECT ARRAY(SELECT ssn FROM customers)", "ssn (ARRAY(…))"),
+    ("SELECT NULLIF(ssn, '444-07-2101') FROM customers", "ssn (NULLIF)"),
+    ("SELECT COALESCE(lower(ssn), (1 / 0)::text) FROM customers", "ssn (COALESCE)"),
+    ("SELECT repeat('x', length(ssn)) FROM customers", "ssn (repeat())"),
+    ("SELECT pg_sleep(length(ssn)) FROM customers", "ssn (pg_sleep())"),
+    ("SELECT email = 'x' AND 1 / (id - id) = 1 FROM customers", "email (operator =)"),
+    ("SELECT id, (SELECT 1 / (length(ssn) - 11) FROM customers WHERE id = 1) FROM orders", "ssn (operator -)"),
+    ("SELECT sum(ssn::int) FROM customers", "ssn (a cast to int4)"),
+    ("SELECT max(ssn) FROM customers", "ssn (max())"),
+    ("SELECT x FROM (SELECT upper(ssn) AS x FROM customers) s WHERE s.x IS NOT NULL OR true", None),
+    ("SELECT y FROM (SELECT to_date(x, 'YYYY') AS y FROM (SELECT ssn AS x FROM customers) a) b",
+     "ssn (to_date())"),
+    ("WITH s AS (SELECT ascii(ssn) AS a FROM customers) SELECT 1", "ssn (ascii())"),
+    ("SELECT id FROM contacts WHERE id = 1 AND mail IS NOT NULL", None),
+    ("SELECT pg_catalog.lower(email, email) FROM customers", "email (pg_catalog.lower())"),
+]
+
+
+@pytest.mark.parametrize(("sql", "named"), ORACLES)
+def test_strict_mode_refuses_what_a_hidden_value_goes_through_unless_it_cannot_fail(sql, named):
+    with pytest.raises(MaskingRefused, match="reveals") as caught:
+        plan_for(sql)
+    if named:
+        assert f"public.customers.{named}" in str(caught.value)
+
+
+@pytest.mark.parametrize(("sql", "named"), ORACLES)
+def test_lax_mode_runs_what_a_hidden_value_goes_through(sql, named):
+    plan_for(sql, Clearance(RULES, (), None, strict=False))
+
+
+@pytest.mark.parametrize(("sql", "columns"), [
+    ("SELECT email, lower(email), upper(email), md5(ssn), length(ssn), char_length(ssn), octet_length(email) "
+     "FROM customers", (MaskSpec("email"), NULLIFY, NULLIFY, NULLIFY, NULLIFY, NULLIFY, NULLIFY)),
+    ("SELECT trim(email), btrim(ssn, '-'), ltrim(email), rtrim(email), concat(full_name, ' ', email), "
+     "concat_ws(', ', email, ssn) FROM customers", (NULLIFY,) * 6),
+    ("SELECT ssn::text, email::varchar(5), CAST(email AS character varying), ssn::name FROM customers",
+     (MaskSpec("redact"), NULLIFY, MaskSpec("email"), NULLIFY)),
+    ("SELECT city, count(email), count(*), string_agg(email, ',') FROM customers GROUP BY city",
+     (None, None, None, NULLIFY)),
+    ("SELECT c, (c).email, ROW(email, id), lower(email COLLATE \"C\") FROM customers c", (NULLIFY,) * 4),
+    ("SELECT CASE WHEN id = 1 THEN email END, lower(x) FROM customers, LATERAL (SELECT upper(ssn) x) s",
+     (NULLIFY, NULLIFY)),
+    ("SELECT mail FROM contacts", (NULLIFY,)),
+])
+def test_strict_mode_lets_a_hidden_value_through_what_cannot_fail_to_a_null_column(sql, columns):
+    assert plan_for(sql).columns == columns
+
+
+def test_a_count_of_distinct_hidden_values_is_a_comparison():
+    """Fixed: `count(DISTINCT ssn)` over two rows tells whether their values are equal."""
+    sql = "SELECT count(DISTINCT ssn) FROM customers WHERE id IN (1, 2)"
+    with pytest.raises(MaskingRefused, match="filters, groups, joins or sorts on public.customers.ssn"):
+        plan_for(sql)
+    assert plan_for(sql, Clearance(RULES, (), None, strict=False)).columns == (None,)
+
+
 def test_unknown_lineage_over_a_sensitive_column_is_refused():
     with pytest.raises(MaskingRefused, match="cannot tell"):
         plan_for("SELECT j.value FROM customers c, jsonb_each(to_jsonb(c)) j")
