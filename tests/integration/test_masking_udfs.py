@@ -128,30 +128,36 @@ def raw(postgres: PostgresServer) -> RawValues:
     return RawValues.read(fetch_all(postgres.dsn(), "SELECT email, phone, card_number, ssn FROM customers ORDER BY id"))
 
 
+def analyst_of(gateway: RunningGateway) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
+        yield conn
+
+
+def analyst_async_of(gateway: RunningGateway) -> Iterator[AsyncSession]:
+    session = AsyncSession(gateway.dsn("analyst"))
+    yield session
+    session.close()
+
+
 @pytest.fixture(scope="module")
 def analyst(gw: RunningGateway) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
-        yield conn
+    yield from analyst_of(gw)
 
 
 @pytest.fixture(scope="module")
 def analyst_async(gw: RunningGateway) -> Iterator[AsyncSession]:
-    session = AsyncSession(gw.dsn("analyst"))
-    yield session
-    session.close()
+    yield from analyst_async_of(gw)
 
 
 @pytest.fixture(scope="module")
 def lax(lax_gw: RunningGateway) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(lax_gw.dsn("analyst"), autocommit=True) as conn:
-        yield conn
+    """The analysts' role without strict_inference: what strict roles are refused, it gets masked."""
+    yield from analyst_of(lax_gw)
 
 
 @pytest.fixture(scope="module")
 def lax_async(lax_gw: RunningGateway) -> Iterator[AsyncSession]:
-    session = AsyncSession(lax_gw.dsn("analyst"))
-    yield session
-    session.close()
+    yield from analyst_async_of(lax_gw)
 
 
 Runner = Callable[[psycopg.Connection[Any], AsyncSession, str], list[Any]]
@@ -257,11 +263,12 @@ def test_a_function_created_after_the_gateway_started_is_followed_once_the_catal
         return
 
 
-def test_what_a_function_raises_from_a_sensitive_column_is_redacted(gw, raw):
+def test_what_a_function_raises_from_a_sensitive_column_is_redacted(lax_gw, raw):
     """Fixed: RAISE prints its values where it likes (`ben obrien1 example net wrote in`), unquoted and before any
-    colon, so only the digits were masked: the email's user part, which its mask hides, came through."""
+    colon, so only the digits were masked: the email's user part, which its mask hides, came through. (A strict
+    role is refused the call: the function's body reads a hidden column.)"""
     name = max(re.findall(r"[a-z]+", raw.emails[0].split("@")[0]), key=len)  # the user part's longest word
-    with psycopg.connect(gw.dsn("analyst"), autocommit=True) as conn:
+    with psycopg.connect(lax_gw.dsn("analyst"), autocommit=True) as conn:
         said: list[tuple[str | None, str | None]] = []
         conn.add_notice_handler(lambda notice: said.append((notice.message_primary, notice.message_hint)))
         assert conn.execute("SELECT mf_raise(1, 'notice')").fetchall() == [(None,)]
