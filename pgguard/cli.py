@@ -20,6 +20,7 @@ from pgguard.masking.lineage import SourceColumn
 from pgguard.masking.session import MaskingConfig
 from pgguard.policy.explain import dumps, explain, render
 from pgguard.policy.guard import Policy
+from pgguard.relay.server import server_tls_context
 from pgguard.runtime import run_gateway, setup_logging
 
 
@@ -37,6 +38,7 @@ def _check(args: argparse.Namespace) -> int:
     scopes = Policy(config).scopes
     masking = MaskingConfig(config)
     masked = {name: _masked_for(masking, role) for name, role in config.roles.items()}  # raises as serve would
+    server_tls_context(config)
     print(f"{config.path}: ok")
     print(f"issuer {config.identity.issuer} (the gateway's own tokens); {len(revoked)} revocation(s) in "
           f"{config.identity.revocation_file}")

@@ -55,7 +55,11 @@ def server_tls_context(config: Config) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(config.gateway.tls_cert), str(config.gateway.tls_key))
+    try:
+        context.load_cert_chain(str(config.gateway.tls_cert), str(config.gateway.tls_key))
+    except OSError as exc:  # ssl.SSLError too: OpenSSL's own words name neither file
+        raise ConfigError(f"[gateway] tls_cert {config.gateway.tls_cert}, tls_key {config.gateway.tls_key}: "
+                          f"not a certificate and its private key ({exc.strerror or exc})") from exc
     return context
 
 

@@ -113,3 +113,17 @@ def test_explain_json_masking_for_a_role_cleared_for_everything(gateway):
     (item,) = json.loads(result.stdout)
     assert item["columns"] == [{"column": "email", "shown": "detectors card_number", "from": []},
                                {"column": "ssn", "shown": "redact", "from": ["public.customers.ssn"]}]
+
+
+def test_check_and_serve_name_a_tls_key_that_is_no_key(tmp_path, gateway):
+    """Fixed: check said ok, and serve stopped with OpenSSL's `[SSL] PEM lib (_ssl.c:…)`, naming no file."""
+    junk = tmp_path / "gateway.key"
+    junk.write_text("not a key\n")
+    text = gateway.config_path.read_text()
+    key = next(line for line in text.splitlines() if line.startswith("tls_key = "))
+    config = tmp_path / "pgguard.toml"
+    config.write_text(text.replace(key, f'tls_key = "{junk}"'))
+    for command in ("check", "serve"):
+        result = _pgguard(command, "-c", str(config))
+        assert result.returncode == 2 and "ok" not in result.stdout, (command, result.stdout)
+        assert f"tls_key {junk}: not a certificate and its private key" in result.stderr, (command, result.stderr)
