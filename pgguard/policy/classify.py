@@ -11,6 +11,7 @@ class may run: what cannot be classified is refused, never guessed at.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,6 +266,7 @@ def _relation(range_var: Node) -> Name:
 
 
 _SET_CONFIG = (Name(None, "set_config"), Name("pg_catalog", "set_config"))
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*")
 
 
 def _is_name_column(node: Node) -> bool:
@@ -664,9 +666,12 @@ class _Walker:
                 compared.get("kind") != "AEXPR_OP" or _name(compared.get("name", [])) != Name(None, "=") or \
                 not _is_name_column(compared.get("lexpr") or {}):
             return
+        own = {cte["CommonTableExpr"]["ctename"] for cte in (node.get("withClause") or {}).get("ctes", [])}
+        if relation.get("schemaname") is None and any("pg_settings" in scope for scope in (*self.ctes, own)):
+            return  # a CTE's `name` may be of a type whose = is looser than text's (char(n) drops trailing blanks)
         setting = _constant(compared.get("rexpr") or {})
-        if setting is None:
-            return
+        if setting is None or not _SETTING_NAME.fullmatch(setting):
+            return  # a name only text's = keeps whole: `name = 'role '` is true of a char(n) 'role'
         for target in node.get("targetList") or []:
             call = target.get("ResTarget", {}).get("val", {}).get("FuncCall") or {}
             args = call.get("args") or []
