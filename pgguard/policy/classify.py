@@ -309,6 +309,9 @@ def _sequence(function: str, call: Node) -> Name:
     sequence = _constant(args[0]) if args else None
     if sequence is None:
         raise Unsupported(f"{function}() of a sequence that is not a constant")
+    if sequence.isdigit():
+        # regclass reads digits as an OID: the sequence could be in any schema.
+        raise Unsupported(f"{function}() of a sequence given by its OID ({sequence}); name it instead")
     parts = split_identifiers(sequence, ".")
     if not parts or len(parts) > 3:
         raise Unsupported(f"{function}() of a sequence name pgguard cannot read: {sequence!r}")

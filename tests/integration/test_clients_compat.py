@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from helpers import fetch_all, run_psql
+from pgguard.demo.data import ENGINEER
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -291,3 +292,23 @@ def test_an_orm_that_fetches_ids_first_inserts_through_the_tables_own_sequence(g
 def test_other_sequence_writes_stay_refused(gateway: RunningGateway, identity: str, sql: str,
                                                                refused: str) -> None:
     assert refused in refusal(gateway.dsn(identity), sql).diag.message_primary
+
+
+@pytest.mark.parametrize("call", ["nextval({oid})", "nextval('{oid}')", "setval({oid}, 7)"])
+def test_a_sequence_given_by_its_oid_is_refused(gateway: RunningGateway, postgres: PostgresServer,
+                                                call: str) -> None:
+    """regclass reads digits as an OID: they were judged as public."16440", which the engineers may write, and
+    wrote a sequence of another schema (here one their login is granted)."""
+    direct = postgres.dsn(sslmode="verify-full")
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS compat_private")
+        conn.execute("CREATE SEQUENCE IF NOT EXISTS compat_private.s")
+        conn.execute(f"GRANT USAGE ON SCHEMA compat_private TO {ENGINEER}")
+        conn.execute(f"GRANT ALL ON SEQUENCE compat_private.s TO {ENGINEER}")
+        oid = conn.execute("SELECT 'compat_private.s'::regclass::oid").fetchone()[0]  # type: ignore[index]
+    try:
+        error = refusal(gateway.dsn("engineer"), "SELECT " + call.format(oid=oid))
+        assert f"of a sequence given by its OID ({oid})" in error.diag.message_primary
+    finally:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA compat_private CASCADE")
