@@ -275,6 +275,7 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
 
 async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
     """Run the catalog queries over a connection of the gateway's own."""
+    started = time.monotonic()  # the snapshot shows what was committed before this
     upstream = await connect(target, login, {"application_name": "pgguard catalog"}, context)
     try:
         names = await _rows(upstream, _QUERY)
@@ -288,7 +289,7 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
     catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
-    catalog = replace(catalog, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
+    catalog = replace(catalog, loaded_at=started, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
                                                 for s_schema, s_name, t_schema, t_name in owned})
     return catalog.with_reaches(*reached)
 

@@ -28,7 +28,7 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
-from pgguard.policy.reach import CASCADE, events
+from pgguard.policy.reach import CASCADE, events, reaches_changed
 from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
@@ -217,6 +217,12 @@ class SessionGuard:
         self.assume_builtin = assume_builtin
         # Told when DDL is let through, so the catalog snapshot is re-read.
         self.on_ddl = on_ddl
+        # DDL of this session that no snapshot may show yet: True while its transaction may be open (a read
+        # by another connection cannot see it), then when it ended, until a snapshot read after that.
+        self._ddl_open = False
+        self._ddl_ended: float | None = None
+        # The tables whose reaches that DDL may have changed; None: any table's.
+        self._ddl_changed: set[str] | None = set()
         # Allowed decisions by statement (its shape's, where it has one): see decide().
         self._decided: dict[int, tuple[Statement, tuple[int, Catalog, int], Decision]] = {}
         # Names the catalog did not know, and when a new read was last asked for
@@ -247,6 +253,9 @@ class SessionGuard:
         requests = self.requests
         requests.done += 1
         requests.failing = False
+        if idle and self._ddl_open:
+            self._ddl_open, self._ddl_ended = False, time.monotonic()
+            self.on_ddl()  # a read since the DDL ran may have missed it
         self.prepared.ready()
         self.portals.ready(idle)
         if idle:
@@ -398,7 +407,7 @@ class SessionGuard:
         if statement.executes is not None or statement.fetches is not None:
             return self._decide(statement, depth)
         what = statement.template or statement
-        now = (self.generation, self.catalog, len(self.search_paths))
+        now = (self.generation, self.catalog, len(self.search_paths), self._ddl_open, self._ddl_ended)
         kept = self._decided.get(id(what))
         if kept is not None and kept[0] is what and kept[1] == now:
             decision = kept[2]
@@ -608,6 +617,7 @@ class SessionGuard:
         if events(kinds) and not (self.catalog.system_relations or self.assume_builtin):  # no snapshot read (yet)
             written.append((None, kinds, "pgguard has not read the database's catalog, so it cannot tell what"
                                          " else the write reaches"))
+        unseen = self._ddl_unseen() and bool(events(kinds))
         seen: set[tuple[str, frozenset[str]]] = set()
         pending = [(name, kinds, "")]
         while pending:
@@ -618,6 +628,10 @@ class SessionGuard:
                     continue
                 seen.add((qualified, kinds))
                 written.append((qualified, kinds, through or how))
+                if unseen and (self._ddl_changed is None or qualified in self._ddl_changed):
+                    written.append((None, fired, f"{qualified} may reach further through this session's DDL, which"
+                                                 " pgguard's catalog snapshot does not show yet; commit it, and"
+                                                 " write again after a moment"))
                 for reach in reaches.get(qualified, ()):
                     set_off = reach.events & fired
                     if not set_off:
@@ -627,6 +641,12 @@ class SessionGuard:
                     pending.extend((each, each_kinds, f" ({qualified} reaches it through {reach.how})")
                                    for each, each_kinds in reach.written(set_off))
         return written
+
+    def _ddl_unseen(self) -> bool:
+        """Whether DDL this session ran may be missing from the snapshot (reads start after it has ended)."""
+        if self._ddl_ended is not None and self.catalog.loaded_at > self._ddl_ended:
+            self._ddl_ended, self._ddl_changed = None, set()
+        return self._ddl_open or self._ddl_ended is not None
 
     def related(self, name: Name) -> list[str] | None:
         """Every relation `name` might be, and every table that shares rows with one through inheritance
@@ -696,6 +716,13 @@ class SessionGuard:
                 if depth < _MAX_INDIRECTION:
                     self.apply(held, depth=depth + 1)
         if DDL in statement.classes:
+            self._ddl_unseen()  # forget DDL a snapshot shows by now
+            changed = reaches_changed(statement)
+            if changed is None or self._ddl_changed is None:
+                self._ddl_changed = None
+            else:
+                self._ddl_changed.update(qualified for name in changed for qualified in self.resolve(name))
+            self._ddl_open = True
             self.on_ddl()
         for name, values in statement.settings:
             if name == "search_path":

@@ -239,6 +239,27 @@ class Follower:
         return found
 
 
+# DDL that changes no table's reaches, and DDL that changes only those of the relations it names (a table's
+# triggers, rules, foreign keys that refer to it, partitions and children; a view's base).
+_REACHES_KEPT = frozenset({"IndexStmt", "CommentStmt", "CreateSeqStmt", "AlterSeqStmt", "CreateTableAsStmt",
+                           "DropStmt"})
+_REACHES_OF_NAMED = frozenset({"CreateStmt", "AlterTableStmt", "CreateTrigStmt", "RuleStmt", "ViewStmt"})
+
+
+def reaches_changed(statement: Statement) -> set[Name] | None:
+    """The relations whose reaches DDL `statement` may change (None: any relation's, as a replaced
+    function's body may). A new table reaches nothing unless it is a partition or child, or refers to a
+    table (whose foreign keys' actions then reach it): those it names are then counted, itself too."""
+    if statement.kind in _REACHES_KEPT:
+        return set()
+    if statement.kind not in _REACHES_OF_NAMED:
+        return None
+    named = set(statement.reads)
+    if statement.kind != "CreateStmt" or named:
+        named.update(statement.writes)
+    return named
+
+
 def _placed(name: Name, schemas: tuple[str, ...] | None) -> list[Name]:
     """`name` in each schema it may be: a function's own search_path, or the session's (None)."""
     if name.schema is not None or schemas is None:

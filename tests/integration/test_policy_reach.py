@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -23,6 +23,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from conftest import start_gateway, stop_gateway
+from helpers import fetch_value
 from rawclient import config_edit, login_as
 from pgguard.wire import backend
 from pgguard.demo import data
@@ -313,3 +314,40 @@ def test_the_simple_protocol_is_refused_the_same(gw: RunningGateway, direct: str
         messages, _ = conn.query("EXECUTE reach_p(1)")
         assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"]
     assert contents(direct) == before
+
+
+def _engineering_writes_reach_ok(text: str) -> str:
+    return config_edit({"roles.engineering": {"read": ["*"], "write": ["reach_ok.*"]}})(_edit(text))
+
+
+def test_a_write_after_the_sessions_own_ddl_is_refused_until_the_catalog_shows_it(
+        gw: RunningGateway, direct: str, gateway_factory: Callable[..., RunningGateway]) -> None:
+    """A trigger made in the write's own transaction is in no snapshot (the catalog is read by another
+    connection), nor one made just before while the catalog is read again: the INSERT ran the trigger, which
+    wrote reach_hr.log. A table the DDL did not touch stays writable (Alembic creates its table and writes it)."""
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("CREATE TABLE reach_ok.later (id int)")
+        conn.execute(f"GRANT CREATE ON SCHEMA reach_ok TO {data.ENGINEER}")
+        conn.execute(f"GRANT ALL ON reach_ok.later TO {data.ENGINEER}")
+    engineering = gateway_factory(_engineering_writes_reach_ok)
+    trigger = "CREATE TRIGGER t{} AFTER INSERT ON reach_ok.later FOR EACH ROW EXECUTE FUNCTION reach_ok.to_hr()"
+    before = contents(direct)["reach_hr.log"]
+    try:
+        with psycopg.connect(engineering.dsn("engineer")) as conn:
+            conn.execute(trigger.format(1))
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("INSERT INTO reach_ok.later VALUES (1)")
+            assert caught.value.sqlstate == "42501"
+            assert "reach_ok.later may reach further through this session's DDL" in str(caught.value)
+        with psycopg.connect(engineering.dsn("engineer"), autocommit=True) as conn:
+            conn.execute(trigger.format(2))
+            with pytest.raises(psycopg.Error) as caught:  # by either reason: the snapshot may show it already
+                conn.execute("INSERT INTO reach_ok.later VALUES (2)")
+            assert caught.value.sqlstate == "42501" and "reach_ok.later" in str(caught.value)
+            conn.execute("CREATE TABLE reach_ok.fresh (id int)")
+            conn.execute("INSERT INTO reach_ok.fresh VALUES (3)")
+        assert contents(direct)["reach_hr.log"] == before
+        assert fetch_value(direct, "SELECT count(*) FROM reach_ok.fresh") == 1
+    finally:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS reach_ok.later, reach_ok.fresh")
