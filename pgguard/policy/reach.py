@@ -249,15 +249,19 @@ _REACHES_OF_NAMED = frozenset({"CreateStmt", "AlterTableStmt", "CreateTrigStmt",
 def reaches_changed(statement: Statement) -> set[Name] | None:
     """The relations whose reaches DDL `statement` may change (None: any relation's, as a replaced
     function's body may). A new table reaches nothing unless it is a partition or child, or refers to a
-    table (whose foreign keys' actions then reach it): those it names are then counted, itself too."""
+    table (whose foreign keys' actions then reach it): those it names are then counted, itself too. An
+    ALTER TABLE that adds a column or a constraint changes the reaches of the tables it refers to only
+    (a migration backfills the column it added)."""
     if statement.kind in _REACHES_KEPT:
         return set()
     if statement.kind not in _REACHES_OF_NAMED:
         return None
-    named = set(statement.reads)
-    if statement.kind != "CreateStmt" or named:
-        named.update(statement.writes)
-    return named
+    if statement.kind == "CreateStmt":  # its parents are among what it reads
+        parents = set(statement.reads)
+        return statement.refers | parents | (set(statement.writes) if parents else set())
+    if statement.kind == "AlterTableStmt" and statement.alters_columns_only:
+        return set(statement.refers)
+    return statement.refers | set(statement.writes)
 
 
 def _placed(name: Name, schemas: tuple[str, ...] | None) -> list[Name]:

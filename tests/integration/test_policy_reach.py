@@ -346,8 +346,11 @@ def test_a_write_after_the_sessions_own_ddl_is_refused_until_the_catalog_shows_i
             assert caught.value.sqlstate == "42501" and "reach_ok.later" in str(caught.value)
             conn.execute("CREATE TABLE reach_ok.fresh (id int)")
             conn.execute("INSERT INTO reach_ok.fresh VALUES (3)")
+            with conn.transaction():  # a migration adds a column and fills it
+                conn.execute("ALTER TABLE reach_ok.fresh ADD COLUMN note text")
+                conn.execute("UPDATE reach_ok.fresh SET note = 'filled'")
         assert contents(direct)["reach_hr.log"] == before
-        assert fetch_value(direct, "SELECT count(*) FROM reach_ok.fresh") == 1
+        assert fetch_value(direct, "SELECT note FROM reach_ok.fresh") == "filled"
     finally:
         with psycopg.connect(direct, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS reach_ok.later, reach_ok.fresh")
