@@ -328,7 +328,12 @@ def _option_on(arg: Node | None) -> bool:
 def _sequence(function: str, call: Node) -> Name:
     """The sequence a sequence function's first argument names, as regclass reads it; a plain constant only."""
     args = call.get("args", [])
-    sequence = _constant(args[0]) if args else None
+    argument = args[0] if args else {}
+    cast = argument.get("TypeCast") or {}
+    if cast and _name(cast.get("typeName", {}).get("names", [])) in (Name(None, "regclass"),
+                                                                     Name("pg_catalog", "regclass")):
+        argument = cast.get("arg") or {}  # 'name'::regclass, as a column default prints it
+    sequence = _constant(argument)
     if sequence is None:
         raise Unsupported(f"{function}() of a sequence that is not a constant")
     if sequence.isdigit():

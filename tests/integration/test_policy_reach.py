@@ -112,12 +112,26 @@ CREATE FUNCTION reach_ok.pinned() RETURNS trigger LANGUAGE plpgsql SECURITY DEFI
 CREATE TABLE reach_ok.pinned (id int);
 CREATE TRIGGER t AFTER INSERT ON reach_ok.pinned FOR EACH ROW EXECUTE FUNCTION reach_ok.pinned();
 
+-- What a write evaluates besides triggers: a column default, a CHECK, a domain's CHECK (of an array's elements).
+CREATE FUNCTION reach_ok.noted() RETURNS int LANGUAGE sql
+  AS $$ INSERT INTO reach_hr.log VALUES ('default', 0) RETURNING id $$;
+CREATE FUNCTION reach_ok.passes(int) RETURNS boolean LANGUAGE sql
+  AS $$ INSERT INTO reach_hr.log VALUES ('check', $1) RETURNING true $$;
+CREATE TABLE reach_ok.defaulted (id int DEFAULT reach_ok.noted(), x int);
+CREATE TABLE reach_ok.checked (id int CONSTRAINT passes CHECK (reach_ok.passes(id)));
+CREATE DOMAIN reach_ok.checked_int AS int CONSTRAINT passes CHECK (reach_ok.passes(VALUE));
+CREATE TABLE reach_ok.domained (ids reach_ok.checked_int[]);
+CREATE SEQUENCE reach_hr.ids;
+CREATE TABLE reach_ok.numbered (id bigint DEFAULT nextval('reach_hr.ids'), x int);
+CREATE TABLE reach_ok.serial (id serial, x int);
+
 -- Two steps: a rule into a table of reach_ok whose trigger writes reach_hr.
 CREATE TABLE reach_ok.chained (id int);
 CREATE RULE to_audited AS ON INSERT TO reach_ok.chained DO ALSO INSERT INTO reach_ok.audited VALUES (NEW.id);
 """ + "".join(f"""
 GRANT USAGE ON SCHEMA {schema} TO {login};
 GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {login};
+GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {login};
 """ for schema in SCHEMAS for login in (data.SUPPORT, data.ENGINEER))
 
 DELETE_CASCADE = "(delete) reach_hr.c_delete_cascade (reach_ok.p_delete_cascade reaches it through the foreign key " \
@@ -129,6 +143,15 @@ TRIGGER_TO_HR = "(insert) reach_hr.log (reach_ok.audited reaches it through the 
 CANNOT_FOLLOW = "pgguard cannot follow that, so only a role that may write every table may set it off"
 
 REFUSED = [
+    ("INSERT INTO reach_ok.defaulted (x) VALUES (1)",
+     "(insert) reach_hr.log (reach_ok.defaulted reaches it through the default of column id of reach_ok.defaulted)"),
+    ("INSERT INTO reach_ok.checked VALUES (1)",
+     "(insert) reach_hr.log (reach_ok.checked reaches it through the check constraint passes of reach_ok.checked)"),
+    ("COPY reach_ok.checked FROM STDIN", "(insert) reach_hr.log (reach_ok.checked reaches it through the check"),
+    ("INSERT INTO reach_ok.domained VALUES (ARRAY[1])",
+     "(insert) reach_hr.log (reach_ok.domained reaches it through the domain check of column ids (passes)"),
+    ("INSERT INTO reach_ok.numbered (x) VALUES (1)",
+     "(nextval) reach_hr.ids (reach_ok.numbered reaches it through the default of column id of reach_ok.numbered)"),
     ("DELETE FROM reach_ok.p_delete_cascade WHERE id = 1", DELETE_CASCADE),
     ("DELETE FROM reach_ok.p_set_null WHERE id = 1",
      "(update) reach_hr.c_set_null (reach_ok.p_set_null reaches it through the foreign key c_set_null_fk of "
@@ -280,12 +303,15 @@ def test_writes_that_reach_only_what_the_role_may_write_run(gw: RunningGateway, 
            # An INSERT sets off no foreign-key action; nor does a DELETE under NO ACTION.
            "INSERT INTO reach_ok.p_update_cascade VALUES (104)", "DELETE FROM reach_ok.p_plain WHERE id = 3",
            # A TRUNCATE without CASCADE reaches nothing (the trigger of `local` is for rows).
-           "TRUNCATE reach_ok.local")
+           "TRUNCATE reach_ok.local",
+           # A serial column's default draws from the table's own sequence.
+           "INSERT INTO reach_ok.serial (x) VALUES (105)")
     rows = contents(direct)
     assert ("local", 101) in rows["reach_ok.local_log"] and ("local", 102) in rows["reach_ok.local_log"]
     assert ("pinned", 103) in rows["reach_ok.local_log"]
     assert (104,) in rows["reach_ok.p_update_cascade"] and (3,) not in rows["reach_ok.p_plain"]
     assert rows["reach_ok.local"] == [] and rows["reach_ok.builtin"] == [(2,)]
+    assert rows["reach_ok.serial"] == [(1, 105)]
 
 
 def test_a_role_that_may_write_every_table_writes_through_all_of_them(gw: RunningGateway, direct: str) -> None:
