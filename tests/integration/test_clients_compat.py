@@ -90,6 +90,16 @@ def test_functions_a_role_does_not_list_stay_denied(advisory_gateway: RunningGat
     assert "is denied" in error.diag.message_primary
 
 
+@pytest.mark.parametrize("pattern", ["*", "*.*", "pg_*.pg_advisory_lock", "*.pg_advisory_*"])
+def test_a_pattern_for_user_defined_functions_lifts_no_denial(gateway_factory: Callable[..., Any],
+                                                              pattern: str) -> None:
+    """Only a pattern that names pg_catalog allows an advisory lock: `*` let a role that allows every
+    user-defined function take them."""
+    anchor = 'statements = ["read", "write", "ddl", "session", "transaction"]\n'
+    wildcard = gateway_factory(lambda text: text.replace(anchor, anchor + f'allow_functions = ["{pattern}"]\n'))
+    assert "is denied" in refusal(wildcard.dsn("engineer"), "SELECT pg_advisory_lock(4711)").diag.message_primary
+
+
 def test_denied_functions_other_than_advisory_locks_cannot_be_allowed(gateway_factory: Callable[..., Any]) -> None:
     """A config that lists another denied built-in is an error, not a silently ignored line."""
     with pytest.raises(RuntimeError, match=r"allow_functions: pg_catalog.pg_read_file names no advisory lock"):
