@@ -223,6 +223,7 @@ class SessionGuard:
         self._ddl_ended: float | None = None
         # The tables whose reaches that DDL may have changed; None: any table's.
         self._ddl_changed: set[str] | None = set()
+        self._ddl_count = 0
         # Allowed decisions by statement (its shape's, where it has one): see decide().
         self._decided: dict[int, tuple[Statement, tuple[int, Catalog, int], Decision]] = {}
         # Names the catalog did not know, and when a new read was last asked for
@@ -300,7 +301,7 @@ class SessionGuard:
             return refused
         if len(decisions) <= 1:  # the server refuses a Parse of several statements
             statement = decisions[0].statement if decisions else None
-            self.prepared.prepare(name, Named(statement, sql, self.generation, paths=len(self.search_paths)),
+            self.prepared.prepare(name, Named(statement, sql, self.generation, paths=self._plans),
                                   replaces=True)
         return decisions[0] if decisions else Decision(True, None)
 
@@ -312,12 +313,18 @@ class SessionGuard:
     def replanning(self) -> bool:
         """Whether a prepared statement may have been decided under another configuration or search path
         than the current ones (else none needs deciding again at its Bind)."""
-        return bool(self.generation) or len(self.search_paths) > 1
+        return bool(self.generation) or self._plans > 1
+
+    @property
+    def _plans(self) -> int:
+        """Counts what makes a prepared statement be decided again at its Bind: each search path the session
+        had, and each DDL it ran (a trigger it made may set off what the statement writes)."""
+        return len(self.search_paths) + self._ddl_count
 
     def stale(self, held: Named) -> bool:
         """Whether prepared statement `held` was decided before a reload, or before the session's search
         path changed: the server plans it again at its next Bind, so it is decided again."""
-        return held.generation != self.generation or held.paths != len(self.search_paths)
+        return held.generation != self.generation or held.paths != self._plans
 
     def check_again(self, name: str) -> Decision | None:
         """For a Bind or Describe of prepared statement `name`: a refusal if what it may hold was
@@ -328,7 +335,7 @@ class SessionGuard:
 
     def renew(self, name: str) -> None:
         """Prepared statement `name` was decided again, and allowed: not again at its next Bind."""
-        self.prepared.renew(name, self.generation, len(self.search_paths))
+        self.prepared.renew(name, self.generation, self._plans)
 
     def bound(self, portal: str, statement: str) -> None:
         """A Bind of prepared statement `statement` to `portal`: told of every named portal, and of the
@@ -359,8 +366,8 @@ class SessionGuard:
         for each in held:
             if each.generation != self.generation:
                 since, again = "a configuration reload", "under the new one"
-            elif replanned and each.paths != len(self.search_paths):
-                since, again = "the session's search_path changed", "as the server plans it again"
+            elif replanned and each.paths != self._plans:
+                since, again = "the session's search_path changed or it ran DDL", "as the server plans it again"
             else:
                 continue
             if not each.known:
@@ -722,7 +729,7 @@ class SessionGuard:
                 self._ddl_changed = None
             else:
                 self._ddl_changed.update(qualified for name in changed for qualified in self.resolve(name))
-            self._ddl_open = True
+            self._ddl_open, self._ddl_count = True, self._ddl_count + 1
             self.on_ddl()
         for name, values in statement.settings:
             if name == "search_path":
@@ -733,7 +740,7 @@ class SessionGuard:
             # Sure to hold it once its request is answered without an error, unless a
             # Parse prepares it: it then runs at each Execute, if any.
             self.prepared.prepare(statement.prepares,
-                                  Named(statement.inner, None, self.generation, paths=len(self.search_paths)),
+                                  Named(statement.inner, None, self.generation, paths=self._plans),
                                   replaces=not parsing)
         if statement.deallocates is not None and not parsing:
             self.prepared.close(ALL if statement.deallocates == "*" else statement.deallocates)

@@ -365,6 +365,14 @@ def test_a_write_after_the_sessions_own_ddl_is_refused_until_the_catalog_shows_i
                 conn.execute("INSERT INTO reach_ok.later VALUES (1)")
             assert caught.value.sqlstate == "42501"
             assert "reach_ok.later may reach further through this session's DDL" in str(caught.value)
+        with psycopg.connect(engineering.dsn("engineer")) as conn:  # prepared before the trigger, bound after
+            conn.execute("INSERT INTO reach_ok.later VALUES (%s)", [0], prepare=True)
+            conn.commit()
+            conn.execute(trigger.format(3))
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("INSERT INTO reach_ok.later VALUES (%s)", [1], prepare=True)
+            assert caught.value.sqlstate == "42501"
+            assert "reach_ok.later may reach further through this session's DDL" in str(caught.value)
         with psycopg.connect(engineering.dsn("engineer"), autocommit=True) as conn:
             conn.execute(trigger.format(2))
             with pytest.raises(psycopg.Error) as caught:  # by either reason: the snapshot may show it already
