@@ -33,6 +33,7 @@ from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
+_SETTINGS_VIEW = qualify("pg_catalog", "pg_settings")
 _CACHE_SIZE = 4096
 # Seconds before a name the catalog did not know has it read again.
 _ASK_AGAIN = 5.0
@@ -490,6 +491,10 @@ class SessionGuard:
             cascade = {CASCADE} if st.cascades and "truncate" in kinds else set()
             for qualified, written, through in self._written(relation, frozenset(kinds | cascade)):
                 kind = "/".join(sorted(written - {CASCADE}))
+                if qualified == _SETTINGS_VIEW:
+                    # Its rule calls set_config() with the row's values: a SET of any setting, unseen.
+                    return self._refuse(st, f"a write ({kind}) to {qualified}{through} sets what it names",
+                                        "statements", "use SET, or set_config() with constant names")
                 if qualified is None:
                     if not any(scope.writes_everywhere for scope in self.scopes):
                         return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {relation}: {through};"

@@ -388,3 +388,16 @@ def test_a_write_after_the_sessions_own_ddl_is_refused_until_the_catalog_shows_i
     finally:
         with psycopg.connect(direct, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS reach_ok.later, reach_ok.fresh")
+
+
+@pytest.mark.parametrize("sql", ["UPDATE pg_settings SET setting = 'reach_hr' WHERE name = 'search_path'",
+                                 "UPDATE pg_catalog.pg_settings SET setting = 'off'"
+                                 " WHERE name = 'standard_conforming_strings'"])
+def test_a_write_to_pg_settings_is_refused_to_a_role_that_may_write_every_table(gw: RunningGateway, sql: str) -> None:
+    """pg_settings' rule calls set_config() with the row's values: the engineers (write = ["*"]) moved the
+    search path, or turned standard_conforming_strings off, without pgguard seeing a SET."""
+    with psycopg.connect(gw.dsn("engineer"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_catalog.pg_settings sets what it names"):
+            conn.execute(sql)
+        assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
