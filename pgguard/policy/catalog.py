@@ -114,9 +114,11 @@ class Catalog:
                          if any(reach.row_writes for reach in reaches))
 
     def with_reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
-                     foreign_keys: list[list[str | None]], views: list[list[str | None]]) -> Catalog:
+                     foreign_keys: list[list[str | None]], views: list[list[str | None]],
+                     evaluated: list[list[str | None]] | None = None) -> Catalog:
         follower = Follower(self.functions, self.operators, self.routines, self.operator_routines, self.casts)
-        return replace(self, reaches=follower.reaches(triggers, rules, foreign_keys, views))
+        reaches = follower.reaches(triggers, rules, foreign_keys, views, evaluated or [], self.sequence_owners)
+        return replace(self, reaches=reaches)
 
     def with_inheritance(self, rows: list[list[str | None]]) -> Catalog:
         children: dict[str, set[str]] = defaultdict(set)
@@ -247,6 +249,36 @@ FROM pg_catalog.pg_constraint k
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE k.contype = 'f'"""
 
+# What a write evaluates besides triggers: column defaults, CHECK constraints, the CHECK constraints of the
+# domains its columns are of (arrays of them, domains over them), and row security policies (reach.py).
+_EVALUATED = """\
+WITH RECURSIVE domains(relid, attname, typid) AS (
+  SELECT a.attrelid, a.attname, e.oid FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    JOIN pg_catalog.pg_type e ON e.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem ELSE t.oid END
+  WHERE a.attnum > 0 AND NOT a.attisdropped AND e.typtype = 'd'
+  UNION
+  SELECT d.relid, d.attname, t.typbasetype FROM domains d JOIN pg_catalog.pg_type t ON t.oid = d.typid
+    JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype WHERE b.typtype = 'd')
+SELECT n.nspname, c.relname, 'default', a.attname, pg_catalog.pg_get_expr(x.adbin, x.adrelid)
+FROM pg_catalog.pg_attrdef x JOIN pg_catalog.pg_attribute a ON a.attrelid = x.adrelid AND a.attnum = x.adnum
+  JOIN pg_catalog.pg_class c ON c.oid = x.adrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+UNION ALL
+SELECT n.nspname, c.relname, 'check', k.conname, pg_catalog.pg_get_expr(k.conbin, k.conrelid)
+FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE k.contype = 'c'
+UNION ALL
+SELECT n.nspname, c.relname, 'domain', d.attname OPERATOR(pg_catalog.||) ' (' OPERATOR(pg_catalog.||) k.conname
+       OPERATOR(pg_catalog.||) ')', pg_catalog.pg_get_expr(k.conbin, 0)
+FROM domains d JOIN pg_catalog.pg_constraint k ON k.contypid = d.typid AND k.contype = 'c'
+  JOIN pg_catalog.pg_class c ON c.oid = d.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+UNION ALL
+SELECT n.nspname, c.relname, 'policy', p.polname, pg_catalog.pg_get_expr(e.expr, p.polrelid)
+FROM pg_catalog.pg_policy p CROSS JOIN LATERAL (VALUES (p.polqual), (p.polwithcheck)) e(expr)
+  JOIN pg_catalog.pg_class c ON c.oid = p.polrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE e.expr IS NOT NULL"""
+
 _OWNED_SEQUENCES = """\
 SELECT sn.nspname, s.relname, tn.nspname, t.relname FROM pg_catalog.pg_depend d
   JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
@@ -275,6 +307,7 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
 
 async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
     """Run the catalog queries over a connection of the gateway's own."""
+    started = time.monotonic()  # the snapshot shows what was committed before this
     upstream = await connect(target, login, {"application_name": "pgguard catalog"}, context)
     try:
         names = await _rows(upstream, _QUERY)
@@ -283,12 +316,12 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
         inheritance = await _rows(upstream, _INHERITANCE)
         owned = await _rows(upstream, _OWNED_SEQUENCES)
         await _rows(upstream, _NO_SEARCH_PATH)  # last: the queries above print names as masking reads them
-        reached = [await _rows(upstream, sql) for sql in (_TRIGGERS, _RULES, _FOREIGN_KEYS, _VIEWS)]
+        reached = [await _rows(upstream, sql) for sql in (_TRIGGERS, _RULES, _FOREIGN_KEYS, _VIEWS, _EVALUATED)]
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
     catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
-    catalog = replace(catalog, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
+    catalog = replace(catalog, loaded_at=started, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
                                                 for s_schema, s_name, t_schema, t_name in owned})
     return catalog.with_reaches(*reached)
 

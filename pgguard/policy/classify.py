@@ -11,6 +11,7 @@ class may run: what cannot be classified is refused, never guessed at.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,13 @@ READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_re
 LEXICAL_SETTINGS = frozenset({"standard_conforming_strings"})
 
 _CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt's option bit for WITH HOLD
+# ALTER TABLE subcommands that change no trigger, rule, partition, inheritance or column type of the table.
+_COLUMN_ALTERATIONS = frozenset({
+    "AT_AddColumn", "AT_DropColumn", "AT_ColumnDefault", "AT_DropNotNull", "AT_SetNotNull", "AT_AddConstraint",
+    "AT_DropConstraint", "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetStorage", "AT_AddIndex",
+    "AT_AddIdentity", "AT_DropIdentity", "AT_SetIdentity", "AT_ChangeOwner", "AT_SetRelOptions",
+    "AT_ResetRelOptions", "AT_ClusterOn", "AT_DropCluster",
+})
 _ACCESS_SHARE_LOCK = 1  # LockStmt's mode for IN ACCESS SHARE MODE (the default, 8, is ACCESS EXCLUSIVE)
 
 # Functions that change state although they are called from a SELECT.
@@ -106,6 +114,11 @@ class Statement:
     # Unqualified relations its decision takes to be pg_catalog's: set_config(name, …) FROM pg_settings
     # WHERE name = 'x' sets x only if pg_settings is the catalog's view.
     catalog_names: set[Name] = field(default_factory=set)
+    # ALTER TABLE that changes nothing a write to the table sets off (no trigger, rule, partition or
+    # column type): what it names besides the table may still be reached differently (reach.py).
+    alters_columns_only: bool = False
+    # Tables DDL names as a foreign key's target or a partition to attach (whose writes it may make reach further).
+    refers: set[Name] = field(default_factory=set)
     # UPDATE or DELETE with no WHERE clause (for approval rules).
     unfiltered: bool = False
     # TRUNCATE … CASCADE: it also empties every table that references those it names, unnamed here.
@@ -260,11 +273,22 @@ def _name(items: list[Node]) -> Name:
     return Name(parts[-2] if len(parts) >= 2 else None, parts[-1])
 
 
+def _fields(value: Any, keys: tuple[str, ...]) -> list[Any]:
+    """Every value under one of `keys`, anywhere in a parse tree."""
+    if isinstance(value, list):
+        return [found for item in value for found in _fields(item, keys)]
+    if not isinstance(value, dict):
+        return []
+    return [found for key, child in value.items()
+            for found in ([child] if key in keys else []) + _fields(child, keys)]
+
+
 def _relation(range_var: Node) -> Name:
     return Name(range_var.get("schemaname"), range_var["relname"])
 
 
 _SET_CONFIG = (Name(None, "set_config"), Name("pg_catalog", "set_config"))
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*")
 
 
 def _is_name_column(node: Node) -> bool:
@@ -304,9 +328,17 @@ def _option_on(arg: Node | None) -> bool:
 def _sequence(function: str, call: Node) -> Name:
     """The sequence a sequence function's first argument names, as regclass reads it; a plain constant only."""
     args = call.get("args", [])
-    sequence = _constant(args[0]) if args else None
+    argument = args[0] if args else {}
+    cast = argument.get("TypeCast") or {}
+    if cast and _name(cast.get("typeName", {}).get("names", [])) in (Name(None, "regclass"),
+                                                                     Name("pg_catalog", "regclass")):
+        argument = cast.get("arg") or {}  # 'name'::regclass, as a column default prints it
+    sequence = _constant(argument)
     if sequence is None:
         raise Unsupported(f"{function}() of a sequence that is not a constant")
+    if sequence.isdigit():
+        # regclass reads digits as an OID: the sequence could be in any schema.
+        raise Unsupported(f"{function}() of a sequence given by its OID ({sequence}); name it instead")
     parts = split_identifiers(sequence, ".")
     if not parts or len(parts) > 3:
         raise Unsupported(f"{function}() of a sequence name pgguard cannot read: {sequence!r}")
@@ -562,6 +594,12 @@ class _Walker:
         for key in ("relation", "view", "sequence"):
             if isinstance(node.get(key), dict) and "relname" in node[key]:
                 self.out.write(_relation(node[key]), "ddl")
+        if kind == "AlterTableStmt":
+            subtypes = {cmd.get("AlterTableCmd", {}).get("subtype") for cmd in node.get("cmds", [])}
+            self.out.alters_columns_only = subtypes <= _COLUMN_ALTERATIONS
+        if kind in ("CreateStmt", "AlterTableStmt"):
+            self.out.refers.update(_relation(found) for found in _fields(node, ("pktable", "name"))
+                                   if isinstance(found, dict) and "relname" in found)
         if kind == "CreateTableAsStmt":
             self.out.write(_relation(node["into"]["IntoClause"]["rel"]
                                      if "IntoClause" in node["into"] else node["into"]["rel"]), "ddl")
@@ -664,9 +702,12 @@ class _Walker:
                 compared.get("kind") != "AEXPR_OP" or _name(compared.get("name", [])) != Name(None, "=") or \
                 not _is_name_column(compared.get("lexpr") or {}):
             return
+        own = {cte["CommonTableExpr"]["ctename"] for cte in (node.get("withClause") or {}).get("ctes", [])}
+        if relation.get("schemaname") is None and any("pg_settings" in scope for scope in (*self.ctes, own)):
+            return  # a CTE's `name` may be of a type whose = is looser than text's (char(n) drops trailing blanks)
         setting = _constant(compared.get("rexpr") or {})
-        if setting is None:
-            return
+        if setting is None or not _SETTING_NAME.fullmatch(setting):
+            return  # a name only text's = keeps whole: `name = 'role '` is true of a char(n) 'role'
         for target in node.get("targetList") or []:
             call = target.get("ResTarget", {}).get("val", {}).get("FuncCall") or {}
             args = call.get("args") or []

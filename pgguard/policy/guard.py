@@ -28,11 +28,12 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
-from pgguard.policy.reach import CASCADE, events
+from pgguard.policy.reach import CASCADE, events, reaches_changed
 from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
+_SETTINGS_VIEW = qualify("pg_catalog", "pg_settings")
 _CACHE_SIZE = 4096
 # Seconds before a name the catalog did not know has it read again.
 _ASK_AGAIN = 5.0
@@ -217,6 +218,13 @@ class SessionGuard:
         self.assume_builtin = assume_builtin
         # Told when DDL is let through, so the catalog snapshot is re-read.
         self.on_ddl = on_ddl
+        # DDL of this session that no snapshot may show yet: True while its transaction may be open (a read
+        # by another connection cannot see it), then when it ended, until a snapshot read after that.
+        self._ddl_open = False
+        self._ddl_ended: float | None = None
+        # The tables whose reaches that DDL may have changed; None: any table's.
+        self._ddl_changed: set[str] | None = set()
+        self._ddl_count = 0
         # Allowed decisions by statement (its shape's, where it has one): see decide().
         self._decided: dict[int, tuple[Statement, tuple[int, Catalog, int], Decision]] = {}
         # Names the catalog did not know, and when a new read was last asked for
@@ -247,6 +255,9 @@ class SessionGuard:
         requests = self.requests
         requests.done += 1
         requests.failing = False
+        if idle and self._ddl_open:
+            self._ddl_open, self._ddl_ended = False, time.monotonic()
+            self.on_ddl()  # a read since the DDL ran may have missed it
         self.prepared.ready()
         self.portals.ready(idle)
         if idle:
@@ -291,7 +302,7 @@ class SessionGuard:
             return refused
         if len(decisions) <= 1:  # the server refuses a Parse of several statements
             statement = decisions[0].statement if decisions else None
-            self.prepared.prepare(name, Named(statement, sql, self.generation, paths=len(self.search_paths)),
+            self.prepared.prepare(name, Named(statement, sql, self.generation, paths=self._plans),
                                   replaces=True)
         return decisions[0] if decisions else Decision(True, None)
 
@@ -303,12 +314,18 @@ class SessionGuard:
     def replanning(self) -> bool:
         """Whether a prepared statement may have been decided under another configuration or search path
         than the current ones (else none needs deciding again at its Bind)."""
-        return bool(self.generation) or len(self.search_paths) > 1
+        return bool(self.generation) or self._plans > 1
+
+    @property
+    def _plans(self) -> int:
+        """Counts what makes a prepared statement be decided again at its Bind: each search path the session
+        had, and each DDL it ran (a trigger it made may set off what the statement writes)."""
+        return len(self.search_paths) + self._ddl_count
 
     def stale(self, held: Named) -> bool:
         """Whether prepared statement `held` was decided before a reload, or before the session's search
         path changed: the server plans it again at its next Bind, so it is decided again."""
-        return held.generation != self.generation or held.paths != len(self.search_paths)
+        return held.generation != self.generation or held.paths != self._plans
 
     def check_again(self, name: str) -> Decision | None:
         """For a Bind or Describe of prepared statement `name`: a refusal if what it may hold was
@@ -319,7 +336,7 @@ class SessionGuard:
 
     def renew(self, name: str) -> None:
         """Prepared statement `name` was decided again, and allowed: not again at its next Bind."""
-        self.prepared.renew(name, self.generation, len(self.search_paths))
+        self.prepared.renew(name, self.generation, self._plans)
 
     def bound(self, portal: str, statement: str) -> None:
         """A Bind of prepared statement `statement` to `portal`: told of every named portal, and of the
@@ -350,8 +367,8 @@ class SessionGuard:
         for each in held:
             if each.generation != self.generation:
                 since, again = "a configuration reload", "under the new one"
-            elif replanned and each.paths != len(self.search_paths):
-                since, again = "the session's search_path changed", "as the server plans it again"
+            elif replanned and each.paths != self._plans:
+                since, again = "the session's search_path changed or it ran DDL", "as the server plans it again"
             else:
                 continue
             if not each.known:
@@ -398,7 +415,7 @@ class SessionGuard:
         if statement.executes is not None or statement.fetches is not None:
             return self._decide(statement, depth)
         what = statement.template or statement
-        now = (self.generation, self.catalog, len(self.search_paths))
+        now = (self.generation, self.catalog, len(self.search_paths), self._ddl_open, self._ddl_ended)
         kept = self._decided.get(id(what))
         if kept is not None and kept[0] is what and kept[1] == now:
             decision = kept[2]
@@ -474,6 +491,10 @@ class SessionGuard:
             cascade = {CASCADE} if st.cascades and "truncate" in kinds else set()
             for qualified, written, through in self._written(relation, frozenset(kinds | cascade)):
                 kind = "/".join(sorted(written - {CASCADE}))
+                if qualified == _SETTINGS_VIEW:
+                    # Its rule calls set_config() with the row's values: a SET of any setting, unseen.
+                    return self._refuse(st, f"a write ({kind}) to {qualified}{through} sets what it names",
+                                        "statements", "use SET, or set_config() with constant names")
                 if qualified is None:
                     if not any(scope.writes_everywhere for scope in self.scopes):
                         return self._refuse(st, f"role {self.roles_label} may not write ({kind}) {relation}: {through};"
@@ -608,6 +629,7 @@ class SessionGuard:
         if events(kinds) and not (self.catalog.system_relations or self.assume_builtin):  # no snapshot read (yet)
             written.append((None, kinds, "pgguard has not read the database's catalog, so it cannot tell what"
                                          " else the write reaches"))
+        unseen = self._ddl_unseen() and bool(events(kinds))
         seen: set[tuple[str, frozenset[str]]] = set()
         pending = [(name, kinds, "")]
         while pending:
@@ -618,6 +640,10 @@ class SessionGuard:
                     continue
                 seen.add((qualified, kinds))
                 written.append((qualified, kinds, through or how))
+                if unseen and (self._ddl_changed is None or qualified in self._ddl_changed):
+                    written.append((None, fired, f"{qualified} may reach further through this session's DDL, which"
+                                                 " pgguard's catalog snapshot does not show yet; commit it, and"
+                                                 " write again after a moment"))
                 for reach in reaches.get(qualified, ()):
                     set_off = reach.events & fired
                     if not set_off:
@@ -627,6 +653,12 @@ class SessionGuard:
                     pending.extend((each, each_kinds, f" ({qualified} reaches it through {reach.how})")
                                    for each, each_kinds in reach.written(set_off))
         return written
+
+    def _ddl_unseen(self) -> bool:
+        """Whether DDL this session ran may be missing from the snapshot (reads start after it has ended)."""
+        if self._ddl_ended is not None and self.catalog.loaded_at > self._ddl_ended:
+            self._ddl_ended, self._ddl_changed = None, set()
+        return self._ddl_open or self._ddl_ended is not None
 
     def related(self, name: Name) -> list[str] | None:
         """Every relation `name` might be, and every table that shares rows with one through inheritance
@@ -696,6 +728,13 @@ class SessionGuard:
                 if depth < _MAX_INDIRECTION:
                     self.apply(held, depth=depth + 1)
         if DDL in statement.classes:
+            self._ddl_unseen()  # forget DDL a snapshot shows by now
+            changed = reaches_changed(statement)
+            if changed is None or self._ddl_changed is None:
+                self._ddl_changed = None
+            else:
+                self._ddl_changed.update(qualified for name in changed for qualified in self.resolve(name))
+            self._ddl_open, self._ddl_count = True, self._ddl_count + 1
             self.on_ddl()
         for name, values in statement.settings:
             if name == "search_path":
@@ -706,7 +745,7 @@ class SessionGuard:
             # Sure to hold it once its request is answered without an error, unless a
             # Parse prepares it: it then runs at each Execute, if any.
             self.prepared.prepare(statement.prepares,
-                                  Named(statement.inner, None, self.generation, paths=len(self.search_paths)),
+                                  Named(statement.inner, None, self.generation, paths=self._plans),
                                   replaces=not parsing)
         if statement.deallocates is not None and not parsing:
             self.prepared.close(ALL if statement.deallocates == "*" else statement.deallocates)

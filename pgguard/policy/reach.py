@@ -46,6 +46,12 @@ _ROW_EVENTS = frozenset({"insert", "update", "delete"})
 _ACTIONS = {"c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 # User-defined functions followed into from a trigger's: no deeper than this, and no more bodies per
 # trigger or rule (a body is followed again for each call of it, so calls could multiply).
+# What a write evaluates (catalog.py's _EVALUATED): the events that do, and what to call it.
+_EVALUATED = {"default": (frozenset({"insert", "update"}), "default of column"),
+              "check": (frozenset({"insert", "update"}), "check constraint"),
+              "domain": (frozenset({"insert", "update"}), "domain check of column"),
+              "policy": (_ROW_EVENTS, "row security policy"),
+              "": (_ROW_EVENTS, "expression")}
 _MAX_DEPTH = 8
 _MAX_BODIES = 64
 
@@ -93,9 +99,22 @@ class Follower:
         self._followed = 0  # bodies followed for the trigger or rule at hand
 
     def reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
-                foreign_keys: list[list[str | None]], views: list[list[str | None]]) -> dict[str, tuple[Reach, ...]]:
-        """Every relation's reaches, from the rows of catalog.py's queries (names printed fully qualified)."""
+                foreign_keys: list[list[str | None]], views: list[list[str | None]],
+                evaluated: list[list[str | None]] | None = None,
+                owners: dict[str, str] | None = None) -> dict[str, tuple[Reach, ...]]:
+        """Every relation's reaches, from the rows of catalog.py's queries (names printed fully qualified).
+        `owners`: sequence -> the table whose column owns it (its default's nextval draws the table's own ids)."""
         found: dict[str, list[Reach]] = {}
+        for schema, table, kind, name, expression in evaluated or []:
+            qualified = qualify(schema or "", table or "")
+            writes = self._expression(expression or "", f"its {_EVALUATED[kind or ''][1]} {name}")
+            if not isinstance(writes, str):
+                writes = tuple((written, kinds) for written, kinds in writes
+                               if not (kinds == {"nextval"} and (owners or {}).get(str(written)) == qualified))
+                if not writes:
+                    continue  # PostgreSQL's own functions, or the table's own sequence
+            how = f"the {_EVALUATED[kind or ''][1]} {name} of {qualified}"
+            found.setdefault(qualified, []).append(Reach.of(_EVALUATED[kind or ""][0], how, writes))
         for schema, view, definition in views:
             try:
                 base = _base(definition or "")
@@ -133,6 +152,15 @@ class Follower:
                     reaches.append(Reach(frozenset({event}), f"{how} (ON {event.upper()} {_ACTIONS[action]})",
                                          ((other, frozenset({kind})),)))
         return {relation: tuple(each) for relation, each in found.items()}
+
+    def _expression(self, expression: str, what: str) -> Writes | str:
+        """What evaluating a default, a CHECK or a policy writes, or why pgguard cannot tell."""
+        self._followed = 0
+        try:
+            select = _parsed(f"SELECT {expression}", "SelectStmt")
+        except ValueError:
+            return "pgguard cannot read it"
+        return self._statements([("SelectStmt", select)], None, (), what)
 
     def _trigger(self, created: str, builtin: bool, routine: Routine, definer: bool) -> Writes | str:
         """What a trigger's WHEN condition and function write, or why pgguard cannot tell. `created`: its
@@ -237,6 +265,31 @@ class Follower:
         if user and not found:
             return f"{what} calls {name}{suffix}, which pgguard does not know"
         return found
+
+
+# DDL that changes no table's reaches, and DDL that changes only those of the relations it names (a table's
+# triggers, rules, foreign keys that refer to it, partitions and children; a view's base).
+_REACHES_KEPT = frozenset({"IndexStmt", "CommentStmt", "CreateSeqStmt", "AlterSeqStmt", "CreateTableAsStmt",
+                           "DropStmt"})
+_REACHES_OF_NAMED = frozenset({"CreateStmt", "AlterTableStmt", "CreateTrigStmt", "RuleStmt", "ViewStmt"})
+
+
+def reaches_changed(statement: Statement) -> set[Name] | None:
+    """The relations whose reaches DDL `statement` may change (None: any relation's, as a replaced
+    function's body may). A new table reaches nothing unless it is a partition or child, or refers to a
+    table (whose foreign keys' actions then reach it): those it names are then counted, itself too. An
+    ALTER TABLE that adds a column or a constraint changes the reaches of the tables it refers to only
+    (a migration backfills the column it added)."""
+    if statement.kind in _REACHES_KEPT:
+        return set()
+    if statement.kind not in _REACHES_OF_NAMED:
+        return None
+    if statement.kind == "CreateStmt":  # its parents are among what it reads
+        parents = set(statement.reads)
+        return statement.refers | parents | (set(statement.writes) if parents else set())
+    if statement.kind == "AlterTableStmt" and statement.alters_columns_only:
+        return set(statement.refers)
+    return statement.refers | set(statement.writes)
 
 
 def _placed(name: Name, schemas: tuple[str, ...] | None) -> list[Name]:

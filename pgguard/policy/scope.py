@@ -121,8 +121,9 @@ class Scope:
 
     def lifts_denial(self, name: str) -> bool:
         """Whether the role lists this advisory lock function in allow_functions (as pg_catalog.NAME)."""
+        # Only a pattern that names pg_catalog: `*` or `*.*`, meant for user-defined functions, lifts nothing.
         return name in ADVISORY_LOCKS and not matches(self.deny_functions, name) and \
-            matches(self.allow_functions, f"pg_catalog.{name}")
+            matches(tuple(p for p in self.allow_functions if p.startswith("pg_catalog.")), f"pg_catalog.{name}")
 
     def function_allowed(self, qualified: str) -> bool:
         return self.unrestricted or matches(self.allow_functions, qualified)

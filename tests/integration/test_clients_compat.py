@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from helpers import fetch_all, run_psql
+from pgguard.demo.data import ENGINEER
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -87,6 +88,16 @@ def test_a_role_that_lists_advisory_locks_takes_and_releases_them(advisory_gatew
 def test_functions_a_role_does_not_list_stay_denied(advisory_gateway: RunningGateway, identity: str, sql: str) -> None:
     error = refusal(advisory_gateway.dsn(identity), sql)
     assert "is denied" in error.diag.message_primary
+
+
+@pytest.mark.parametrize("pattern", ["*", "*.*", "pg_*.pg_advisory_lock", "*.pg_advisory_*"])
+def test_a_pattern_for_user_defined_functions_lifts_no_denial(gateway_factory: Callable[..., Any],
+                                                              pattern: str) -> None:
+    """Only a pattern that names pg_catalog allows an advisory lock: `*` let a role that allows every
+    user-defined function take them."""
+    anchor = 'statements = ["read", "write", "ddl", "session", "transaction"]\n'
+    wildcard = gateway_factory(lambda text: text.replace(anchor, anchor + f'allow_functions = ["{pattern}"]\n'))
+    assert "is denied" in refusal(wildcard.dsn("engineer"), "SELECT pg_advisory_lock(4711)").diag.message_primary
 
 
 def test_denied_functions_other_than_advisory_locks_cannot_be_allowed(gateway_factory: Callable[..., Any]) -> None:
@@ -221,6 +232,11 @@ def test_pg_dump_schema_as_analyst(gateway: RunningGateway) -> None:
     ("SELECT (SELECT set_config(name, 'x', false) FROM (VALUES ('role')) v(name)) FROM pg_settings"
      " WHERE name = 'application_name'", "not a constant"),
     ("SELECT set_config(name, 'x', false) FROM public.pg_settings WHERE name = 'application_name'", "not a constant"),
+    # char(n)'s = ignores trailing blanks and its cast to text drops them: this set search_path, unseen.
+    ("WITH pg_settings(name) AS (VALUES ('search_path'::char(11))) SELECT set_config(name, 'pg_catalog', false)"
+     " FROM pg_settings WHERE name = 'search_path  '", "not a constant"),
+    ("WITH pg_settings(name) AS (VALUES ('search_path')) SELECT * FROM (SELECT set_config(name, 'pg_catalog', false)"
+     " FROM pg_settings WHERE name = 'search_path') s", "not a constant"),
 ])
 def test_set_config_from_pg_settings_is_judged_as_the_set_it_makes(gateway: RunningGateway, sql: str,
                                                                      refused: str) -> None:
@@ -286,3 +302,23 @@ def test_an_orm_that_fetches_ids_first_inserts_through_the_tables_own_sequence(g
 def test_other_sequence_writes_stay_refused(gateway: RunningGateway, identity: str, sql: str,
                                                                refused: str) -> None:
     assert refused in refusal(gateway.dsn(identity), sql).diag.message_primary
+
+
+@pytest.mark.parametrize("call", ["nextval({oid})", "nextval('{oid}')", "setval({oid}, 7)"])
+def test_a_sequence_given_by_its_oid_is_refused(gateway: RunningGateway, postgres: PostgresServer,
+                                                call: str) -> None:
+    """regclass reads digits as an OID: they were judged as public."16440", which the engineers may write, and
+    wrote a sequence of another schema (here one their login is granted)."""
+    direct = postgres.dsn(sslmode="verify-full")
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS compat_private")
+        conn.execute("CREATE SEQUENCE IF NOT EXISTS compat_private.s")
+        conn.execute(f"GRANT USAGE ON SCHEMA compat_private TO {ENGINEER}")
+        conn.execute(f"GRANT ALL ON SEQUENCE compat_private.s TO {ENGINEER}")
+        oid = conn.execute("SELECT 'compat_private.s'::regclass::oid").fetchone()[0]  # type: ignore[index]
+    try:
+        error = refusal(gateway.dsn("engineer"), "SELECT " + call.format(oid=oid))
+        assert f"of a sequence given by its OID ({oid})" in error.diag.message_primary
+    finally:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA compat_private CASCADE")

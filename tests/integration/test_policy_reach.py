@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -23,6 +23,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from conftest import start_gateway, stop_gateway
+from helpers import fetch_value
 from rawclient import config_edit, login_as
 from pgguard.wire import backend
 from pgguard.demo import data
@@ -111,12 +112,26 @@ CREATE FUNCTION reach_ok.pinned() RETURNS trigger LANGUAGE plpgsql SECURITY DEFI
 CREATE TABLE reach_ok.pinned (id int);
 CREATE TRIGGER t AFTER INSERT ON reach_ok.pinned FOR EACH ROW EXECUTE FUNCTION reach_ok.pinned();
 
+-- What a write evaluates besides triggers: a column default, a CHECK, a domain's CHECK (of an array's elements).
+CREATE FUNCTION reach_ok.noted() RETURNS int LANGUAGE sql
+  AS $$ INSERT INTO reach_hr.log VALUES ('default', 0) RETURNING id $$;
+CREATE FUNCTION reach_ok.passes(int) RETURNS boolean LANGUAGE sql
+  AS $$ INSERT INTO reach_hr.log VALUES ('check', $1) RETURNING true $$;
+CREATE TABLE reach_ok.defaulted (id int DEFAULT reach_ok.noted(), x int);
+CREATE TABLE reach_ok.checked (id int CONSTRAINT passes CHECK (reach_ok.passes(id)));
+CREATE DOMAIN reach_ok.checked_int AS int CONSTRAINT passes CHECK (reach_ok.passes(VALUE));
+CREATE TABLE reach_ok.domained (ids reach_ok.checked_int[]);
+CREATE SEQUENCE reach_hr.ids;
+CREATE TABLE reach_ok.numbered (id bigint DEFAULT nextval('reach_hr.ids'), x int);
+CREATE TABLE reach_ok.serial (id serial, x int);
+
 -- Two steps: a rule into a table of reach_ok whose trigger writes reach_hr.
 CREATE TABLE reach_ok.chained (id int);
 CREATE RULE to_audited AS ON INSERT TO reach_ok.chained DO ALSO INSERT INTO reach_ok.audited VALUES (NEW.id);
 """ + "".join(f"""
 GRANT USAGE ON SCHEMA {schema} TO {login};
 GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {login};
+GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {login};
 """ for schema in SCHEMAS for login in (data.SUPPORT, data.ENGINEER))
 
 DELETE_CASCADE = "(delete) reach_hr.c_delete_cascade (reach_ok.p_delete_cascade reaches it through the foreign key " \
@@ -128,6 +143,15 @@ TRIGGER_TO_HR = "(insert) reach_hr.log (reach_ok.audited reaches it through the 
 CANNOT_FOLLOW = "pgguard cannot follow that, so only a role that may write every table may set it off"
 
 REFUSED = [
+    ("INSERT INTO reach_ok.defaulted (x) VALUES (1)",
+     "(insert) reach_hr.log (reach_ok.defaulted reaches it through the default of column id of reach_ok.defaulted)"),
+    ("INSERT INTO reach_ok.checked VALUES (1)",
+     "(insert) reach_hr.log (reach_ok.checked reaches it through the check constraint passes of reach_ok.checked)"),
+    ("COPY reach_ok.checked FROM STDIN", "(insert) reach_hr.log (reach_ok.checked reaches it through the check"),
+    ("INSERT INTO reach_ok.domained VALUES (ARRAY[1])",
+     "(insert) reach_hr.log (reach_ok.domained reaches it through the domain check of column ids (passes)"),
+    ("INSERT INTO reach_ok.numbered (x) VALUES (1)",
+     "(nextval) reach_hr.ids (reach_ok.numbered reaches it through the default of column id of reach_ok.numbered)"),
     ("DELETE FROM reach_ok.p_delete_cascade WHERE id = 1", DELETE_CASCADE),
     ("DELETE FROM reach_ok.p_set_null WHERE id = 1",
      "(update) reach_hr.c_set_null (reach_ok.p_set_null reaches it through the foreign key c_set_null_fk of "
@@ -279,12 +303,15 @@ def test_writes_that_reach_only_what_the_role_may_write_run(gw: RunningGateway, 
            # An INSERT sets off no foreign-key action; nor does a DELETE under NO ACTION.
            "INSERT INTO reach_ok.p_update_cascade VALUES (104)", "DELETE FROM reach_ok.p_plain WHERE id = 3",
            # A TRUNCATE without CASCADE reaches nothing (the trigger of `local` is for rows).
-           "TRUNCATE reach_ok.local")
+           "TRUNCATE reach_ok.local",
+           # A serial column's default draws from the table's own sequence.
+           "INSERT INTO reach_ok.serial (x) VALUES (105)")
     rows = contents(direct)
     assert ("local", 101) in rows["reach_ok.local_log"] and ("local", 102) in rows["reach_ok.local_log"]
     assert ("pinned", 103) in rows["reach_ok.local_log"]
     assert (104,) in rows["reach_ok.p_update_cascade"] and (3,) not in rows["reach_ok.p_plain"]
     assert rows["reach_ok.local"] == [] and rows["reach_ok.builtin"] == [(2,)]
+    assert rows["reach_ok.serial"] == [(1, 105)]
 
 
 def test_a_role_that_may_write_every_table_writes_through_all_of_them(gw: RunningGateway, direct: str) -> None:
@@ -313,3 +340,64 @@ def test_the_simple_protocol_is_refused_the_same(gw: RunningGateway, direct: str
         messages, _ = conn.query("EXECUTE reach_p(1)")
         assert [m.code for m in messages if isinstance(m, backend.ErrorResponse)] == ["42501"]
     assert contents(direct) == before
+
+
+def _engineering_writes_reach_ok(text: str) -> str:
+    return config_edit({"roles.engineering": {"read": ["*"], "write": ["reach_ok.*"]}})(_edit(text))
+
+
+def test_a_write_after_the_sessions_own_ddl_is_refused_until_the_catalog_shows_it(
+        gw: RunningGateway, direct: str, gateway_factory: Callable[..., RunningGateway]) -> None:
+    """A trigger made in the write's own transaction is in no snapshot (the catalog is read by another
+    connection), nor one made just before while the catalog is read again: the INSERT ran the trigger, which
+    wrote reach_hr.log. A table the DDL did not touch stays writable (Alembic creates its table and writes it)."""
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("CREATE TABLE reach_ok.later (id int)")
+        conn.execute(f"GRANT CREATE ON SCHEMA reach_ok TO {data.ENGINEER}")
+        conn.execute(f"GRANT ALL ON reach_ok.later TO {data.ENGINEER}")
+    engineering = gateway_factory(_engineering_writes_reach_ok)
+    trigger = "CREATE TRIGGER t{} AFTER INSERT ON reach_ok.later FOR EACH ROW EXECUTE FUNCTION reach_ok.to_hr()"
+    before = contents(direct)["reach_hr.log"]
+    try:
+        with psycopg.connect(engineering.dsn("engineer")) as conn:
+            conn.execute(trigger.format(1))
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("INSERT INTO reach_ok.later VALUES (1)")
+            assert caught.value.sqlstate == "42501"
+            assert "reach_ok.later may reach further through this session's DDL" in str(caught.value)
+        with psycopg.connect(engineering.dsn("engineer")) as conn:  # prepared before the trigger, bound after
+            conn.execute("INSERT INTO reach_ok.later VALUES (%s)", [0], prepare=True)
+            conn.commit()
+            conn.execute(trigger.format(3))
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("INSERT INTO reach_ok.later VALUES (%s)", [1], prepare=True)
+            assert caught.value.sqlstate == "42501"
+            assert "reach_ok.later may reach further through this session's DDL" in str(caught.value)
+        with psycopg.connect(engineering.dsn("engineer"), autocommit=True) as conn:
+            conn.execute(trigger.format(2))
+            with pytest.raises(psycopg.Error) as caught:  # by either reason: the snapshot may show it already
+                conn.execute("INSERT INTO reach_ok.later VALUES (2)")
+            assert caught.value.sqlstate == "42501" and "reach_ok.later" in str(caught.value)
+            conn.execute("CREATE TABLE reach_ok.fresh (id int)")
+            conn.execute("INSERT INTO reach_ok.fresh VALUES (3)")
+            with conn.transaction():  # a migration adds a column and fills it
+                conn.execute("ALTER TABLE reach_ok.fresh ADD COLUMN note text")
+                conn.execute("UPDATE reach_ok.fresh SET note = 'filled'")
+        assert contents(direct)["reach_hr.log"] == before
+        assert fetch_value(direct, "SELECT note FROM reach_ok.fresh") == "filled"
+    finally:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS reach_ok.later, reach_ok.fresh")
+
+
+@pytest.mark.parametrize("sql", ["UPDATE pg_settings SET setting = 'reach_hr' WHERE name = 'search_path'",
+                                 "UPDATE pg_catalog.pg_settings SET setting = 'off'"
+                                 " WHERE name = 'standard_conforming_strings'"])
+def test_a_write_to_pg_settings_is_refused_to_a_role_that_may_write_every_table(gw: RunningGateway, sql: str) -> None:
+    """pg_settings' rule calls set_config() with the row's values: the engineers (write = ["*"]) moved the
+    search path, or turned standard_conforming_strings off, without pgguard seeing a SET."""
+    with psycopg.connect(gw.dsn("engineer"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_catalog.pg_settings sets what it names"):
+            conn.execute(sql)
+        assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        assert conn.execute("SHOW standard_conforming_strings").fetchone() == ("on",)

@@ -11,9 +11,9 @@ import pytest
 from helpers import offline_demo_config
 from pgguard.config import load
 from pgguard.policy.catalog import EMPTY, Catalog
-from pgguard.policy.classify import Name
+from pgguard.policy.classify import Name, parse
 from pgguard.policy.guard import Decision, Policy, SessionGuard
-from pgguard.policy.reach import CASCADE, events
+from pgguard.policy.reach import CASCADE, Follower, events, reaches_changed
 
 NAMES = Catalog.from_rows(
     [("s", schema, "") for schema in ("pg_catalog", "public", "hr", "tools")]
@@ -195,3 +195,26 @@ def test_without_a_catalog_snapshot_a_write_that_may_set_something_off_is_refuse
     # pgguard explain --offline reads no catalog on purpose, and takes the names as they are.
     guard = SessionGuard(policy, ["engineering"], "pgguard_engineer", lambda: EMPTY, assume_builtin=True)
     assert guard.check_query("DELETE FROM public.t")[-1].allowed
+
+
+@pytest.mark.parametrize(("ddl", "changed"), [
+    ("CREATE TABLE a (id int)", set()),
+    ("CREATE TABLE a (id int REFERENCES s.b ON DELETE CASCADE)", {Name("s", "b")}),
+    ("CREATE TABLE a PARTITION OF p FOR VALUES IN (1)", {Name(None, "p"), Name(None, "a")}),
+    ("CREATE TABLE a () INHERITS (p)", {Name(None, "p"), Name(None, "a")}),
+    ("ALTER TABLE t ADD COLUMN x int", set()),
+    ("ALTER TABLE t ADD CONSTRAINT k FOREIGN KEY (x) REFERENCES b ON DELETE CASCADE", {Name(None, "b")}),
+    ("ALTER TABLE t ENABLE TRIGGER a", {Name(None, "t")}),
+    ("ALTER TABLE t ADD COLUMN x int, ALTER COLUMN y TYPE text", {Name(None, "t")}),
+    ("ALTER TABLE p ATTACH PARTITION c FOR VALUES IN (1)", {Name(None, "p"), Name(None, "c")}),
+    ("CREATE TRIGGER g AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", {Name(None, "t")}),
+    ("CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY t", {Name(None, "t")}),
+    ("CREATE VIEW v AS SELECT * FROM t", {Name(None, "v")}),
+    ("CREATE INDEX ON t (x)", set()),
+    ("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", None),
+    ("ALTER FUNCTION f() SET search_path = s", None),
+])
+def test_what_ddl_may_make_a_write_reach(ddl: str, changed: set[Name] | None) -> None:
+    """A session's own DDL is in no snapshot yet: writes to these tables are refused until it is."""
+    (statement,) = parse(ddl)
+    assert reaches_changed(statement) == changed
