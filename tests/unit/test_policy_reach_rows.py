@@ -13,7 +13,7 @@ from pgguard.config import load
 from pgguard.policy.catalog import EMPTY, Catalog
 from pgguard.policy.classify import Name, parse
 from pgguard.policy.guard import Decision, Policy, SessionGuard
-from pgguard.policy.reach import CASCADE, Follower, events, reaches_changed
+from pgguard.policy.reach import CASCADE, events, reaches_changed
 
 NAMES = Catalog.from_rows(
     [("s", schema, "") for schema in ("pg_catalog", "public", "hr", "tools")]
