@@ -491,8 +491,39 @@ class _Analyzer:
                     columns = again
             else:
                 columns = self.select(query, scope)
-            visible[name] = _Relation(name, _rename(columns, aliases))
+            visible[name] = _Relation(name, self._search_and_cycle(cte, _rename(columns, aliases)))
         return visible
+
+    def _search_and_cycle(self, cte: Node, columns: list[OutputColumn] | None) -> list[OutputColumn] | None:
+        """A recursive CTE's SEARCH and CYCLE clauses: the columns they add after its own, in PostgreSQL's
+        order (the sequence, the cycle mark, the path), each derived from the columns it names.
+
+        CYCLE compares each new row's columns with those of the rows before it and ends the recursion where
+        they are equal: how many rows come out tells whether a value equals what the recursion made of it
+        (`ltrim(s, '0123')` equals s unless s starts with one of those digits). That is a filter."""
+        search, cycle = cte.get("search_clause"), cte.get("cycle_clause")
+        if columns is None or not (search or cycle):
+            return columns
+        by_name = {column.name: column.sources for column in columns}
+
+        def named(items: list[Node]) -> frozenset[SourceColumn]:
+            found: set[SourceColumn] = set()
+            for item in items:
+                name = item["String"]["sval"]
+                if name not in by_name:  # PostgreSQL refuses it; pgguard cannot place it
+                    self.result.uncertain.append(f"column {name} of a SEARCH or CYCLE clause cannot be resolved")
+                found |= by_name.get(name, set())
+            return frozenset(found)
+
+        added = list(columns)
+        if search:
+            added.append(OutputColumn(search["search_seq_column"], named(search.get("search_col_list", [])), False))
+        if cycle:
+            compared = named(cycle.get("cycle_col_list", []))
+            self.result.filters |= compared
+            added.append(OutputColumn(cycle["cycle_mark_column"], compared, False))
+            added.append(OutputColumn(cycle["cycle_path_column"], compared, False))
+        return added
 
     def _data_modifying(self, kind: str, node: Node) -> list[OutputColumn] | None:
         """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""

@@ -1360,6 +1360,9 @@ ORACLES = [
     f"SELECT sum(ssn::int) FROM {C}",
     f"SELECT count(DISTINCT ssn) FROM {C} WHERE id IN (1, 2)",
     "SELECT reverse(body) FROM tickets WHERE id = 1",
+    # CYCLE ends the recursion at the first row equal to one before it: 2 rows unless the SSN starts with 0-3
+    f"WITH RECURSIVE r(n, s) AS (SELECT 1, ssn FROM {C} WHERE id = 1 UNION ALL SELECT n + 1, ltrim(s, '0123') "
+    "FROM r) CYCLE s SET c USING p SELECT count(*) FROM r",
 ]
 
 
