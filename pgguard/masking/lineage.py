@@ -30,6 +30,7 @@ from typing import Any
 from pglast import parser
 
 from pgguard.masking.bodies import Routine, body_of
+from pgguard.masking.encodings import ENCODING_NAMES, cleaned
 from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
 from pgguard.policy.tree import parse_tree
 
@@ -143,6 +144,10 @@ class Lineage:
     # it fails, how long it takes or how many rows it makes depends on the value, which the client sees
     # (`1 / (CASE WHEN ssn LIKE '4%' THEN 0 ELSE 1 END)`): strict roles are refused it on hidden columns.
     computed: dict[SourceColumn, str] = field(default_factory=dict)
+    # The client_encoding values the statement sets (SET, SET NAMES, set_config(); None where not a
+    # constant): the server fails to send a row with a character the encoding cannot represent, hidden
+    # values too, so a client encoding is an oracle on them (see masking/results.py).
+    client_encodings: list[str | None] = field(default_factory=list)
 
 
 class Relations:
@@ -283,6 +288,10 @@ class _Analyzer:
             # A procedure's OUT and INOUT arguments come back as a row, which holds whatever its body read.
             self.result.columns = None
             self._sources({"FuncCall": node.get("funccall", {})}, _Scope([], {}))
+        elif kind == "VariableSetStmt":
+            self.result.columns = None
+            if node.get("name") == "client_encoding" and node.get("kind") == "VAR_SET_VALUE":
+                self.result.client_encodings.extend(_string(arg) for arg in node.get("args", []))
         elif kind == "DoStmt":
             # An anonymous code block is not followed: it may read, RAISE or return as a notice anything.
             self.result.columns = None
@@ -531,7 +540,8 @@ class _Analyzer:
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
                                written=self.result.written, changed=self.result.changed,
                                derived_writes=self.result.derived_writes,
-                               functions=self.result.functions, computed=self.result.computed)
+                               functions=self.result.functions, computed=self.result.computed,
+                               client_encodings=self.result.client_encodings)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
         return columns
@@ -659,6 +669,7 @@ class _Analyzer:
             self.result.computed.setdefault(column, doing)
         self.result.uncertain.extend(inner.uncertain)
         self.result.unresolved |= inner.unresolved
+        self.result.client_encodings.extend(inner.client_encodings)
         _merge_functions(self.result.functions, inner.functions)
         names = self.relations.columns(qualified)
         columns = _rename(inner.columns, names or [])
@@ -767,6 +778,8 @@ class _Analyzer:
                 self.result.filters |= args
             if name in _KEEPING and schema in (None, "pg_catalog") and args:
                 self.result.written.append((None, frozenset(args)))
+            if name == "set_config" and schema in (None, "pg_catalog"):
+                self._set_config(call.get("args", []))
             return (set() if counting else args) | self._call(names, args), False
         if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
             operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)
@@ -801,6 +814,17 @@ class _Analyzer:
         if kind[:1].isupper() and kind not in _PASSING:  # a node (its fields are named in lower case)
             self._computed(found, _DOING.get(kind, kind))
         return found, False
+
+    def _set_config(self, args: list[Node]) -> None:
+        """set_config(name, value, …) of client_encoding. A name that is not a constant is pg_settings' `name`
+        filtered on a constant (pg_dump's shape), or the policy refuses the call; whatever it names, a value
+        that names an encoding may set client_encoding, and one that does not cannot."""
+        setting = _string(args[0]) if args else None
+        value = _string(args[1]) if len(args) > 1 else None
+        if setting is not None and setting.lower() == "client_encoding":
+            self.result.client_encodings.append(value)
+        elif setting is None and value is not None and cleaned(value) in ENCODING_NAMES:
+            self.result.client_encodings.append(value)
 
     def _computed(self, found: Iterable[SourceColumn], doing: str) -> None:
         """Values of `found` go through `doing`, which can fail, run long or make rows by them."""
@@ -843,6 +867,7 @@ class _Analyzer:
         inner.result.written = self.result.written  # what the body writes is written by this statement
         inner.result.changed = self.result.changed
         inner.result.derived_writes = self.result.derived_writes
+        inner.result.client_encodings = self.result.client_encodings
         self.calls.stack.append(routine.name)
         try:
             read: set[SourceColumn] = set()
@@ -1039,6 +1064,13 @@ def _grouped(items: list[Any]) -> Iterable[Any]:
             yield from _grouped(item["GroupingSet"].get("content", []))
         else:
             yield item
+
+
+def _string(node: Any) -> str | None:
+    """The value of a string constant (`'LATIN1'`), else None."""
+    if isinstance(node, dict) and "A_Const" in node and "sval" in node["A_Const"]:
+        return str(node["A_Const"]["sval"].get("sval", ""))
+    return None
 
 
 def _integer(node: Any) -> int | None:
