@@ -271,6 +271,10 @@ class _Analyzer:
             self.statement(inner_kind, inner)
             # A plan shows the query's own text and estimates, never row values.
             self.result.columns = [OutputColumn("QUERY PLAN", frozenset(), False)]
+            if any(option.get("DefElem", {}).get("defname") == "analyze" for option in node.get("options", [])):
+                # The run's sort, hash and disk sizes: those of what it computed from hidden values too
+                # (`ltrim(email, 'a…z.')` sorted on disk takes as much room as the letters it left).
+                self._computed(self.result.touched | self.result.filters, "EXPLAIN ANALYZE, which shows sizes")
         elif kind in ("DeclareCursorStmt", "PrepareStmt"):
             (inner_kind, inner), = node["query"].items()
             self.statement(inner_kind, inner)
