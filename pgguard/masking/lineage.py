@@ -64,6 +64,11 @@ TOTAL_FUNCTIONS: dict[str, range] = {
     "concat": range(1, 101), "concat_ws": range(1, 101),
     "string_agg": range(2, 3),
 }
+# Total functions whose result is as long as their arguments together, or a group's: over a value computed
+# from a hidden one, nested (`concat(y, y, …)` of a subquery's `concat(x, x, …)`) or over many rows, they
+# multiply the length of what the total functions made of it (`ltrim(ssn, '4')` is shorter where the SSN
+# starts with 4) until the server fails on a value of more than 1 GB: over a column's own value only.
+_GROWING = frozenset({"concat", "concat_ws", "string_agg"})
 # Casts that cannot fail: to text, whose output functions every type has and which never fail (with a
 # length, the value is cut, never refused). Not to an array of text, which parses the value.
 _TOTAL_CASTS = frozenset({"text", "varchar", "bpchar", "name"})
@@ -757,9 +762,12 @@ class _Analyzer:
             counting = name in _COUNTING and schema in (None, "pg_catalog") and \
                 self.relations.functions(schema, name) == []
             args: set[SourceColumn] = set()
+            computed: set[SourceColumn] = set()  # arguments that are not a column's own value
             for arg in call.get("args", []):
                 found, direct = self._sources(arg, scope)
                 args |= found
+                if not direct:
+                    computed |= found
                 if counting and not direct:
                     # count(col) reveals only how many values are not NULL; a count
                     # of an expression (`count(CASE WHEN ssn LIKE '1%' THEN 1 END)`,
@@ -772,6 +780,8 @@ class _Analyzer:
                 schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
             if not (counting or total):
                 self._computed(args, f"{'.'.join(names)}()")
+            elif name in _GROWING:
+                self._computed(computed, f"{name}() of a value computed from it")
             if call.get("agg_within_group"):
                 # `mode() WITHIN GROUP (ORDER BY ssn)`: the values sorted are the aggregate's input.
                 args |= self._sources(call.get("agg_order"), scope)[0]
