@@ -60,14 +60,16 @@ TOTAL_FUNCTIONS: dict[str, range] = {
     "lower": range(1, 2), "upper": range(1, 2), "md5": range(1, 2),
     "length": range(1, 2), "char_length": range(1, 2), "character_length": range(1, 2),
     "octet_length": range(1, 2),
-    "btrim": range(1, 3), "ltrim": range(1, 3), "rtrim": range(1, 3),
+    # With one argument only: trimming the characters given makes what is left as long as the value's run of
+    # them, which a sort's spill (pg_stat_database.temp_bytes) measures: `ltrim(ssn, '4')` tests the digits.
+    "btrim": range(1, 2), "ltrim": range(1, 2), "rtrim": range(1, 2),
     "concat": range(1, 101), "concat_ws": range(1, 101),
     "string_agg": range(2, 3),
 }
 # Total functions whose result is as long as their arguments together, or a group's: over a value computed
 # from a hidden one, nested (`concat(y, y, …)` of a subquery's `concat(x, x, …)`) or over many rows, they
-# multiply the length of what the total functions made of it (`ltrim(ssn, '4')` is shorter where the SSN
-# starts with 4) until the server fails on a value of more than 1 GB: over a column's own value only.
+# multiply the length of what the total functions made of it (`lower()` of a `İ` is a byte longer) until the
+# server fails on a value of more than 1 GB: over a column's own value only.
 _GROWING = frozenset({"concat", "concat_ws", "string_agg"})
 # Casts that cannot fail: to text, whose output functions every type has and which never fail (with a
 # length, the value is cut, never refused). Not to an array of text, which parses the value.

@@ -93,7 +93,7 @@ def test_lax_mode_runs_what_a_hidden_value_goes_through(sql, named):
 @pytest.mark.parametrize(("sql", "columns"), [
     ("SELECT email, lower(email), upper(email), md5(ssn), length(ssn), char_length(ssn), octet_length(email) "
      "FROM customers", (MaskSpec("email"), NULLIFY, NULLIFY, NULLIFY, NULLIFY, NULLIFY, NULLIFY)),
-    ("SELECT trim(email), btrim(ssn, '-'), ltrim(email), rtrim(email), concat(full_name, ' ', email), "
+    ("SELECT trim(email), btrim(ssn), ltrim(email), rtrim(email), concat(full_name, ' ', email), "
      "concat_ws(', ', email, ssn) FROM customers", (NULLIFY,) * 6),
     ("SELECT ssn::text, email::varchar(5), CAST(email AS character varying), ssn::name FROM customers",
      (MaskSpec("redact"), NULLIFY, MaskSpec("email"), NULLIFY)),
