@@ -66,11 +66,14 @@ TOTAL_FUNCTIONS: dict[str, range] = {
     "concat": range(1, 101), "concat_ws": range(1, 101),
     "string_agg": range(2, 3),
 }
-# Total functions whose result is as long as their arguments together, or a group's: over a value computed
-# from a hidden one, nested (`concat(y, y, …)` of a subquery's `concat(x, x, …)`) or over many rows, they
-# multiply the length of what the total functions made of it (`lower()` of a `İ` is a byte longer) until the
-# server fails on a value of more than 1 GB: over a column's own value only.
-_GROWING = frozenset({"concat", "concat_ws", "string_agg"})
+# Total functions that take a hidden column's own value only, cast or not, never one computed from it:
+# - concat, concat_ws and string_agg, whose result is as long as their arguments together, or a group's:
+#   nested (`concat(y, y, …)` of a subquery's `concat(x, x, …)`) or over many rows, they would multiply
+#   the length of what a total function made of it until the server fails on a value of more than 1 GB;
+# - lower and upper, whose result depends on the collation: `upper(email COLLATE "tr-x-icu")` makes each
+#   `i` an `İ`, a byte longer, and a sort's spill of many copies (pg_stat_database.temp_bytes) counts them.
+#   The column's own collation is the database's choice; one given in the statement is not.
+_OWN_VALUE_ONLY = frozenset({"concat", "concat_ws", "string_agg", "lower", "upper"})
 # Casts that cannot fail: to text, whose output functions every type has and which never fail (with a
 # length, the value is cut, never refused). Not to an array of text, which parses the value.
 _TOTAL_CASTS = frozenset({"text", "varchar", "bpchar", "name"})
@@ -782,7 +785,7 @@ class _Analyzer:
                 schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
             if not (counting or total):
                 self._computed(args, f"{'.'.join(names)}()")
-            elif name in _GROWING:
+            elif name in _OWN_VALUE_ONLY:
                 self._computed(computed, f"{name}() of a value computed from it")
             if call.get("agg_within_group"):
                 # `mode() WITHIN GROUP (ORDER BY ssn)`: the values sorted are the aggregate's input.

@@ -344,7 +344,7 @@ ROUTES = [
     "SELECT b, c, d, e, a, n + 1 FROM r WHERE n < 4) SELECT a || '', upper(a) FROM r WHERE n = 4 LIMIT 150"),
     # a bare name is a column of an outer query before it is an inner relation's row
     computes(f"SELECT (SELECT phone FROM (SELECT 1 AS x) AS phone) || '' FROM {C} ORDER BY id LIMIT 150"),
-    f"SELECT (SELECT upper(ssn) FROM jsonb_each('{{\"a\": 1}}') AS ssn) FROM {C} ORDER BY id LIMIT 150",
+    computes(f"SELECT (SELECT upper(ssn) FROM jsonb_each('{{\"a\": 1}}') AS ssn) FROM {C} ORDER BY id LIMIT 150"),
     # `*` over a USING or NATURAL join: the merged columns first (here the seventh column is the SSN)
     computes(f"SELECT s.x || '', upper(s.f) FROM (SELECT * FROM {C} c JOIN (SELECT DISTINCT city FROM {C}) o USING (city)) "
     "AS s(a, b, c, d, e, f, x) ORDER BY s.b LIMIT 150"),
@@ -1377,6 +1377,9 @@ ORACLES = [
     # many bytes as it left (4414656 where the email's leading letters were trimmed, 5225664 where none were)
     f"SELECT ltrim(email, 'abcdefghijklmnopqrstuvwxyz.') FROM {C}, generate_series(1, 100000) g WHERE id = 1 "
     "ORDER BY g",
+    # upper() in Turkish makes each i an İ, a byte longer: the same spill counts the email's i's
+    f"SELECT upper(email COLLATE \"tr-x-icu\") FROM {C}, generate_series(1, 100000) g WHERE id = 1 ORDER BY g",
+    f"SELECT lower(concat(ssn, 'I' COLLATE \"tr-x-icu\")) FROM {C} WHERE id = 1",
 ]
 
 

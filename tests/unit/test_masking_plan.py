@@ -99,8 +99,8 @@ def test_lax_mode_runs_what_a_hidden_value_goes_through(sql, named):
      (MaskSpec("redact"), NULLIFY, MaskSpec("email"), NULLIFY)),
     ("SELECT city, count(email), count(*), string_agg(email, ',') FROM customers GROUP BY city",
      (None, None, None, NULLIFY)),
-    ("SELECT c, (c).email, ROW(email, id), lower(email COLLATE \"C\") FROM customers c", (NULLIFY,) * 4),
-    ("SELECT CASE WHEN id = 1 THEN email END, lower(x) FROM customers, LATERAL (SELECT upper(ssn) x) s",
+    ("SELECT c, (c).email, ROW(email, id), email COLLATE \"C\" FROM customers c", (NULLIFY,) * 4),
+    ("SELECT CASE WHEN id = 1 THEN email END, lower(x) FROM customers, LATERAL (SELECT ssn x) s",
      (NULLIFY, NULLIFY)),
     ("SELECT mail FROM contacts", (NULLIFY,)),
 ])
