@@ -523,7 +523,7 @@ class _Analyzer:
 
         CYCLE compares each new row's columns with those of the rows before it and ends the recursion where
         they are equal: how many rows come out tells whether a value equals what the recursion made of it
-        (`ltrim(s, '0123')` equals s unless s starts with one of those digits). That is a filter."""
+        (`upper(s)` equals s unless s holds a lower case letter). That is a filter."""
         search, cycle = cte.get("search_clause"), cte.get("cycle_clause")
         if columns is None or not (search or cycle):
             return columns
