@@ -751,6 +751,10 @@ class _Analyzer:
             type_name = node["TypeCast"].get("typeName", {})
             if not _total_cast(type_name):
                 self._computed(found, f"a cast to {_type_label(type_name)}")
+            elif not direct:
+                # A row's text quotes a field that holds a space, a comma or a parenthesis and doubles its
+                # quotes and backslashes: its length counts them, as a sort's spill measures (temp_bytes).
+                self._computed(found, f"a cast to {_type_label(type_name)} of a value computed from it")
             return found, direct and self.result.copy is None and not _cuts(type_name)
         if "SelectStmt" in node:
             columns = self.select(node["SelectStmt"], scope)

@@ -1380,6 +1380,8 @@ ORACLES = [
     # upper() in Turkish makes each i an İ, a byte longer: the same spill counts the email's i's
     f"SELECT upper(email COLLATE \"tr-x-icu\") FROM {C}, generate_series(1, 100000) g WHERE id = 1 ORDER BY g",
     f"SELECT lower(concat(ssn, 'I' COLLATE \"tr-x-icu\")) FROM {C} WHERE id = 1",
+    # a row's text quotes a body that holds a space and doubles its quotes: as long as the body and its quotes
+    "SELECT ROW(body)::text FROM tickets, generate_series(1, 100000) g WHERE id = 1 ORDER BY g",
 ]
 
 
