@@ -30,6 +30,7 @@ from typing import Any
 from pglast import parser
 
 from pgguard.masking.bodies import Routine, body_of
+from pgguard.masking.encodings import ENCODING_NAMES, cleaned
 from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
 from pgguard.policy.tree import parse_tree
 
@@ -59,10 +60,20 @@ TOTAL_FUNCTIONS: dict[str, range] = {
     "lower": range(1, 2), "upper": range(1, 2), "md5": range(1, 2),
     "length": range(1, 2), "char_length": range(1, 2), "character_length": range(1, 2),
     "octet_length": range(1, 2),
-    "btrim": range(1, 3), "ltrim": range(1, 3), "rtrim": range(1, 3),
+    # With one argument only: trimming the characters given makes what is left as long as the value's run of
+    # them, which a sort's spill (pg_stat_database.temp_bytes) measures: `ltrim(ssn, '4')` tests the digits.
+    "btrim": range(1, 2), "ltrim": range(1, 2), "rtrim": range(1, 2),
     "concat": range(1, 101), "concat_ws": range(1, 101),
     "string_agg": range(2, 3),
 }
+# Total functions that take a hidden column's own value only, cast or not, never one computed from it:
+# - concat, concat_ws and string_agg, whose result is as long as their arguments together, or a group's:
+#   nested (`concat(y, y, …)` of a subquery's `concat(x, x, …)`) or over many rows, they would multiply
+#   the length of what a total function made of it until the server fails on a value of more than 1 GB;
+# - lower and upper, whose result depends on the collation: `upper(email COLLATE "tr-x-icu")` makes each
+#   `i` an `İ`, a byte longer, and a sort's spill of many copies (pg_stat_database.temp_bytes) counts them.
+#   The column's own collation is the database's choice; one given in the statement is not.
+_OWN_VALUE_ONLY = frozenset({"concat", "concat_ws", "string_agg", "lower", "upper"})
 # Casts that cannot fail: to text, whose output functions every type has and which never fail (with a
 # length, the value is cut, never refused). Not to an array of text, which parses the value.
 _TOTAL_CASTS = frozenset({"text", "varchar", "bpchar", "name"})
@@ -143,6 +154,10 @@ class Lineage:
     # it fails, how long it takes or how many rows it makes depends on the value, which the client sees
     # (`1 / (CASE WHEN ssn LIKE '4%' THEN 0 ELSE 1 END)`): strict roles are refused it on hidden columns.
     computed: dict[SourceColumn, str] = field(default_factory=dict)
+    # The client_encoding values the statement sets (SET, SET NAMES, set_config(); None where not a
+    # constant): the server fails to send a row with a character the encoding cannot represent, hidden
+    # values too, so a client encoding is an oracle on them (see masking/results.py).
+    client_encodings: list[str | None] = field(default_factory=list)
 
 
 class Relations:
@@ -266,6 +281,10 @@ class _Analyzer:
             self.statement(inner_kind, inner)
             # A plan shows the query's own text and estimates, never row values.
             self.result.columns = [OutputColumn("QUERY PLAN", frozenset(), False)]
+            if any(option.get("DefElem", {}).get("defname") == "analyze" for option in node.get("options", [])):
+                # The run's sort, hash and disk sizes: those of what it computed from hidden values too
+                # (`ltrim(email, 'a…z.')` sorted on disk takes as much room as the letters it left).
+                self._computed(self.result.touched | self.result.filters, "EXPLAIN ANALYZE, which shows sizes")
         elif kind in ("DeclareCursorStmt", "PrepareStmt"):
             (inner_kind, inner), = node["query"].items()
             self.statement(inner_kind, inner)
@@ -283,6 +302,10 @@ class _Analyzer:
             # A procedure's OUT and INOUT arguments come back as a row, which holds whatever its body read.
             self.result.columns = None
             self._sources({"FuncCall": node.get("funccall", {})}, _Scope([], {}))
+        elif kind == "VariableSetStmt":
+            self.result.columns = None
+            if node.get("name") == "client_encoding" and node.get("kind") == "VAR_SET_VALUE":
+                self.result.client_encodings.extend(_string(arg) for arg in node.get("args", []))
         elif kind == "DoStmt":
             # An anonymous code block is not followed: it may read, RAISE or return as a notice anything.
             self.result.columns = None
@@ -491,8 +514,39 @@ class _Analyzer:
                     columns = again
             else:
                 columns = self.select(query, scope)
-            visible[name] = _Relation(name, _rename(columns, aliases))
+            visible[name] = _Relation(name, self._search_and_cycle(cte, _rename(columns, aliases)))
         return visible
+
+    def _search_and_cycle(self, cte: Node, columns: list[OutputColumn] | None) -> list[OutputColumn] | None:
+        """A recursive CTE's SEARCH and CYCLE clauses: the columns they add after its own, in PostgreSQL's
+        order (the sequence, the cycle mark, the path), each derived from the columns it names.
+
+        CYCLE compares each new row's columns with those of the rows before it and ends the recursion where
+        they are equal: how many rows come out tells whether a value equals what the recursion made of it
+        (`upper(s)` equals s unless s holds a lower case letter). That is a filter."""
+        search, cycle = cte.get("search_clause"), cte.get("cycle_clause")
+        if columns is None or not (search or cycle):
+            return columns
+        by_name = {column.name: column.sources for column in columns}
+
+        def named(items: list[Node]) -> frozenset[SourceColumn]:
+            found: set[SourceColumn] = set()
+            for item in items:
+                name = item["String"]["sval"]
+                if name not in by_name:  # PostgreSQL refuses it; pgguard cannot place it
+                    self.result.uncertain.append(f"column {name} of a SEARCH or CYCLE clause cannot be resolved")
+                found |= by_name.get(name, set())
+            return frozenset(found)
+
+        added = list(columns)
+        if search:
+            added.append(OutputColumn(search["search_seq_column"], named(search.get("search_col_list", [])), False))
+        if cycle:
+            compared = named(cycle.get("cycle_col_list", []))
+            self.result.filters |= compared
+            added.append(OutputColumn(cycle["cycle_mark_column"], compared, False))
+            added.append(OutputColumn(cycle["cycle_path_column"], compared, False))
+        return added
 
     def _data_modifying(self, kind: str, node: Node) -> list[OutputColumn] | None:
         """A data-modifying statement in a CTE: its RETURNING list, its sets shared with ours."""
@@ -500,7 +554,8 @@ class _Analyzer:
         inner.result = Lineage([], self.result.filters, self.result.touched, self.result.uncertain,
                                written=self.result.written, changed=self.result.changed,
                                derived_writes=self.result.derived_writes,
-                               functions=self.result.functions, computed=self.result.computed)
+                               functions=self.result.functions, computed=self.result.computed,
+                               client_encodings=self.result.client_encodings)
         columns = inner.statement(kind, node).columns
         self.result.unresolved |= inner.result.unresolved
         return columns
@@ -628,6 +683,7 @@ class _Analyzer:
             self.result.computed.setdefault(column, doing)
         self.result.uncertain.extend(inner.uncertain)
         self.result.unresolved |= inner.unresolved
+        self.result.client_encodings.extend(inner.client_encodings)
         _merge_functions(self.result.functions, inner.functions)
         names = self.relations.columns(qualified)
         columns = _rename(inner.columns, names or [])
@@ -695,6 +751,10 @@ class _Analyzer:
             type_name = node["TypeCast"].get("typeName", {})
             if not _total_cast(type_name):
                 self._computed(found, f"a cast to {_type_label(type_name)}")
+            elif not direct:
+                # A row's text quotes a field that holds a space, a comma or a parenthesis and doubles its
+                # quotes and backslashes: its length counts them, as a sort's spill measures (temp_bytes).
+                self._computed(found, f"a cast to {_type_label(type_name)} of a value computed from it")
             return found, direct and self.result.copy is None and not _cuts(type_name)
         if "SelectStmt" in node:
             columns = self.select(node["SelectStmt"], scope)
@@ -711,9 +771,12 @@ class _Analyzer:
             counting = name in _COUNTING and schema in (None, "pg_catalog") and \
                 self.relations.functions(schema, name) == []
             args: set[SourceColumn] = set()
+            computed: set[SourceColumn] = set()  # arguments that are not a column's own value
             for arg in call.get("args", []):
                 found, direct = self._sources(arg, scope)
                 args |= found
+                if not direct:
+                    computed |= found
                 if counting and not direct:
                     # count(col) reveals only how many values are not NULL; a count
                     # of an expression (`count(CASE WHEN ssn LIKE '1%' THEN 1 END)`,
@@ -726,6 +789,8 @@ class _Analyzer:
                 schema in (None, "pg_catalog") and self.relations.functions(schema, name) == []
             if not (counting or total):
                 self._computed(args, f"{'.'.join(names)}()")
+            elif name in _OWN_VALUE_ONLY:
+                self._computed(computed, f"{name}() of a value computed from it")
             if call.get("agg_within_group"):
                 # `mode() WITHIN GROUP (ORDER BY ssn)`: the values sorted are the aggregate's input.
                 args |= self._sources(call.get("agg_order"), scope)[0]
@@ -736,6 +801,8 @@ class _Analyzer:
                 self.result.filters |= args
             if name in _KEEPING and schema in (None, "pg_catalog") and args:
                 self.result.written.append((None, frozenset(args)))
+            if name == "set_config" and schema in (None, "pg_catalog"):
+                self._set_config(call.get("args", []))
             return (set() if counting else args) | self._call(names, args), False
         if "A_Expr" in node and node["A_Expr"].get("kind") not in _BETWEEN:
             operands, _ = self._sources([node["A_Expr"].get("lexpr"), node["A_Expr"].get("rexpr")], scope)
@@ -770,6 +837,17 @@ class _Analyzer:
         if kind[:1].isupper() and kind not in _PASSING:  # a node (its fields are named in lower case)
             self._computed(found, _DOING.get(kind, kind))
         return found, False
+
+    def _set_config(self, args: list[Node]) -> None:
+        """set_config(name, value, …) of client_encoding. A name that is not a constant is pg_settings' `name`
+        filtered on a constant (pg_dump's shape), or the policy refuses the call; whatever it names, a value
+        that names an encoding may set client_encoding, and one that does not cannot."""
+        setting = _string(args[0]) if args else None
+        value = _string(args[1]) if len(args) > 1 else None
+        if setting is not None and setting.lower() == "client_encoding":
+            self.result.client_encodings.append(value)
+        elif setting is None and value is not None and cleaned(value) in ENCODING_NAMES:
+            self.result.client_encodings.append(value)
 
     def _computed(self, found: Iterable[SourceColumn], doing: str) -> None:
         """Values of `found` go through `doing`, which can fail, run long or make rows by them."""
@@ -812,6 +890,7 @@ class _Analyzer:
         inner.result.written = self.result.written  # what the body writes is written by this statement
         inner.result.changed = self.result.changed
         inner.result.derived_writes = self.result.derived_writes
+        inner.result.client_encodings = self.result.client_encodings
         self.calls.stack.append(routine.name)
         try:
             read: set[SourceColumn] = set()
@@ -1008,6 +1087,13 @@ def _grouped(items: list[Any]) -> Iterable[Any]:
             yield from _grouped(item["GroupingSet"].get("content", []))
         else:
             yield item
+
+
+def _string(node: Any) -> str | None:
+    """The value of a string constant (`'LATIN1'`), else None."""
+    if isinstance(node, dict) and "A_Const" in node and "sval" in node["A_Const"]:
+        return str(node["A_Const"]["sval"].get("sval", ""))
+    return None
 
 
 def _integer(node: Any) -> int | None:

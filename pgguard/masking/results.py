@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from pgguard.masking.copy import CopyMasker, copy_masker, copy_plan
 from pgguard.masking.detectors import Scrubber
+from pgguard.masking.encodings import lossless
 from pgguard.masking.functions import MaskSpec, ValueMask
 from pgguard.masking.lineage import Lineage, SourceColumn
 from pgguard.masking.plan import (EVERY_DETECTOR, NULLIFY, Clearance, MaskingRefused, ResultPlan, RowMasker,
@@ -165,6 +166,7 @@ class ResultMasking:
         # this cycle (it may have changed client_encoding, reported only at
         # ReadyForQuery).
         self._client_encoding: str | None = None
+        self._server_encoding: str | None = None
         self._ran_in_cycle = False
         # Rows in which a value was masked, for the gateway's metrics.
         self.masked_rows = 0
@@ -191,6 +193,8 @@ class ResultMasking:
                     raise MaskingRefused(f"CREATE TABLE AS EXECUTE {found.stores} would store values this session"
                                          " may not see where they could be read back unmasked")
             result = self._plan(found)
+            if self.clearance.strict:
+                self._refuse_encoding_oracle(found, result)
             if found.copy is not None:
                 result = copy_plan(found, result, self._column_type, self._client_encoding)
             if found.defines is not None:
@@ -200,6 +204,21 @@ class ResultMasking:
             else:
                 steps.append(_Step(result))
         return steps
+
+    def _refuse_encoding_oracle(self, found: Lineage, result: ResultPlan) -> None:
+        """A strict session may not read hidden columns in a client encoding that cannot represent every
+        character, nor set one: the server fails to send a value that holds such a character
+        (masking/encodings.py)."""
+        for encoding in found.client_encodings:
+            if encoding is None or not lossless(encoding, self._server_encoding):
+                raise MaskingRefused(f"a strict role may not set client_encoding to {encoding or 'a computed value'}: "
+                                     "the server fails to send a hidden value holding a character that encoding "
+                                     "cannot represent, which tells that it does; use UTF8")
+        current = self._client_encoding
+        if result.reads_hidden and current is not None and not lossless(current, self._server_encoding):
+            raise MaskingRefused(f"the statement reads hidden columns in client_encoding {current}, in which the "
+                                 "server fails to send a value holding a character it cannot represent, which "
+                                 "tells that it does; a strict role reads them in UTF8")
 
     def _plan(self, found: Lineage) -> ResultPlan:
         """plan(), made once per lineage (a session traces a text, or a shape, once) and clearance."""
@@ -459,6 +478,8 @@ class ResultMasking:
     def _parameter_status(self, status: backend.ParameterStatus) -> None:
         if status.name == "client_encoding":
             self._client_encoding = status.value
+        elif status.name == "server_encoding":
+            self._server_encoding = status.value
 
     def _confirm(self) -> None:
         """ParseComplete, BindComplete, CloseComplete or NoData: the request at the head succeeded."""

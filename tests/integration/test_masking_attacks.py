@@ -344,7 +344,7 @@ ROUTES = [
     "SELECT b, c, d, e, a, n + 1 FROM r WHERE n < 4) SELECT a || '', upper(a) FROM r WHERE n = 4 LIMIT 150"),
     # a bare name is a column of an outer query before it is an inner relation's row
     computes(f"SELECT (SELECT phone FROM (SELECT 1 AS x) AS phone) || '' FROM {C} ORDER BY id LIMIT 150"),
-    f"SELECT (SELECT upper(ssn) FROM jsonb_each('{{\"a\": 1}}') AS ssn) FROM {C} ORDER BY id LIMIT 150",
+    computes(f"SELECT (SELECT upper(ssn) FROM jsonb_each('{{\"a\": 1}}') AS ssn) FROM {C} ORDER BY id LIMIT 150"),
     # `*` over a USING or NATURAL join: the merged columns first (here the seventh column is the SSN)
     computes(f"SELECT s.x || '', upper(s.f) FROM (SELECT * FROM {C} c JOIN (SELECT DISTINCT city FROM {C}) o USING (city)) "
     "AS s(a, b, c, d, e, f, x) ORDER BY s.b LIMIT 150"),
@@ -1360,6 +1360,28 @@ ORACLES = [
     f"SELECT sum(ssn::int) FROM {C}",
     f"SELECT count(DISTINCT ssn) FROM {C} WHERE id IN (1, 2)",
     "SELECT reverse(body) FROM tickets WHERE id = 1",
+    # CYCLE ends the recursion at the first row equal to one before it: 2 rows unless the email holds a lower
+    # case letter
+    f"WITH RECURSIVE r(n, s) AS (SELECT 1, email FROM {C} WHERE id = 1 UNION ALL SELECT n + 1, upper(s) "
+    "FROM r) CYCLE s SET c USING p SELECT count(*) FROM r",
+    # ltrim() is total, but what it leaves is as long as the email's first letters: the sort of many copies of
+    # it shows how long, in the plan EXPLAIN ANALYZE prints (`Disk: 9608kB`)
+    f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT ltrim(email, 'abcdefghijklmnopqrstuvwxyz.') "
+    f"FROM {C}, generate_series(1, 20000) g WHERE id = 1 ORDER BY g",
+    # concat() and string_agg() are total, but nested or over many rows they multiply what ltrim() left (shorter
+    # where the SSN starts with 4) until the server fails on a value of more than 1 GB: only a column's own
+    # value may go through them
+    f"SELECT concat(y, y, y, y) FROM (SELECT concat(ltrim(ssn, '4'), ltrim(ssn, '4')) AS y FROM {C} WHERE id = 1) s",
+    f"SELECT string_agg(ltrim(ssn, '4'), '') FROM {C}, generate_series(1, 1000) g WHERE id = 1",
+    # what ltrim() leaves of many copies of the email is sorted on disk: pg_stat_database.temp_bytes grows by as
+    # many bytes as it left (4414656 where the email's leading letters were trimmed, 5225664 where none were)
+    f"SELECT ltrim(email, 'abcdefghijklmnopqrstuvwxyz.') FROM {C}, generate_series(1, 100000) g WHERE id = 1 "
+    "ORDER BY g",
+    # upper() in Turkish makes each i an İ, a byte longer: the same spill counts the email's i's
+    f"SELECT upper(email COLLATE \"tr-x-icu\") FROM {C}, generate_series(1, 100000) g WHERE id = 1 ORDER BY g",
+    f"SELECT lower(concat(ssn, 'I' COLLATE \"tr-x-icu\")) FROM {C} WHERE id = 1",
+    # a row's text quotes a body that holds a space and doubles its quotes: as long as the body and its quotes
+    "SELECT ROW(body)::text FROM tickets, generate_series(1, 100000) g WHERE id = 1 ORDER BY g",
 ]
 
 

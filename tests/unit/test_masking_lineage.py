@@ -165,9 +165,18 @@ def test_counting_reveals_nothing_but_filters_are_collected():
     ("SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.ssn = 'x')", "ssn"),
     ("SELECT DISTINCT ON (email) id FROM customers", "email"),
     ("SELECT id FROM customers GROUP BY id, phone", "phone"),
+    # CYCLE compares each row with those before it, and ends the recursion where they are equal
+    ("WITH RECURSIVE r(n, s) AS (SELECT 1, ssn FROM customers UNION ALL SELECT n + 1, ltrim(s, '0') FROM r) "
+     "CYCLE s SET c USING p SELECT count(*) FROM r", "ssn"),
 ])
 def test_inference_through_predicates_is_recorded(sql, column):
     assert column in {s.column for s in lineage(sql, FakeCatalog()).filters}
+
+
+def test_search_and_cycle_add_columns_derived_from_those_they_name():
+    assert outputs("WITH RECURSIVE r(n, s) AS (SELECT 1, ssn FROM customers UNION ALL SELECT n + 1, s FROM r "
+                   "WHERE n < 2) SEARCH DEPTH FIRST BY s SET o CYCLE n SET c USING p SELECT * FROM r") == [
+        ("n", set(), False), ("s", {"ssn"}, True), ("o", {"ssn"}, False), ("c", set(), False), ("p", set(), False)]
 
 
 def test_a_cte_shadows_a_table_of_the_same_name():
