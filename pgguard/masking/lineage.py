@@ -74,9 +74,11 @@ TOTAL_FUNCTIONS: dict[str, range] = {
 #   `i` an `İ`, a byte longer, and a sort's spill of many copies (pg_stat_database.temp_bytes) counts them.
 #   The column's own collation is the database's choice; one given in the statement is not.
 _OWN_VALUE_ONLY = frozenset({"concat", "concat_ws", "string_agg", "lower", "upper"})
-# Casts that cannot fail: to text, whose output functions every type has and which never fail (with a
-# length, the value is cut, never refused). Not to an array of text, which parses the value.
-_TOTAL_CASTS = frozenset({"text", "varchar", "bpchar", "name"})
+# Casts that cannot fail: to text, whose output functions every type has and which never fail. Not to an
+# array of text, which parses the value. Not with a length limit (`varchar(n)`, `char(n)`, `name`'s 63 bytes,
+# `"char"`'s one): the size of what a cut keeps, for n = 1, 2 …, tells where the value's non-ASCII
+# characters are, and a sort's spill measures it (pg_stat_database.temp_bytes).
+_TOTAL_CASTS = frozenset({"text", "varchar", "bpchar"})
 # Nodes that hand values on without working on them.
 _PASSING = frozenset({"List", "CollateClause", "RowExpr", "NamedArgExpr", "ResTarget", "MultiAssignRef", "SortBy",
                       "WindowDef", "GroupingSet"})
@@ -1209,15 +1211,24 @@ def _cuts(type_name: Node) -> bool:
 
 
 def _total_cast(type_name: Node) -> bool:
-    """Whether a cast to the type cannot fail: to one of PostgreSQL's text types, not an array of them."""
+    """Whether a cast to the type cannot fail and keeps the whole value: to one of PostgreSQL's text types
+    without a length, not an array of them."""
     names = [part["String"]["sval"] for part in type_name.get("names", [])]
     return bool(names) and names[-1] in _TOTAL_CASTS and names[:-1] in ([], ["pg_catalog"]) and \
-        not type_name.get("arrayBounds")
+        not type_name.get("arrayBounds") and not _cuts(type_name)
 
 
 def _type_label(type_name: Node) -> str:
+    """The type as a refusal names it: `varchar(4)`, `bpchar(1)` (`char`), `"char"`, `text[]`."""
     names = [part["String"]["sval"] for part in type_name.get("names", [])]
-    return ".".join(name for name in names if name != "pg_catalog") + ("[]" if type_name.get("arrayBounds") else "")
+    label = ".".join('"char"' if name == "char" else name for name in names if name != "pg_catalog")
+    typmods = [_typmod_label(mod) for mod in type_name.get("typmods", [])]
+    return label + (f"({', '.join(typmods)})" if typmods else "") + ("[]" if type_name.get("arrayBounds") else "")
+
+
+def _typmod_label(mod: Node) -> str:
+    const = mod.get("A_Const", {})
+    return str(const["ival"].get("ival", 0)) if "ival" in const else "…"  # the parse tree leaves out a zero
 
 
 def _column_aliases(alias: Node) -> list[str]:

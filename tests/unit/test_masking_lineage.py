@@ -255,6 +255,11 @@ def test_a_cast_that_may_cut_the_value_is_not_the_columns_value():
     assert outputs("SELECT card_number::varchar(8), phone::character, ssn::name, email::varchar, ssn::text "
                    "FROM customers") == [("card_number", {"card_number"}, False), ("phone", {"phone"}, False),
                                          ("ssn", {"ssn"}, False), ("email", {"email"}, True), ("ssn", {"ssn"}, True)]
+    # Each cut is a computation too, which strict roles are refused; the casts that keep the whole value are not.
+    result = lineage("SELECT card_number::varchar(8), phone::character, ssn::name, email::varchar, ssn::text, "
+                     "full_name::bpchar FROM customers", FakeCatalog())
+    assert {s.column: doing for s, doing in result.computed.items()} == {
+        "card_number": "a cast to varchar(8)", "phone": "a cast to bpchar(1)", "ssn": "a cast to name"}
 
 
 def test_a_schema_qualified_column_names_a_table_never_a_subquery_called_like_it():
