@@ -179,7 +179,7 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
             uses = ", ".join(f"{column} ({lineage.computed[column]})" for column in computed)
             raise MaskingRefused(f"the statement computes with {uses}, which reveals its values: whether that fails, "
                                  "how long it takes or how many rows it makes depends on them; a strict role may read "
-                                 "a hidden column only as itself, cast to text, or through "
+                                 "a hidden column only as itself, cast to text without a length, or through "
                                  f"{'(), '.join(TOTAL_FUNCTIONS)}()")
     if lineage.columns is None:
         if touched:
