@@ -489,7 +489,12 @@ class SessionGuard:
                                         _guarded_hint(qualified))
         for relation, kinds in sorted(st.writes.items(), key=lambda item: str(item[0])):
             cascade = {CASCADE} if st.cascades and "truncate" in kinds else set()
-            for qualified, written, through in self._written(relation, frozenset(kinds | cascade)):
+            written_to, calls = self._written(relation, frozenset(kinds | cascade))
+            if calls:
+                name, fired, how = calls[0]
+                return self._refuse(st, f"function {name}() is denied, and a write ({'/'.join(sorted(fired))}) to"
+                                    f" {relation} calls it through {how}", "functions", _denial_hint(name))
+            for qualified, written, through in written_to:
                 kind = "/".join(sorted(written - {CASCADE}))
                 if qualified == _SETTINGS_VIEW:
                     # Its rule calls set_config() with the row's values: a SET of any setting, unseen.
@@ -620,12 +625,16 @@ class SessionGuard:
                            for child in sorted(descendants.get(qualified, ())))
         return reached
 
-    def _written(self, name: Name, kinds: frozenset[str]) -> list[tuple[str | None, frozenset[str], str]]:
+    def _written(self, name: Name, kinds: frozenset[str]) -> tuple[list[tuple[str | None, frozenset[str], str]],
+                                                                   list[tuple[str, frozenset[str], str]]]:
         """Every table a write of `kinds` to `name` writes: what `_reached` finds, and, transitively, what
         the views, rules, triggers and foreign keys of those write (reach.py). Each comes with the kinds of
-        write and how it is reached, for a refusal to say; None for a write that pgguard cannot follow."""
+        write and how it is reached, for a refusal to say; None for a write that pgguard cannot follow.
+        And the built-in functions the roles deny that those call, each with the events and the reach that call it
+        (a SECURITY INVOKER trigger runs them as the session's own login)."""
         reaches = self.catalog.reaches
         written: list[tuple[str | None, frozenset[str], str]] = []
+        denied: list[tuple[str, frozenset[str], str]] = []
         if events(kinds) and not (self.catalog.system_relations or self.assume_builtin):  # no snapshot read (yet)
             written.append((None, kinds, "pgguard has not read the database's catalog, so it cannot tell what"
                                          " else the write reaches"))
@@ -648,11 +657,12 @@ class SessionGuard:
                     set_off = reach.events & fired
                     if not set_off:
                         continue
+                    denied.extend((call, set_off, reach.how) for call in sorted(reach.calls) if self._denied(call))
                     if reach.writes is None:
                         written.append((None, set_off, f"it reaches further through {reach.how}"))
                     pending.extend((each, each_kinds, f" ({qualified} reaches it through {reach.how})")
                                    for each, each_kinds in reach.written(set_off))
-        return written
+        return written, denied
 
     def _ddl_unseen(self) -> bool:
         """Whether DDL this session ran may be missing from the snapshot (reads start after it has ended)."""

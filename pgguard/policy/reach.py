@@ -16,6 +16,9 @@ cannot be told (another language, dynamic SQL, a SECURITY DEFINER function witho
 of its own, …) the reach says why, and only a role that may write every table may set it off.
 PostgreSQL's own functions (pg_catalog's, such as suppress_redundant_updates_trigger) are taken
 to write nothing but the row, as a statement's own calls of them are, unless they run SQL text.
+Each reach also names the ones it calls, so that the guard refuses a write that sets off a call of
+one the session's roles deny (pg_terminate_backend, lo_import, …), as it refuses the call itself:
+which are denied is the roles' to say, and a snapshot's reaches serve every role.
 Sans-IO: built from the catalog's rows, once per snapshot.
 """
 
@@ -72,19 +75,24 @@ class Reach:
     # What it writes, with the kinds of write; no kinds: those that set it off (a view's base table).
     # None: pgguard cannot tell what it writes, and `how` says why.
     writes: Writes | None
+    # PostgreSQL's own functions it calls, by name (those followed before any reason it could not be).
+    calls: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, fired: frozenset[str], how: str, writes: Writes | str) -> Reach:
-        """A reach of what was followed: `writes`, or why it could not be (a str)."""
-        return cls(fired, f"{how}, where {writes}", None) if isinstance(writes, str) else cls(fired, how, writes)
+    def of(cls, fired: frozenset[str], how: str, writes: Writes | str, calls: frozenset[str]) -> Reach:
+        """A reach of what was followed: `writes`, or why it could not be (a str); and the built-ins it calls."""
+        if isinstance(writes, str):
+            return cls(fired, f"{how}, where {writes}", None, calls)
+        return cls(fired, how, writes, calls)
 
     def written(self, fired: frozenset[str]) -> list[tuple[Name, frozenset[str]]]:
         return [(name, kinds or fired) for name, kinds in self.writes or ()]
 
     @property
     def row_writes(self) -> bool:
-        """Whether a plain INSERT, UPDATE or DELETE sets it off (not only TRUNCATE … CASCADE)."""
-        return bool(self.events - {CASCADE})
+        """Whether a plain INSERT, UPDATE or DELETE sets it off (not only TRUNCATE … CASCADE), and it may write
+        another table (a default that only calls built-ins writes none)."""
+        return bool(self.events - {CASCADE}) and (self.writes != () or not self.calls)
 
 
 class Follower:
@@ -97,6 +105,7 @@ class Follower:
         self._routines = {False: routines, True: operator_routines}
         self._casts = casts  # type name -> user-defined functions a cast to it may run (catalog.py)
         self._followed = 0  # bodies followed for the trigger or rule at hand
+        self._builtins: set[str] = set()  # PostgreSQL's own functions they call
 
     def reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
                 foreign_keys: list[list[str | None]], views: list[list[str | None]],
@@ -111,10 +120,10 @@ class Follower:
             if not isinstance(writes, str):
                 writes = tuple((written, kinds) for written, kinds in writes
                                if not (kinds == {"nextval"} and (owners or {}).get(str(written)) == qualified))
-                if not writes:
-                    continue  # PostgreSQL's own functions, or the table's own sequence
+                if not writes and not self._builtins:
+                    continue  # the table's own sequence, or nothing at all
             how = f"the {_EVALUATED[kind or ''][1]} {name} of {qualified}"
-            found.setdefault(qualified, []).append(Reach.of(_EVALUATED[kind or ""][0], how, writes))
+            found.setdefault(qualified, []).append(Reach.of(_EVALUATED[kind or ""][0], how, writes, self._calls()))
         for schema, view, definition in views:
             try:
                 base = _base(definition or "")
@@ -132,13 +141,13 @@ class Follower:
             how = f"the trigger {trigger} on {qualified} (function {name}())"
             writes = self._trigger(created or "", function_schema in _SYSTEM,
                                    Routine(name, language or "", definition=body), definer == "t")
-            found.setdefault(qualified, []).append(Reach.of(fired, how, writes))
+            found.setdefault(qualified, []).append(Reach.of(fired, how, writes, self._calls()))
         for schema, table, rule, event, definition in rules:
             qualified = qualify(schema or "", table or "")
             how = f"the rule {rule} on {qualified}"
             writes = self._rule(definition or "")
             fired = frozenset({_RULE_EVENTS[event]}) if event in _RULE_EVENTS else _ROW_EVENTS
-            found.setdefault(qualified, []).append(Reach.of(fired, how, writes))
+            found.setdefault(qualified, []).append(Reach.of(fired, how, writes, self._calls()))
         for schema, table, referencing_schema, referencing, key, on_delete, on_update in foreign_keys:
             qualified = qualify(schema or "", table or "")
             other = Name(referencing_schema, referencing or "")
@@ -153,9 +162,14 @@ class Follower:
                                          ((other, frozenset({kind})),)))
         return {relation: tuple(each) for relation, each in found.items()}
 
+    def _calls(self) -> frozenset[str]:
+        """The built-ins that what was just followed calls; and start afresh for the next."""
+        calls, self._builtins = frozenset(self._builtins), set()
+        return calls
+
     def _expression(self, expression: str, what: str) -> Writes | str:
         """What evaluating a default, a CHECK or a policy writes, or why pgguard cannot tell."""
-        self._followed = 0
+        self._followed, self._builtins = 0, set()
         try:
             select = _parsed(f"SELECT {expression}", "SelectStmt")
         except ValueError:
@@ -165,12 +179,14 @@ class Follower:
     def _trigger(self, created: str, builtin: bool, routine: Routine, definer: bool) -> Writes | str:
         """What a trigger's WHEN condition and function write, or why pgguard cannot tell. `created`: its
         CREATE TRIGGER; `builtin`: the function is PostgreSQL's own, which changes only the row."""
-        self._followed = 0
+        self._followed, self._builtins = 0, set()
         try:
             condition = _condition(_parsed(created, "CreateTrigStmt").get("whenClause"))
         except ValueError:
             return "pgguard cannot read its definition"
         writes = self._statements(condition, None, (), "its WHEN condition")
+        if builtin:
+            self._builtins.add(routine.name.rsplit(".", 1)[-1])
         if isinstance(writes, str) or builtin:
             return writes
         body = body_of(routine)
@@ -182,7 +198,7 @@ class Follower:
 
     def _rule(self, definition: str) -> Writes | str:
         """What a rule's condition and actions write, or why pgguard cannot tell."""
-        self._followed = 0
+        self._followed, self._builtins = 0, set()
         try:
             rule = _parsed(definition, "RuleStmt")
         except ValueError:
@@ -258,8 +274,10 @@ class Follower:
             return f"{what} calls {name}{suffix}, which pgguard does not know"
         if name.schema is None and path is not None:
             schemas = schemas & {*path, *_SYSTEM}
-        if not operator and schemas & _SYSTEM and any(fnmatchcase(name.name, p) for p in RUNS_SQL_TEXT):
-            return f"{what} calls {name.name}(), which runs SQL handed to it as text"
+        if not operator and schemas & _SYSTEM:
+            if any(fnmatchcase(name.name, p) for p in RUNS_SQL_TEXT):
+                return f"{what} calls {name.name}(), which runs SQL handed to it as text"
+            self._builtins.add(name.name)
         user = sorted(schemas - _SYSTEM)
         found = [routine for schema in user for routine in routines.get(qualify(schema, name.name), ())]
         if user and not found:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -216,18 +218,27 @@ def direct(postgres: PostgresServer) -> str:
     return postgres.dsn(sslmode="verify-full")
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, test_ca: TLSFiles,
-       direct: str) -> Iterator[RunningGateway]:
+@contextmanager
+def serving(directory: Path, postgres: PostgresServer, test_ca: TLSFiles, objects: str,
+            edit: Callable[[str], str], cleanup: str) -> Iterator[RunningGateway]:
+    """A gateway started after `objects` were made as superuser (so its first snapshot knows them); `cleanup` after."""
+    direct = postgres.dsn(sslmode="verify-full")
     with psycopg.connect(direct, autocommit=True) as conn:
-        conn.execute(OBJECTS)
-    running = start_gateway(tmp_path_factory.mktemp("reach"), postgres, test_ca, _edit)
+        conn.execute(objects)
+    running = start_gateway(directory, postgres, test_ca, edit)
     try:
         yield running
     finally:
         stop_gateway(running)
         with psycopg.connect(direct, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA reach_ok, reach_hr CASCADE")
+            conn.execute(cleanup)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, test_ca: TLSFiles) -> Iterator[RunningGateway]:
+    with serving(tmp_path_factory.mktemp("reach"), postgres, test_ca, OBJECTS, _edit,
+                 "DROP SCHEMA reach_ok, reach_hr CASCADE") as running:
+        yield running
 
 
 def contents(direct: str) -> dict[str, list[tuple[Any, ...]]]:

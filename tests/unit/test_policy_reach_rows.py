@@ -218,3 +218,21 @@ def test_what_ddl_may_make_a_write_reach(ddl: str, changed: set[Name] | None) ->
     """A session's own DDL is in no snapshot yet: writes to these tables are refused until it is."""
     (statement,) = parse(ddl)
     assert reaches_changed(statement) == changed
+
+
+def test_a_default_that_calls_a_denied_builtin_is_refused_and_one_of_allowed_builtins_writes_no_further(
+        policy: Policy) -> None:
+    names = Catalog.from_rows([("s", "pg_catalog", ""), ("s", "public", "")]
+                              + [("f", "pg_catalog", name) for name in ("now", "upper", "lo_create")]
+                              + [("o", "pg_catalog", "="), ("r", "pg_catalog", "pg_class")])
+    catalog = names.with_reaches([], [], [], [], [["public", "emp", "default", "at", "now()"],
+                                                  ["public", "emp", "check", "ok", "upper('x') = 'X'"],
+                                                  ["public", "blob", "default", "oid", "lo_create(0)"]])
+    assert {reach.calls for reach in catalog.reaches["public.emp"]} == {frozenset({"now"}), frozenset({"upper"})}
+    assert decide(policy, catalog, "INSERT INTO emp VALUES (1)").allowed
+    assert decide(policy, catalog, "DELETE FROM blob").allowed  # a DELETE evaluates no default
+    assert decide(policy, catalog, "INSERT INTO blob VALUES (1)").reason == (
+        "function lo_create() is denied, and a write (insert) to blob calls it through the default of column oid"
+        " of public.blob")
+    # Approval rules hold writes to these tables by name: what they set off writes no other table.
+    assert catalog.writes_further == frozenset()
