@@ -172,17 +172,32 @@ class RunningGateway:
 
 def start_gateway(directory: Path, postgres: PostgresServer, test_ca: TLSFiles,
                   edit: Callable[[str], str] = lambda text: text) -> RunningGateway:
-    """Write the demo's config for the shared server (optionally edited) and serve it."""
-    port, admin_port = free_port(), free_port()
-    config_path = write_config(
-        directory, host="127.0.0.1", port=port, admin_port=admin_port,
-        tls_cert=test_ca.cert, tls_key=test_ca.key, pg_host=postgres.host, pg_port=postgres.port,
-        pg_ca=test_ca.ca_cert, database=DATABASE, login_passwords=postgres.login_passwords,
-    )
-    config_path.write_text(edit(config_path.read_text()))
+    """Write the demo's config for the shared server (optionally edited) and serve it.
+
+    A port chosen free can be taken before the gateway binds it (a client's connection may get it as
+    its own local port): the gateway then stops with "Address already in use", and is started again
+    on other ports, twice at most.
+    """
     log_path = directory / "gateway.log"
-    return RunningGateway("127.0.0.1", port, config_path, log_path, test_ca.ca_cert,
-                          issue_tokens(config_path), _serve(config_path, log_path, (port, admin_port)), admin_port)
+    retries = 2
+    while True:
+        port, admin_port = free_port(), free_port()
+        config_path = write_config(
+            directory, host="127.0.0.1", port=port, admin_port=admin_port,
+            tls_cert=test_ca.cert, tls_key=test_ca.key, pg_host=postgres.host, pg_port=postgres.port,
+            pg_ca=test_ca.ca_cert, database=DATABASE, login_passwords=postgres.login_passwords,
+        )
+        config_path.write_text(edit(config_path.read_text()))
+        taken = log_path.read_text().count("Address already in use") if log_path.exists() else 0
+        try:
+            process = _serve(config_path, log_path, (port, admin_port))
+        except RuntimeError:
+            if retries and log_path.read_text().count("Address already in use") > taken:
+                retries -= 1
+                continue
+            raise
+        return RunningGateway("127.0.0.1", port, config_path, log_path, test_ca.ca_cert,
+                              issue_tokens(config_path), process, admin_port)
 
 
 def _serve(config_path: Path, log_path: Path, ports: tuple[int, ...], command: list[str] | None = None,
