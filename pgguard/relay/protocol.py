@@ -93,6 +93,17 @@ def _fatal(message: str, sqlstate: str = "08P01") -> bytes:
     return backend.ErrorResponse.build("FATAL", sqlstate, f"pgguard: {message}").encode()
 
 
+def _unguardable(problem: str) -> Output:
+    """The end of a session pgguard could no longer guard (a setting it cannot follow, a COPY it did not see
+    coming): a FATAL 42501 that says why."""
+    return Output(to_client=_fatal(problem, "42501"), close=problem)
+
+
+def _client_violation(problem: str) -> Output:
+    """The end of a session whose client broke the protocol: a FATAL 08P01, and nothing forwarded."""
+    return Output(to_client=_fatal(f"protocol violation: {problem}"), close=f"client protocol violation: {problem}")
+
+
 def server_setting_problem(name: str, value: str, guarded: bool, read_only: bool) -> str | None:
     """Why a session cannot go on under this server setting, if it cannot.
 
@@ -273,8 +284,7 @@ class SessionProtocol:
             # A message framed right whose body is not what its type says (a Bind cut short, a
             # Describe of neither S nor P): PostgreSQL ends the session too, and nothing of this
             # read goes upstream.
-            return Output(to_client=_fatal(f"protocol violation: {exc}"),
-                          close=f"client protocol violation: {exc}")
+            return _client_violation(str(exc))
 
     def _frames(self, frames: list[Frame], raw: bytes | None) -> Output:
         """What goes upstream for `frames` (`raw`: their bytes, if they came in together)."""
@@ -293,8 +303,7 @@ class SessionProtocol:
                     problem = copy_in.keep(frames[index:]) if verdict is KEEP else verdict
                     if problem is None:
                         return Output(b"".join(parts))
-                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
-                                  close=f"client protocol violation: {problem}")
+                    return _client_violation(problem)
             flush = False  # a Flush goes after it (an Execute that may start a COPY FROM STDIN)
             if tag in _BATCH:
                 self._batch_open = True
@@ -320,8 +329,7 @@ class SessionProtocol:
             if tag == _EXECUTE and copy_in.portals:
                 problem = copy_in.execute(frontend.Execute.portal_of(frame.data, 5), self._cycles_sent + 1)
                 if problem is not None:
-                    return Output(to_client=_fatal(f"protocol violation: {problem}"),
-                                  close=f"client protocol violation: {problem}")
+                    return _client_violation(problem)
                 flush = copy_in.waiting
             if self.guard is None and (tag == _QUERY or tag == _PARSE or tag == _BIND and copy_in.statements):
                 self._copy_by_word(frame)
@@ -930,11 +938,11 @@ class SessionProtocol:
                     if problem:
                         if recorder is not None:  # what the client received before it
                             recorder.server_frames(frames[:frames.index(frame)])
-                        return Output(to_client=_fatal(problem, "42501"), close=problem)
+                        return _unguardable(problem)
                 if (tag == _COPY_IN_RESPONSE or copy_in.copy is not None) and tag in _COPY_ANSWERS:
                     problem = copy_in.server(tag, self._cycles_done)
                     if problem:
-                        return Output(to_client=_fatal(problem, "42501"), close=problem)
+                        return _unguardable(problem)
             if recorder is not None:
                 recorder.server_frames(frames)
             out = self._to_client(raw if raw is not None else b"".join(f.data for f in frames))
@@ -956,11 +964,11 @@ class SessionProtocol:
             elif tag == _PARAMETER_STATUS:
                 problem = self._parameter(frame)
                 if problem:
-                    return Output(to_client=_fatal(problem, "42501"), close=problem)
+                    return _unguardable(problem)
             if (tag == _COPY_IN_RESPONSE or copy_in.copy is not None) and tag in _COPY_ANSWERS:
                 problem = copy_in.server(tag, self._cycles_done)
                 if problem:
-                    return Output(to_client=_fatal(problem, "42501"), close=problem)
+                    return _unguardable(problem)
             if masking is not None:
                 data = masking.server(tag, data)
             if recorder is not None:
