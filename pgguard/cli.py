@@ -16,7 +16,6 @@ from pgguard.audit.writer import prune
 from pgguard.config import ConfigError, RoleConfig, load, parse_duration
 from pgguard.identity import TokenError, revocation
 from pgguard.identity.tokens import TokenService
-from pgguard.masking.lineage import SourceColumn
 from pgguard.masking.session import MaskingConfig
 from pgguard.policy.explain import dumps, explain, render
 from pgguard.policy.guard import Policy
@@ -70,8 +69,8 @@ def _check(args: argparse.Namespace) -> int:
 def _masked_for(masking: MaskingConfig, role: RoleConfig) -> str:
     """What a session of this role alone sees masked: columns with their functions, the detectors, strictness."""
     clearance = masking.clearance([role])
-    columns = [f"{name} ({spec.function})" for name, spec in masking.rules.columns.items()
-               if clearance.spec_for(SourceColumn(*name.rsplit(".", 1))) is not None]
+    specs = ((column, clearance.spec_for(column)) for column in masking.rules.sensitive)
+    columns = [f"{column} ({spec.function})" for column, spec in specs if spec is not None]
     detectors = f"detectors {', '.join(clearance.scrubber.names)}" if clearance.scrubber else "no detectors"
     strict = "; filters on masked columns refused (strict_inference)" if clearance.strict else ""
     return f"{', '.join(columns) or 'no column'}; {detectors}{strict}"

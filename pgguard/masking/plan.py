@@ -46,6 +46,11 @@ class MaskingRules:
     columns: dict[str, MaskSpec]  # schema.table.column -> function
     key: bytes = b""
 
+    @property
+    def sensitive(self) -> tuple[SourceColumn, ...]:
+        """The sensitive columns as lineage names them, in the config's order."""
+        return tuple(SourceColumn(*name.rsplit(".", 1)) for name in self.columns)
+
     @classmethod
     def from_config(cls, table: dict[str, Any], base: Path) -> MaskingRules:
         columns = {}

@@ -67,8 +67,8 @@ class SessionRelations(Relations):
     def __init__(self, guard: SessionGuard, catalog: Callable[[], Catalog], rules: MaskingRules) -> None:
         self.guard = guard
         self.catalog = catalog
-        self.sensitive_relations = {name.rsplit(".", 1)[0] for name in rules.columns}
-        self._sensitive = frozenset(SourceColumn(*name.rsplit(".", 1)) for name in rules.columns)
+        self._sensitive = frozenset(rules.sensitive)
+        self.sensitive_relations = {column.relation for column in self._sensitive}
         # Text, and shape key -> (the catalog snapshot and the number of search paths it was traced
         # with, its lineages; for a shape, None where it is traced text by text).
         self._kept: dict[str, tuple[Catalog, int, list[Lineage] | None]] = {}
