@@ -26,7 +26,7 @@ pgguard+policy reaches it as `pgguard_reader`, the analysts' read-only login.
 
     ./dev bench [--bench idle,logins,select-only,large-select] [--duration S] [--clients 1,8]
                 [--modes simple,prepared] [--rows N] [--formats text,binary] [--idle-clients N]
-                [--rounds N] [--json FILE] [--markdown]
+                [--rounds N] [--json FILE] [--markdown] [--cpu-load FRACTION]
 
 The benchmarks, each in a module of its own, in the order they run:
 
@@ -59,6 +59,7 @@ from idle import IDLE_CLIENTS, IDLE_COLUMNS, IdleMemory, idle_memory, idle_table
 from large_select import (CHUNK_ROWS, MASKED_VS_DIRECT, READ_COLUMNS, RESULT_FORMATS, ReadResult, large_select,
                           read_table_rows)
 from logins import LOGIN_COLUMNS, LOGIN_RATIOS, LoginRate, login_rates, login_ratio, login_table_rows
+from cpu_load import cpu_load
 from procs import BenchError
 from report import CHECK_COLUMNS, Check, connection_info, machine_info, print_table
 from select_only import COLUMNS, GUARDED_VS_PGBOUNCER, Result, Setting, select_only, table_rows, warm_up
@@ -124,6 +125,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="comma-separated result formats of the large SELECT: text, binary (default both)")
     parser.add_argument("--idle-clients", type=int, default=IDLE_CLIENTS,
                         help=f"idle connections held at once per target (default {IDLE_CLIENTS})")
+    parser.add_argument("--cpu-load", type=float, default=0.0,
+                        help="keep this fraction of one core busy in another process while benchmarks run "
+                             "(bench/cpu_load.py; default 0)")
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",") if c]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -136,6 +140,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown {option}(s): {', '.join(sorted(bad))}")
     if args.rounds < 1 or args.duration <= 0 or not args.clients or args.rows <= 0 or args.idle_clients <= 0:
         parser.error("--rounds, --duration, --clients, --rows and --idle-clients must be positive")
+    if not 0 <= args.cpu_load < 1:
+        parser.error("--cpu-load must be at least 0 and below 1")
     if not args.bench or not args.formats:
         parser.error("--bench and --formats need at least one name")
     return args
@@ -158,9 +164,10 @@ def run_benchmarks(args: argparse.Namespace, base: Path, log: Callable[[str], No
     idle: list[IdleMemory] = []
     with environment(base, scale=args.scale if SELECT_ONLY in args.bench else 0,
                      people=args.rows if LARGE_SELECT in args.bench else 0,
-                     idle_clients=args.idle_clients if IDLE in args.bench else 0, log=log) as env:
+                     idle_clients=args.idle_clients if IDLE in args.bench else 0, log=log) as env, \
+            cpu_load(args.cpu_load, base / "cpu-load.log"):
         report: dict[str, Any] = {"machine": machine_info(env), "rounds": args.rounds,
-                                     "connections": connection_info(env)}
+                                     "connections": connection_info(env), "cpu_load": args.cpu_load}
         tables: list[Table] = []
         if IDLE in args.bench:
             log(f"{args.idle_clients} idle clients per target ...")
@@ -217,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for title, columns, rows in tables:
             print_table(title, columns, rows, args.markdown)
         print("machine: " + ", ".join(f"{k} {v}" for k, v in report["machine"].items()))
+        if args.cpu_load:
+            print(f"cpu load: another process kept {args.cpu_load:g} of a core busy throughout (--cpu-load)")
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
         return 0
