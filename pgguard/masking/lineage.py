@@ -31,6 +31,7 @@ from pglast import parser
 
 from pgguard.masking.bodies import Routine, body_of
 from pgguard.masking.encodings import ENCODING_NAMES, cleaned
+from pgguard.masking.system_columns import hidden_columns, opaque
 from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
 from pgguard.policy.tree import parse_tree
 
@@ -661,8 +662,8 @@ class _Analyzer:
             return _Relation(alias, None)
         in_schema = qualified.split(".")[0]
         view = self.relations.view_definition(qualified)
-        if view is not None:
-            return _Relation(alias, self._view(qualified, view), schema=in_schema)
+        if view is not None and not opaque(qualified):
+            return _Relation(alias, _with_hidden(qualified, self._view(qualified, view)), schema=in_schema)
         columns = self.relations.columns(qualified)
         if columns is None:
             self.result.uncertain.append(f"the columns of {qualified} are unknown")
@@ -1038,6 +1039,15 @@ def lineage_of_view(definition: str, relations: Relations, depth: int, calls: _C
     tree = json.loads(parser.parse_sql_json(definition))
     (kind, node), = tree["stmts"][0]["stmt"].items()
     return _Analyzer(relations, depth, calls).statement(kind, node)
+
+
+def _with_hidden(qualified: str, columns: list[OutputColumn] | None) -> list[OutputColumn] | None:
+    """A view's columns, those PostgreSQL's own query texts are in (system_columns.py) also from themselves."""
+    hidden = hidden_columns(qualified)
+    if not hidden or columns is None:
+        return columns
+    return [OutputColumn(column.name, column.sources | {SourceColumn(qualified, column.name)}, False)
+            if column.name in hidden else column for column in columns]
 
 
 def _merge_functions(into: dict[str, set[SourceColumn]], found: dict[str, set[SourceColumn]]) -> None:

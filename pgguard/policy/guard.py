@@ -29,7 +29,8 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.reach import CASCADE, events, reaches_changed
-from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.scope import (ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, QUERY_TEXT_FUNCTIONS, Scope, compile_scope,
+                                  qualify)
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
@@ -173,14 +174,15 @@ def _guarded_hint(qualified: str) -> str | None:
     """Why a system relation is not readable, for those that only named roles may read."""
     if qualified not in GUARDED_SYSTEM_RELATIONS:
         return None
-    hint = (f"{qualified} holds values or secrets, not only descriptions of objects: only roles whose read"
+    return (f"{qualified} holds values or secrets, not only descriptions of objects: only roles whose read"
             " patterns name it may read it (docs/policy.md, Relations and names)")
-    return hint + "; pg_dump reads it unless run with --no-subscriptions" \
-        if qualified == "pg_catalog.pg_subscription" else hint
 
 
 def _denial_hint(name: str) -> str | None:
-    """How to allow a denied function, for those a role may allow."""
+    """How to allow a denied function, for those a role may allow, or what to use instead."""
+    if name in QUERY_TEXT_FUNCTIONS:
+        return ("it returns other sessions' statement texts: read pg_stat_activity instead, whose query column"
+                " pgguard hides (docs/policy.md, Other sessions' statement texts)")
     if name not in ADVISORY_LOCKS:
         return None
     return (f'advisory locks are denied unless a role lists them: allow_functions = ["pg_catalog.{name}"]'
