@@ -198,6 +198,9 @@ class SessionGuard:
         # The target's current snapshot, which a refresh may replace mid-session.
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
+        # What RESET, RESET ALL, DISCARD ALL and SET … TO DEFAULT return search_path to: the path the server
+        # started the session with (started()), as list strings.
+        self.reset_path: tuple[str, ...] = search_path
         # What the server may hold under each prepared-statement and cursor name, and
         # the configuration generation (one more per reload) it was decided under.
         self.requests = Requests()
@@ -397,6 +400,15 @@ class SessionGuard:
     def refuse_function_call(self) -> Decision:
         return self._refuse(None, "the FunctionCall message is reserved to roles that may run anything",
                             "statements", "call the function from a SELECT instead")
+
+    def started(self, search_path: str) -> None:
+        """The session's search path as the server started it (`SHOW search_path` before its first
+        statement): the login's and the database's defaults (ALTER ROLE/DATABASE … SET search_path) and the
+        startup packet's, which the path assumed so far did not know. It replaces that path, and is what a
+        RESET returns to."""
+        self.reset_path = (search_path,)
+        self.search_paths = {parse_search_path(self.reset_path)}
+        self._path_key, self._decided = None, {}
 
     def check_startup(self, settings: list[tuple[str, str]]) -> Decision:
         """Settings from the startup packet get the rules of the same SET."""
@@ -750,9 +762,9 @@ class SessionGuard:
             self.on_ddl()
         for name, values in statement.settings:
             if name == "search_path":
-                self.search_paths.add(parse_search_path(values or DEFAULT_SEARCH_PATH))
+                self.search_paths.add(parse_search_path(values or self.reset_path))
             elif name == "all" and values is None:
-                self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
+                self.search_paths.add(parse_search_path(self.reset_path))
         if statement.prepares is not None and statement.inner is not None:
             # Sure to hold it once its request is answered without an error, unless a
             # Parse prepares it: it then runs at each Execute, if any.
