@@ -145,6 +145,30 @@ def test_psql_sees_no_text_either(demo: RunningGateway, bob: int) -> None:
     assert "backend_type" in out and SECRET not in out
 
 
+@pytest.fixture
+def pg_stat_statements(postgres: PostgresServer, gateway_factory: Callable[..., RunningGateway]
+                       ) -> Iterator[RunningGateway]:
+    """The extension, installed in a schema of its own that analysts may read (not loaded: pgguard answers first)."""
+    superuser(postgres, "CREATE SCHEMA cat_pgss; CREATE EXTENSION pg_stat_statements SCHEMA cat_pgss;"
+                        " GRANT USAGE ON SCHEMA cat_pgss TO pgguard_reader")
+    try:
+        yield gateway_factory(lambda text: text.replace('read = ["public.*"]', 'read = ["public.*", "cat_pgss.*"]', 1))
+    finally:
+        superuser(postgres, "DROP EXTENSION pg_stat_statements; DROP SCHEMA cat_pgss")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT query FROM cat_pgss.pg_stat_statements",
+    "SELECT * FROM cat_pgss.pg_stat_statements",
+    "SELECT queryid FROM cat_pgss.pg_stat_statements WHERE query LIKE '%Zebulon%'",
+    "SELECT query FROM cat_pgss.pg_stat_statements(true)",
+])
+def test_pg_stat_statements_texts_are_refused(pg_stat_statements: RunningGateway, sql: str) -> None:
+    """Its view reads the extension's function in C, which lineage cannot follow: the texts are refused, not
+    forwarded (the server would answer that the module is not loaded)."""
+    refused_to_alice(pg_stat_statements, sql)
+
+
 # --- pg_subscription ------------------------------------------------------------------------------------
 
 
