@@ -31,8 +31,8 @@ from pglast import parser
 
 from pgguard.masking.bodies import Routine, body_of
 from pgguard.masking.encodings import ENCODING_NAMES, cleaned
-from pgguard.masking.system_columns import hidden_columns, opaque
-from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
+from pgguard.masking.system_columns import STATEMENT_TEXTS, hidden_columns, opaque
+from pgguard.policy.scope import QUERY_TEXT_FUNCTIONS, RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
 from pgguard.policy.tree import parse_tree
 
 Node = dict[str, Any]
@@ -867,6 +867,10 @@ class _Analyzer:
         if routines is None:  # unknown: whatever it is, it cannot be followed
             routines = [Routine(".".join(names), "")]
         found: set[SourceColumn] = set()
+        if not operator and schema in (None, "pg_catalog") and names[-1] in QUERY_TEXT_FUNCTIONS:
+            # PostgreSQL's own, returning other sessions' statement texts: in a view or a function's body,
+            # where the policy does not see it, they are hidden as pg_stat_activity's are (system_columns.py).
+            found.add(SourceColumn(*STATEMENT_TEXTS))
         for routine in routines:
             read = self._routine(routine)
             # What the body does with what it reads, pgguard does not follow (`IF ssn LIKE '4%' THEN RAISE`).

@@ -19,11 +19,16 @@ and only a superuser can redefine them. A `pg_stat_statements` view, which
 lives in whatever schema the extension was installed in, is expanded like
 any other view, and its `query` column is hidden on top of that. The
 functions that return the texts by other routes are denied by the policy
-(policy/scope.py: `pg_stat_get_activity`, `pg_stat_get_backend_activity`);
+(policy/scope.py: `pg_stat_get_activity`, `pg_stat_get_backend_activity`),
+and where a view or a function's body calls them, out of the policy's sight,
+lineage takes what they return to come from `pg_stat_activity.query`.
 `pg_stat_statements()` is an extension's, and refused unless a role lists it.
 """
 
 from __future__ import annotations
+
+# Where the texts that pg_stat_get_activity() and pg_stat_get_backend_activity() return are hidden as coming from.
+STATEMENT_TEXTS = ("pg_catalog.pg_stat_activity", "query")
 
 # Relation (schema-qualified, or bare: in whichever schema the extension was installed) -> its hidden columns.
 _HIDDEN = {
@@ -43,9 +48,14 @@ def hidden_columns(relation: str) -> frozenset[str]:
     return _HIDDEN_ANYWHERE.get(relation.rsplit(".", 1)[-1], frozenset())
 
 
+# pg_catalog's views over pg_stat_get_activity(), whose other columns hold no statement text.
+_OVER_ACTIVITY = frozenset({"pg_catalog.pg_stat_ssl", "pg_catalog.pg_stat_gssapi", "pg_catalog.pg_stat_replication"})
+
+
 def opaque(relation: str) -> bool:
-    """Whether lineage takes the relation's own columns as the sources, rather than its definition's."""
-    return relation in _HIDDEN
+    """Whether lineage takes the relation's own columns as the sources, rather than its definition's: the views
+    of pg_catalog over the functions that return statement texts, which lineage would take to return them."""
+    return relation in _HIDDEN or relation in _OVER_ACTIVITY
 
 
 def is_hidden(relation: str, column: str) -> bool:

@@ -43,16 +43,21 @@ def catalog_objects(postgres: PostgresServer) -> Iterator[None]:
         CREATE SUBSCRIPTION cat_sub CONNECTION 'host=127.0.0.1 port=1 dbname=x user=u password={PASSWORD}'
             PUBLICATION cat_pub WITH (connect = false);
         CREATE VIEW public.cat_activity AS SELECT pid, query AS text FROM pg_catalog.pg_stat_activity;
+        CREATE VIEW public.cat_raw_activity AS SELECT pid, query FROM pg_catalog.pg_stat_get_activity(NULL);
+        CREATE VIEW public.cat_texts AS
+            SELECT pg_catalog.pg_stat_get_backend_activity(b) AS text FROM pg_catalog.pg_stat_get_backend_idset() b;
         CREATE VIEW public.cat_subs AS SELECT subname, subconninfo AS how FROM pg_catalog.pg_subscription;
         CREATE FUNCTION public.cat_conninfo() RETURNS text LANGUAGE sql
             AS 'SELECT subconninfo FROM pg_catalog.pg_subscription LIMIT 1';
-        GRANT SELECT ON public.cat_activity, public.cat_subs TO pgguard_reader;
+        GRANT SELECT ON public.cat_activity, public.cat_raw_activity, public.cat_texts, public.cat_subs
+            TO pgguard_reader;
     """)
     try:
         yield
     finally:
         superuser(postgres, """
-            DROP FUNCTION public.cat_conninfo(); DROP VIEW public.cat_subs; DROP VIEW public.cat_activity;
+            DROP FUNCTION public.cat_conninfo();
+            DROP VIEW public.cat_subs, public.cat_activity, public.cat_raw_activity, public.cat_texts;
             ALTER SUBSCRIPTION cat_sub SET (slot_name = NONE); DROP SUBSCRIPTION cat_sub;
         """)
 
@@ -108,7 +113,16 @@ def test_monitoring_queries_work_and_show_no_text(demo: RunningGateway, bob: int
                 "SELECT pid, query AS q FROM pg_catalog.pg_stat_activity a",
                 "SELECT pid, text FROM cat_activity",                      # a view defined over it
                 "SELECT x.t FROM (SELECT query AS t FROM pg_stat_activity) x",
-                "SELECT length(query) AS n FROM pg_stat_activity"):
+                "SELECT length(query) AS n FROM pg_stat_activity",
+                "SELECT text FROM cat_texts",
+                # pgAdmin's dashboard
+                "SELECT pid, datname, usename, application_name, client_addr, pg_catalog.to_char(backend_start,"
+                " 'YYYY-MM-DD HH24:MI:SS TZ') AS backend_start, state, wait_event_type || ': ' || wait_event AS"
+                " wait_event, array_to_string(pg_catalog.pg_blocking_pids(pid), ', ') AS blocking_pids, query,"
+                " pg_catalog.to_char(state_change, 'YYYY-MM-DD HH24:MI:SS TZ') AS state_change FROM"
+                " pg_catalog.pg_stat_activity WHERE datname = (SELECT datname FROM pg_catalog.pg_database"
+                " WHERE datname = current_database()) ORDER BY pid",
+                "SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"):
         rows = as_alice(demo, sql)
         assert rows and SECRET not in repr(rows), sql
         assert all(value is None for row in rows for name, value in row.items() if name in ("query", "q", "text", "t", "n"))
@@ -126,6 +140,10 @@ def test_monitoring_queries_work_and_show_no_text(demo: RunningGateway, bob: int
     "SELECT pg_stat_get_activity(NULL)",
     "SELECT pg_stat_get_backend_activity(b) FROM pg_stat_get_backend_idset() b",
     "SELECT pg_catalog.pg_stat_get_backend_activity(1)",
+    "SELECT (NULL::int).pg_stat_get_activity",
+    "SELECT query FROM cat_raw_activity",        # views over the functions: the policy does not look into views
+    "SELECT pid FROM cat_raw_activity",
+    "SELECT 1 FROM cat_texts WHERE text LIKE '%Zebulon%'",
 ])
 def test_every_other_route_to_the_text_is_refused(demo: RunningGateway, bob: int, sql: str) -> None:
     error = refused_to_alice(demo, sql)

@@ -23,6 +23,9 @@ TABLES = {
     "pg_catalog.pg_subscription": ["oid", "subdbid", "subname", "subowner", "subenabled", "subconninfo"],
     "ext.pg_stat_statements": ["userid", "queryid", "query", "calls"],
     "public.activity": ["pid", "text"],
+    "public.raw_activity": ["pid", "query"],
+    "pg_catalog.pg_stat_ssl": ["pid", "ssl", "version"],
+    "public.last_texts": ["text"],
 }
 VIEWS = {
     # As pg_get_viewdef prints it: over a function lineage cannot see into.
@@ -35,6 +38,11 @@ VIEWS = {
                               " pg_stat_statements.calls FROM ext.pg_stat_statements(true)"
                               " pg_stat_statements(userid, queryid, query, calls)",
     "public.activity": "SELECT pid, query AS text FROM pg_catalog.pg_stat_activity",
+    "pg_catalog.pg_stat_ssl": "SELECT s.pid, s.ssl, s.sslversion AS version FROM pg_stat_get_activity(NULL::integer) s"
+                              " (pid, ssl, sslversion)",
+    # Views over the functions themselves, which the policy does not see in a view.
+    "public.raw_activity": "SELECT s.pid, s.query FROM pg_stat_get_activity(NULL::integer) s(pid, query)",
+    "public.last_texts": "SELECT pg_catalog.pg_stat_get_backend_activity(b) AS text FROM pg_stat_get_backend_idset() b",
 }
 
 
@@ -69,6 +77,8 @@ def plan_for(sql: str, clearance: Clearance) -> tuple[object, ...]:
     ("SELECT query AS harmless FROM pg_catalog.pg_stat_activity a", (NULLIFY,)),
     ("SELECT * FROM pg_stat_activity", (None,) * 7 + (NULLIFY,)),
     ("SELECT text FROM activity", (NULLIFY,)),                   # a view over it
+    ("SELECT text FROM last_texts", (NULLIFY,)),                 # a view over the function
+    ("SELECT a.pid, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)", (None, None)),
     ("SELECT x.q FROM (SELECT query AS q FROM pg_stat_activity) x", (NULLIFY,)),
     ("SELECT subname, subenabled FROM pg_subscription", (None, None)),
     ("SELECT subname, subconninfo AS conninfo FROM pg_subscription", (None, NULLIFY)),
@@ -85,6 +95,9 @@ def test_query_texts_and_connection_strings_come_back_null(sql: str, expected: t
     "SELECT pid FROM pg_stat_activity ORDER BY query",
     "SELECT substr(query, 1, 40) FROM pg_stat_activity",
     "SELECT pid FROM activity WHERE text ILIKE '%@%'",
+    "SELECT query FROM raw_activity",                           # rows from the function: where do they end up?
+    "SELECT pid FROM raw_activity",
+    "SELECT 1 FROM last_texts WHERE text LIKE '%@%'",
     "SELECT 1 FROM pg_stat_statements WHERE query LIKE 'SELECT%'",
     "SELECT query, calls FROM pg_stat_statements",  # through the extension's C function: where does it end up?
     "SELECT * FROM pg_stat_statements",
