@@ -12,10 +12,10 @@ These columns are hidden from every session whose roles may not run
 everything (`statements = ["*"]`), as if [masking.columns] named them with
 the function `null`, and strictly: whatever the role's `strict_inference`, a
 statement that filters, joins, sorts or computes on one is refused, since
-that reveals the texts one condition at a time. `pg_catalog`'s views are not
-expanded by lineage: their own columns are the sources (`pg_stat_activity` is
-defined over `pg_stat_get_activity()`, a function lineage cannot see into),
-and only a superuser can redefine them. A `pg_stat_statements` view, which
+that reveals the texts one condition at a time. `pg_stat_activity` and the
+other views of pg_catalog over `pg_stat_get_activity()` are not expanded by
+lineage: their own columns are the sources (only a superuser can redefine
+them). A `pg_stat_statements` view, which
 lives in whatever schema the extension was installed in, is expanded like
 any other view, and its `query` column is hidden on top of that. The
 functions that return the texts by other routes are denied by the policy
