@@ -128,6 +128,17 @@ def test_monitoring_queries_work_and_show_no_text(demo: RunningGateway, bob: int
         assert all(value is None for row in rows for name, value in row.items() if name in ("query", "q", "text", "t", "n"))
 
 
+def test_cursors_and_prepared_statements_show_no_text_either(demo: RunningGateway, bob: int) -> None:
+    with psycopg.connect(demo.dsn("analyst")) as conn:
+        with conn.cursor(name="texts") as cursor:  # DECLARE … CURSOR, FETCH
+            cursor.execute("SELECT pid, query FROM pg_stat_activity")
+            rows = cursor.fetchall()
+        assert any(pid == bob for pid, _ in rows) and all(query is None for _, query in rows)
+        for _ in range(3):  # prepared after a few runs, then Bind and Execute only
+            rows = conn.execute("SELECT pid, query FROM pg_stat_activity WHERE pid = %s", (bob,), prepare=True)
+            assert rows.fetchall() == [(bob, None)]
+
+
 @pytest.mark.parametrize("sql", [
     "SELECT pid FROM pg_stat_activity WHERE query LIKE '%Zebulon%'",
     "SELECT count(*) FROM pg_stat_activity WHERE query ~ 'full_name = ''Z'",
