@@ -12,8 +12,6 @@ come out, and no filter or computation on it runs.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +19,7 @@ import asyncpg
 import psycopg
 import pytest
 from helpers import psql, run_psql
+from test_clients_compat import pg_dump
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway
@@ -259,12 +258,6 @@ def test_a_read_of_the_connection_string_comes_back_null(superuser_analysts: Run
 def test_any_other_use_of_the_connection_string_is_refused(superuser_analysts: RunningGateway, sql: str) -> None:
     error = refused_to_alice(superuser_analysts, sql)
     assert PASSWORD not in str(error)
-
-
-def pg_dump(gateway: RunningGateway, identity: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    return subprocess.run(["pg_dump", gateway.dsn(identity), *args], capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
 
 
 @pytest.mark.parametrize("identity", ["analyst", "engineer"])
