@@ -31,7 +31,8 @@ from pglast import parser
 
 from pgguard.masking.bodies import Routine, body_of
 from pgguard.masking.encodings import ENCODING_NAMES, cleaned
-from pgguard.policy.scope import RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
+from pgguard.masking.system_columns import STATEMENT_TEXTS, hidden_columns, opaque
+from pgguard.policy.scope import QUERY_TEXT_FUNCTIONS, RUNS_SQL_TEXT, STATISTICS_RELATIONS, matches
 from pgguard.policy.tree import parse_tree
 
 Node = dict[str, Any]
@@ -661,8 +662,8 @@ class _Analyzer:
             return _Relation(alias, None)
         in_schema = qualified.split(".")[0]
         view = self.relations.view_definition(qualified)
-        if view is not None:
-            return _Relation(alias, self._view(qualified, view), schema=in_schema)
+        if view is not None and not opaque(qualified):
+            return _Relation(alias, _with_hidden(qualified, self._view(qualified, view)), schema=in_schema)
         columns = self.relations.columns(qualified)
         if columns is None:
             self.result.uncertain.append(f"the columns of {qualified} are unknown")
@@ -866,6 +867,10 @@ class _Analyzer:
         if routines is None:  # unknown: whatever it is, it cannot be followed
             routines = [Routine(".".join(names), "")]
         found: set[SourceColumn] = set()
+        if not operator and schema in (None, "pg_catalog") and names[-1] in QUERY_TEXT_FUNCTIONS:
+            # PostgreSQL's own, returning other sessions' statement texts: in a view or a function's body,
+            # where the policy does not see it, they are hidden as pg_stat_activity's are (system_columns.py).
+            found.add(SourceColumn(*STATEMENT_TEXTS))
         for routine in routines:
             read = self._routine(routine)
             # What the body does with what it reads, pgguard does not follow (`IF ssn LIKE '4%' THEN RAISE`).
@@ -1038,6 +1043,15 @@ def lineage_of_view(definition: str, relations: Relations, depth: int, calls: _C
     tree = json.loads(parser.parse_sql_json(definition))
     (kind, node), = tree["stmts"][0]["stmt"].items()
     return _Analyzer(relations, depth, calls).statement(kind, node)
+
+
+def _with_hidden(qualified: str, columns: list[OutputColumn] | None) -> list[OutputColumn] | None:
+    """A view's columns, those PostgreSQL's own query texts are in (system_columns.py) also from themselves."""
+    hidden = hidden_columns(qualified)
+    if not hidden or columns is None:
+        return columns
+    return [OutputColumn(column.name, column.sources | {SourceColumn(qualified, column.name)}, False)
+            if column.name in hidden else column for column in columns]
 
 
 def _merge_functions(into: dict[str, set[SourceColumn]], found: dict[str, set[SourceColumn]]) -> None:

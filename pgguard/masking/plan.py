@@ -25,6 +25,7 @@ from pgguard.masking.detectors import DETECTORS, Scrubber
 from pgguard.masking.functions import MaskSpec, ValueMask, column_mask
 from pgguard.masking.lineage import TOTAL_FUNCTIONS, Lineage, SourceColumn
 from pgguard.masking.readings import binary_readings, float8_text_readings, is_text, text_readings
+from pgguard.masking.system_columns import is_hidden
 from pgguard.masking.values import BINARY_FORMAT, BYTEA, FLOAT8, JSON_TYPES, NO_FREE_TEXT, TEXT_ARRAYS, TEXT_TYPES
 from pgguard.wire.backend import FieldDescription
 
@@ -77,10 +78,16 @@ class Clearance:
     unmasked: tuple[str, ...]
     scrubber: Scrubber | None
     strict: bool
+    # A role may run anything (`statements = ["*"]`): PostgreSQL's own query texts and connection
+    # strings are shown as its login's backends see them (system_columns.py).
+    sees_system: bool = False
 
     def spec_for(self, column: SourceColumn) -> MaskSpec | None:
         """The mask a sensitive column gets in this session; None if it is shown raw."""
         name = str(column)
+        if is_hidden(column.relation, column.column):
+            # Cleared only by its exact name: `*` in `unmasked` is meant for the data.
+            return None if self.sees_system or name in self.unmasked else NULLIFY
         spec = self.rules.columns.get(name)
         if spec is None or any(fnmatchcase(name, pattern) for pattern in self.unmasked):
             return None
@@ -89,9 +96,14 @@ class Clearance:
     def hidden(self, columns: Iterable[SourceColumn]) -> list[SourceColumn]:
         return sorted((c for c in columns if self.spec_for(c) is not None), key=str)
 
+    def strictly_hidden(self, columns: Iterable[SourceColumn]) -> list[SourceColumn]:
+        """The hidden columns no filter or computation may use: all of them for a strict role, and
+        PostgreSQL's own query texts and connection strings for every role."""
+        return [c for c in self.hidden(columns) if self.strict or is_hidden(c.relation, c.column)]
+
     @property
     def active(self) -> bool:
-        return self.scrubber is not None or any(
+        return not self.sees_system or self.scrubber is not None or any(
             not any(fnmatchcase(name, pattern) for pattern in self.unmasked) for name in self.rules.columns)
 
 
@@ -106,7 +118,9 @@ def clearance_for(rules: MaskingRules, default_detectors: list[str], roles: Iter
     unmasked: list[str] = []
     detectors: set[str] | None = None
     strict = True
+    sees_system = False
     for role in roles:
+        sees_system = sees_system or "*" in _strings(role.rules.get("statements", []), f"roles.{role.name}.statements")
         patterns = _strings(role.rules.get("unmasked", []), f"roles.{role.name}.unmasked")
         unmasked.extend(patterns)
         default = [] if "*" in patterns else default_detectors
@@ -114,7 +128,7 @@ def clearance_for(rules: MaskingRules, default_detectors: list[str], roles: Iter
         detectors = names if detectors is None else detectors & names
         strict = strict and bool(role.rules.get("strict_inference", False))
     scrubber = Scrubber.parse(sorted(detectors), "roles.detectors") if detectors else None
-    return Clearance(rules, tuple(unmasked), scrubber, strict)
+    return Clearance(rules, tuple(unmasked), scrubber, strict, sees_system)
 
 
 def _strings(value: object, where: str) -> list[str]:
@@ -174,18 +188,17 @@ def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
     if derived:
         raise MaskingRefused(f"the statement writes values derived from {_listed(derived, lineage)} into a column,"
                              " whose mask could show other parts of them; write the column's own value unchanged")
-    if clearance.strict:
-        inferred = clearance.hidden(lineage.filters)
-        if inferred:
-            raise MaskingRefused(f"the statement filters, groups, joins or sorts on {_listed(inferred, lineage)},"
-                                 " which reveals its values")
-        computed = clearance.hidden(lineage.computed)
-        if computed:
-            uses = ", ".join(f"{column} ({lineage.computed[column]})" for column in computed)
-            raise MaskingRefused(f"the statement computes with {uses}, which reveals its values: whether that fails, "
-                                 "how long it takes or how many rows it makes depends on them; a strict role may read "
-                                 "a hidden column only as itself, cast to text without a length, or through "
-                                 f"{'(), '.join(TOTAL_FUNCTIONS)}()")
+    inferred = clearance.strictly_hidden(lineage.filters)
+    if inferred:
+        raise MaskingRefused(f"the statement filters, groups, joins or sorts on {_listed(inferred, lineage)},"
+                             " which reveals its values")
+    computed = clearance.strictly_hidden(lineage.computed)
+    if computed:
+        uses = ", ".join(f"{column} ({lineage.computed[column]})" for column in computed)
+        raise MaskingRefused(f"the statement computes with {uses}, which reveals its values: whether that fails, "
+                             "how long it takes or how many rows it makes depends on them; a strict role may read "
+                             "a hidden column only as itself, cast to text without a length, or through "
+                             f"{'(), '.join(TOTAL_FUNCTIONS)}()")
     if lineage.columns is None:
         if touched:
             raise MaskingRefused(f"the statement reads {_listed(touched, lineage)} into columns pgguard "

@@ -10,6 +10,7 @@ from pgguard.masking.bodies import Routine
 from pgguard.masking.lineage import Lineage, Relations, SourceColumn, erased_lineages, lineages
 from pgguard.masking.plan import Clearance, MaskingRefused, MaskingRules, clearance_for
 from pgguard.masking.results import ResultMasking
+from pgguard.masking.system_columns import hidden_columns
 from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import Name
 from pgguard.policy.guard import Decision, SessionGuard
@@ -107,12 +108,17 @@ class SessionRelations(Relations):
         existing = [candidate for candidate in candidates if candidate in known]
         if len(existing) == 1:
             return existing[0]
-        risky = [c for c in (existing or candidates) if c in self.sensitive_relations]
+        # With one search path, the candidates come in its order, and the first that exists is the one;
+        # with several, any of them may be.
+        several = len(existing) > 1 and len(self.guard.search_paths) > 1
+        views = self.catalog().views
+        risky = [c for c in (existing or candidates)
+                 if c in self.sensitive_relations or hidden_columns(c) or (several and c in views)]
         if risky:
-            # The name could be a table with sensitive columns, but which one it
-            # is cannot be told: fail closed.
+            # The name could be a table with sensitive columns, or a view that may read one, but which
+            # one it is cannot be told: fail closed.
             raise MaskingRefused(f"{name} may be {' or '.join(sorted(existing or candidates))}, and pgguard cannot tell"
-                                 f" which ({', '.join(risky)} has masked columns)")
+                                 f" which ({', '.join(risky)} may have masked columns)")
         if not existing:
             # Created since the catalog was read (a view over a sensitive table,
             # made outside the gateway?): have it read again, so that the next

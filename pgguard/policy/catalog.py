@@ -32,7 +32,7 @@ from functools import cached_property
 import trio
 
 from pgguard.config import Login, TargetConfig
-from pgguard.errors import GatewayError
+from pgguard.errors import GatewayError, fatal
 from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine
 from pgguard.policy.reach import Follower, Reach
 from pgguard.policy.scope import qualify
@@ -324,6 +324,16 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     catalog = replace(catalog, loaded_at=started, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
                                                 for s_schema, s_name, t_schema, t_name in owned})
     return catalog.with_reaches(*reached)
+
+
+async def session_search_path(upstream: Upstream) -> str:
+    """The search path a session's upstream backend starts with, asked before the client's first statement:
+    the defaults of its login and database, and the startup packet's, are the server's to combine."""
+    try:
+        (value,), = await _rows(upstream, "SHOW search_path")
+    except (RuntimeError, ValueError) as exc:
+        raise fatal("42501", f"pgguard: cannot read the session's search_path: {exc}") from exc
+    return value or ""
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

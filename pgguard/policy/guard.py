@@ -29,7 +29,8 @@ from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, O
                                      split_identifiers)
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.reach import CASCADE, events, reaches_changed
-from pgguard.policy.scope import ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, Scope, compile_scope, qualify
+from pgguard.policy.scope import (ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, QUERY_TEXT_FUNCTIONS, Scope, compile_scope,
+                                  qualify)
 from pgguard.policy.shapes import Key, shape_of, shared
 
 DEFAULT_SEARCH_PATH = ('"$user"', "public")
@@ -173,14 +174,15 @@ def _guarded_hint(qualified: str) -> str | None:
     """Why a system relation is not readable, for those that only named roles may read."""
     if qualified not in GUARDED_SYSTEM_RELATIONS:
         return None
-    hint = (f"{qualified} holds values or secrets, not only descriptions of objects: only roles whose read"
+    return (f"{qualified} holds values or secrets, not only descriptions of objects: only roles whose read"
             " patterns name it may read it (docs/policy.md, Relations and names)")
-    return hint + "; pg_dump reads it unless run with --no-subscriptions" \
-        if qualified == "pg_catalog.pg_subscription" else hint
 
 
 def _denial_hint(name: str) -> str | None:
-    """How to allow a denied function, for those a role may allow."""
+    """How to allow a denied function, for those a role may allow, or what to use instead."""
+    if name in QUERY_TEXT_FUNCTIONS:
+        return ("it returns other sessions' statement texts: read pg_stat_activity instead, whose query column"
+                " pgguard hides (docs/policy.md, Other sessions' statement texts)")
     if name not in ADVISORY_LOCKS:
         return None
     return (f'advisory locks are denied unless a role lists them: allow_functions = ["pg_catalog.{name}"]'
@@ -196,6 +198,9 @@ class SessionGuard:
         # The target's current snapshot, which a refresh may replace mid-session.
         self._catalog = catalog
         self.search_paths: set[tuple[str, ...]] = {parse_search_path(search_path)}
+        # What RESET, RESET ALL, DISCARD ALL and SET … TO DEFAULT return search_path to: the path the server
+        # started the session with (started()), as list strings.
+        self.reset_path: tuple[str, ...] = search_path
         # What the server may hold under each prepared-statement and cursor name, and
         # the configuration generation (one more per reload) it was decided under.
         self.requests = Requests()
@@ -395,6 +400,15 @@ class SessionGuard:
     def refuse_function_call(self) -> Decision:
         return self._refuse(None, "the FunctionCall message is reserved to roles that may run anything",
                             "statements", "call the function from a SELECT instead")
+
+    def started(self, search_path: str) -> None:
+        """The session's search path as the server started it (`SHOW search_path` before its first
+        statement): the login's and the database's defaults (ALTER ROLE/DATABASE … SET search_path) and the
+        startup packet's, which the path assumed so far did not know. It replaces that path, and is what a
+        RESET returns to."""
+        self.reset_path = (search_path,)
+        self.search_paths = {parse_search_path(self.reset_path)}
+        self._path_key, self._decided = None, {}
 
     def check_startup(self, settings: list[tuple[str, str]]) -> Decision:
         """Settings from the startup packet get the rules of the same SET."""
@@ -748,9 +762,9 @@ class SessionGuard:
             self.on_ddl()
         for name, values in statement.settings:
             if name == "search_path":
-                self.search_paths.add(parse_search_path(values or DEFAULT_SEARCH_PATH))
+                self.search_paths.add(parse_search_path(values or self.reset_path))
             elif name == "all" and values is None:
-                self.search_paths.add(parse_search_path(DEFAULT_SEARCH_PATH))
+                self.search_paths.add(parse_search_path(self.reset_path))
         if statement.prepares is not None and statement.inner is not None:
             # Sure to hold it once its request is answered without an error, unless a
             # Parse prepares it: it then runs at each Execute, if any.

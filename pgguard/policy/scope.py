@@ -30,12 +30,18 @@ STATISTICS_RELATIONS = (
 # System relations that hold data or secrets rather than describe objects, which a role reads only
 # where a pattern lets it: sampled column values, the last value of every sequence the login may
 # read, the contents of large objects, the server's configuration files (whose functions are
-# denied), and password hashes and connection strings with their passwords.
+# denied), and password hashes and user mappings' options with their passwords. (pg_subscription's
+# connection strings are hidden by column instead, masking/system_columns.py, so that \dRs and pg_dump work.)
 GUARDED_SYSTEM_RELATIONS = STATISTICS_RELATIONS + (
     "pg_catalog.pg_sequences", "pg_catalog.pg_largeobject",
     "pg_catalog.pg_file_settings", "pg_catalog.pg_hba_file_rules", "pg_catalog.pg_ident_file_mappings",
-    "pg_catalog.pg_authid", "pg_catalog.pg_shadow", "pg_catalog.pg_user_mapping", "pg_catalog.pg_subscription",
+    "pg_catalog.pg_authid", "pg_catalog.pg_shadow", "pg_catalog.pg_user_mapping",
 )
+
+# What returns other backends' statement texts, which PostgreSQL shows to every backend of the same
+# login, and pgguard maps many identities onto one login: read pg_stat_activity instead, whose query
+# column masking hides (masking/system_columns.py).
+QUERY_TEXT_FUNCTIONS = ("pg_stat_get_activity", "pg_stat_get_backend_activity")
 
 # Built-in functions that run SQL handed to them as text, or read relations or
 # cursors named by a value, out of the gateway's sight (and, inside a function
@@ -68,7 +74,7 @@ DENIED_FUNCTIONS = RUNS_SQL_TEXT + (
     "pg_promote", "pg_wal_replay_*", "pg_logical_*", "pg_replication_*", "pg_create_*_replication_slot",
     "pg_drop_replication_slot", "pg_copy_*_replication_slot", "pg_stat_reset*",
     "pg_log_backend_memory_contexts", "pg_import_system_collations", "binary_upgrade_*",
-    "pg_nextoid", "pg_current_logfile",
+    "pg_nextoid", "pg_current_logfile", *QUERY_TEXT_FUNCTIONS,
     # What only initdb and CREATE EXTENSION scripts call: it changes the system catalogs.
     "pg_stop_making_pinned_objects", "pg_extension_config_dump",
     # Index maintenance callable from a SELECT.

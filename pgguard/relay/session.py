@@ -33,7 +33,7 @@ from pgguard.relay.handshake import ClientHello
 from pgguard.errors import fatal
 from pgguard.logging_json import SESSION_ID
 from pgguard.masking.session import MaskingConfig
-from pgguard.policy.catalog import Catalogs
+from pgguard.policy.catalog import Catalogs, session_search_path
 from pgguard.policy.classify import Unsupported
 from pgguard.policy.guard import Policy, SessionGuard, startup_settings
 from pgguard.relay.protocol import SessionProtocol, python_codec, server_setting_problem
@@ -196,6 +196,8 @@ class Session:
                                  self.upstream_tls)
         try:
             codec = client_codec(upstream.greeting, guard is not None, login.read_only)
+            if guard is not None:  # names resolve on the path the server starts with, not an assumed one
+                guard.started(await session_search_path(upstream))
         except BaseException:
             upstream.stream.close()
             raise

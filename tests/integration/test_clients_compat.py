@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from helpers import fetch_all, run_psql
+from helpers import fetch_all
 from pgguard.demo.data import ENGINEER
 
 if TYPE_CHECKING:
@@ -139,17 +139,6 @@ def test_an_error_pgguard_leaves_alone_gets_no_hint(gateway: RunningGateway, ide
     assert error.diag.message_hint is None
 
 
-# --- psql --------------------------------------------------------------------------------------------
-
-
-def test_psql_list_subscriptions_refusal_says_why(gateway: RunningGateway) -> None:
-    """`\\dRs` reads pg_subscription, which holds connection strings: refused, with the reason in a hint."""
-    result = run_psql(gateway.dsn("engineer"), r"\dRs")
-    assert result.returncode == 1
-    assert "may not read pg_catalog.pg_subscription (rule roles.engineering.read)" in result.stderr
-    assert "HINT:  pg_catalog.pg_subscription holds values or secrets" in result.stderr
-
-
 # --- transactions --------------------------------------------------------------------------------------
 
 
@@ -195,8 +184,8 @@ def pg_dump(gateway: RunningGateway, identity: str, *args: str) -> subprocess.Co
 
 def test_pg_dump_of_the_engineers_tables_is_masked(gateway: RunningGateway, postgres: PostgresServer) -> None:
     """pg_dump sets restrict_nonsystem_relation_kind with set_config(name, …) FROM pg_settings WHERE name = '…',
-    and locks what it dumps IN ACCESS SHARE MODE. (--no-subscriptions: it reads pg_subscription otherwise.)"""
-    result = pg_dump(gateway, "engineer", "--no-subscriptions", "-t", "customers", "-t", "orders")
+    and locks what it dumps IN ACCESS SHARE MODE."""
+    result = pg_dump(gateway, "engineer", "-t", "customers", "-t", "orders")
     assert result.returncode == 0, result.stderr
     assert "CREATE TABLE public.customers (" in result.stdout
     email = fetch_all(postgres.dsn(sslmode="verify-full"), "SELECT email FROM customers WHERE id = 1")[0][0]
@@ -206,17 +195,9 @@ def test_pg_dump_of_the_engineers_tables_is_masked(gateway: RunningGateway, post
     assert email not in result.stdout
 
 
-def test_pg_dump_without_no_subscriptions_is_told_to_add_it(gateway: RunningGateway) -> None:
-    """pg_dump counts the subscriptions (a login that is not a superuser may not dump them)."""
-    result = pg_dump(gateway, "engineer", "-s", "-t", "orders")
-    assert result.returncode == 1
-    assert "may not read pg_catalog.pg_subscription" in result.stderr
-    assert "pg_dump reads it unless run with --no-subscriptions" in result.stderr
-
-
 def test_pg_dump_schema_as_analyst(gateway: RunningGateway) -> None:
     """The analysts' login may not read the sequences' values, so their dump is of the schema only."""
-    result = pg_dump(gateway, "analyst", "--no-subscriptions", "-s", "-t", "customers", "-t", "orders")
+    result = pg_dump(gateway, "analyst", "-s", "-t", "customers", "-t", "orders")
     assert result.returncode == 0, result.stderr
     assert "ALTER TABLE ONLY public.orders" in result.stdout and "FOREIGN KEY (customer_id)" in result.stdout
 
