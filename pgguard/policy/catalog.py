@@ -34,6 +34,7 @@ import trio
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError
 from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine
+from pgguard.policy.extensions import TRUSTED_LANGUAGES
 from pgguard.policy.reach import Follower, Reach
 from pgguard.policy.scope import qualify
 from pgguard.relay.streams import receive_frames
@@ -105,6 +106,10 @@ class Catalog:
     reaches: dict[str, tuple[Reach, ...]] = field(default_factory=dict)
     # Sequences a table's column owns (serial and identity columns): sequence -> the table.
     sequence_owners: dict[str, str] = field(default_factory=dict)
+    # The extensions of every user-defined function and operator of each name, by kind ("f" or "o") and
+    # schema.name; "" for one that belongs to none, or whose code is not the extension's own (a member in
+    # another language than C, internal or SQL; an operator whose function is of another extension).
+    members: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -137,14 +142,22 @@ class Catalog:
         return replace(self, descendants=descendants)
 
     def with_routines(self, rows: list[list[str | None]]) -> Catalog:
+        """From _ROUTINES' rows; each may end with the extensions of the object and of its function."""
         found: dict[str, dict[str, list[Routine]]] = {"f": defaultdict(list), "o": defaultdict(list)}
-        for kind, schema, name, function_schema, function, language, returns_set, definition in rows:
-            routines = found[kind or "f"][qualify(schema or "", name or "")]
+        members: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for kind, schema, name, function_schema, function, language, returns_set, definition, *owners in rows:
+            qualified = qualify(schema or "", name or "")
+            routines = found[kind or "f"][qualified]
+            member, function_member = (owners + ["", ""])[:2]
+            own_code = language in TRUSTED_LANGUAGES and function_member == member
+            members[(kind or "f", qualified)].add(
+                member or "" if own_code or (kind == "o" and function_schema in SYSTEM_SCHEMAS) else "")
             if function_schema not in SYSTEM_SCHEMAS:  # an operator of PostgreSQL's own function reads nothing
                 routines.append(Routine(qualify(function_schema or "", function or ""), language or "",
-                                        returns_set == "t", definition))
+                                        returns_set == "t", definition, function_member or ""))
         return replace(self, routines={k: tuple(v) for k, v in found["f"].items()},
-                       operator_routines={k: tuple(v) for k, v in found["o"].items()})
+                       operator_routines={k: tuple(v) for k, v in found["o"].items()},
+                       members={k: frozenset(v) for k, v in members.items()})
 
     def with_relations(self, rows: list[list[str | None]]) -> Catalog:
         columns: dict[str, list[str]] = defaultdict(list)
@@ -293,11 +306,19 @@ WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
 _ROUTINES = f"""\
 SELECT k.kind, n.nspname, k.name, pn.nspname, p.proname, l.lanname, p.proretset,
        CASE WHEN p.prokind IN ('f', 'p') AND l.lanname IN ({', '.join(f"'{lang}'" for lang in FOLLOWED_LANGUAGES)})
-            THEN pg_catalog.pg_get_functiondef(p.oid) END
-FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_catalog.text AS name
+            THEN pg_catalog.pg_get_functiondef(p.oid) END,
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = k.class AND d.objid = k.object AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass),
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass)
+FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_catalog.text AS name,
+             'pg_catalog.pg_proc'::pg_catalog.regclass AS class, oid AS object
         FROM pg_catalog.pg_proc
       UNION ALL
-      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text FROM pg_catalog.pg_operator) k
+      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text, 'pg_catalog.pg_operator'::pg_catalog.regclass, oid
+        FROM pg_catalog.pg_operator) k
   JOIN pg_catalog.pg_namespace n ON n.oid = k.namespace
   JOIN pg_catalog.pg_proc p ON p.oid = k.proc
   JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
