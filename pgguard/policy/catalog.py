@@ -34,6 +34,7 @@ import trio
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError
 from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine
+from pgguard.masking.values import TEXT
 from pgguard.policy.extensions import TRUSTED_LANGUAGES
 from pgguard.policy.reach import Follower, Reach
 from pgguard.policy.scope import qualify
@@ -110,6 +111,9 @@ class Catalog:
     # schema.name; "" for one that belongs to none, or whose code is not the extension's own (a member in
     # another language than C, internal or SQL; an operator whose function is of another extension).
     members: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    # Types whose values are text's on the wire, both formats (citext): their input, output, receive and send
+    # functions are PostgreSQL's own for text. Masking treats them as text.
+    text_types: frozenset[int] = frozenset()
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -158,6 +162,12 @@ class Catalog:
         return replace(self, routines={k: tuple(v) for k, v in found["f"].items()},
                        operator_routines={k: tuple(v) for k, v in found["o"].items()},
                        members={k: frozenset(v) for k, v in members.items()})
+
+    def with_text_types(self, rows: list[list[str | None]]) -> Catalog:
+        """Text-like types (_TEXT_TYPES), and the table columns of them as text for COPY (column_types)."""
+        found = frozenset(int(oid or 0) for oid, in rows)
+        types = {column: TEXT if oid in found else oid for column, oid in self.column_types.items()}
+        return replace(self, text_types=found, column_types=types)
 
     def with_relations(self, rows: list[list[str | None]]) -> Catalog:
         columns: dict[str, list[str]] = defaultdict(list)
@@ -211,6 +221,16 @@ FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY c.oid, a.attnum"""
+
+# Types whose input, output, receive and send functions are PostgreSQL's own for text (citext's are).
+_TEXT_TYPES = """\
+SELECT t.oid FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_proc i ON i.oid = t.typinput JOIN pg_catalog.pg_proc o ON o.oid = t.typoutput
+  JOIN pg_catalog.pg_proc r ON r.oid = t.typreceive JOIN pg_catalog.pg_proc s ON s.oid = t.typsend
+  JOIN pg_catalog.pg_language l ON l.lanname = 'internal'
+WHERE t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace AND t.typtype = 'b'
+  AND (i.prosrc, o.prosrc, r.prosrc, s.prosrc) = ('textin', 'textout', 'textrecv', 'textsend')
+  AND (i.prolang, o.prolang, r.prolang, s.prolang) = (l.oid, l.oid, l.oid, l.oid)"""
 
 _INHERITANCE = """\
 SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM pg_catalog.pg_inherits i
@@ -333,6 +353,7 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     try:
         names = await _rows(upstream, _QUERY)
         relations = await _rows(upstream, _RELATIONS)
+        text_types = await _rows(upstream, _TEXT_TYPES)
         routines = await _rows(upstream, _ROUTINES)
         inheritance = await _rows(upstream, _INHERITANCE)
         owned = await _rows(upstream, _OWNED_SEQUENCES)
@@ -341,7 +362,8 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
-    catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
+    catalog = catalog.with_relations(relations).with_text_types(text_types).with_routines(routines)
+    catalog = catalog.with_inheritance(inheritance)
     catalog = replace(catalog, loaded_at=started, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
                                                 for s_schema, s_name, t_schema, t_name in owned})
     return catalog.with_reaches(*reached)
