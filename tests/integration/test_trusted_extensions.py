@@ -13,6 +13,8 @@ with an extension's, or belong to an extension that is not trusted (tablefunc), 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,10 +261,30 @@ def test_a_function_beside_an_extensions_keeps_its_name_user_defined(shadowed: T
 
 def test_untrusted_extensions_takes_one_off_the_list(tmp_path: Path, postgres: PostgresServer,
                                                      test_ca: TLSFiles) -> None:
-    made = Target(postgres, test_ca, tmp_path, SCHEMA, '[policy]\nuntrusted_extensions = ["pg_trgm"]\n')
+    made = Target(postgres, test_ca, tmp_path, SCHEMA, '[policy]\nuntrusted_extensions = ["pg_trgm", "uuid-ossp"]\n')
     try:
         assert "user-defined function public.similarity() is not listed as safe" in \
             made.refusal("analyst", "SELECT similarity('ab', 'abc')")
         assert made.rows("analyst", "SELECT id FROM orders WHERE status = 'open'") == [(2,)]  # citext still trusted
+        # A default that calls an untrusted extension's C function: pgguard cannot tell what it writes.
+        message = made.refusal("engineer", "INSERT INTO things (label) VALUES ('x')")
+        assert "calls public.uuid_generate_v4() of extension uuid-ossp, not trusted" in message
+        assert "only a role that may write every table may set it off" in message
     finally:
         made.close()
+
+
+def test_check_prints_the_trusted_extensions_and_refuses_one_that_cannot_be(target: Target, tmp_path: Path) -> None:
+    def check(config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pgguard.cli", "check", "-c", str(config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    result = check(target.gateway.config_path)
+    assert result.returncode == 0, result.stderr
+    assert "extensions whose functions count as PostgreSQL's own: btree_gin, btree_gist, citext, cube," \
+           " fuzzystrmatch, hstore, intarray, isn, ltree, pg_trgm, pgcrypto, unaccent, uuid-ossp\n" in result.stdout
+    config = tmp_path / "pgguard.toml"
+    config.write_text('[policy]\ntrusted_extensions = ["dblink"]\n' + target.gateway.config_path.read_text())
+    result = check(config)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "[policy] trusted_extensions: dblink cannot be trusted" in result.stderr
