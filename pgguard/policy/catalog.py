@@ -323,21 +323,27 @@ WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
 
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
+# The extension of each object and of its function, where a superuser owns it: an extension's script run by
+# CREATE EXTENSION makes its objects so (a trusted one's too, as the bootstrap superuser), while what its
+# owner adds with ALTER EXTENSION … ADD stays the owner's.
 _ROUTINES = f"""\
 SELECT k.kind, n.nspname, k.name, pn.nspname, p.proname, l.lanname, p.proretset,
        CASE WHEN p.prokind IN ('f', 'p') AND l.lanname IN ({', '.join(f"'{lang}'" for lang in FOLLOWED_LANGUAGES)})
             THEN pg_catalog.pg_get_functiondef(p.oid) END,
        (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
          WHERE d.classid = k.class AND d.objid = k.object AND d.deptype = 'e'
-           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass),
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = k.owner)),
        (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
          WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e'
-           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass)
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = p.proowner))
 FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_catalog.text AS name,
-             'pg_catalog.pg_proc'::pg_catalog.regclass AS class, oid AS object
+             'pg_catalog.pg_proc'::pg_catalog.regclass AS class, oid AS object, proowner AS owner
         FROM pg_catalog.pg_proc
       UNION ALL
-      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text, 'pg_catalog.pg_operator'::pg_catalog.regclass, oid
+      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text, 'pg_catalog.pg_operator'::pg_catalog.regclass, oid,
+             oprowner
         FROM pg_catalog.pg_operator) k
   JOIN pg_catalog.pg_namespace n ON n.oid = k.namespace
   JOIN pg_catalog.pg_proc p ON p.oid = k.proc

@@ -8,10 +8,10 @@ arguments, run no SQL text, read no table and reach nothing outside the server. 
 every role call them, as it lets it call `pg_catalog`'s, and masking takes their result to derive
 from their arguments alone.
 
-What belongs to an extension comes from the catalog (`pg_depend` entries of type 'e', which only the
-extension's script or its owner's `ALTER EXTENSION … ADD` make), never from a name: a function of the
-same name and arguments in another schema, or one a user made beside the extension's, stays
-user-defined (catalog.py).
+What belongs to an extension comes from the catalog (`pg_depend` entries of type 'e', of objects a
+superuser owns, as CREATE EXTENSION makes them; what the extension's owner adds with `ALTER EXTENSION
+… ADD` stays its own), never from a name: a function of the same name and arguments in another
+schema, or one a user made beside the extension's, stays user-defined (catalog.py).
 """
 
 from __future__ import annotations

@@ -59,6 +59,9 @@ CREATE FUNCTION other.levenshtein(a text, b text) RETURNS int LANGUAGE sql
   AS 'SELECT length(ssn) FROM public.customers LIMIT 1';
 CREATE FUNCTION public.citext_int_eq(a citext, b int) RETURNS bool LANGUAGE sql AS 'SELECT true';
 CREATE OPERATOR public.= (LEFTARG = citext, RIGHTARG = int, FUNCTION = public.citext_int_eq);
+CREATE FUNCTION public.trgm_note(t text) RETURNS text LANGUAGE sql AS 'SELECT t';
+ALTER FUNCTION public.trgm_note(text) OWNER TO {engineer};
+ALTER EXTENSION pg_trgm ADD FUNCTION public.trgm_note(text);
 """
 
 IDENTITIES = ("analyst", "agent", "support", "engineer")
@@ -119,7 +122,8 @@ def target(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, t
 def shadowed(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer,
              test_ca: TLSFiles) -> Iterator[Target]:
     users = ", ".join((data.READER, data.SUPPORT, data.ENGINEER))
-    made = Target(postgres, test_ca, tmp_path_factory.mktemp("shadowed"), SCHEMA + SHADOWS.format(users=users))
+    made = Target(postgres, test_ca, tmp_path_factory.mktemp("shadowed"),
+                  SCHEMA + SHADOWS.format(users=users, engineer=data.ENGINEER))
     yield made
     made.close()
 
@@ -288,3 +292,12 @@ def test_check_prints_the_trusted_extensions_and_refuses_one_that_cannot_be(targ
     result = check(config)
     assert result.returncode == 2 and result.stdout == ""
     assert "[policy] trusted_extensions: dblink cannot be trusted" in result.stderr
+
+
+@pytest.mark.parametrize("identity", ("analyst", "engineer"))
+def test_a_function_added_to_an_extension_stays_its_owners(shadowed: Target, identity: str) -> None:
+    """ALTER EXTENSION … ADD makes a function a member (pg_depend), but it keeps its owner: the extension's
+    owner, who may be a database owner that installed it, cannot make its own functions trusted this way."""
+    assert "user-defined function public.trgm_note() is not listed as safe" in \
+        shadowed.refusal(identity, "SELECT trgm_note('x')")
+    assert shadowed.rows(identity, "SELECT word_similarity('ab', 'abc') > 0") == [(True,)]
