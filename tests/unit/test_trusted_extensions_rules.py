@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from helpers import offline_demo_config
 from pgguard.config import ConfigError, load
 from pgguard.policy.catalog import Catalog
 from pgguard.policy.extensions import BUILT_IN, TrustedExtensions, trusted_extensions
-from pgguard.policy.guard import Policy
+from pgguard.policy.guard import Decision, Policy, SessionGuard
 
 
 def test_the_built_in_list_is_the_default() -> None:
@@ -80,3 +81,30 @@ def test_membership_is_per_object_of_a_name() -> None:
     assert members[("o", "public.->")] == {""}  # its function is another extension's
     assert members[("o", "public.~~")] == {"citext"}  # PostgreSQL's own function
     assert not trusted.trusts_all(None, "public.unknown")
+
+
+def test_a_default_that_calls_an_extensions_function_writes_nothing_only_where_it_is_trusted(tmp_path: Path) -> None:
+    """Reaches are the snapshot's, trust is the policy's: the guard checks each extension call per session."""
+    catalog = Catalog.from_rows(
+        [("s", "pg_catalog", ""), ("s", "public", ""), ("r", "pg_catalog", "pg_class"),
+         ("f", "public", "uuid_generate_v4")]
+    ).with_routines([["f", "public", "uuid_generate_v4", "public", "uuid_generate_v4", "c", "f", None,
+                      "uuid-ossp", "uuid-ossp"]]
+                    ).with_reaches([], [], [], [], [["public", "things", "default", "id", "public.uuid_generate_v4()"]])
+    (reach,) = catalog.reaches["public.things"]
+    assert reach.writes == () and reach.extension_calls == {("public.uuid_generate_v4", "uuid-ossp")}
+    assert catalog.writes_further == frozenset()
+    policy = Policy(load(offline_demo_config(tmp_path)))
+    # A role that may write every table, with the demo engineers' approval rules (UPDATE or DELETE of orders).
+    policy.scopes["everywhere"] = replace(policy.scopes["engineering"], role="everywhere", write=("*",))
+
+    def decide(role: str, sql: str) -> Decision:
+        return SessionGuard(policy, [role], "pgguard_engineer", lambda: catalog).check_query(sql)[-1]
+
+    assert decide("engineering", "INSERT INTO things (label) VALUES ('x')").allowed
+    assert decide("everywhere", "UPDATE things SET label = 'y'").approval is None
+    policy.extensions = TrustedExtensions(BUILT_IN - {"uuid-ossp"})
+    refused = decide("engineering", "INSERT INTO things (label) VALUES ('x')")
+    assert not refused.allowed and "calls public.uuid_generate_v4() of extension uuid-ossp, not trusted" in refused.reason
+    # What an untrusted extension's function writes pgguard cannot tell: it may write public.orders.
+    assert decide("everywhere", "UPDATE things SET label = 'y'").approval is not None
