@@ -25,7 +25,8 @@ import pytest
 
 from conftest import start_gateway, stop_gateway
 from pgguard.demo import data
-from test_masking_attacks import refused_message
+from helpers import psql
+from test_masking_attacks import AsyncSession, refused_message
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway, TLSFiles
@@ -301,3 +302,18 @@ def test_a_function_added_to_an_extension_stays_its_owners(shadowed: Target, ide
     assert "user-defined function public.trgm_note() is not listed as safe" in \
         shadowed.refusal(identity, "SELECT trgm_note('x')")
     assert shadowed.rows(identity, "SELECT word_similarity('ab', 'abc') > 0") == [(True,)]
+
+
+
+def test_asyncpg_and_psql(target: Target) -> None:
+    """asyncpg looks citext up in the catalog (its introspection query, through the gateway) before it
+    decodes a column of it, and binds parameters; psql sends the simple protocol."""
+    session = AsyncSession(target.dsn("agent"))
+    try:
+        rows = session.run(session.conn.fetch(
+            "SELECT o.id, c.email, o.status FROM customers c JOIN orders o ON o.customer_id = c.id"
+            " WHERE o.status = $1 ORDER BY o.id", "paid"))
+    finally:
+        session.close()
+    assert [tuple(row) for row in rows] == [(1, "***@Example.com", "PAID"), (3, "***@example.net", "Paid")]
+    assert psql(target.dsn("analyst"), "SELECT count(*) FROM orders WHERE status = 'PAID'").split("\n")[2].strip() == "2"
