@@ -37,7 +37,7 @@ NEVER = {
     "xml2": "xpath_table() runs the SQL text it is given",
     "adminpack": "it writes server files",
     "pageinspect": "it reads any table's raw pages, hidden columns too",
-    "pg_buffercache": "it shows what every session's statements read",
+    "pg_buffercache": "it shows which pages of which relations other sessions read",
     "pg_stat_statements": "it shows other sessions' statements",
     "pgstattuple": "it reads relations named as text",
     "pg_visibility": "it reads relations named as text",
