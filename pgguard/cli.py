@@ -34,7 +34,8 @@ def _check(args: argparse.Namespace) -> int:
     config = load(args.config)
     TokenService(config.identity)
     revoked = revocation.load(config.identity.revocation_file)
-    scopes = Policy(config).scopes
+    policy = Policy(config)
+    scopes = policy.scopes
     masking = MaskingConfig(config)
     masked = {name: _masked_for(masking, role) for name, role in config.roles.items()}  # raises as serve would
     server_tls_context(config)
@@ -63,6 +64,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"approvals: approver groups {', '.join(approvals.approver_groups) or '- (nobody can approve)'}; "
           f"timeout {approvals.timeout} s; at most {approvals.max_pending} pending; "
           f"webhook {approvals.webhook_url or '-'}")
+    print(f"extensions whose functions count as PostgreSQL's own: {', '.join(sorted(policy.extensions.names))}")
     return 0
 
 

@@ -221,7 +221,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     base = path.parent
-    _known(raw, "", {"gateway", "identity", "targets", "masking", "roles", "approvals", "audit"})
+    _known(raw, "", {"gateway", "identity", "targets", "masking", "roles", "approvals", "audit", "policy"})
     gateway = _gateway(_table(raw, "gateway"), base)
     identity = _identity(_table(raw, "identity"), base)
     targets = {
@@ -238,8 +238,10 @@ def load(path: str | os.PathLike[str]) -> Config:
                     _approvals(_table(raw, "approvals")))
     # Approval rules are compiled by the package that enforces them, which builds on this module.
     from pgguard.approvals.rules import compile_rules
+    from pgguard.policy.extensions import trusted_extensions
     for role in roles.values():
         compile_rules(role)
+    trusted_extensions(_table(raw, "policy"))
     return config
 
 

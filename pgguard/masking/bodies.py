@@ -44,6 +44,13 @@ class Routine:
     language: str
     returns_set: bool = False
     definition: str | None = None  # pg_get_functiondef's text, for the languages pgguard follows
+    extension: str = ""  # the extension it belongs to (pgguard/policy/extensions.py), if any
+
+    @property
+    def extension_code(self) -> bool:
+        """An extension's function in C (or PostgreSQL's internal ones): it computes from its arguments, in
+        code pgguard cannot follow, which it trusts for the extensions the policy trusts."""
+        return bool(self.extension) and self.language in ("c", "internal")
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,11 @@ class Relations:
         """Every sensitive column: what a function whose body cannot be followed may read."""
         raise NotImplementedError
 
+    def trusted(self, routine: Routine) -> bool:
+        """Whether a function is of an extension trusted to compute from its arguments alone
+        (pgguard/policy/extensions.py)."""
+        return False
+
 
 def lineage(sql: str, relations: Relations) -> Lineage:
     """The lineage of the last statement of `sql`."""
@@ -887,6 +892,8 @@ class _Analyzer:
         if routine.name in self.calls.stack:
             # A recursive call reads what the body being followed reads, already counted.
             return set()
+        if routine.extension_code and self.relations.trusted(routine):
+            return set()  # a trusted extension's C function: its result derives from its arguments alone
         body = body_of(routine)
         if body.statements is None or len(self.calls.stack) >= _MAX_CALL_DEPTH \
                 or self.calls.followed >= _MAX_BODIES:
@@ -1037,6 +1044,9 @@ class _PathRelations(Relations):
 
     def sensitive(self) -> frozenset[SourceColumn]:
         return self.relations.sensitive()
+
+    def trusted(self, routine: Routine) -> bool:
+        return self.relations.trusted(routine)
 
 
 def lineage_of_view(definition: str, relations: Relations, depth: int, calls: _Calls | None = None) -> Lineage:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pgguard.masking.copy import CopyMasker, copy_masker, copy_plan
 from pgguard.masking.detectors import Scrubber
@@ -35,6 +35,7 @@ from pgguard.masking.functions import MaskSpec, ValueMask
 from pgguard.masking.lineage import Lineage, SourceColumn
 from pgguard.masking.plan import (EVERY_DETECTOR, NULLIFY, Clearance, MaskingRefused, ResultPlan, RowMasker,
                                   detector_mask, plan, row_masker)
+from pgguard.masking.values import TEXT
 from pgguard.policy.catalog import Catalog
 from pgguard.wire import backend
 from pgguard.wire.backend import FieldDescription
@@ -412,7 +413,9 @@ class ResultMasking:
                 and kept[3] is self.clearance:
             return kept[4]
         planned = ResultPlan(tuple(NULLIFY for _ in fields)) if result.hide_all else result
-        masker = row_masker(planned, fields, formats, self.clearance, self._table_column)
+        # A text-like type of an extension (citext) is masked as text: its values are text's on the wire.
+        described = [replace(each, type_oid=TEXT) if each.type_oid in catalog.text_types else each for each in fields]
+        masker = row_masker(planned, described, formats, self.clearance, self._table_column)
         if len(self._maskers) >= _PLANS_KEPT:
             self._maskers.clear()
         self._maskers[key] = (result, fields, catalog, self.clearance, masker)

@@ -152,3 +152,6 @@ class SessionRelations(Relations):
 
     def sensitive(self) -> frozenset[SourceColumn]:
         return self._sensitive
+
+    def trusted(self, routine: Routine) -> bool:
+        return self.guard.policy.extensions.trusts(routine.extension, routine.name)

@@ -10,8 +10,9 @@ byte.
 Text-like types (text, varchar, bpchar, name, unknown) and json are the same
 bytes in both formats: their binary send functions write the text as is.
 Domains are reported by their base type, so a domain over text is text here;
-types whose OID is assigned at CREATE EXTENSION time (citext) are unknown and
-masked to NULL.
+a type whose OID is assigned at CREATE EXTENSION time is unknown and masked to
+NULL, unless its I/O functions are text's (citext), which the catalog reads
+(policy/catalog.py, `text_types`) and results.py treats as text.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ import trio
 from pgguard.config import Login, TargetConfig
 from pgguard.errors import GatewayError, fatal
 from pgguard.masking.bodies import FOLLOWED_LANGUAGES, Routine
+from pgguard.masking.values import TEXT
+from pgguard.policy.extensions import TRUSTED_LANGUAGES
 from pgguard.policy.reach import Follower, Reach
 from pgguard.policy.scope import qualify
 from pgguard.relay.streams import receive_frames
@@ -105,6 +107,13 @@ class Catalog:
     reaches: dict[str, tuple[Reach, ...]] = field(default_factory=dict)
     # Sequences a table's column owns (serial and identity columns): sequence -> the table.
     sequence_owners: dict[str, str] = field(default_factory=dict)
+    # The extensions of every user-defined function and operator of each name, by kind ("f" or "o") and
+    # schema.name; "" for one that belongs to none, or whose code is not the extension's own (a member in
+    # another language than C, internal or SQL; an operator whose function is of another extension).
+    members: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    # Types whose values are text's on the wire, both formats (citext): their input, output, receive and send
+    # functions are PostgreSQL's own for text. Masking treats them as text.
+    text_types: frozenset[int] = frozenset()
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -137,14 +146,28 @@ class Catalog:
         return replace(self, descendants=descendants)
 
     def with_routines(self, rows: list[list[str | None]]) -> Catalog:
+        """From _ROUTINES' rows; each may end with the extensions of the object and of its function."""
         found: dict[str, dict[str, list[Routine]]] = {"f": defaultdict(list), "o": defaultdict(list)}
-        for kind, schema, name, function_schema, function, language, returns_set, definition in rows:
-            routines = found[kind or "f"][qualify(schema or "", name or "")]
+        members: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for kind, schema, name, function_schema, function, language, returns_set, definition, *owners in rows:
+            qualified = qualify(schema or "", name or "")
+            routines = found[kind or "f"][qualified]
+            member, function_member = (owners + ["", ""])[:2]
+            own_code = language in TRUSTED_LANGUAGES and function_member == member
+            members[(kind or "f", qualified)].add(
+                member or "" if own_code or (kind == "o" and function_schema in SYSTEM_SCHEMAS) else "")
             if function_schema not in SYSTEM_SCHEMAS:  # an operator of PostgreSQL's own function reads nothing
                 routines.append(Routine(qualify(function_schema or "", function or ""), language or "",
-                                        returns_set == "t", definition))
+                                        returns_set == "t", definition, function_member or ""))
         return replace(self, routines={k: tuple(v) for k, v in found["f"].items()},
-                       operator_routines={k: tuple(v) for k, v in found["o"].items()})
+                       operator_routines={k: tuple(v) for k, v in found["o"].items()},
+                       members={k: frozenset(v) for k, v in members.items()})
+
+    def with_text_types(self, rows: list[list[str | None]]) -> Catalog:
+        """Text-like types (_TEXT_TYPES), and the table columns of them as text for COPY (column_types)."""
+        found = frozenset(int(oid or 0) for oid, in rows)
+        types = {column: TEXT if oid in found else oid for column, oid in self.column_types.items()}
+        return replace(self, text_types=found, column_types=types)
 
     def with_relations(self, rows: list[list[str | None]]) -> Catalog:
         columns: dict[str, list[str]] = defaultdict(list)
@@ -198,6 +221,16 @@ FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
 ORDER BY c.oid, a.attnum"""
+
+# Types whose input, output, receive and send functions are PostgreSQL's own for text (citext's are).
+_TEXT_TYPES = """\
+SELECT t.oid FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_proc i ON i.oid = t.typinput JOIN pg_catalog.pg_proc o ON o.oid = t.typoutput
+  JOIN pg_catalog.pg_proc r ON r.oid = t.typreceive JOIN pg_catalog.pg_proc s ON s.oid = t.typsend
+  JOIN pg_catalog.pg_language l ON l.lanname = 'internal'
+WHERE t.typnamespace <> 'pg_catalog'::pg_catalog.regnamespace AND t.typtype = 'b'
+  AND (i.prosrc, o.prosrc, r.prosrc, s.prosrc) = ('textin', 'textout', 'textrecv', 'textsend')
+  AND (i.prolang, o.prolang, r.prolang, s.prolang) = (l.oid, l.oid, l.oid, l.oid)"""
 
 _INHERITANCE = """\
 SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM pg_catalog.pg_inherits i
@@ -290,14 +323,28 @@ WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
 
 # Definitions only for the languages lineage follows (and not for aggregates,
 # which pg_get_functiondef refuses): the others are taken to read anything.
+# The extension of each object and of its function, where a superuser owns it: an extension's script run by
+# CREATE EXTENSION makes its objects so (a trusted one's too, as the bootstrap superuser), while what its
+# owner adds with ALTER EXTENSION … ADD stays the owner's.
 _ROUTINES = f"""\
 SELECT k.kind, n.nspname, k.name, pn.nspname, p.proname, l.lanname, p.proretset,
        CASE WHEN p.prokind IN ('f', 'p') AND l.lanname IN ({', '.join(f"'{lang}'" for lang in FOLLOWED_LANGUAGES)})
-            THEN pg_catalog.pg_get_functiondef(p.oid) END
-FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_catalog.text AS name
+            THEN pg_catalog.pg_get_functiondef(p.oid) END,
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = k.class AND d.objid = k.object AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = k.owner)),
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = p.proowner))
+FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_catalog.text AS name,
+             'pg_catalog.pg_proc'::pg_catalog.regclass AS class, oid AS object, proowner AS owner
         FROM pg_catalog.pg_proc
       UNION ALL
-      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text FROM pg_catalog.pg_operator) k
+      SELECT 'o', oprcode, oprnamespace, oprname::pg_catalog.text, 'pg_catalog.pg_operator'::pg_catalog.regclass, oid,
+             oprowner
+        FROM pg_catalog.pg_operator) k
   JOIN pg_catalog.pg_namespace n ON n.oid = k.namespace
   JOIN pg_catalog.pg_proc p ON p.oid = k.proc
   JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
@@ -312,6 +359,7 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     try:
         names = await _rows(upstream, _QUERY)
         relations = await _rows(upstream, _RELATIONS)
+        text_types = await _rows(upstream, _TEXT_TYPES)
         routines = await _rows(upstream, _ROUTINES)
         inheritance = await _rows(upstream, _INHERITANCE)
         owned = await _rows(upstream, _OWNED_SEQUENCES)
@@ -320,7 +368,8 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     finally:
         upstream.stream.close()
     catalog = Catalog.from_rows([(kind or "", schema or "", name or "") for kind, schema, name in names])
-    catalog = catalog.with_relations(relations).with_routines(routines).with_inheritance(inheritance)
+    catalog = catalog.with_relations(relations).with_text_types(text_types).with_routines(routines)
+    catalog = catalog.with_inheritance(inheritance)
     catalog = replace(catalog, loaded_at=started, sequence_owners={qualify(s_schema or "", s_name or ""): qualify(t_schema or "", t_name or "")
                                                 for s_schema, s_name, t_schema, t_name in owned})
     return catalog.with_reaches(*reached)

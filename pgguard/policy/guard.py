@@ -27,8 +27,9 @@ from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
+from pgguard.policy.extensions import trusted_extensions
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
-from pgguard.policy.reach import CASCADE, events, reaches_changed
+from pgguard.policy.reach import CASCADE, Reach, events, reaches_changed
 from pgguard.policy.scope import (ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, QUERY_TEXT_FUNCTIONS, Scope, compile_scope,
                                   qualify)
 from pgguard.policy.shapes import Key, shape_of, shared
@@ -75,6 +76,8 @@ class Decision:
 class Policy:
     def __init__(self, config: Config) -> None:
         self.scopes = {name: compile_scope(role) for name, role in config.roles.items()}
+        # Extensions whose functions, operators and casts count as PostgreSQL's own (extensions.py).
+        self.extensions = trusted_extensions(config.raw.get("policy", {}))
         # Statements by exact text, and by shape (shapes.py) where the classification reads no constant.
         self._parsed: OrderedDict[str, list[Statement]] = OrderedDict()
         self._shapes: OrderedDict[bytes, list[Statement]] = OrderedDict()
@@ -558,12 +561,12 @@ class SessionGuard:
                 return self._refuse(st, f"function {attribute}() is denied (.{attribute} may call it in attribute"
                                     " notation)", "functions", _denial_hint(attribute))
             for qualified in self.user_defined(Name(None, attribute), functions) or ():
-                if not any(scope.function_allowed(qualified) for scope in self.scopes):
+                if not self.callable("f", qualified):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
                                         " may call it in attribute notation)", "functions", None)
         for cast in sorted(st.casts, key=str):
             for qualified in sorted(self.catalog.casts.get(cast.name, ())):
-                if not any(scope.function_allowed(qualified) for scope in self.scopes):
+                if not self.callable("f", qualified):
                     return self._refuse(st, f"a cast to {cast} runs user-defined function {qualified}(),"
                                         " which is not listed as safe", "functions", None)
         return None
@@ -674,6 +677,9 @@ class SessionGuard:
                     denied.extend((call, set_off, reach.how) for call in sorted(reach.calls) if self._denied(call))
                     if reach.writes is None:
                         written.append((None, set_off, f"it reaches further through {reach.how}"))
+                    written.extend((None, set_off, f"it reaches further through {reach.how}, which calls {function}() of"
+                                    f" extension {extension}, not trusted (docs/policy.md, Extensions)")
+                                   for function, extension in self._untrusted(reach))
                     pending.extend((each, each_kinds, f" ({qualified} reaches it through {reach.how})")
                                    for each, each_kinds in reach.written(set_off))
         return written, denied
@@ -694,6 +700,8 @@ class SessionGuard:
         found = [qualified for qualified, _ in reached]
         found.extend(parent for qualified, through in reached if not through  # what `name` may be itself
                      for parent, children in catalog.descendants.items() if qualified in children)
+        if any(self._untrusted(reach) for qualified in found for reach in catalog.reaches.get(qualified, ())):
+            return None  # what an untrusted extension's function writes, pgguard cannot tell
         return None if catalog.writes_further.intersection(found) else found
 
     def _path_set(self) -> set[str]:
@@ -718,6 +726,21 @@ class SessionGuard:
     def _operator_problem(self, operator: Name) -> str | None:
         return self._callable_problem("operator", operator, self.catalog.operators, "")
 
+    def trusted(self, kind: str, qualified: str) -> bool:
+        """Whether every function (kind "f") or operator ("o") named `qualified` belongs to an extension the
+        policy trusts, and so counts as PostgreSQL's own (extensions.py)."""
+        return self.policy.extensions.trusts_all(self.catalog.members.get((kind, qualified)), qualified)
+
+    def callable(self, kind: str, qualified: str) -> bool:
+        """Whether the roles may call the user-defined function or operator `qualified`: a trusted extension's,
+        or one `allow_functions` lists."""
+        return self.trusted(kind, qualified) or any(scope.function_allowed(qualified) for scope in self.scopes)
+
+    def _untrusted(self, reach: Reach) -> list[tuple[str, str]]:
+        """The extensions' functions a reach calls that the policy does not trust: pgguard cannot tell what they write."""
+        return [(function, extension) for function, extension in sorted(reach.extension_calls)
+                if not self.policy.extensions.trusts(extension, function)]
+
     def _callable_problem(self, kind: str, name: Name, defined: dict[str, frozenset[str]],
                           suffix: str) -> str | None:
         """Unknown, or user-defined and not listed as safe: a reason to refuse."""
@@ -726,7 +749,7 @@ class SessionGuard:
             self.unknown(kind, name)
             return f"{kind} {name}{suffix} is unknown to pgguard"
         for qualified in candidates:
-            if not any(scope.function_allowed(qualified) for scope in self.scopes):
+            if not self.callable("o" if kind == "operator" else "f", qualified):
                 return f"user-defined {kind} {qualified}{suffix} is not listed as safe"
         return None
 

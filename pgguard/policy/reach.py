@@ -77,13 +77,18 @@ class Reach:
     writes: Writes | None
     # PostgreSQL's own functions it calls, by name (those followed before any reason it could not be).
     calls: frozenset[str] = frozenset()
+    # Extensions' C functions it calls, taken to write nothing, as (schema.name, extension): only where the
+    # session's policy trusts the extension (pgguard/policy/extensions.py); else pgguard cannot tell.
+    extension_calls: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
-    def of(cls, fired: frozenset[str], how: str, writes: Writes | str, calls: frozenset[str]) -> Reach:
-        """A reach of what was followed: `writes`, or why it could not be (a str); and the built-ins it calls."""
+    def of(cls, fired: frozenset[str], how: str, writes: Writes | str,
+           calls: tuple[frozenset[str], frozenset[tuple[str, str]]]) -> Reach:
+        """A reach of what was followed: `writes`, or why it could not be (a str); and the built-ins and
+        extensions' functions it calls."""
         if isinstance(writes, str):
-            return cls(fired, f"{how}, where {writes}", None, calls)
-        return cls(fired, how, writes, calls)
+            return cls(fired, f"{how}, where {writes}", None, *calls)
+        return cls(fired, how, writes, *calls)
 
     def written(self, fired: frozenset[str]) -> list[tuple[Name, frozenset[str]]]:
         return [(name, kinds or fired) for name, kinds in self.writes or ()]
@@ -92,7 +97,7 @@ class Reach:
     def row_writes(self) -> bool:
         """Whether a plain INSERT, UPDATE or DELETE sets it off (not only TRUNCATE … CASCADE), and it may write
         another table (a default that only calls built-ins writes none)."""
-        return bool(self.events - {CASCADE}) and (self.writes != () or not self.calls)
+        return bool(self.events - {CASCADE}) and (self.writes != () or not (self.calls or self.extension_calls))
 
 
 class Follower:
@@ -106,6 +111,7 @@ class Follower:
         self._casts = casts  # type name -> user-defined functions a cast to it may run (catalog.py)
         self._followed = 0  # bodies followed for the trigger or rule at hand
         self._builtins: set[str] = set()  # PostgreSQL's own functions they call
+        self._extensions: set[tuple[str, str]] = set()  # extensions' C functions they call
 
     def reaches(self, triggers: list[list[str | None]], rules: list[list[str | None]],
                 foreign_keys: list[list[str | None]], views: list[list[str | None]],
@@ -120,7 +126,7 @@ class Follower:
             if not isinstance(writes, str):
                 writes = tuple((written, kinds) for written, kinds in writes
                                if not (kinds == {"nextval"} and (owners or {}).get(str(written)) == qualified))
-                if not writes and not self._builtins:
+                if not writes and not self._builtins and not self._extensions:
                     continue  # the table's own sequence, or nothing at all
             how = f"the {_EVALUATED[kind or ''][1]} {name} of {qualified}"
             found.setdefault(qualified, []).append(Reach.of(_EVALUATED[kind or ""][0], how, writes, self._calls()))
@@ -162,14 +168,15 @@ class Follower:
                                          ((other, frozenset({kind})),)))
         return {relation: tuple(each) for relation, each in found.items()}
 
-    def _calls(self) -> frozenset[str]:
-        """The built-ins that what was just followed calls; and start afresh for the next."""
-        calls, self._builtins = frozenset(self._builtins), set()
+    def _calls(self) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+        """The built-ins and extensions' functions that what was just followed calls; and start afresh for the next."""
+        calls = frozenset(self._builtins), frozenset(self._extensions)
+        self._builtins, self._extensions = set(), set()
         return calls
 
     def _expression(self, expression: str, what: str) -> Writes | str:
         """What evaluating a default, a CHECK or a policy writes, or why pgguard cannot tell."""
-        self._followed, self._builtins = 0, set()
+        self._followed, self._builtins, self._extensions = 0, set(), set()
         try:
             select = _parsed(f"SELECT {expression}", "SelectStmt")
         except ValueError:
@@ -179,7 +186,7 @@ class Follower:
     def _trigger(self, created: str, builtin: bool, routine: Routine, definer: bool) -> Writes | str:
         """What a trigger's WHEN condition and function write, or why pgguard cannot tell. `created`: its
         CREATE TRIGGER; `builtin`: the function is PostgreSQL's own, which changes only the row."""
-        self._followed, self._builtins = 0, set()
+        self._followed, self._builtins, self._extensions = 0, set(), set()
         try:
             condition = _condition(_parsed(created, "CreateTrigStmt").get("whenClause"))
         except ValueError:
@@ -198,7 +205,7 @@ class Follower:
 
     def _rule(self, definition: str) -> Writes | str:
         """What a rule's condition and actions write, or why pgguard cannot tell."""
-        self._followed, self._builtins = 0, set()
+        self._followed, self._builtins, self._extensions = 0, set(), set()
         try:
             rule = _parsed(definition, "RuleStmt")
         except ValueError:
@@ -212,6 +219,9 @@ class Follower:
         if len(stack) >= _MAX_DEPTH or self._followed >= _MAX_BODIES:
             return f"functions call functions deeper or more often than pgguard follows, at {routine.name}()"
         self._followed += 1
+        if routine.extension_code:
+            self._extensions.add((routine.name, routine.extension))
+            return ()
         body = body_of(routine)
         if body.statements is None:
             why = (f"language {routine.language or 'unknown'}" if routine.language not in FOLLOWED_LANGUAGES

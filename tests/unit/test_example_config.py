@@ -10,6 +10,7 @@ from pathlib import Path
 from pgguard.config import ASYMMETRIC_ALGORITHMS, load
 from pgguard.demo.certs import issue_server_cert, make_ca
 from pgguard.identity.tokens import generate_signing_key
+from pgguard.policy.extensions import BUILT_IN
 from pgguard.policy.guard import Policy
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "pgguard.toml"
@@ -47,6 +48,7 @@ def test_example_config_loads_with_every_section(tmp_path, monkeypatch):
     assert config.identity.providers[1].algorithms == ASYMMETRIC_ALGORITHMS
     assert config.approvals.approver_groups == ("dba",) and config.approvals.timeout == 600
     assert config.approvals.webhook_url is not None and config.approvals.max_grant == 8 * 3600
+    assert Policy(config).extensions.names == BUILT_IN
     rules = Policy(config).scopes["writers"].approval
     assert [(rule.kinds, rule.approvers) for rule in rules] == [
         (frozenset({"update", "delete"}), 1), (frozenset({"unfiltered", "truncate"}), 2)]
