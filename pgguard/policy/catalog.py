@@ -22,6 +22,7 @@ functions, rules, and foreign keys (reach.py).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
 import time
@@ -114,6 +115,8 @@ class Catalog:
     # Types whose values are text's on the wire, both formats (citext): their input, output, receive and send
     # functions are PostgreSQL's own for text. Masking treats them as text.
     text_types: frozenset[int] = frozenset()
+    # One more for each reading whose contents differ from the reading before (versioned()); 0: none read.
+    version: int = 0
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -400,6 +403,17 @@ async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:
                 return rows
 
 
+_versions = itertools.count(1)
+
+
+def versioned(new: Catalog, old: Catalog | None) -> Catalog:
+    """`new`, numbered as `old` if the database's objects did not change in between, else anew: a session
+    decides its prepared statements again once the objects they may reach changed (SessionGuard.stale)."""
+    if old is not None and replace(new, loaded_at=old.loaded_at, version=old.version) == old:
+        return replace(new, version=old.version)
+    return replace(new, version=next(_versions))
+
+
 class Catalogs:
     """The current snapshot of every target, read on first use and refreshed."""
 
@@ -428,7 +442,7 @@ class Catalogs:
                 except (GatewayError, OSError, RuntimeError, trio.TooSlowError) as exc:
                     log.warning("catalog of %s not refreshed: %s", target.name, exc)
                     return self._current.get(target.name, EMPTY)
-                self._current[target.name] = catalog
+                self._current[target.name] = catalog = versioned(catalog, self._current.get(target.name))
             return catalog
 
     async def keep_fresh(self) -> None:

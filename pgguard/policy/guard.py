@@ -238,6 +238,7 @@ class SessionGuard:
         # Names the catalog did not know, and when a new read was last asked for
         # them (a temporary table is never in it: ask again, but not per statement).
         self._asked: dict[tuple[str, Name], float] = {}
+        self._first_plans = self._plans
 
     @property
     def catalog(self) -> Catalog:
@@ -322,17 +323,20 @@ class SessionGuard:
     def replanning(self) -> bool:
         """Whether a prepared statement may have been decided under another configuration or search path
         than the current ones (else none needs deciding again at its Bind)."""
-        return bool(self.generation) or self._plans > 1
+        return bool(self.generation) or self._plans != self._first_plans
 
     @property
     def _plans(self) -> int:
         """Counts what makes a prepared statement be decided again at its Bind: each search path the session
-        had, and each DDL it ran (a trigger it made may set off what the statement writes)."""
-        return len(self.search_paths) + self._ddl_count
+        had, each DDL it ran (a trigger it made may set off what the statement writes), and each change of
+        the database's objects that a catalog snapshot showed, whoever made it (the server plans the
+        statement again after any of them). Every part only grows, so a sum tells."""
+        return len(self.search_paths) + self._ddl_count + self.catalog.version
 
     def stale(self, held: Named) -> bool:
         """Whether prepared statement `held` was decided before a reload, or before the session's search
-        path changed: the server plans it again at its next Bind, so it is decided again."""
+        path or the database's objects changed: the server plans it again at its next Bind, so it is
+        decided again."""
         return held.generation != self.generation or held.paths != self._plans
 
     def check_again(self, name: str) -> Decision | None:
@@ -376,7 +380,8 @@ class SessionGuard:
             if each.generation != self.generation:
                 since, again = "a configuration reload", "under the new one"
             elif replanned and each.paths != self._plans:
-                since, again = "the session's search_path changed or it ran DDL", "as the server plans it again"
+                since, again = "the session's search_path or the database's objects changed", \
+                    "as the server plans it again"
             else:
                 continue
             if not each.known:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from conftest import start_gateway, stop_gateway
-from helpers import fetch_value
+from helpers import fetch_all, fetch_value
 from rawclient import config_edit, login_as
 from pgguard.wire import backend
 from pgguard.demo import data
@@ -399,6 +400,59 @@ def test_a_write_after_the_sessions_own_ddl_is_refused_until_the_catalog_shows_i
     finally:
         with psycopg.connect(direct, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS reach_ok.later, reach_ok.fresh")
+
+
+def until_refused(conn: psycopg.Connection[Any], sql: str) -> str:
+    """The refusal of `sql` once the gateway's catalog snapshot shows what makes it one; until then each try
+    runs in a transaction that is rolled back, so it changes nothing."""
+    for _ in range(100):
+        try:
+            with conn.transaction():
+                conn.execute(sql)
+                raise psycopg.Rollback()
+        except psycopg.Error as error:
+            assert error.sqlstate == "42501", f"{error.sqlstate}: {error}"
+            return str(error)
+        time.sleep(0.1)
+    raise AssertionError(f"still allowed after 100 tries: {sql}")
+
+
+def test_a_statement_prepared_before_another_sessions_ddl_is_decided_again(gw: RunningGateway, direct: str) -> None:
+    """The server plans a prepared statement again after DDL on its table, and so runs a trigger made since:
+    support's INSERT, prepared before an engineer made a trigger that writes reach_hr.log, wrote the log."""
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("CREATE TABLE reach_ok.shared (id int)")
+        conn.execute(f"GRANT ALL ON reach_ok.shared TO {data.SUPPORT}, {data.ENGINEER}")
+    before = contents(direct)["reach_hr.log"]
+    insert = "INSERT INTO reach_ok.shared VALUES ($1)"
+
+    async def work() -> asyncpg.PostgresError:
+        support = await asyncpg.connect(gw.dsn("support"), timeout=10)
+        try:
+            prepared = await support.prepare(insert)  # asyncpg binds it from now on, never parses it again
+            await prepared.fetch(1)
+            with psycopg.connect(gw.dsn("engineer"), autocommit=True) as engineer:
+                engineer.execute("CREATE TRIGGER to_hr AFTER INSERT ON reach_ok.shared FOR EACH ROW"
+                                 " EXECUTE FUNCTION reach_ok.to_hr()")
+            with psycopg.connect(gw.dsn("support"), autocommit=True) as other:
+                assert "role support may not write (insert) reach_hr.log" in \
+                    until_refused(other, "INSERT INTO reach_ok.shared VALUES (2)")
+            with pytest.raises(asyncpg.PostgresError) as caught:
+                await prepared.fetch(3)
+            return caught.value
+        finally:
+            await support.close()
+
+    try:
+        error = asyncio.run(work())
+        assert error.sqlstate == "42501"
+        assert "role support may not write (insert) reach_hr.log" in str(error)
+        assert "the database's objects changed, and is decided again" in (error.hint or "")
+        assert contents(direct)["reach_hr.log"] == before
+        assert fetch_all(direct, "SELECT id FROM reach_ok.shared") == [(1,)]
+    finally:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS reach_ok.shared")
 
 
 @pytest.mark.parametrize("sql", ["UPDATE pg_settings SET setting = 'reach_hr' WHERE name = 'search_path'",

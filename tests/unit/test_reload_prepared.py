@@ -9,13 +9,14 @@ pgguard think the name holds something else.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
 from helpers import offline_demo_config
 from pgguard.config import load
 from pgguard.demo import data
-from pgguard.policy.catalog import Catalog
+from pgguard.policy.catalog import Catalog, versioned
 from pgguard.policy.guard import Policy, SessionGuard
 from pgguard.policy.names import Named
 from pgguard.relay.protocol import SessionProtocol
@@ -137,8 +138,8 @@ def test_a_bind_after_the_search_path_changed_is_decided_again(policies: tuple[P
     error = refusal(protocol, protocol.client_bytes(run("q")).to_upstream)
     assert (error.code, error.message) == \
         ("42501", "pgguard: SELECT refused: role analysts may not read shadow.orders (rule roles.analysts.read)")
-    assert error.fields["H"] == 'prepared statement "q" was prepared before the session\'s search_path changed' \
-        " or it ran DDL, and is decided again as the server plans it again"
+    assert error.fields["H"] == 'prepared statement "q" was prepared before the session\'s search_path or the database\'s' \
+        " objects changed, and is decided again as the server plans it again"
     describe = frontend.Describe("S", "q").encode() + SYNC
     assert refusal(protocol, protocol.client_bytes(describe).to_upstream).code == "42501"
 
@@ -361,3 +362,31 @@ def test_cursors_not_with_hold_are_forgotten_out_of_a_transaction(policies: tupl
     guard.answered_ready(idle=True)
     assert guard.portals.candidates("gone") == ()
     assert len(guard.portals.candidates("kept")) == 1
+
+
+def test_a_bind_after_a_snapshot_shows_changed_objects_is_decided_again(policies: tuple[Policy, Policy]) -> None:
+    """The server plans a prepared statement again after DDL on what it uses (a trigger made since runs):
+    a snapshot that shows a change, whoever made it, has it decided again; one that finds none does not."""
+    first = versioned(CATALOG, None)
+    snapshots = [first]
+    guard = SessionGuard(policies[0], ["analysts"], data.READER, lambda: snapshots[-1])
+    protocol = SessionProtocol(MessageFramer(), MessageFramer(), guard)
+    sent = parse(ORDERS, "q") + SYNC
+    assert protocol.client_bytes(sent).to_upstream == sent
+    answered(protocol, backend.ParseComplete().encode())
+    (held,) = guard.prepared.candidates("q")
+
+    snapshots.append(versioned(replace(CATALOG, loaded_at=first.loaded_at + 60), first))  # read again: the same
+    assert snapshots[-1].version == first.version
+    assert not guard.replanning and not guard.stale(held)
+
+    changed = Catalog.from_rows([("s", "public", ""), ("s", "shadow", ""), ("r", "pg_catalog", "pg_class"),
+                                 ("f", "pg_catalog", "count")])
+    snapshots.append(versioned(changed, snapshots[-1]))
+    assert snapshots[-1].version > first.version
+    assert guard.replanning and guard.stale(held)
+    sent = run("q")
+    assert protocol.client_bytes(sent).to_upstream == sent  # still allowed: decided again, then known allowed
+    answered(protocol, backend.BindComplete().encode(), backend.CommandComplete("SELECT 0").encode())
+    (held,) = guard.prepared.candidates("q")
+    assert not guard.stale(held)
