@@ -382,8 +382,10 @@ def test_a_fast_restart_ends_every_session_clearly_and_the_gateway_serves_again(
             assert isinstance(error, psycopg.OperationalError), error
         # While the server is down: a clear refusal at login, and /readyz says why.
         error = bounded(lambda: connect(gateway.dsn("analyst")))
-        assert isinstance(error, psycopg.OperationalError) and error.sqlstate == "08001", error
-        assert "cannot reach target 'demo'" in str(error)
+        assert isinstance(error, psycopg.OperationalError), error
+        assert "FATAL:  pgguard: cannot reach target 'demo'" in str(error)
+        refused = bounded(lambda: login_error(gateway, "dba"))
+        assert (refused.severity, refused.code) == ("FATAL", "08001"), refused
         assert request(gateway, "/readyz")[0] == 503
         server.cluster.start()
     finally:
@@ -411,6 +413,7 @@ def test_a_crash_during_a_catalog_refresh_leaves_the_gateway_running(
             held.release()
         error = bounded(lambda: analyst.execute("SELECT 1"))
         assert isinstance(error, psycopg.OperationalError), error
+        assert "pgguard: the target database closed the connection unexpectedly" in str(error)
     deadline = time.monotonic() + HANG
     while True:
         try:
