@@ -23,11 +23,12 @@ import psycopg
 import pytest
 
 from conftest import demo_server, start_gateway, stop_gateway
-from helpers import unique_name
+from helpers import scratch_table, unique_name
 from opsclient import find_log, request
 from pgguard.demo.data import READER
 from pgguard.wire import backend, frontend
 from rawclient import config_edit, login_as, login_error
+from test_approvals import api, pending
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway, TLSFiles
@@ -212,6 +213,73 @@ def test_terminated_while_the_client_reads_a_large_result_slowly(
     assert reason.startswith("target ended the session: FATAL 57P01") or \
         reason == "target closed the connection unexpectedly", reason
     assert_gateway_healthy(gateway)
+
+
+def test_terminated_while_a_statement_waits_for_approval(gateway: RunningGateway, postgres: PostgresServer) -> None:
+    """The held statement's client hears the FATAL, and its request is withdrawn: no one can approve it now."""
+    application = unique_name("held")
+    sql = "DELETE FROM orders WHERE id = -1"
+    with connect(gateway.dsn("engineer", application_name=application)) as engineer:
+        holding = threading.Thread(target=lambda: outcome.append(bounded(lambda: engineer.execute(sql))))
+        outcome: list[Any] = []
+        holding.start()
+        request_id = pending(gateway, sql)["id"]
+        terminate("superuser", gateway, postgres, wait_for_backend(postgres, application))
+        holding.join(HANG)
+        error = outcome[0]
+        assert isinstance(error, psycopg.OperationalError) and error.sqlstate == "57P01", error
+    status, answer = api(gateway, f"/api/approvals/{request_id}", gateway.identities["dba"].token)
+    assert status == 200 and answer["status"] == "cancelled", answer
+    assert close_reason(gateway, application).startswith("target ended the session: FATAL 57P01")
+
+
+def test_terminated_during_copy_from_stdin(gateway: RunningGateway, postgres: PostgresServer) -> None:
+    """The client, busy sending, may fail on its send before it reads the FATAL, exactly as it does
+    connected to PostgreSQL directly; the log has the FATAL, and nothing of the COPY is kept."""
+    application = unique_name("copy")
+    started = threading.Event()
+    with scratch_table(postgres.dsn(), "id int, note text", "copy") as table, \
+            connect(gateway.dsn("engineer", application_name=application)) as engineer:
+        def copy() -> None:
+            with engineer.cursor().copy(f"COPY {table} (id, note) FROM STDIN") as feed:
+                for number in range(10_000_000):
+                    feed.write_row((number, "x" * 100))
+                    if number == 1000:
+                        started.set()
+
+        thread = threading.Thread(target=lambda: outcome.append(bounded(copy)))
+        outcome: list[Any] = []
+        thread.start()
+        assert started.wait(HANG)
+        terminate("superuser", gateway, postgres, wait_for_backend(postgres, application))
+        thread.join(HANG)
+        error = outcome[0]
+        assert isinstance(error, psycopg.OperationalError), error
+        with psycopg.connect(postgres.dsn()) as direct:
+            assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    assert close_reason(gateway, application).startswith("target ended the session: FATAL 57P01")
+
+
+def test_terminated_during_copy_to_stdout(gateway: RunningGateway, postgres: PostgresServer) -> None:
+    application = unique_name("copyout")
+    with connect(gateway.dsn("analyst", application_name=application)) as analyst:
+        def copy() -> int:
+            got = 0
+            with analyst.cursor().copy("COPY (SELECT o.id, o.total FROM orders o, generate_series(1, 500)) "
+                                       "TO STDOUT") as out:
+                for block in out:
+                    got += 1
+                    if got == 10:
+                        pid = wait_for_backend(postgres, application)
+                        terminate("superuser", gateway, postgres, pid)
+                        wait_gone(postgres, pid)
+            return got
+        error = bounded(copy)
+    # A backend terminated while it waits to send ends without its FATAL: the gateway then says 08006.
+    assert isinstance(error, psycopg.OperationalError) and error.sqlstate in ("57P01", "08006"), error
+    assert close_reason(gateway, application) in (
+        "target ended the session: FATAL 57P01 terminating connection due to administrator command",
+        "target closed the connection unexpectedly")
 
 
 # -- 4. PostgreSQL's idle timeouts -----------------------------------------------------------------------
