@@ -394,16 +394,20 @@ def test_the_catalog_reader_terminated_mid_refresh_leaves_sessions_and_logins_wo
         gateway_factory: Callable[..., RunningGateway], postgres: PostgresServer,
         stall: Callable[[], CatalogStall], killer: str) -> None:
     gateway = gateway_factory(config_edit({"targets.demo": {"catalog_timeout": 5}}))
-    with connect(gateway.dsn("analyst")) as analyst, connect(gateway.dsn("agent")) as agent:
+    with connect(gateway.dsn("analyst")) as analyst, connect(gateway.dsn("agent")) as agent, \
+            connect(gateway.dsn("engineer")) as engineer:
         held = stall()
         ask_for_a_new_snapshot(analyst)
         reader = stalled_reader(postgres)
         terminate(killer, gateway, postgres, reader)
         wait_gone(postgres, reader)
-        # The sessions keep the snapshot they had; masking still holds.
+        # The sessions keep the snapshot they had: masking and the write check still hold.
         assert bounded(lambda: analyst.execute("SELECT email FROM customers WHERE id = 2").fetchone())[0] \
             .startswith("***@")
         assert bounded(lambda: agent.execute("SELECT count(*) FROM orders").fetchone()) == (6000,)
+        assert bounded(lambda: engineer.execute("UPDATE tickets SET status = status WHERE id = -1").rowcount) == 0
+        refused = bounded(lambda: agent.execute("DELETE FROM tickets WHERE id = -1"))
+        assert isinstance(refused, psycopg.errors.InsufficientPrivilege), refused
         newcomer = bounded(lambda: connect(gateway.dsn("analyst")))
         assert isinstance(newcomer, psycopg.Connection), newcomer
         with newcomer:
