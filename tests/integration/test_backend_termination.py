@@ -12,6 +12,8 @@ No assertion is timed: every wait that could hang is bounded, and fails the test
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -25,7 +27,6 @@ import pytest
 from conftest import demo_server, start_gateway, stop_gateway
 from helpers import scratch_table, unique_name
 from opsclient import find_log, request
-from pgguard.demo.data import READER
 from pgguard.wire import backend, frontend
 from rawclient import config_edit, login_as, login_error
 from test_approvals import api, pending
@@ -83,6 +84,10 @@ def terminate(killer: str, gateway: RunningGateway, postgres: PostgresServer, pi
     dsn = gateway.dsn("dba") if killer == "dba" else postgres.dsn()
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone() == (True,)
+
+
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=True)
 
 
 def close_reason(gateway: RunningGateway, application: str) -> str:
@@ -349,10 +354,6 @@ def ask_for_a_new_snapshot(conn: psycopg.Connection[Any]) -> None:
         conn.execute(f"SELECT * FROM {unique_name('nowhere')}")
 
 
-def connect(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn, autocommit=True)
-
-
 @pytest.mark.parametrize("killer", ["dba", "superuser"])
 def test_the_catalog_reader_terminated_at_the_first_login_refuses_it_clearly(
         gateway_factory: Callable[..., RunningGateway], postgres: PostgresServer,
@@ -447,19 +448,21 @@ def test_a_fast_restart_ends_every_session_clearly_and_the_gateway_serves_again(
         sleeper.start()
         wait_for_backend(server, busy_app, "query LIKE '%pg_sleep%'")
         server.cluster.stop()
-        sleeper.join(HANG)
-        assert isinstance(outcome[0], psycopg.OperationalError) and outcome[0].sqlstate == "57P01", outcome
-        for conn in (idle, in_transaction):
-            error = bounded(lambda conn=conn: conn.execute("SELECT 1"))
+        try:
+            sleeper.join(HANG)
+            assert isinstance(outcome[0], psycopg.OperationalError) and outcome[0].sqlstate == "57P01", outcome
+            for conn in (idle, in_transaction):
+                error = bounded(lambda conn=conn: conn.execute("SELECT 1"))
+                assert isinstance(error, psycopg.OperationalError), error
+            # While the server is down: a clear refusal at login, and /readyz says why.
+            error = bounded(lambda: connect(gateway.dsn("analyst")))
             assert isinstance(error, psycopg.OperationalError), error
-        # While the server is down: a clear refusal at login, and /readyz says why.
-        error = bounded(lambda: connect(gateway.dsn("analyst")))
-        assert isinstance(error, psycopg.OperationalError), error
-        assert "FATAL:  pgguard: cannot reach target 'demo'" in str(error)
-        refused = bounded(lambda: login_error(gateway, "dba"))
-        assert (refused.severity, refused.code) == ("FATAL", "08001"), refused
-        assert request(gateway, "/readyz")[0] == 503
-        server.cluster.start()
+            assert "FATAL:  pgguard: cannot reach target 'demo'" in str(error)
+            refused = bounded(lambda: login_error(gateway, "dba"))
+            assert (refused.severity, refused.code) == ("FATAL", "08001"), refused
+            assert request(gateway, "/readyz")[0] == 503
+        finally:
+            server.cluster.start()
     finally:
         for conn in (idle, busy, in_transaction):
             conn.close()
@@ -480,7 +483,7 @@ def test_a_crash_during_a_catalog_refresh_leaves_the_gateway_running(
             ask_for_a_new_snapshot(analyst)
             stalled_reader(server)
             holder = wait_for_backend(server, STALL_APP)
-            subprocess.run(["kill", "-KILL", str(holder)], check=True)  # the postmaster restarts every backend
+            os.kill(holder, signal.SIGKILL)  # the postmaster restarts every backend
         finally:
             held.release()
         error = bounded(lambda: analyst.execute("SELECT 1"))
