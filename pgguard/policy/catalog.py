@@ -309,6 +309,11 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
 class CatalogUnavailable(Exception):
     """No snapshot could be read: the target refused or dropped the gateway's connection, or did not answer."""
 
+    def __init__(self, reason: str, refused: GatewayError | None = None) -> None:
+        super().__init__(reason)
+        # The target's own refusal of the connection (unreachable, TLS, login), as a session's would get.
+        self.refused = refused
+
 
 # What ends a catalog read from outside: the target's refusal or error (an administrator's
 # pg_terminate_backend, a restart), a closed or reset connection (a crash), a bad message, a timeout.
@@ -359,7 +364,7 @@ class Catalogs:
         self._current: dict[str, Catalog] = {}
         self._stale: set[str] = set()
         # When each target's last read failed, and why.
-        self._failed: dict[str, tuple[float, str]] = {}
+        self._failed: dict[str, tuple[float, CatalogUnavailable]] = {}
         self._sources: dict[str, tuple[TargetConfig, Login, ssl.SSLContext | None]] = {}
         self._lock = trio.Lock()
 
@@ -392,13 +397,13 @@ class Catalogs:
             failed = self._failed.get(target.name)
             if failed is not None and failed[0] >= asked:  # the read this caller waited for failed
                 if last is None:
-                    raise CatalogUnavailable(failed[1])
+                    raise failed[1]
                 return last
             self._stale.discard(target.name)
             try:
                 catalog = await _read_within(target, login, context)
             except CatalogUnavailable as exc:
-                self._failed[target.name] = (time.monotonic(), str(exc))
+                self._failed[target.name] = (time.monotonic(), exc)
                 log.warning("catalog of %s not refreshed: %s", target.name, exc)
                 if last is None:
                     raise
@@ -427,7 +432,7 @@ async def _read_within(target: TargetConfig, login: Login, context: ssl.SSLConte
         try:
             return await read_catalog(target, login, context)
         except _READ_FAILURES as exc:
-            raise CatalogUnavailable(_why(exc)) from exc
+            raise CatalogUnavailable(_why(exc), exc if isinstance(exc, GatewayError) else None) from exc
     raise CatalogUnavailable(f"no answer within {target.catalog_timeout:g} s")
 
 

@@ -354,6 +354,8 @@ class Session:
         try:
             await self.catalogs.ensure(hello.target, login, self.upstream_tls)
         except CatalogUnavailable as exc:
+            if exc.refused is not None:
+                raise exc.refused from exc  # what the session's own connection would be told
             # Without a snapshot every name is unknown: refused now, saying why, not statement by statement.
             raise fatal("57P03", f'pgguard: cannot guard the session: the catalog of target "{target}" could not be '
                                  f"read ({exc})", "try again in a moment") from exc

@@ -30,6 +30,7 @@ from opsclient import find_log, request
 from pgguard.wire import backend, frontend
 from rawclient import config_edit, login_as, login_error
 from test_approvals import api, pending
+from test_replay_cli import replay
 
 if TYPE_CHECKING:
     from conftest import PostgresServer, RunningGateway, TLSFiles
@@ -91,8 +92,12 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
 
 
 def close_reason(gateway: RunningGateway, application: str) -> str:
-    """The reason in the close record of the session that set `application_name` (its log verified)."""
-    return str(next(r for r in find_log(gateway, application) if r["type"] == "close")["reason"])
+    """The reason in the close record of the session that set `application_name`, whose log
+    `pgguard-replay verify` finds intact."""
+    records = find_log(gateway, application)
+    verified = replay(gateway, "verify", records[0]["session_id"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return str(next(r for r in records if r["type"] == "close")["reason"])
 
 
 def masked_email(gateway: RunningGateway) -> str:
