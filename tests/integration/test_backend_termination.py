@@ -158,6 +158,28 @@ def test_a_sessions_own_backend_terminated_ends_that_session_alone(
     assert_gateway_healthy(gateway)
 
 
+@pytest.mark.parametrize("killer", ["dba", "superuser"])
+def test_a_statement_cancelled_mid_result_leaves_its_session_masked(
+        gateway: RunningGateway, postgres: PostgresServer, killer: str) -> None:
+    """pg_cancel_backend ends the statement, not the session: the rows it had sent and the ones after are masked."""
+    application = unique_name("cancelled")
+    with login_as(gateway, "analyst", application_name=application) as conn:
+        conn.send(frontend.Query("SELECT email, pg_sleep(CASE WHEN id > 3 THEN 60 ELSE 0 END) FROM customers"))
+        pid = wait_for_backend(postgres, application, "state = 'active' AND query LIKE '%pg_sleep%'")
+        with connect(gateway.dsn("dba") if killer == "dba" else postgres.dsn()) as other:
+            assert other.execute("SELECT pg_cancel_backend(%s)", [pid]).fetchone() == (True,)
+        said, ready = conn.receive_until(backend.ErrorResponse, HANG)
+        assert (ready.code, ready.severity) == ("57014", "ERROR"), ready
+        rows = [m.values[0] for m in said if isinstance(m, backend.DataRow)]
+        assert len(rows) == 3 and all(value.startswith(b"***@") for value in rows), rows
+        conn.expect(backend.ReadyForQuery, HANG)
+        said, _ = conn.query("SELECT email FROM customers WHERE id <= 5", HANG)
+        rows = [m.values[0] for m in said if isinstance(m, backend.DataRow)]
+        assert len(rows) == 5 and all(value.startswith(b"***@") for value in rows), rows
+        conn.send(frontend.Terminate())
+    assert close_reason(gateway, application) == "client terminated"
+
+
 def test_psql_gets_the_fatal_of_its_terminated_statement(gateway: RunningGateway, postgres: PostgresServer) -> None:
     application = unique_name("psql")
     psql = subprocess.Popen(["psql", gateway.dsn("engineer", application_name=application), "-X",
