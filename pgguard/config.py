@@ -184,6 +184,8 @@ class TargetConfig:
     sslcert: Path | None
     sslkey: Path | None
     logins: dict[str, Login]
+    # Seconds a read of the target's catalog (policy/catalog.py) may take before it is given up.
+    catalog_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -527,7 +529,8 @@ def _secret(table: dict[str, Any], where: str, base: Path) -> str | None:
 
 def _target(name: str, table: dict[str, Any], base: Path) -> TargetConfig:
     where = f"targets.{name}"
-    _known(table, where, {"host", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey", "logins"})
+    _known(table, where, {"host", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey", "logins",
+                          "catalog_timeout"})
     sslmode = _get(table, "sslmode", where, str, "prefer")
     if sslmode not in SSLMODES:
         raise ConfigError(f"[{where}] sslmode must be one of {', '.join(SSLMODES)}")
@@ -554,7 +557,15 @@ def _target(name: str, table: dict[str, Any], base: Path) -> TargetConfig:
         sslcert=_path(table, "sslcert", where, base),
         sslkey=_path(table, "sslkey", where, base),
         logins=logins,
+        catalog_timeout=_positive_seconds(table, "catalog_timeout", where, 30),
     )
+
+
+def _positive_seconds(table: dict[str, Any], key: str, where: str, default: float) -> float:
+    seconds = _seconds(table, key, where, default)
+    if not seconds:
+        raise ConfigError(f"[{where}] {key} must be more than 0")
+    return seconds
 
 
 def _role(name: str, table: dict[str, Any], targets: dict[str, TargetConfig]) -> RoleConfig:

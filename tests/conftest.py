@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -98,8 +99,9 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     )
 
 
-@pytest.fixture(scope="session")
-def postgres(test_ca: TLSFiles) -> Iterator[PostgresServer]:
+@contextmanager
+def demo_server(test_ca: TLSFiles) -> Iterator[PostgresServer]:
+    """A private PostgreSQL server with database `demo` loaded, removed afterwards."""
     # The cluster makes its own temp dir: pytest's are 0700 root-owned, which
     # the `postgres` OS user could not enter when we run as root.
     cluster = PostgresCluster(
@@ -126,6 +128,12 @@ def postgres(test_ca: TLSFiles) -> Iterator[PostgresServer]:
         )
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres(test_ca: TLSFiles) -> Iterator[PostgresServer]:
+    with demo_server(test_ca) as server:
+        yield server
 
 
 def _auth_users_sql(passwords: dict[str, str]) -> str:

@@ -39,9 +39,10 @@ from pgguard.masking.values import TEXT
 from pgguard.policy.extensions import TRUSTED_LANGUAGES
 from pgguard.policy.reach import Follower, Reach
 from pgguard.policy.scope import qualify
-from pgguard.relay.streams import receive_frames
+from pgguard.relay.streams import PeerClosed, receive_frames
 from pgguard.relay.upstream import Upstream, connect
 from pgguard.wire import backend, frontend
+from pgguard.wire.framing import ProtocolViolation
 
 log = logging.getLogger("pgguard.catalog")
 
@@ -355,6 +356,21 @@ FROM (SELECT 'f' AS kind, oid AS proc, pronamespace AS namespace, proname::pg_ca
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
 
 
+class CatalogUnavailable(Exception):
+    """No snapshot could be read: the target refused or dropped the gateway's connection, or did not answer."""
+
+    def __init__(self, reason: str, refused: GatewayError | None = None) -> None:
+        super().__init__(reason)
+        # The target's own refusal of the connection (unreachable, TLS, login), as a session's would get.
+        self.refused = refused
+
+
+# What ends a catalog read from outside: the target's refusal or error (an administrator's
+# pg_terminate_backend, a restart), a closed or reset connection (a crash), a bad message, a timeout.
+_READ_FAILURES = (GatewayError, OSError, RuntimeError, PeerClosed, trio.BrokenResourceError,
+                  trio.ClosedResourceError, ProtocolViolation, trio.TooSlowError)
+
+
 async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
     """Run the catalog queries over a connection of the gateway's own."""
     started = time.monotonic()  # the snapshot shows what was committed before this
@@ -420,6 +436,8 @@ class Catalogs:
     def __init__(self) -> None:
         self._current: dict[str, Catalog] = {}
         self._stale: set[str] = set()
+        # When each target's last read failed, and why.
+        self._failed: dict[str, tuple[float, CatalogUnavailable]] = {}
         self._sources: dict[str, tuple[TargetConfig, Login, ssl.SSLContext | None]] = {}
         self._lock = trio.Lock()
 
@@ -429,20 +447,41 @@ class Catalogs:
     def mark_stale(self, target: str) -> None:
         self._stale.add(target)
 
+    def _fresh(self, name: str) -> Catalog | None:
+        catalog = self._current.get(name)
+        if catalog is None or name in self._stale or time.monotonic() - catalog.loaded_at > MAX_AGE:
+            return None
+        return catalog
+
     async def ensure(self, target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
-        """A snapshot no older than MAX_AGE and not marked stale; read it if need be."""
+        """A snapshot no older than MAX_AGE and not marked stale; read it if need be.
+
+        No read takes longer than the target's `catalog_timeout`. When a read fails, the last
+        snapshot stands (a stale one is mostly stricter), and a caller that waited for that read
+        does not start another; with no snapshot at all, CatalogUnavailable says why.
+        """
         self._sources[target.name] = (target, login, context)
+        asked = time.monotonic()
         async with self._lock:
-            catalog = self._current.get(target.name)
-            if catalog is None or target.name in self._stale or \
-                    time.monotonic() - catalog.loaded_at > MAX_AGE:
-                self._stale.discard(target.name)
-                try:
-                    catalog = await read_catalog(target, login, context)
-                except (GatewayError, OSError, RuntimeError, trio.TooSlowError) as exc:
-                    log.warning("catalog of %s not refreshed: %s", target.name, exc)
-                    return self._current.get(target.name, EMPTY)
-                self._current[target.name] = catalog = versioned(catalog, self._current.get(target.name))
+            fresh = self._fresh(target.name)
+            if fresh is not None:
+                return fresh
+            last = self._current.get(target.name)
+            failed = self._failed.get(target.name)
+            if failed is not None and failed[0] >= asked:  # the read this caller waited for failed
+                if last is None:
+                    raise failed[1]
+                return last
+            self._stale.discard(target.name)
+            try:
+                catalog = await _read_within(target, login, context)
+            except CatalogUnavailable as exc:
+                self._failed[target.name] = (time.monotonic(), exc)
+                log.warning("catalog of %s not refreshed: %s", target.name, exc)
+                if last is None:
+                    raise
+                return last
+            self._current[target.name] = catalog = versioned(catalog, last)
             return catalog
 
     async def keep_fresh(self) -> None:
@@ -450,6 +489,29 @@ class Catalogs:
         while True:
             await trio.sleep(1)
             for name, source in list(self._sources.items()):
-                catalog = self._current.get(name)
-                if name in self._stale or catalog is None or time.monotonic() - catalog.loaded_at > MAX_AGE:
-                    await self.ensure(*source)
+                if self._fresh(name) is None:
+                    try:
+                        await self.ensure(*source)
+                    except CatalogUnavailable:
+                        pass  # logged; tried again in a second, and logins are refused meanwhile
+                    except Exception:
+                        # A bug here must not end the gateway: sessions keep the last snapshot.
+                        log.exception("catalog of %s not refreshed", name)
+
+
+async def _read_within(target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
+    """read_catalog(), its failures as CatalogUnavailable, in `catalog_timeout` at most."""
+    with trio.move_on_after(target.catalog_timeout):
+        try:
+            return await read_catalog(target, login, context)
+        except _READ_FAILURES as exc:
+            raise CatalogUnavailable(_why(exc), exc if isinstance(exc, GatewayError) else None) from exc
+    raise CatalogUnavailable(f"no answer within {target.catalog_timeout:g} s")
+
+
+def _why(failure: Exception) -> str:
+    if isinstance(failure, GatewayError):
+        return failure.message
+    if isinstance(failure, trio.TooSlowError):
+        return "the target did not answer the gateway's login in time"
+    return str(failure) or "the target closed the connection"

@@ -221,7 +221,8 @@ class SessionProtocol:
         # The gateway's counters (admin/metrics.py), and when the request being answered was sent.
         self.metrics = metrics if metrics is not None else Metrics()
         self._busy_since = 0.0
-        self._said_error = False
+        # The server's last message when it was an ErrorResponse: if it then closes, that FATAL told the client why.
+        self._last_error: Frame | None = None
         # Set by end_when_idle(): the FATAL to send, and why, once no request is running.
         self._drain: tuple[bytes, str] | None = None
         # What the guard made of the frame being handled, for the session log:
@@ -921,8 +922,7 @@ class SessionProtocol:
             frames, raw = self._unseen_ready(frames), None
             if not frames:
                 return _NOTHING
-        # A server that closes after an ErrorResponse (FATAL) has told the client why.
-        self._said_error = frames[-1].tag == _ERROR
+        self._last_error = frames[-1] if frames[-1].tag == _ERROR else None
         recorder = self.recorder
         copy_in = self._copy_in
         if not self._refusals and self.masking is None:
@@ -1076,7 +1076,9 @@ class SessionProtocol:
                 del self._refusals[token]
 
     def upstream_closed(self) -> Output:
-        if self._said_error:
-            return Output(close="target closed the connection")
+        if self._last_error is not None:
+            # An administrator, a restart or an idle timeout: the log keeps which, as the client was told.
+            error = backend.ErrorResponse.decode(self._last_error.body)
+            return Output(close=f"target ended the session: {error.severity} {error.code} {error.message}")
         return Output(to_client=_fatal("the target database closed the connection unexpectedly", "08006"),
                       close="target closed the connection unexpectedly")

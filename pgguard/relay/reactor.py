@@ -134,14 +134,17 @@ class Reactor:
         finally:
             self._epoll.close()
 
-    def _read(self, end: _End) -> None:
+    def _read(self, end: _End, gone: bool = False) -> None:
+        """Read what `end` sent and deliver it; `gone`: its connection failed, so nothing more is coming."""
         try:
             data = end.sock.recv(RECEIVE_SIZE)
             if data and isinstance(end.sock, ssl.SSLSocket):
                 while end.sock.pending():
                     data += end.sock.recv(RECEIVE_SIZE)
         except _WOULD_BLOCK:
-            return
+            if not gone:
+                return
+            data = b""
         except (ssl.SSLZeroReturnError, OSError):
             data = b""  # closed, or reset: the other side is told as for a close
         pipe = end.pipe
@@ -192,7 +195,7 @@ class Reactor:
         except _WOULD_BLOCK:
             sent = 0
         except OSError:
-            self._finish(end.pipe, "connection lost")
+            self._lost(end)
             return
         if sent < len(data):
             end.pending += memoryview(data)[sent:]
@@ -206,13 +209,24 @@ class Reactor:
         except _WOULD_BLOCK:
             return
         except OSError:
-            self._finish(end.pipe, "connection lost")
+            self._lost(end)
             return
         del end.pending[:sent]
         if not end.pending:
             end.peer.reading = True
             self._update(end.peer)
             self._update(end)
+
+    def _lost(self, end: _End) -> None:
+        """Sending to `end` failed: it is gone. The target may have said why before it went (a FATAL from
+        an administrator, while the client was sending COPY data): that still reaches the client, and
+        the pipe ends as for the target's close."""
+        pipe = end.pipe
+        if end is pipe.upstream:
+            end.pending.clear()
+            while not pipe.finished.is_set():
+                self._read(end, gone=True)
+        self._finish(pipe, "connection lost")
 
     def _update(self, end: _End) -> None:
         mask = (_RDHUP if end.paused else _IN if end.reading else 0) | (_OUT if end.pending else 0)

@@ -33,7 +33,7 @@ from pgguard.relay.handshake import ClientHello
 from pgguard.errors import fatal
 from pgguard.logging_json import SESSION_ID
 from pgguard.masking.session import MaskingConfig
-from pgguard.policy.catalog import Catalogs, session_search_path
+from pgguard.policy.catalog import CatalogUnavailable, Catalogs, session_search_path
 from pgguard.policy.classify import Unsupported
 from pgguard.policy.guard import Policy, SessionGuard, startup_settings
 from pgguard.relay.protocol import SessionProtocol, python_codec, server_setting_problem
@@ -353,7 +353,14 @@ class Session:
                 not self.masking.active_for(hello.roles):
             return None
         target = hello.target.name
-        await self.catalogs.ensure(hello.target, login, self.upstream_tls)
+        try:
+            await self.catalogs.ensure(hello.target, login, self.upstream_tls)
+        except CatalogUnavailable as exc:
+            if exc.refused is not None:
+                raise exc.refused from exc  # what the session's own connection would be told
+            # Without a snapshot every name is unknown: refused now, saying why, not statement by statement.
+            raise fatal("57P03", f'pgguard: cannot guard the session: the catalog of target "{target}" could not be '
+                                 f"read ({exc})", "try again in a moment") from exc
         guard = SessionGuard(self.policy, [role.name for role in hello.roles], login.user,
                              lambda: self.catalogs.current(target),
                              on_ddl=lambda: self.catalogs.mark_stale(target))

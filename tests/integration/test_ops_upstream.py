@@ -52,7 +52,7 @@ def test_terminating_one_sessions_backend_leaves_the_others_alone(
     with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as newcomer:
         assert newcomer.execute("SELECT 1").fetchone() == (1,)
     close = next(record for record in find_log(gateway, victim_app) if record["type"] == "close")
-    assert close["reason"] == "target closed the connection"
+    assert close["reason"] == "target ended the session: FATAL 57P01 terminating connection due to administrator command"
     bystander_log = find_log(gateway, bystander_app)
     assert next(r for r in bystander_log if r["type"] == "close")["reason"] == "client terminated"
 

@@ -181,6 +181,8 @@ def test_plain_http_jwks_is_allowed_on_loopback_only(demo_config: Path) -> None:
     ("gateway", {"max_failed_logins": -1}, "max_failed_logins must not be negative"),
     ("gateway", {"failed_login_window": "1m"}, "failed_login_window must be a int or float"),
     ("identity", {"expiry_grace": -5}, "expiry_grace must not be negative"),
+    (f"targets.{DB}", {"catalog_timeout": 0}, "catalog_timeout must be more than 0"),
+    (f"targets.{DB}", {"catalog_timeout": -1}, "catalog_timeout must not be negative"),
 ])
 def test_bad_limits_are_refused(demo_config: Path, section: str, values: dict[str, TomlValue], message: str) -> None:
     assert message in refusal(demo_config, section, values)
