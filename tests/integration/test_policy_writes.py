@@ -619,7 +619,7 @@ def test_a_statement_prepared_before_the_search_path_changed_is_decided_again(gw
         with pytest.raises(psycopg.Error) as caught:
             conn.execute(sql, prepare=True)
         assert caught.value.diag.message_hint is not None
-        assert "search_path changed" in caught.value.diag.message_hint
+        assert "search_path or the database's objects changed" in caught.value.diag.message_hint
         assert conn.execute("SELECT count(*) FROM public.orders", prepare=True).fetchone() == (6000,)
 
 
