@@ -729,7 +729,18 @@ class SessionGuard:
     def trusted(self, kind: str, qualified: str) -> bool:
         """Whether every function (kind "f") or operator ("o") named `qualified` belongs to an extension the
         policy trusts, and so counts as PostgreSQL's own (extensions.py)."""
+        return self._member(kind, qualified) and not self._resolves_on_path(kind, qualified)
+
+    def _member(self, kind: str, qualified: str) -> bool:
         return self.policy.extensions.trusts_all(self.catalog.members.get((kind, qualified)), qualified)
+
+    def _resolves_on_path(self, kind: str, qualified: str) -> bool:
+        """Whether `qualified` has an SQL body and some path of the session puts a schema before pg_catalog:
+        the bodies of extensions' SQL functions name operators unqualified (citext's `strpos($3, 'c') = 0`),
+        which PostgreSQL resolves on the caller's path, so there to a user's `=` in that schema."""
+        routines = (self.catalog.routines if kind == "f" else self.catalog.operator_routines).get(qualified, ())
+        return any(routine.language == "sql" for routine in routines) and \
+            any(path[0] != "pg_catalog" for path in self._path_schemas())
 
     def callable(self, kind: str, qualified: str) -> bool:
         """Whether the roles may call the user-defined function or operator `qualified`: a trusted extension's,
@@ -749,7 +760,11 @@ class SessionGuard:
             self.unknown(kind, name)
             return f"{kind} {name}{suffix} is unknown to pgguard"
         for qualified in candidates:
-            if not self.callable("o" if kind == "operator" else "f", qualified):
+            code = "o" if kind == "operator" else "f"
+            if not self.callable(code, qualified):
+                if self._member(code, qualified):
+                    return (f"{kind} {qualified}{suffix} of a trusted extension runs SQL whose names resolve on the"
+                            " search path, which puts another schema before pg_catalog")
                 return f"user-defined {kind} {qualified}{suffix} is not listed as safe"
         return None
 
