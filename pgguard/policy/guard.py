@@ -43,6 +43,11 @@ _ASK_AGAIN = 5.0
 _MAX_INDIRECTION = 4
 # Allowed decisions a session keeps; all are dropped when there are more.
 _DECISIONS_KEPT = 256
+# Functions and operators that build a row of their first argument's type from text, and so run the
+# domain checks of its columns whatever the statement names (hstore's populate_record() and #=).
+_ROW_BUILDERS = frozenset({"populate_record", "json_populate_record", "jsonb_populate_record",
+                           "json_populate_recordset", "jsonb_populate_recordset"})
+_ROW_BUILDING_OPERATORS = frozenset({"#="})
 # What the unnamed portal may be while the session has not been out of a transaction since a reload.
 _PORTAL_BEFORE_RELOAD = Named(None, None, -1)
 
@@ -564,6 +569,14 @@ class SessionGuard:
                 if not self.callable("f", qualified):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
                                         " may call it in attribute notation)", "functions", None)
+        builders = sorted({f"{function.name}()" for function in st.functions if function.name in _ROW_BUILDERS} |
+                          {f"operator {operator.name}" for operator in st.operators
+                           if operator.name in _ROW_BUILDING_OPERATORS})
+        for qualified in sorted(self.catalog.row_checks) if builders else ():
+            if not self.callable("f", qualified):
+                return self._refuse(st, f"{builders[0]} builds a row from text, which runs domain checks that call"
+                                    f" user-defined function {qualified}(), which is not listed as safe",
+                                    "functions", None)
         for cast in sorted(st.casts, key=str):
             for qualified in sorted(self.catalog.casts.get(cast.name, ())):
                 if not self.callable("f", qualified):

@@ -49,6 +49,14 @@ CREATE OPERATOR sly.= (LEFTARG = int, RIGHTARG = int, FUNCTION = sly.int_eq);
 CREATE FUNCTION sly.text_cat(a text, b text) RETURNS text LANGUAGE plpgsql
   AS $$BEGIN INSERT INTO sly.calls VALUES (0); RETURN a OPERATOR(pg_catalog.||) b; END$$;
 CREATE OPERATOR sly.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = sly.text_cat);
+-- A domain whose check calls a user's function (which writes), and a table with a column of it.
+CREATE FUNCTION sly.noted(v text) RETURNS bool LANGUAGE plpgsql
+  AS $$BEGIN INSERT INTO sly.calls VALUES (length(v)); RETURN true; END$$;
+CREATE DOMAIN public.noted AS text CHECK (sly.noted(VALUE));
+CREATE DOMAIN public.renoted AS noted;
+CREATE TABLE public.holder (id int, v noted);
+INSERT INTO public.holder VALUES (5, 'init');
+GRANT SELECT ON public.holder TO {USERS};
 """
 
 
@@ -94,3 +102,36 @@ def test_an_extensions_sql_function_does_not_run_a_users_operator_off_the_search
     # With pg_catalog first (the default path) the bodies' operators are PostgreSQL's, and they work.
     assert target.rows(identity, "SELECT regexp_match(full_name, 'a', '') IS NULL FROM customers ORDER BY id") \
         == [(False,), (True,)]
+
+
+# -- a domain's check runs where a row is built from text ------------------------------------------------
+
+CHECKED = (
+    # hstore's functions that build a row of their first argument's type from the hstore's texts
+    "SELECT (populate_record(null::holder, hstore('v', 'x'))).id",
+    "SELECT (populate_record(h, hstore('v', 'x'))).id FROM holder h",
+    "SELECT (h #= hstore('v', 'x')).id FROM holder h",
+    # and PostgreSQL's own ways to the same
+    "SELECT (json_populate_record(h, '{\"v\": \"x\"}')).id FROM holder h",
+    "SELECT (jsonb_populate_record(null::holder, '{\"v\": \"x\"}')).id",
+    "SELECT ('(1,x)'::holder).id",
+    "SELECT * FROM json_to_record('{\"v\": \"x\"}') AS t(v noted)",
+    "SELECT * FROM ROWS FROM (json_to_record('{\"v\": \"x\"}') AS (v noted))",
+    "SELECT * FROM XMLTABLE('/r' PASSING ('<r><v>x</v></r>'::xml) COLUMNS v noted PATH 'v')",
+    "SELECT 'x'::renoted",
+)
+
+
+@pytest.mark.parametrize("identity", ("analyst", "engineer"))
+def test_a_row_built_from_text_does_not_run_a_users_domain_check(target: Target, identity: str) -> None:
+    """`'x'::noted` was refused: its check calls sly.noted(), which is not listed as safe. But a row of a
+    type with a column of that domain, built from text, runs the check too: hstore's populate_record() and
+    `#=` (trusted now), json_populate_record(), a cast to the row type, a column definition list, a domain
+    over the domain. sly.noted() ran, and wrote sly.calls. Each is refused."""
+    _upstream(target, "TRUNCATE sly.calls")
+    for sql in CHECKED:
+        message = target.refusal(identity, sql)
+        assert "sly.noted()" in message, (sql, message)
+    assert _upstream(target, "SELECT count(*) FROM sly.calls") == [(0,)]
+    # Reading the table runs no check.
+    assert target.rows(identity, "SELECT id, v FROM holder") == [(5, "init")]
