@@ -98,6 +98,21 @@ def test_an_extensions_sql_function_does_not_run_a_users_operator_off_the_search
         # Its C functions do not resolve names: still trusted on that path.
         assert conn.execute("SELECT public.similarity('ab', 'abc') > 0").fetchall() == [(True,)]
         conn.execute("RESET search_path")
+    # The other ways to the same path: set_config(), SET LOCAL, the startup packet.
+    ways = (["SELECT set_config('search_path', 'sly, pg_catalog, public', false)"],
+            ["BEGIN", "SET LOCAL search_path = sly, pg_catalog, public"])
+    for setting in ways:
+        with psycopg.connect(target.dsn(identity), autocommit=True) as conn:
+            for sql in setting:
+                conn.execute(sql)
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("SELECT regexp_match(full_name, 'a', '') FROM public.customers").fetchall()
+            assert "search path" in refused_message(caught.value), setting
+    options = target.gateway.dsn(identity, dbname=target.name, options="-c search_path=sly,pg_catalog,public")
+    with psycopg.connect(options, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("SELECT regexp_match(full_name, 'a', '') FROM public.customers").fetchall()
+        assert "search path" in refused_message(caught.value)
     assert _upstream(target, "SELECT count(*) FROM sly.calls") == [(0,)]
     # With pg_catalog first (the default path) the bodies' operators are PostgreSQL's, and they work.
     assert target.rows(identity, "SELECT regexp_match(full_name, 'a', '') IS NULL FROM customers ORDER BY id") \
@@ -241,3 +256,28 @@ def test_the_detectors_read_extension_types(target: Target) -> None:
     assert target.rows("analyst", "SELECT text2ltree('4111111111111111.x'), cube(4111111111111111::float8)") == \
         [(None, None)]
     assert target.rows("analyst", "SELECT text2ltree('4111111111111111.x')", binary=True) == [(None,)]
+
+
+def test_a_write_whose_default_or_trigger_calls_an_extensions_sql_function_reaches_the_users_operator(
+        tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, test_ca: TLSFiles) -> None:
+    """What a write sets off is followed through citext's SQL bodies to every operator their names may be,
+    `sly.=` included, which writes sly.calls: refused to a role that may not write it."""
+    made = Target(postgres, test_ca, tmp_path_factory.mktemp("hunt_writes"), SCHEMA + MORE + f"""
+        CREATE TABLE public.tagged (id int, tag text DEFAULT regexp_replace('abc'::citext, 'a', 'b', ''));
+        CREATE FUNCTION public.retag() RETURNS trigger LANGUAGE plpgsql
+          AS $$BEGIN NEW.tag := regexp_replace(NEW.tag::citext, 'a', 'b', ''); RETURN NEW; END$$;
+        CREATE TABLE public.retagged (id int, tag text);
+        CREATE TRIGGER retag BEFORE INSERT ON public.retagged FOR EACH ROW EXECUTE FUNCTION public.retag();
+        GRANT ALL ON public.tagged, public.retagged TO {data.ENGINEER};""")
+    try:
+        _upstream(made, "TRUNCATE sly.calls")
+        with psycopg.connect(made.dsn("engineer"), autocommit=True) as conn:
+            conn.execute(SLY_PATH)
+            for sql in ("INSERT INTO public.tagged (id) VALUES (1)",
+                        "INSERT INTO public.retagged (id, tag) VALUES (1, 'abc')"):
+                with pytest.raises(psycopg.Error) as caught:
+                    conn.execute(sql)
+                assert "may not write (insert) sly.calls" in refused_message(caught.value), sql
+        assert _upstream(made, "SELECT count(*) FROM sly.calls") == [(0,)]
+    finally:
+        made.close()
