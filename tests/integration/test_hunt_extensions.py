@@ -98,6 +98,16 @@ def test_an_extensions_sql_function_does_not_run_a_users_operator_off_the_search
         # Its C functions do not resolve names: still trusted on that path.
         assert conn.execute("SELECT public.similarity('ab', 'abc') > 0").fetchall() == [(True,)]
         conn.execute("RESET search_path")
+    # A statement prepared on the default path is decided again when it runs on the other.
+    with psycopg.connect(target.dsn(identity), autocommit=True) as conn:
+        conn.execute("PREPARE p AS SELECT regexp_match(full_name, 'a', '') FROM public.customers")
+        call = "SELECT regexp_match(full_name, %s, '') FROM public.customers"
+        assert conn.execute(call, ("a",), prepare=True).fetchall() == conn.execute("EXECUTE p").fetchall()
+        conn.execute(SLY_PATH)
+        for sql, params in ((call, ("a",)), ("EXECUTE p", None)):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(sql, params, prepare=True).fetchall()
+            assert "search path" in refused_message(caught.value), sql
     # The other ways to the same path: set_config(), SET LOCAL, the startup packet.
     ways = (["SELECT set_config('search_path', 'sly, pg_catalog, public', false)"],
             ["BEGIN", "SET LOCAL search_path = sly, pg_catalog, public"])
