@@ -572,11 +572,12 @@ class SessionGuard:
         builders = sorted({f"{function.name}()" for function in st.functions if function.name in _ROW_BUILDERS} |
                           {f"operator {operator.name}" for operator in st.operators
                            if operator.name in _ROW_BUILDING_OPERATORS})
-        for qualified in sorted(self.catalog.row_checks) if builders else ():
-            if not self.callable("f", qualified):
-                return self._refuse(st, f"{builders[0]} builds a row from text, which runs domain checks that call"
-                                    f" user-defined function {qualified}(), which is not listed as safe",
-                                    "functions", None)
+        if builders:
+            for qualified in sorted(self.catalog.row_checks):
+                if not self.callable("f", qualified):
+                    return self._refuse(st, f"{builders[0]} builds a row from text, which runs domain checks that"
+                                        f" call user-defined function {qualified}(), which is not listed as safe",
+                                        "functions", None)
         for cast in sorted(st.casts, key=str):
             for qualified in sorted(self.catalog.casts.get(cast.name, ())):
                 if not self.callable("f", qualified):
