@@ -199,6 +199,10 @@ STRICT_REFUSED = (
     "SELECT count(*) FROM customers GROUP BY attrs",
     "SELECT count(*) FROM customers WHERE attrs @> 'pin=>1234'",
     "SELECT email::varchar(8) FROM customers",
+    "SELECT ssn::isbn13 FROM customers",
+    "SELECT cube(length(ssn)) FROM customers",
+    "SELECT sort(ARRAY[length(ssn)]) FROM customers",
+    "SELECT levenshtein_less_equal(ssn, '444-07-2101', 2) FROM customers",
 )
 
 
@@ -304,3 +308,20 @@ def test_a_write_whose_default_or_trigger_calls_an_extensions_sql_function_reach
         assert _upstream(made, "SELECT count(*) FROM sly.calls") == [(0,)]
     finally:
         made.close()
+
+
+@pytest.mark.parametrize("identity", ("analyst", "engineer"))
+def test_pg_trgm_threshold_takes_constants_only(target: Target, identity: str) -> None:
+    """The threshold `%` reads is the session's to set, with a constant; set from a hidden value, it would keep
+    it where show_limit() reads it back, as set_limit() would (which stays user-defined)."""
+    with psycopg.connect(target.dsn(identity), autocommit=True) as conn:
+        conn.execute("SET pg_trgm.similarity_threshold = 0.1")
+        assert conn.execute("SELECT show_limit() < 0.2, count(*) FROM customers WHERE full_name % 'Ann'").fetchall() \
+            == [(True, 1)]
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("SELECT set_config('pg_trgm.similarity_threshold', '0.' || length(ssn), false)"
+                         " FROM customers LIMIT 1")
+        assert "public.customers.ssn" in refused_message(caught.value)
+        # Random bytes and time-based uuids read nothing.
+        assert conn.execute("SELECT length(gen_random_bytes(4)), uuid_generate_v1mc() IS NOT NULL").fetchall() == \
+            [(4, True)]
