@@ -47,14 +47,21 @@ log = logging.getLogger("pgguard.catalog")
 MAX_AGE = 60.0
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
-# `checked`: the functions each type's input may call through domain checks: a domain's own, and its base
-# domain's, an array's element's, a row type's columns', a range's subtype's (`'(1,x)'::holder` and
-# json_populate_record(h, …) run the check of holder.v's domain).
+# `checked`: the functions each type's input may call through domain checks (those a check calls, and those
+# of the operators it uses): a domain's own, and its base domain's, an array's element's, a row type's
+# columns', a range's subtype's (`'(1,x)'::holder` and json_populate_record(h, …) run the check of
+# holder.v's domain).
 _QUERY = """\
 WITH RECURSIVE checked (type, proc) AS (
   SELECT k.contypid, d.refobjid FROM pg_catalog.pg_constraint k
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
      AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+   WHERE k.contypid <> 0
+  UNION ALL
+  SELECT k.contypid, o.oprcode FROM pg_catalog.pg_constraint k
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+     AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+    JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
    WHERE k.contypid <> 0
   UNION
   SELECT up.type, c.proc FROM checked c JOIN (

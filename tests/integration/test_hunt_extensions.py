@@ -57,6 +57,11 @@ CREATE DOMAIN public.renoted AS noted;
 CREATE TABLE public.holder (id int, v noted);
 INSERT INTO public.holder VALUES (5, 'init');
 GRANT SELECT ON public.holder TO {USERS};
+-- A domain whose check uses a user's operator, whose function writes.
+CREATE FUNCTION sly.matches(a text, b text) RETURNS bool LANGUAGE plpgsql
+  AS $$BEGIN INSERT INTO sly.calls VALUES (-1); RETURN true; END$$;
+CREATE OPERATOR sly.=== (LEFTARG = text, RIGHTARG = text, FUNCTION = sly.matches);
+CREATE DOMAIN public.matched AS text CHECK (VALUE OPERATOR(sly.===) 'x');
 """
 
 
@@ -157,6 +162,8 @@ def test_a_row_built_from_text_does_not_run_a_users_domain_check(target: Target,
     for sql in CHECKED:
         message = target.refusal(identity, sql)
         assert "sly.noted()" in message, (sql, message)
+    # A check that uses a user's operator runs its function.
+    assert "sly.matches()" in target.refusal(identity, "SELECT 'x'::matched")
     assert _upstream(target, "SELECT count(*) FROM sly.calls") == [(0,)]
     # Reading the table runs no check.
     assert target.rows(identity, "SELECT id, v FROM holder") == [(5, "init")]
