@@ -331,3 +331,17 @@ def test_pg_trgm_threshold_takes_constants_only(target: Target, identity: str) -
         # Random bytes and time-based uuids read nothing.
         assert conn.execute("SELECT length(gen_random_bytes(4)), uuid_generate_v1mc() IS NOT NULL").fetchall() == \
             [(4, True)]
+
+
+def test_a_writer_may_not_copy_a_hidden_value_through_an_extension(target: Target) -> None:
+    """The engineer may write public.*, but not a hidden value where it could read it back unmasked, however an
+    extension reshapes it on the way."""
+    for value in ("citext_larger(email, 'a')", "hstore(c) -> 'ssn'", "c.hstore -> 'ssn'",
+                  "pgp_sym_decrypt(pgp_sym_encrypt(ssn, 'k'), 'k')", "regexp_replace(email, 'x', 'y', '')",
+                  "attrs -> 'pin'"):
+        message = target.refusal("engineer", f"UPDATE public.orders SET status = (SELECT {value} FROM customers c"
+                                             " WHERE id = 1) WHERE id = 1")
+        assert "into public.orders.status, where they could be read back unmasked" in message, value
+    assert "into public.customers.tags" in target.refusal(
+        "engineer", "UPDATE public.customers c SET tags = tags || hstore('s', c.ssn) WHERE id = 1")
+    assert _upstream(target, "SELECT status FROM orders ORDER BY id") == [("PAID",), ("open",), ("Paid",)]
