@@ -87,6 +87,15 @@ SELECT 'c', n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.pron
   JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION ALL
+SELECT CASE WHEN d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN 'x' ELSE 'y' END, e.extname,
+       COALESCE(p.proname, o.oprname)
+  FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+  LEFT JOIN pg_catalog.pg_proc p ON d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.objid
+  LEFT JOIN pg_catalog.pg_operator o ON d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = d.objid
+  WHERE d.deptype = 'e' AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+    AND COALESCE(p.pronamespace, o.oprnamespace) IN ('pg_catalog'::pg_catalog.regnamespace,
+                                                     'information_schema'::pg_catalog.regnamespace)
+UNION ALL
 SELECT CASE WHEN t.typtype = 'c' THEN 'w' ELSE 'c' END,
        n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.proname, t.typname
   FROM checked c JOIN pg_catalog.pg_type t ON t.oid = c.type
@@ -109,6 +118,9 @@ class Catalog:
     # User-defined functions that building a row of some row type from text may run: its columns' domain
     # checks (json_populate_record(h, …), hstore's populate_record(h, …), whatever h's type).
     row_checks: frozenset[str] = frozenset()
+    # The extensions of the functions ("f") and operators ("o") in pg_catalog and information_schema, by name,
+    # that belong to one (plpgsql's and adminpack's, or any a superuser installed there): not PostgreSQL's own.
+    system_members: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     # For masking: every relation's columns in order ("schema.name" -> columns),
     # table column by RowDescription's (table OID, attribute number), and the
     # definitions of views and materialized views.
@@ -213,6 +225,7 @@ class Catalog:
         operators: dict[str, set[str]] = defaultdict(set)
         casts: dict[str, set[str]] = defaultdict(set)
         row_checks: set[str] = set()
+        system_members: dict[tuple[str, str], set[str]] = defaultdict(set)
         schemas: set[str] = set()
         relations: set[str] = set()
         for kind, schema, name in rows:
@@ -222,6 +235,8 @@ class Catalog:
                 operators[name].add(schema)
             elif kind == "s":
                 schemas.add(schema)
+            elif kind in ("x", "y"):
+                system_members[("f" if kind == "x" else "o", name)].add(schema)  # here `schema` is the extension
             elif kind in ("c", "w"):
                 casts[name].add(schema)  # here `schema` is the function's qualified name
                 if kind == "w":
@@ -231,7 +246,8 @@ class Catalog:
         return cls(frozenset(schemas), frozenset(relations),
                    {k: frozenset(v) for k, v in functions.items()},
                    {k: frozenset(v) for k, v in operators.items()},
-                   casts={k: frozenset(v) for k, v in casts.items()}, row_checks=frozenset(row_checks))
+                   casts={k: frozenset(v) for k, v in casts.items()}, row_checks=frozenset(row_checks),
+                   system_members={k: frozenset(v) for k, v in system_members.items()})
 
 
 EMPTY = Catalog(frozenset(SYSTEM_SCHEMAS), frozenset(), {}, {})

@@ -27,7 +27,7 @@ from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
-from pgguard.policy.extensions import trusted_extensions
+from pgguard.policy.extensions import NEVER, trusted_extensions
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.reach import CASCADE, Reach, events, reaches_changed
 from pgguard.policy.scope import (ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, QUERY_TEXT_FUNCTIONS, Scope, compile_scope,
@@ -552,11 +552,12 @@ class SessionGuard:
             if function.schema in (None, *SYSTEM_SCHEMAS) and self._denied(function.name):
                 return self._refuse(st, f"function {function.name}() is denied", "functions",
                                     _denial_hint(function.name))
-            problem = self._callable_problem("function", function, self.catalog.functions, "()")
+            problem = self._system_member_problem("function", function, "()") or \
+                self._callable_problem("function", function, self.catalog.functions, "()")
             if problem:
                 return self._refuse(st, problem, "functions", None)
         for operator in sorted(st.operators, key=str):
-            problem = self._operator_problem(operator)
+            problem = self._system_member_problem("operator", operator, "") or self._operator_problem(operator)
             if problem:
                 return self._refuse(st, problem, "functions", None)
         functions = self.catalog.functions
@@ -739,6 +740,17 @@ class SessionGuard:
 
     def _operator_problem(self, operator: Name) -> str | None:
         return self._callable_problem("operator", operator, self.catalog.operators, "")
+
+    def _system_member_problem(self, kind: str, name: Name, suffix: str) -> str | None:
+        """A name in pg_catalog (or information_schema) that an extension the policy does not trust defines
+        there: it is that extension's code, not PostgreSQL's, whatever its schema."""
+        if name.schema not in (None, *SYSTEM_SCHEMAS):
+            return None
+        for extension in sorted(self.catalog.system_members.get(("o" if kind == "operator" else "f", name.name), ())):
+            if not self.policy.extensions.trusts(extension, name.name):
+                why = f": {NEVER[extension]}" if extension in NEVER else ""
+                return f"{kind} pg_catalog.{name.name}{suffix} of extension {extension}, which is not trusted{why}"
+        return None
 
     def trusted(self, kind: str, qualified: str) -> bool:
         """Whether every function (kind "f") or operator ("o") named `qualified` belongs to an extension the

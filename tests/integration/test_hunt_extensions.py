@@ -345,3 +345,30 @@ def test_a_writer_may_not_copy_a_hidden_value_through_an_extension(target: Targe
     assert "into public.customers.tags" in target.refusal(
         "engineer", "UPDATE public.customers c SET tags = tags || hstore('s', c.ssn) WHERE id = 1")
     assert _upstream(target, "SELECT status FROM orders ORDER BY id") == [("PAID",), ("open",), ("Paid",)]
+
+
+def test_an_untrusted_extension_in_pg_catalog_is_not_postgresqls_own(
+        tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, test_ca: TLSFiles) -> None:
+    """A superuser may install an extension into pg_catalog (`CREATE EXTENSION xml2 SCHEMA pg_catalog`), and
+    adminpack and plpgsql live there by default. Its functions were then taken for PostgreSQL's own:
+    xpath_table() ran the query it builds from its text arguments, and its `key` column (ssn here) came back
+    raw. What an extension the policy does not trust puts in pg_catalog is refused to every analysed role."""
+    made = Target(postgres, test_ca, tmp_path_factory.mktemp("hunt_pg_catalog"), SCHEMA + f"""
+        CREATE EXTENSION xml2 SCHEMA pg_catalog;
+        CREATE VIEW public.keys AS
+          SELECT * FROM xpath_table('ssn', 'city', 'customers', '/a', 'true') AS t(key text, a text);
+        GRANT SELECT ON public.keys TO {USERS};""")
+    try:
+        # In a view, where the policy does not look, masking takes it to read every hidden column (it ran
+        # there too, and the view's key column came back raw).
+        for identity in ("analyst", "engineer"):
+            assert "(through pg_catalog.xpath_table())" in made.refusal(identity, "SELECT key FROM keys")
+        for identity in ("analyst", "support", "engineer"):
+            for sql in ("SELECT * FROM xpath_table('ssn', 'city', 'customers', '/a', 'true') AS t(key text, a text)",
+                        "SELECT pg_catalog.xpath_string('<a>x</a>', '/a')"):
+                message = made.refusal(identity, sql)
+                assert "of extension xml2, which is not trusted" in message, (identity, sql, message)
+        # PostgreSQL's own functions there, and a trusted extension's, still work.
+        assert made.rows("analyst", "SELECT lower('A'), similarity('ab', 'abc') > 0") == [("a", True)]
+    finally:
+        made.close()
