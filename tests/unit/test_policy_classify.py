@@ -796,6 +796,19 @@ def test_a_row_built_from_text_runs_its_columns_domain_checks(make_guard: GuardF
     assert guard.check_query("SELECT 1 = 1")[0].allowed
 
 
+def test_an_untrusted_extensions_function_in_pg_catalog_is_refused(make_guard: GuardFactory) -> None:
+    """`x` and `y` rows: functions and operators an extension put in pg_catalog, by name."""
+    catalog = Catalog.from_rows([("s", "public", ""), ("f", "pg_catalog", "xpath_table"), ("f", "pg_catalog", "lower"),
+                                 ("x", "xml2", "xpath_table"), ("o", "pg_catalog", "->"), ("y", "hstore", "->")])
+    assert catalog.system_members == {("f", "xpath_table"): {"xml2"}, ("o", "->"): {"hstore"}}
+    guard = make_guard(catalog=catalog)
+    for sql in ("SELECT xpath_table('a', 'b', 'c', 'd', 'e')",
+                "SELECT pg_catalog.xpath_table('a', 'b', 'c', 'd', 'e')"):
+        assert refusal(guard, sql).reason == "function pg_catalog.xpath_table() of extension xml2, which is not" \
+            " trusted: xpath_table() runs the SQL text it is given"
+    assert guard.check_query("SELECT lower('x'), 'a=>1'::text -> 'a'")[0].allowed  # hstore is trusted
+
+
 def test_policy_fixture_is_the_demo_config(policy: Policy) -> None:
     assert set(policy.scopes) == {"analysts", "support", "engineering", "dba"}
     assert policy.scopes["support"].write == ("public.tickets",)
