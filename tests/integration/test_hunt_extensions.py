@@ -372,3 +372,21 @@ def test_an_untrusted_extension_in_pg_catalog_is_not_postgresqls_own(
         assert made.rows("analyst", "SELECT lower('A'), similarity('ab', 'abc') > 0") == [("a", True)]
     finally:
         made.close()
+
+
+def test_a_trigger_of_an_untrusted_extension_in_pg_catalog_is_held_by_its_denial(
+        tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, test_ca: TLSFiles) -> None:
+    """lo's lo_manage(), installed in pg_catalog, as a trigger: it unlinks large objects, where PostgreSQL's own
+    trigger functions change only the row. Held: the name is denied (`lo_*`) wherever it is called from."""
+    made = Target(postgres, test_ca, tmp_path_factory.mktemp("hunt_lo"), SCHEMA + f"""
+        CREATE EXTENSION lo SCHEMA pg_catalog;
+        CREATE TABLE public.scans (id int, raster lo);
+        INSERT INTO public.scans VALUES (1, lo_from_bytea(0, 'x'));
+        CREATE TRIGGER unlink BEFORE UPDATE OR DELETE ON public.scans FOR EACH ROW EXECUTE FUNCTION lo_manage(raster);
+        GRANT ALL ON public.scans TO {data.ENGINEER};""")
+    try:
+        message = made.refusal("engineer", "DELETE FROM public.scans")
+        assert "function lo_manage() is denied" in message and "trigger unlink on public.scans" in message
+        assert _upstream(made, "SELECT count(*) FROM pg_largeobject_metadata") == [(1,)]
+    finally:
+        made.close()
