@@ -827,6 +827,7 @@ class _Analyzer:
                 self._computed(found, "a subscript")
             for part in indirection.get("indirection", []):
                 if "String" in part and self.relations.functions(None, part["String"]["sval"]):
+                    self._computed(found, f"{part['String']['sval']}()")  # as in f(row); or a field, taken as f
                     found |= self._call([part["String"]["sval"]], found)
             return found, False
         if "CaseExpr" in node:
@@ -979,6 +980,7 @@ class _Analyzer:
                 if self.relations.functions(None, column):
                     # `t.f` with no column f is f(t), a function in attribute notation.
                     row = set().union(*(c.sources for c in relation.columns))
+                    self._computed(row, f"{column}()")
                     return row | self._call([column], row), False
             current = current.outer
         return None

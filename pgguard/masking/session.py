@@ -137,8 +137,13 @@ class SessionRelations(Relations):
     def functions(self, schema: str | None, name: str, operator: bool = False) -> list[Routine] | None:
         catalog = self.catalog()
         defined = catalog.operators if operator else catalog.functions
+        # What an extension the policy does not trust put in pg_catalog (xml2's xpath_table(), which runs the
+        # query it builds from text) is not PostgreSQL's own: pgguard cannot follow it.
+        untrusted = [Routine(f"pg_catalog.{name}", "")] if schema in (None, *SYSTEM_SCHEMAS) and any(
+            not self.guard.policy.extensions.trusts(extension, name)
+            for extension in catalog.system_members.get(("o" if operator else "f", name), ())) else []
         if schema in SYSTEM_SCHEMAS:
-            return [] if schema in defined.get(name, ()) else None
+            return untrusted if schema in defined.get(name, ()) else None
         candidates = self.guard.user_defined(Name(schema, name), defined)
         if candidates is None:
             return None
@@ -148,7 +153,7 @@ class SessionRelations(Relations):
             if candidate not in found:  # created since the catalog was read
                 return None
             routines.extend(found[candidate])
-        return routines
+        return routines + untrusted
 
     def sensitive(self) -> frozenset[SourceColumn]:
         return self._sensitive

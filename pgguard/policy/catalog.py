@@ -49,7 +49,29 @@ log = logging.getLogger("pgguard.catalog")
 MAX_AGE = 60.0
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
+# `checked`: the functions each type's input may call through domain checks (those a check calls, and those
+# of the operators it uses): a domain's own, and its base domain's, an array's element's, a row type's
+# columns', a range's subtype's (`'(1,x)'::holder` and json_populate_record(h, …) run the check of
+# holder.v's domain).
 _QUERY = """\
+WITH RECURSIVE checked (type, proc) AS (
+  SELECT k.contypid, d.refobjid FROM pg_catalog.pg_constraint k
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+     AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+   WHERE k.contypid <> 0
+  UNION ALL
+  SELECT k.contypid, o.oprcode FROM pg_catalog.pg_constraint k
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+     AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+    JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
+   WHERE k.contypid <> 0
+  UNION
+  SELECT up.type, c.proc FROM checked c JOIN (
+      SELECT oid AS type, typbasetype AS part FROM pg_catalog.pg_type WHERE typtype = 'd'
+      UNION ALL SELECT oid, typelem FROM pg_catalog.pg_type WHERE typelem <> 0
+      UNION ALL SELECT r.reltype, a.atttypid FROM pg_catalog.pg_attribute a
+        JOIN pg_catalog.pg_class r ON r.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped
+      UNION ALL SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range) up ON up.part = c.type)
 SELECT 'f', n.nspname, p.proname FROM pg_catalog.pg_proc p
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 UNION ALL
@@ -67,12 +89,19 @@ SELECT 'c', n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.pron
   JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION ALL
-SELECT 'c', n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.proname, t.typname
-  FROM pg_catalog.pg_type t
-  JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
-   AND d.objid = k.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+SELECT CASE WHEN d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN 'x' ELSE 'y' END, e.extname,
+       COALESCE(p.proname, o.oprname)
+  FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+  LEFT JOIN pg_catalog.pg_proc p ON d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.objid
+  LEFT JOIN pg_catalog.pg_operator o ON d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = d.objid
+  WHERE d.deptype = 'e' AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+    AND COALESCE(p.pronamespace, o.oprnamespace) IN ('pg_catalog'::pg_catalog.regnamespace,
+                                                     'information_schema'::pg_catalog.regnamespace)
+UNION ALL
+SELECT CASE WHEN t.typtype = 'c' THEN 'w' ELSE 'c' END,
+       n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) p.proname, t.typname
+  FROM checked c JOIN pg_catalog.pg_type t ON t.oid = c.type
+  JOIN pg_catalog.pg_proc p ON p.oid = c.proc
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"""
 
@@ -88,6 +117,12 @@ class Catalog:
     # type name -> user-defined functions (schema.name) that a cast to it may
     # run: cast functions, and functions a domain's CHECK constraints call
     casts: dict[str, frozenset[str]] = field(default_factory=dict)
+    # User-defined functions that building a row of some row type from text may run: its columns' domain
+    # checks (json_populate_record(h, …), hstore's populate_record(h, …), whatever h's type).
+    row_checks: frozenset[str] = frozenset()
+    # The extensions of the functions ("f") and operators ("o") in pg_catalog and information_schema, by name,
+    # that belong to one (plpgsql's and adminpack's, or any a superuser installed there): not PostgreSQL's own.
+    system_members: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     # For masking: every relation's columns in order ("schema.name" -> columns),
     # table column by RowDescription's (table OID, attribute number), and the
     # definitions of views and materialized views.
@@ -193,6 +228,8 @@ class Catalog:
         functions: dict[str, set[str]] = defaultdict(set)
         operators: dict[str, set[str]] = defaultdict(set)
         casts: dict[str, set[str]] = defaultdict(set)
+        row_checks: set[str] = set()
+        system_members: dict[tuple[str, str], set[str]] = defaultdict(set)
         schemas: set[str] = set()
         relations: set[str] = set()
         for kind, schema, name in rows:
@@ -202,14 +239,19 @@ class Catalog:
                 operators[name].add(schema)
             elif kind == "s":
                 schemas.add(schema)
-            elif kind == "c":
+            elif kind in ("x", "y"):
+                system_members[("f" if kind == "x" else "o", name)].add(schema)  # here `schema` is the extension
+            elif kind in ("c", "w"):
                 casts[name].add(schema)  # here `schema` is the function's qualified name
+                if kind == "w":
+                    row_checks.add(schema)
             else:
                 relations.add(name)
         return cls(frozenset(schemas), frozenset(relations),
                    {k: frozenset(v) for k, v in functions.items()},
                    {k: frozenset(v) for k, v in operators.items()},
-                   casts={k: frozenset(v) for k, v in casts.items()})
+                   casts={k: frozenset(v) for k, v in casts.items()}, row_checks=frozenset(row_checks),
+                   system_members={k: frozenset(v) for k, v in system_members.items()})
 
 
 EMPTY = Catalog(frozenset(SYSTEM_SCHEMAS), frozenset(), {}, {})

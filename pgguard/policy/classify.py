@@ -12,6 +12,7 @@ class may run: what cannot be classified is refused, never guessed at.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -653,6 +654,10 @@ class _Walker:
                 if names:
                     self.out.casts.add(_name(names))
                 self.walk(child)
+            elif key in ("RangeFunction", "RangeTableFunc"):
+                # A column definition list (`json_to_record(…) AS t(v d)`, XMLTABLE's COLUMNS) casts to its types.
+                self.out.casts.update(_name(names) for names in _column_types(child))
+                self.walk(child)
             elif key == "SubLink" and child.get("operName"):
                 self.out.operators.add(_name(child["operName"]))  # x <op> ANY (SELECT ...)
                 self.walk(child)
@@ -745,3 +750,16 @@ class _Walker:
                     # `(x).nextval` is nextval(x): a sequence the text does not name.
                     raise Unsupported(f"{name} in attribute notation, of a sequence pgguard cannot tell")
                 self.out.attributes.add(name)
+
+
+def _column_types(value: Any) -> Iterator[list[Node]]:
+    """The type names of the column definitions under a FROM item (ROWS FROM's per-function lists too)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _column_types(item)
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            if key in ("ColumnDef", "RangeTableFuncCol") and child.get("typeName", {}).get("names"):
+                yield child["typeName"]["names"]
+            elif key not in _DML and key != "SelectStmt":  # a subquery's are its own walk's
+                yield from _column_types(child)

@@ -27,7 +27,7 @@ from pgguard.policy.catalog import SYSTEM_SCHEMAS, Catalog
 from pgguard.policy.classify import (DDL, IDENTITY_SETTINGS, LEXICAL_SETTINGS, OTHER, WRITE, Name, Statement,
                                      Unsupported, classify_tree, parse, pg_true, placed, setting,
                                      split_identifiers)
-from pgguard.policy.extensions import trusted_extensions
+from pgguard.policy.extensions import NEVER, trusted_extensions
 from pgguard.policy.names import ALL, Named, ServerNames, Requests
 from pgguard.policy.reach import CASCADE, Reach, events, reaches_changed
 from pgguard.policy.scope import (ADVISORY_LOCKS, GUARDED_SYSTEM_RELATIONS, QUERY_TEXT_FUNCTIONS, Scope, compile_scope,
@@ -43,6 +43,11 @@ _ASK_AGAIN = 5.0
 _MAX_INDIRECTION = 4
 # Allowed decisions a session keeps; all are dropped when there are more.
 _DECISIONS_KEPT = 256
+# Functions and operators that build a row of their first argument's type from text, and so run the
+# domain checks of its columns whatever the statement names (hstore's populate_record() and #=).
+_ROW_BUILDERS = frozenset({"populate_record", "json_populate_record", "jsonb_populate_record",
+                           "json_populate_recordset", "jsonb_populate_recordset"})
+_ROW_BUILDING_OPERATORS = frozenset({"#="})
 # What the unnamed portal may be while the session has not been out of a transaction since a reload.
 _PORTAL_BEFORE_RELOAD = Named(None, None, -1)
 
@@ -552,11 +557,12 @@ class SessionGuard:
             if function.schema in (None, *SYSTEM_SCHEMAS) and self._denied(function.name):
                 return self._refuse(st, f"function {function.name}() is denied", "functions",
                                     _denial_hint(function.name))
-            problem = self._callable_problem("function", function, self.catalog.functions, "()")
+            problem = self._system_member_problem("function", function, "()") or \
+                self._callable_problem("function", function, self.catalog.functions, "()")
             if problem:
                 return self._refuse(st, problem, "functions", None)
         for operator in sorted(st.operators, key=str):
-            problem = self._operator_problem(operator)
+            problem = self._system_member_problem("operator", operator, "") or self._operator_problem(operator)
             if problem:
                 return self._refuse(st, problem, "functions", None)
         functions = self.catalog.functions
@@ -569,6 +575,15 @@ class SessionGuard:
                 if not self.callable("f", qualified):
                     return self._refuse(st, f"user-defined function {qualified}() is not listed as safe (.{attribute}"
                                         " may call it in attribute notation)", "functions", None)
+        builders = sorted({f"{function.name}()" for function in st.functions if function.name in _ROW_BUILDERS} |
+                          {f"operator {operator.name}" for operator in st.operators
+                           if operator.name in _ROW_BUILDING_OPERATORS})
+        if builders:
+            for qualified in sorted(self.catalog.row_checks):
+                if not self.callable("f", qualified):
+                    return self._refuse(st, f"{builders[0]} builds a row from text, which runs domain checks that"
+                                        f" call user-defined function {qualified}(), which is not listed as safe",
+                                        "functions", None)
         for cast in sorted(st.casts, key=str):
             for qualified in sorted(self.catalog.casts.get(cast.name, ())):
                 if not self.callable("f", qualified):
@@ -731,10 +746,32 @@ class SessionGuard:
     def _operator_problem(self, operator: Name) -> str | None:
         return self._callable_problem("operator", operator, self.catalog.operators, "")
 
+    def _system_member_problem(self, kind: str, name: Name, suffix: str) -> str | None:
+        """A name in pg_catalog (or information_schema) that an extension the policy does not trust defines
+        there: it is that extension's code, not PostgreSQL's, whatever its schema."""
+        if name.schema not in (None, *SYSTEM_SCHEMAS):
+            return None
+        for extension in sorted(self.catalog.system_members.get(("o" if kind == "operator" else "f", name.name), ())):
+            if not self.policy.extensions.trusts(extension, name.name):
+                why = f": {NEVER[extension]}" if extension in NEVER else ""
+                return f"{kind} pg_catalog.{name.name}{suffix} of extension {extension}, which is not trusted{why}"
+        return None
+
     def trusted(self, kind: str, qualified: str) -> bool:
         """Whether every function (kind "f") or operator ("o") named `qualified` belongs to an extension the
         policy trusts, and so counts as PostgreSQL's own (extensions.py)."""
+        return self._member(kind, qualified) and not self._resolves_on_path(kind, qualified)
+
+    def _member(self, kind: str, qualified: str) -> bool:
         return self.policy.extensions.trusts_all(self.catalog.members.get((kind, qualified)), qualified)
+
+    def _resolves_on_path(self, kind: str, qualified: str) -> bool:
+        """Whether `qualified` has an SQL body and some path of the session puts a schema before pg_catalog:
+        the bodies of extensions' SQL functions name operators unqualified (citext's `strpos($3, 'c') = 0`),
+        which PostgreSQL resolves on the caller's path, so there to a user's `=` in that schema."""
+        routines = (self.catalog.routines if kind == "f" else self.catalog.operator_routines).get(qualified, ())
+        return any(routine.language == "sql" for routine in routines) and \
+            any(path[0] != "pg_catalog" for path in self._path_schemas())
 
     def callable(self, kind: str, qualified: str) -> bool:
         """Whether the roles may call the user-defined function or operator `qualified`: a trusted extension's,
@@ -754,7 +791,11 @@ class SessionGuard:
             self.unknown(kind, name)
             return f"{kind} {name}{suffix} is unknown to pgguard"
         for qualified in candidates:
-            if not self.callable("o" if kind == "operator" else "f", qualified):
+            code = "o" if kind == "operator" else "f"
+            if not self.callable(code, qualified):
+                if self._member(code, qualified):
+                    return (f"{kind} {qualified}{suffix} of a trusted extension runs SQL whose names resolve on the"
+                            " search path, which puts another schema before pg_catalog")
                 return f"user-defined {kind} {qualified}{suffix} is not listed as safe"
         return None
 

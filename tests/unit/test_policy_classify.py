@@ -272,6 +272,18 @@ def test_explicit_casts_are_recorded() -> None:
     assert one("SELECT 1::boom, CAST(2 AS public.dom), boom '3'").casts == {n("boom"), n("public.dom")}
 
 
+def test_column_definition_lists_count_as_casts() -> None:
+    """Each column of a definition list (XMLTABLE's COLUMNS too) is read from text by its type's input,
+    which runs a domain's checks."""
+    assert one("SELECT * FROM json_to_record('{}') AS t(a dom, b int)").casts == {n("dom"), n("pg_catalog.int4")}
+    assert one("SELECT * FROM ROWS FROM (json_to_record('{}') AS (a dom), generate_series(1, 2))").casts == \
+        {n("dom")}
+    assert one("SELECT * FROM XMLTABLE('/r' PASSING ('<r/>'::xml) COLUMNS a public.dom PATH 'a')").casts == \
+        {n("xml"), n("public.dom")}
+    # A table's column definitions are no cast: nothing is read from text there.
+    assert one("CREATE TABLE t (a dom)").casts == set()
+
+
 # --- session settings --------------------------------------------------------------------------------
 
 
@@ -768,6 +780,33 @@ def test_catalog_from_rows() -> None:
     assert CATALOG.operators["<<<>>>"] == frozenset({"public"})
     assert CATALOG.casts == {"boom": frozenset({"public.to_boom"}), "dom": frozenset({"public.chk"})}
     assert "pg_class" in CATALOG.system_relations and "Hidden" in CATALOG.schemas
+
+
+def test_a_row_built_from_text_runs_its_columns_domain_checks(make_guard: GuardFactory) -> None:
+    """`w` rows: a row type with a column of a domain whose check calls a user-defined function."""
+    catalog = Catalog.from_rows([("s", "public", ""), ("f", "pg_catalog", "json_populate_record"),
+                                 ("o", "pg_catalog", "="), ("f", "sly", "noted"), ("w", "sly.noted", "holder")])
+    assert catalog.casts == {"holder": frozenset({"sly.noted"})} and catalog.row_checks == {"sly.noted"}
+    guard = make_guard(catalog=catalog)
+    assert refusal(guard, "SELECT json_populate_record(s, '{}') FROM (SELECT 1 AS a) s").reason == \
+        "json_populate_record() builds a row from text, which runs domain checks that call user-defined function" \
+        " sly.noted(), which is not listed as safe"
+    assert refusal(guard, "SELECT '(1)'::holder").reason == \
+        "a cast to holder runs user-defined function sly.noted(), which is not listed as safe"
+    assert guard.check_query("SELECT 1 = 1")[0].allowed
+
+
+def test_an_untrusted_extensions_function_in_pg_catalog_is_refused(make_guard: GuardFactory) -> None:
+    """`x` and `y` rows: functions and operators an extension put in pg_catalog, by name."""
+    catalog = Catalog.from_rows([("s", "public", ""), ("f", "pg_catalog", "xpath_table"), ("f", "pg_catalog", "lower"),
+                                 ("x", "xml2", "xpath_table"), ("o", "pg_catalog", "->"), ("y", "hstore", "->")])
+    assert catalog.system_members == {("f", "xpath_table"): {"xml2"}, ("o", "->"): {"hstore"}}
+    guard = make_guard(catalog=catalog)
+    for sql in ("SELECT xpath_table('a', 'b', 'c', 'd', 'e')",
+                "SELECT pg_catalog.xpath_table('a', 'b', 'c', 'd', 'e')"):
+        assert refusal(guard, sql).reason == "function pg_catalog.xpath_table() of extension xml2, which is not" \
+            " trusted: xpath_table() runs the SQL text it is given"
+    assert guard.check_query("SELECT lower('x'), 'a=>1'::text -> 'a'")[0].allowed  # hstore is trusted
 
 
 def test_policy_fixture_is_the_demo_config(policy: Policy) -> None:
