@@ -22,11 +22,12 @@ log = logging.getLogger("pgguard.masking")
 def masking_refusal(exc: Exception) -> Decision:
     """The refusal of a statement masking cannot guarantee: its reason, or, for a statement it
     could not analyse at all, a plain one (and the trace in the gateway's log)."""
-    if not isinstance(exc, MaskingRefused):
+    refused = exc if isinstance(exc, MaskingRefused) else None
+    if refused is None:
         log.warning("masking could not analyse a statement; refused", exc_info=True)
-        exc = MaskingRefused("pgguard cannot establish what this statement returns")
-    return Decision(False, None, "masking", str(exc),
-                    "select the column's masked value, or ask for a role cleared for it")
+        refused = MaskingRefused("pgguard cannot establish what this statement returns")
+    return Decision(False, None, "masking", str(refused),
+                    refused.hint or "select the column's masked value, or ask for a role cleared for it")
 
 
 class MaskingConfig:
@@ -124,6 +125,13 @@ class SessionRelations(Relations):
             # made outside the gateway?): have it read again, so that the next
             # statement sees what this one could not.
             self.guard.unknown("relation", Name(schema, name))
+            if not self.guard.may_run_ddl:
+                # No detector knows another session's statement text: a view over pg_stat_activity that the
+                # snapshot does not show yet would return it raw. Roles that may run DDL make tables of their
+                # own (temporary ones no snapshot shows) and read them at once: those keep every detector.
+                raise MaskingRefused(f"relation {name} is unknown to pgguard, which cannot tell what it may"
+                                     " return (created since pgguard read the catalog, or misspelt)",
+                                     "pgguard is reading the catalog again: retry in a moment; check the name")
             return None
         return existing[0]
 

@@ -196,7 +196,7 @@ FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')
 ORDER BY c.oid, a.attnum"""
 
 _INHERITANCE = """\

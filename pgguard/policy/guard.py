@@ -161,12 +161,13 @@ def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
     """Schemas of search_path list strings, read as PostgreSQL reads them.
 
     Unquoted names fold to lower case, quoted ones keep their case and commas;
-    "$user" stays as is. A value that is not a valid list adds nothing (PostgreSQL
-    refuses it; classify refuses it first).
+    "$user" stays as is; an empty name, which no schema has, is left out. A value
+    that is not a valid list adds nothing (PostgreSQL refuses it; classify refuses
+    it first).
     """
     schemas: list[str] = []
     for value in values:
-        schemas.extend(split_identifiers(value) or ())
+        schemas.extend(schema for schema in split_identifiers(value) or () if schema)
     return tuple(schemas)
 
 
@@ -314,6 +315,11 @@ class SessionGuard:
     def forget(self, name: str) -> None:
         """A Close of a prepared statement."""
         self.prepared.close(name)
+
+    @property
+    def may_run_ddl(self) -> bool:
+        """Whether some role of the session may run DDL (and so make tables, temporary ones too)."""
+        return any(DDL in scope.statements for scope in self.scopes)
 
     @property
     def replanning(self) -> bool:

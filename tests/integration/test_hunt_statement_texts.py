@@ -1,0 +1,291 @@
+"""An attacker's routes to another identity's statement text, and to raw values through the search path.
+
+The demo's `analyst` (Alice) and `agent` (Bob) are two identities on one upstream login. Bob runs a statement
+with a literal no detector knows and stays connected; Alice tries to read it by every route, through psql,
+psycopg and asyncpg. Routes that got through are here as the tests that showed them, fixed:
+
+- a view or a materialized view over pg_stat_activity that the gateway's catalog snapshot does not know yet
+  (made outside the gateway, or by the engineer a moment ago) was read as an unknown relation, with the
+  detectors only: the text came back raw. A role that may not run DDL is now refused such a relation;
+- a temporary view of the engineer's, named like a table, is what PostgreSQL reads first, and no snapshot
+  knows it: `customers.city` came back as the SSNs. A temporary view (or ON SELECT rule) that reads
+  columns the session may not see is now refused, as a new table of them is;
+- a default search path with an empty quoted name (`ALTER ROLE … SET search_path = '', x`), which
+  PostgreSQL takes, was read as no path at all: names resolved nowhere, and the role's read patterns
+  were not checked. It is now read as the server reads it.
+
+The routes that held are here too, so that they stay held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import psycopg
+import pytest
+from helpers import psql
+from test_policy_session_path import LOGIN, REPORT, analysts_on, shadow  # noqa: F401  (a fixture)
+
+from pgguard.demo import data
+
+if TYPE_CHECKING:
+    from conftest import PostgresServer, RunningGateway
+
+SECRET = "Hesper Vantongeren-Oakes"  # a name Bob filtered on: no detector knows it
+BOBS_QUERY = f"SELECT count(*) FROM customers WHERE full_name = '{SECRET}'"
+NEW_RELATION_TRIES = 200  # a catalog re-read is asked for at once; the gateway reads it within a second or two
+
+
+def superuser(postgres: PostgresServer, sql: str) -> None:
+    with psycopg.connect(postgres.dsn(sslmode="verify-full"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def without_approvals(text: str) -> str:
+    """The demo's config, with the engineers' DDL let through at once (no approver in the loop)."""
+    rules = '\napproval = [\n    { classes = ["ddl"] },\n    { tables = ["public.orders"], kinds = ["update", "delete"] },\n]'
+    assert rules in text
+    return text.replace(rules, "", 1)
+
+
+@pytest.fixture
+def bob(gateway: RunningGateway) -> Iterator[int]:
+    """Bob's session, idle after his statement (pg_stat_activity keeps its text); his upstream backend's pid."""
+    with psycopg.connect(gateway.dsn("agent"), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert conn.execute(BOBS_QUERY).fetchone() == (0,)
+        yield pid
+
+
+class Alice:
+    """Alice's asyncpg session (every statement through Parse and Bind), kept open across statements."""
+
+    def __init__(self, dsn: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(asyncpg.connect(dsn))
+
+    def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return self.loop.run_until_complete(self.conn.fetch(sql, *args))
+
+    def refused(self, sql: str, *args: Any) -> asyncpg.PostgresError:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as caught:
+            self.fetch(sql, *args)
+        assert caught.value.message.startswith("pgguard: ")
+        assert SECRET not in str(caught.value)
+        return caught.value
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def alice(gateway: RunningGateway) -> Iterator[Alice]:
+    session = Alice(gateway.dsn("analyst"))
+    yield session
+    session.close()
+
+
+# --- relations the catalog snapshot does not know yet ------------------------------------------------------
+
+
+@pytest.fixture
+def new_relation(postgres: PostgresServer) -> Iterator[list[str]]:
+    """Views ("VIEW name", "MATERIALIZED VIEW name") to drop after the test, whatever made them."""
+    made: list[str] = []
+    yield made
+    for view in made:
+        superuser(postgres, f"DROP {view}")
+
+
+@pytest.mark.parametrize("kind", ["VIEW", "MATERIALIZED VIEW"])
+def test_a_view_over_pg_stat_activity_made_outside_the_gateway_shows_no_text(
+        postgres: PostgresServer, bob: int, alice: Alice, new_relation: list[str], kind: str) -> None:
+    """Made (a monitoring view, say) while Alice's session is open: until the gateway has read the catalog
+    again, the relation is refused to her, not read with the detectors only; then its query column is NULL."""
+    name = f"hunt_{kind.split()[0].lower()}_activity"
+    new_relation.append(f"{kind} public.{name}")
+    assert alice.fetch("SELECT 1") == [(1,)]
+    superuser(postgres, f"CREATE {kind} public.{name} AS SELECT pid, query FROM pg_catalog.pg_stat_activity;"
+                        f" GRANT SELECT ON public.{name} TO {data.READER}")
+    sql = f"SELECT pid, query FROM {name} WHERE pid = $1"
+    error = alice.refused(sql, bob)
+    assert f"relation {name} is unknown to pgguard" in error.message
+    assert "retry" in (error.hint or "")
+    for _ in range(NEW_RELATION_TRIES):
+        try:
+            rows = alice.fetch(sql, bob)
+            break
+        except asyncpg.InsufficientPrivilegeError as exc:
+            assert "unknown to pgguard" in exc.message
+            alice.loop.run_until_complete(asyncio.sleep(0.05))
+    else:
+        pytest.fail("the catalog was not read again")
+    assert rows == [(bob, None)]
+
+
+def test_a_view_the_engineer_just_made_shows_no_text(
+        gateway_factory: Callable[..., RunningGateway], new_relation: list[str]) -> None:
+    """The engineer's DDL (here with no approval needed) has the catalog read again, but Alice's open session
+    may ask before that read is done: never the text, whichever comes first."""
+    served = gateway_factory(without_approvals)
+    new_relation.append("VIEW public.hunt_engineers_view")
+    with psycopg.connect(served.dsn("agent"), autocommit=True) as bobs:
+        pid = bobs.execute("SELECT pg_backend_pid()").fetchone()[0]
+        bobs.execute(BOBS_QUERY)
+        alice = Alice(served.dsn("analyst"))
+        try:
+            assert alice.fetch("SELECT 1") == [(1,)]
+            with psycopg.connect(served.dsn("engineer"), autocommit=True) as engineer:
+                engineer.execute("CREATE VIEW public.hunt_engineers_view AS"
+                                 " SELECT pid, query AS q FROM pg_catalog.pg_stat_activity")
+            for _ in range(3):
+                try:
+                    rows = alice.fetch("SELECT pid, q FROM hunt_engineers_view WHERE pid = $1", pid)
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    assert "unknown to pgguard" in exc.message and SECRET not in str(exc)
+                else:
+                    assert rows == [(pid, None)]
+        finally:
+            alice.close()
+
+
+def test_a_misspelt_relation_is_refused_to_analysts_and_names_the_relation(alice: Alice) -> None:
+    error = alice.refused("SELECT * FROM custmers")
+    assert error.message.startswith("pgguard: statement refused: relation custmers is unknown to pgguard")
+
+
+def test_sequences_are_known_relations(gateway: RunningGateway) -> None:
+    """Not refused as unknown: PostgreSQL answers (the analysts' login may not read it)."""
+    with psycopg.connect(gateway.dsn("analyst")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for sequence"):
+            conn.execute("SELECT last_value FROM customers_id_seq")
+
+
+# --- temporary views, which PostgreSQL finds first ---------------------------------------------------------
+
+
+@pytest.fixture
+def engineer(gateway_factory: Callable[..., RunningGateway]) -> Iterator[psycopg.Connection[Any]]:
+    served = gateway_factory(without_approvals)
+    with psycopg.connect(served.dsn("engineer"), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TEMP VIEW customers AS SELECT id, ssn AS city FROM public.customers",
+    "CREATE VIEW pg_temp.customers AS SELECT id, ssn AS city FROM public.customers",
+    "CREATE OR REPLACE TEMPORARY VIEW customers (id, city) AS SELECT id, ssn FROM public.customers",
+    "CREATE TEMP RECURSIVE VIEW customers (city) AS SELECT ssn FROM public.customers",
+    "CREATE TEMP VIEW orders AS SELECT id, pg_catalog.concat(ssn) AS status FROM public.customers",
+    "CREATE TEMP VIEW hunt_texts AS SELECT pid, query FROM pg_catalog.pg_stat_activity",
+    'CREATE TEMP TABLE customers (id int, city text);'
+    ' CREATE RULE "_RETURN" AS ON SELECT TO customers DO INSTEAD SELECT id, ssn AS city FROM public.customers',
+])
+def test_a_temporary_view_cannot_shadow_a_table_to_unmask_it(engineer: psycopg.Connection[Any], sql: str) -> None:
+    """`SELECT city FROM customers` reads pg_temp.customers first: had the view been made, pgguard would have
+    masked public.customers.city (nothing) and sent the SSNs."""
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="new table"):
+        engineer.execute(sql)
+    cities = [city for city, in engineer.execute("SELECT city FROM customers ORDER BY id LIMIT 3")]
+    assert len(cities) == 3 and not any(city[:3].isdigit() for city in cities)
+
+
+def test_a_temporary_view_of_visible_columns_works(engineer: psycopg.Connection[Any]) -> None:
+    engineer.execute("CREATE TEMP VIEW hunt_names AS SELECT id, full_name FROM public.customers")
+    assert engineer.execute("SELECT count(*) FROM hunt_names").fetchone()[0] >= 1000
+
+
+# --- the search path read at login --------------------------------------------------------------------------
+
+
+def test_a_default_path_with_an_empty_name_is_read_as_the_server_reads_it(
+        shadow: list[str], gateway_factory: Callable[..., RunningGateway],  # noqa: F811
+        postgres: PostgresServer) -> None:
+    """`SET search_path = '', x` is PostgreSQL's `"", x`. Read as no path at all, `cat_report` resolved
+    nowhere: the role's read patterns, which do not name cat_shadow, were never checked against it."""
+    superuser(postgres, f"ALTER ROLE {LOGIN} SET search_path = '', cat_shadow, public")
+    try:
+        served = gateway_factory(analysts_on('["public.*"]'))
+        with psycopg.connect(served.dsn("analyst")) as conn:
+            assert conn.execute("SHOW search_path").fetchone() == ('"", cat_shadow, public',)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not read cat_shadow.cat_report"):
+                conn.execute(REPORT)
+    finally:
+        superuser(postgres, f"ALTER ROLE {LOGIN} SET search_path = cat_shadow, public")
+
+
+def test_an_empty_name_in_a_set_search_path_is_taken(alice: Alice) -> None:
+    """As PostgreSQL takes it (pg_dump's `set_config('search_path', '', false)` is the empty path itself)."""
+    alice.fetch("SET search_path = '', public")
+    assert alice.fetch("SHOW search_path") == [('"", public',)]
+    assert alice.fetch("SELECT ssn FROM customers WHERE id = 1") == [("[redacted]",)]
+
+
+# --- routes that held --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sql", [
+    "TABLE pg_stat_activity",
+    "SELECT (a).* FROM pg_stat_activity a",
+    "SELECT (a).query FROM pg_stat_activity a",
+    "SELECT pid, query FROM U&\"pg_stat_activit\\0079\"",
+    "WITH RECURSIVE r AS (SELECT pid, query FROM pg_stat_activity) SELECT * FROM r",
+    "SELECT l.pid, x.query FROM pg_locks l, LATERAL (SELECT query FROM pg_stat_activity s WHERE s.pid = l.pid) x",
+    "SELECT pid, md5(query), lower(query), concat('>', query), concat_ws(',', 'a', query) FROM pg_stat_activity",
+    "SELECT string_agg(query, ',') FROM pg_stat_activity",
+    "SELECT pid, query_id FROM pg_stat_activity",
+    "SELECT pid, query FROM pg_stat_activity WHERE state = 'idle'",
+])
+def test_reads_of_the_text_come_back_null(bob: int, alice: Alice, sql: str) -> None:
+    rows = alice.fetch(sql)
+    assert rows and SECRET not in repr(rows)
+    assert all(value is None for row in rows for name, value in row.items()
+               if name in ("query", "md5", "lower", "concat", "concat_ws", "string_agg"))
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT jsonb_populate_record(NULL::pg_stat_activity, to_jsonb(a)) FROM pg_stat_activity a",
+    "SELECT query::int FROM pg_stat_activity",
+    "SELECT format('%s', a) FROM pg_stat_activity a",
+    "SELECT array_agg(query) FROM pg_stat_activity",
+    "SELECT xmlagg(xmlelement(name x, query)) FROM pg_stat_activity",
+    "SELECT query_to_xml('SELECT query FROM pg_stat_activity', true, true, '')",
+    "SELECT query FROM pg_stat_activity UNION SELECT 'x'",
+    "SELECT count(DISTINCT query) FROM pg_stat_activity",
+    "SELECT pid, query IS NULL FROM pg_stat_activity",
+    "SELECT pid, coalesce(query, '') FROM pg_stat_activity",
+    "SELECT md5(a::text) FROM pg_stat_activity a",
+    "SELECT * FROM ROWS FROM (pg_stat_get_activity(NULL)) x",
+    "SELECT * FROM PG_CATALOG.\"pg_stat_get_activity\"(NULL)",
+    "SELECT * FROM U&\"pg_stat_get_activit\\0079\"(NULL)",
+    "SELECT pg_stat_get_backend_activity(b) FROM unnest(ARRAY[1, 2, 3]) b",
+    "SELECT (1).pg_stat_get_backend_activity",
+    "SELECT pid FROM pg_stat_activity WHERE query LIKE '%Hesper%'",
+])
+def test_other_uses_of_the_text_are_refused(bob: int, alice: Alice, sql: str) -> None:
+    alice.refused(sql)
+
+
+def test_copy_explain_and_a_server_side_cursor_show_no_text(gateway: RunningGateway, bob: int) -> None:
+    out = psql(gateway.dsn("analyst"), "COPY (SELECT * FROM pg_stat_activity) TO STDOUT",
+               "EXPLAIN (VERBOSE) SELECT query FROM pg_stat_activity")
+    assert "pg_stat_get_activity" in out and SECRET not in out
+    with psycopg.connect(gateway.dsn("analyst")) as conn:
+        with conn.cursor(name="hunt") as cursor:
+            cursor.execute("SELECT pid, query FROM pg_stat_activity WHERE pid = %s", (bob,))
+            assert cursor.fetchall() == [(bob, None)]
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO tickets (customer_id, subject, body, status) SELECT 1, query, 'x', 'open' FROM pg_stat_activity",
+    "UPDATE tickets SET subject = (SELECT query FROM pg_stat_activity LIMIT 1) WHERE id = 1",
+    "CREATE TEMP TABLE hunt_copied AS SELECT query FROM pg_stat_activity",
+])
+def test_the_text_is_not_written_where_it_could_be_read_back(engineer: psycopg.Connection[Any], sql: str) -> None:
+    """The engineers, who may write, share a login too."""
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_stat_activity.query"):
+        engineer.execute(sql)
