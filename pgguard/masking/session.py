@@ -59,6 +59,8 @@ class MaskingConfig:
                              lambda: len(guard.search_paths))
 
 
+_RETRY = "pgguard is reading the catalog again: retry in a moment"
+
 # Statement texts whose lineage a session keeps; all are dropped when there are more.
 _KEPT_LINEAGES = 64
 
@@ -104,6 +106,11 @@ class SessionRelations(Relations):
         return found
 
     def resolve(self, schema: str | None, name: str) -> str | None:
+        if self.catalog().behind and not self.guard.may_run_ddl:
+            # Another session's DDL may have made the name a view over other columns, or made it a view:
+            # read raw until the snapshot shows it (roles that may run DDL: what they make they may read).
+            raise MaskingRefused(f"DDL ran since pgguard read the catalog, and it cannot tell what {name} reads"
+                                 " until it has read it again", _RETRY)
         known = self.catalog().relation_columns
         candidates = self.guard.resolve(Name(schema, name)) if schema is None else [f"{schema}.{name}"]
         existing = [candidate for candidate in candidates if candidate in known]
@@ -131,7 +138,7 @@ class SessionRelations(Relations):
                 # own (temporary ones no snapshot shows) and read them at once: those keep every detector.
                 raise MaskingRefused(f"relation {name} is unknown to pgguard, which cannot tell what it may"
                                      " return (created since pgguard read the catalog, or misspelt)",
-                                     "pgguard is reading the catalog again: retry in a moment; check the name")
+                                     f"{_RETRY}; check the name")
             return None
         return existing[0]
 

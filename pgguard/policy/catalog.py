@@ -105,6 +105,9 @@ class Catalog:
     reaches: dict[str, tuple[Reach, ...]] = field(default_factory=dict)
     # Sequences a table's column owns (serial and identity columns): sequence -> the table.
     sequence_owners: dict[str, str] = field(default_factory=dict)
+    # A session of the gateway ran DDL since this snapshot was read: what a name is, and what a view
+    # reads, may have changed (a view over pg_stat_activity.query in place of one over another column).
+    behind: bool = False
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -357,14 +360,22 @@ class Catalogs:
     def __init__(self) -> None:
         self._current: dict[str, Catalog] = {}
         self._stale: set[str] = set()
+        # When a session of the gateway last ran DDL, or ended a transaction that did, by target.
+        self._changed: dict[str, float] = {}
         self._sources: dict[str, tuple[TargetConfig, Login, ssl.SSLContext | None]] = {}
         self._lock = trio.Lock()
 
     def current(self, target: str) -> Catalog:
         return self._current.get(target, EMPTY)
 
-    def mark_stale(self, target: str) -> None:
+    def mark_stale(self, target: str, changed: bool = False) -> None:
+        """Have the snapshot read again; `changed`: DDL ran, so until then the current one is `behind`."""
         self._stale.add(target)
+        if changed:
+            self._changed[target] = time.monotonic()
+            current = self._current.get(target)
+            if current is not None:
+                self._current[target] = replace(current, behind=True)
 
     async def ensure(self, target: TargetConfig, login: Login, context: ssl.SSLContext | None) -> Catalog:
         """A snapshot no older than MAX_AGE and not marked stale; read it if need be."""
@@ -379,6 +390,8 @@ class Catalogs:
                 except (GatewayError, OSError, RuntimeError, trio.TooSlowError) as exc:
                     log.warning("catalog of %s not refreshed: %s", target.name, exc)
                     return self._current.get(target.name, EMPTY)
+                if self._changed.get(target.name, -1.0) >= catalog.loaded_at:  # DDL ran while it was read
+                    catalog = replace(catalog, behind=True)
                 self._current[target.name] = catalog
             return catalog
 

@@ -193,7 +193,7 @@ def _denial_hint(name: str) -> str | None:
 class SessionGuard:
     def __init__(self, policy: Policy, roles: list[str], login_user: str, catalog: Callable[[], Catalog],
                  search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH, *, assume_builtin: bool = False,
-                 on_ddl: Callable[[], None] = lambda: None) -> None:
+                 on_ddl: Callable[[], None] = lambda: None, on_unknown: Callable[[], None] | None = None) -> None:
         self._take(policy, roles)
         self.login_user = login_user
         # The target's current snapshot, which a refresh may replace mid-session.
@@ -224,6 +224,8 @@ class SessionGuard:
         self.assume_builtin = assume_builtin
         # Told when DDL is let through, so the catalog snapshot is re-read.
         self.on_ddl = on_ddl
+        # Told of a name the catalog does not know, so that it is read again (on_ddl, unless given).
+        self.on_unknown = on_unknown or on_ddl
         # DDL of this session that no snapshot may show yet: True while its transaction may be open (a read
         # by another connection cannot see it), then when it ended, until a snapshot read after that.
         self._ddl_open = False
@@ -741,7 +743,7 @@ class SessionGuard:
         now = time.monotonic()
         if now - self._asked.get((kind, name), -_ASK_AGAIN) >= _ASK_AGAIN:
             self._asked[(kind, name)] = now
-            self.on_ddl()
+            self.on_unknown()
 
     # -- session state ---------------------------------------------------------------
 

@@ -356,7 +356,8 @@ class Session:
         await self.catalogs.ensure(hello.target, login, self.upstream_tls)
         guard = SessionGuard(self.policy, [role.name for role in hello.roles], login.user,
                              lambda: self.catalogs.current(target),
-                             on_ddl=lambda: self.catalogs.mark_stale(target))
+                             on_ddl=lambda: self.catalogs.mark_stale(target, changed=True),
+                             on_unknown=lambda: self.catalogs.mark_stale(target))
         try:
             decision = guard.check_startup(startup_settings(hello.upstream_params))
         except Unsupported as exc:

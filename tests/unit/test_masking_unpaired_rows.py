@@ -15,6 +15,7 @@ from pgguard.masking.functions import MaskSpec
 from pgguard.masking.lineage import lineages
 from pgguard.masking.plan import Clearance, MaskingRules
 from pgguard.masking.results import ResultMasking
+from pgguard.policy.catalog import EMPTY
 from pgguard.wire import backend
 from pgguard.wire.backend import DataRow, FieldDescription
 from pgguard.wire.framing import Frame
@@ -26,7 +27,7 @@ ROW = DataRow([b"ben@example.net is raw"])
 
 
 def masking() -> ResultMasking:
-    return ResultMasking(ANALYST, lambda sql: lineages(sql, FakeCatalog()), FakeCatalog, lambda: 0)
+    return ResultMasking(ANALYST, lambda sql: lineages(sql, FakeCatalog()), lambda: EMPTY, lambda: 0)
 
 
 def answer(masking: ResultMasking, *messages: backend.Message) -> list[backend.Message]:
