@@ -7,6 +7,11 @@ psycopg and asyncpg. Routes that got through are here as the tests that showed t
 - a view or a materialized view over pg_stat_activity that the gateway's catalog snapshot does not know yet
   (made outside the gateway, or by the engineer a moment ago) was read as an unknown relation, with the
   detectors only: the text came back raw. A role that may not run DDL is now refused such a relation;
+- a view redefined over pg_stat_activity.query (`CREATE OR REPLACE VIEW`) was masked as its old definition
+  until the catalog was read again, and a statement prepared before (asyncpg prepares every one) kept the
+  old plan for good. The engineer's DDL now puts the snapshot behind: until it is read again, analysts'
+  reads are refused and their prepared statements' rows NULL; then those are planned again, masking what
+  either definition masks;
 - a temporary view of the engineer's, named like a table, is what PostgreSQL reads first, and no snapshot
   knows it: `customers.city` came back as the SSNs. A temporary view (or ON SELECT rule) that reads
   columns the session may not see is now refused, as a new table of them is;
