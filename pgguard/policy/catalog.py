@@ -329,14 +329,21 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     return catalog.with_reaches(*reached)
 
 
+_SEARCH_PATH = ("SELECT pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting('search_path'), 'UTF8'),"
+                " 'hex')")
+
+
 async def session_search_path(upstream: Upstream) -> str:
     """The search path a session's upstream backend starts with, asked before the client's first statement:
-    the defaults of its login and database, and the startup packet's, are the server's to combine."""
+    the defaults of its login and database, and the startup packet's, are the server's to combine.
+
+    Asked in hex of UTF-8, as the catalog's names are read: the startup packet may set a client_encoding
+    in which a schema's name would read as another's (`"Ã©"` in LATIN1 is the bytes of `é` in UTF-8)."""
     try:
-        (value,), = await _rows(upstream, "SHOW search_path")
+        (value,), = await _rows(upstream, _SEARCH_PATH)
+        return bytes.fromhex(value or "").decode()
     except (RuntimeError, ValueError) as exc:
         raise fatal("42501", f"pgguard: cannot read the session's search_path: {exc}") from exc
-    return value or ""
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:

@@ -15,6 +15,8 @@ psycopg and asyncpg. Routes that got through are here as the tests that showed t
 - a temporary view of the engineer's, named like a table, is what PostgreSQL reads first, and no snapshot
   knows it: `customers.city` came back as the SSNs. A temporary view (or ON SELECT rule) that reads
   columns the session may not see is now refused, as a new table of them is;
+- the path read at login in the client's encoding: in LATIN1, schema "Ã©" read as `é`, and a look-alike
+  `customers` there came out unmasked. It is now read in UTF-8;
 - a default search path with an empty quoted name (`ALTER ROLE … SET search_path = '', x`), which
   PostgreSQL takes, was read as no path at all: names resolved nowhere, and the role's read patterns
   were not checked. It is now read as the server reads it.
@@ -279,6 +281,36 @@ def test_a_default_path_with_an_empty_name_is_read_as_the_server_reads_it(
                 conn.execute(REPORT)
     finally:
         superuser(postgres, f"ALTER ROLE {LOGIN} SET search_path = cat_shadow, public")
+
+
+@pytest.fixture
+def accented(postgres: PostgresServer) -> Iterator[list[str]]:
+    """Schema "Ã©" (whose name's LATIN1 bytes are `é` in UTF-8) with a `customers` whose full_name is the SSN;
+    the raw SSNs, by id."""
+    superuser(postgres, f"""
+        CREATE SCHEMA "Ã©"; CREATE VIEW "Ã©".customers AS SELECT id, ssn AS full_name FROM public.customers;
+        GRANT USAGE ON SCHEMA "Ã©" TO {data.READER}; GRANT SELECT ON "Ã©".customers TO {data.READER};
+    """)
+    try:
+        with psycopg.connect(postgres.dsn(sslmode="verify-full")) as conn:
+            yield [ssn for ssn, in conn.execute("SELECT ssn FROM customers WHERE id <= 3 ORDER BY id")]
+    finally:
+        superuser(postgres, 'DROP VIEW "Ã©".customers; DROP SCHEMA "Ã©"')
+
+
+def test_the_path_is_read_whatever_the_client_encoding(
+        accented: list[str], gateway_factory: Callable[..., RunningGateway]) -> None:
+    """In LATIN1, `SHOW search_path` answers `"Ã©", public` in bytes that read as `"é", public` in UTF-8:
+    pgguard resolved `customers` to public.customers (é has none) and masked its full_name (nothing),
+    while PostgreSQL read "Ã©".customers: the SSNs came back raw. Read right, the name is in two schemas of
+    the path, one with masked columns: refused, as on any client encoding."""
+    served = gateway_factory(lambda text: text.replace('read = ["public.*"]', 'read = ["public.*", "*.customers"]', 1))
+    for encoding in ("LATIN1", "UTF8"):
+        dsn = served.dsn("analyst", options='-c search_path="Ã©",public', client_encoding=encoding)
+        with psycopg.connect(dsn) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot tell which") as caught:
+                conn.execute("SELECT full_name FROM customers WHERE id <= 3 ORDER BY id")
+            assert not any(ssn in str(caught.value) for ssn in accented)
 
 
 def test_an_empty_name_in_a_set_search_path_is_taken(alice: Alice) -> None:
