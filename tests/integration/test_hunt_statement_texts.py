@@ -334,6 +334,10 @@ def test_an_empty_name_in_a_set_search_path_is_taken(alice: Alice) -> None:
     "SELECT string_agg(query, ',') FROM pg_stat_activity",
     "SELECT pid, query_id FROM pg_stat_activity",
     "SELECT pid, query FROM pg_stat_activity WHERE state = 'idle'",
+    "SELECT pg_stat_activity FROM pg_stat_activity",
+    "SELECT (pg_stat_activity).query FROM pg_stat_activity",
+    "SELECT * FROM (SELECT * FROM pg_stat_activity) s (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, query)",
+    "SELECT query FROM pg_stat_activity LIMIT 1 OFFSET 2",
 ])
 def test_reads_of_the_text_come_back_null(bob: int, alice: Alice, sql: str) -> None:
     rows = alice.fetch(sql)
@@ -360,6 +364,14 @@ def test_reads_of_the_text_come_back_null(bob: int, alice: Alice, sql: str) -> N
     "SELECT pg_stat_get_backend_activity(b) FROM unnest(ARRAY[1, 2, 3]) b",
     "SELECT (1).pg_stat_get_backend_activity",
     "SELECT pid FROM pg_stat_activity WHERE query LIKE '%Hesper%'",
+    "SELECT pid FROM pg_stat_activity NATURAL JOIN (SELECT 'x'::text AS query) s",
+    "SELECT pid FROM pg_stat_activity a ORDER BY a",
+    "SELECT DISTINCT ON (query) pid FROM pg_stat_activity",
+    "SELECT pid, rank() OVER (ORDER BY query) FROM pg_stat_activity",
+    "SELECT max(query) FROM pg_stat_activity",
+    "SELECT pid FROM pg_stat_activity WHERE (pg_stat_activity.*) IS NOT NULL",
+    "SELECT set_config('application_name', query, false) FROM pg_stat_activity",
+    "SET ROLE pgguard_reader",
 ])
 def test_other_uses_of_the_text_are_refused(bob: int, alice: Alice, sql: str) -> None:
     alice.refused(sql)
