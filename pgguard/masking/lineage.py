@@ -277,7 +277,8 @@ class _Analyzer:
                 # a table made of the rows is read as a table of its own.
                 self._store(self.statement(inner_kind, inner).columns)
             self.result.columns = None
-        elif kind == "ViewStmt" and _temporary(node["view"]) or kind == "RuleStmt" and node.get("event") == "CMD_SELECT":
+        elif (kind == "ViewStmt" and _temporary(node["view"])
+              or kind == "RuleStmt" and node.get("event") == "CMD_SELECT"):
             # A temporary view is its session's own, in no catalog snapshot, and PostgreSQL finds it before
             # any table of the same name: nothing would mask what it reads. (An ON SELECT rule makes a table,
             # perhaps a temporary one, a view.) What it reads goes out as into a new table.
