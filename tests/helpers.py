@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import uuid
 from pathlib import Path
@@ -90,6 +91,24 @@ def pipeline_transcript(dsn: str, table: str, failing: str) -> list[str]:
         seen.append(repr(conn.execute("SELECT 1").fetchone()))
         seen.append(repr(conn.execute(f"SELECT count(*) FROM {table}").fetchone()))
     return seen
+
+
+def known_to(dsn: str, *relations: str, tries: int = 300) -> None:
+    """Wait until the gateway's catalog knows `relations`, made outside it (or by a session it does not analyse):
+    until then a role that may not run DDL is refused them, and its first refusal has the catalog read again
+    (docs/masking.md, Unknown relations)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for relation in relations:
+            for _ in range(tries):
+                try:
+                    conn.execute(f"SELECT FROM {relation} LIMIT 0", prepare=False)
+                    break
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    if "pgguard is reading the catalog again" not in (exc.diag.message_hint or ""):
+                        break  # refused for another reason: known
+                    time.sleep(0.05)
+            else:
+                raise AssertionError(f"the gateway's catalog never knew {relation}")
 
 
 def without_ddl_approval(config_text: str) -> str:

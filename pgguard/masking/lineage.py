@@ -282,6 +282,15 @@ class _Analyzer:
                 # a table made of the rows is read as a table of its own.
                 self._store(self.statement(inner_kind, inner).columns)
             self.result.columns = None
+        elif (kind == "ViewStmt" and _temporary(node["view"])
+              or kind == "RuleStmt" and node.get("event") == "CMD_SELECT"):
+            # A temporary view is its session's own, in no catalog snapshot, and PostgreSQL finds it before
+            # any table of the same name: nothing would mask what it reads. (An ON SELECT rule makes a table,
+            # perhaps a temporary one, a view.) What it reads goes out as into a new table.
+            for query in [node["query"]] if kind == "ViewStmt" else node.get("actions", []):
+                (inner_kind, inner), = query.items()
+                self._store(self.statement(inner_kind, inner).columns)
+            self.result.columns = None
         elif kind in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
             self.result.columns = self._returning(node)
         elif kind == "ExplainStmt":
@@ -1055,6 +1064,12 @@ def lineage_of_view(definition: str, relations: Relations, depth: int, calls: _C
     tree = json.loads(parser.parse_sql_json(definition))
     (kind, node), = tree["stmts"][0]["stmt"].items()
     return _Analyzer(relations, depth, calls).statement(kind, node)
+
+
+def _temporary(relation: Node) -> bool:
+    """Whether a RangeVar names a temporary relation: TEMPORARY, or in pg_temp."""
+    schema = relation.get("schemaname") or ""
+    return relation.get("relpersistence") == "t" or schema == "pg_temp" or schema.startswith("pg_temp_")
 
 
 def _with_hidden(qualified: str, columns: list[OutputColumn] | None) -> list[OutputColumn] | None:

@@ -164,6 +164,10 @@ class ResultPlan:
 class MaskingRefused(Exception):
     """The statement would reveal a column the session may not see, or its lineage is unknown."""
 
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
 
 def plan(lineage: Lineage, clearance: Clearance) -> ResultPlan:
     """The plan for a statement's result; raises MaskingRefused where masking cannot be guaranteed."""

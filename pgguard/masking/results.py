@@ -45,6 +45,8 @@ from pgguard.wire.codec import Repeated
 # every column hidden, whatever its shape.
 HIDE_ALL = ResultPlan(None, hide_all=True, reads_hidden=True)
 _NO_ROWS = ResultPlan(())
+# What a plan is made under (ResultMasking.under()).
+Under = tuple[int, int, float, bool]
 # Names a plan may be found under, followed no further than this.
 _MAX_INDIRECTION = 4
 # Result plans (by lineage) and row maskers a session keeps; all are dropped when there are more.
@@ -89,7 +91,7 @@ class _Define:
     # text, the statement's place in it, and what it was planned under (ResultMasking.under()).
     sql: str | None = None
     index: int = 0
-    under: tuple[int, int] = (0, 0)
+    under: Under = (0, 0, 0.0, False)
 
 
 @dataclass(eq=False)
@@ -104,7 +106,7 @@ class _Prepared:
     sql: str | None = None
     index: int = 0
     defined: bool = False
-    under: tuple[int, int] = (0, 0)  # the masking rules' generation and search paths it was planned under
+    under: Under = (0, 0, 0.0, False)  # what it was planned under (ResultMasking.under())
 
 
 @dataclass(eq=False)
@@ -269,9 +271,11 @@ class ResultMasking:
         self._analyse = other._analyse
         self.generation += 1
 
-    def under(self) -> tuple[int, int]:
-        """What a plan is made under: the masking rules' generation and the session's search paths."""
-        return self.generation, self._paths()
+    def under(self) -> Under:
+        """What a plan is made under: the masking rules' generation, the session's search paths and the
+        catalog snapshot (when it was read, and whether DDL has run since)."""
+        catalog = self._catalog()
+        return self.generation, self._paths(), catalog.loaded_at, catalog.behind
 
     # -- what the server answers --------------------------------------------------
 
@@ -359,7 +363,14 @@ class ResultMasking:
             step = self.steps(prepared.sql)[prepared.index]
             fresh = step.plan if not prepared.defined else step.defines.plan if step.defines else HIDE_ALL
         except Exception:  # MaskingRefused, or a statement it cannot analyse now: fail closed
+            if now[3]:  # DDL ran since the snapshot was read: NULL until it is read again, then planned again
+                return HIDE_ALL
             fresh = HIDE_ALL
+        if prepared.under[:2] == now[:2] and isinstance(planned, ResultPlan) and not planned.unresolved:
+            # Only the catalog changed: a view may read other columns now. The server plans a prepared
+            # statement again, but an open cursor's rows still come from the old definition, and rows
+            # may be on their way from either: mask what either plan masks.
+            fresh = _stricter(planned, fresh) if isinstance(fresh, ResultPlan) else HIDE_ALL
         if stale or fresh is HIDE_ALL or (isinstance(fresh, ResultPlan) and not fresh.unresolved):
             prepared.plan, prepared.under = fresh, now
         return prepared.plan
@@ -608,3 +619,17 @@ class _NullEverything(RowMasker):
 
 
 _UNPAIRED = _NullEverything()
+
+
+def _stricter(old: ResultPlan, new: ResultPlan) -> ResultPlan:
+    """A plan that masks every column either plan masks (NULL where they mask it differently)."""
+    if old.hide_all or new.hide_all:
+        return HIDE_ALL
+    if old.columns is None:  # nothing hidden in it
+        return new
+    if new.columns is None:
+        return old
+    if len(old.columns) != len(new.columns):
+        return HIDE_ALL
+    columns = tuple(a if a == b or b is None else b if a is None else NULLIFY for a, b in zip(old.columns, new.columns))
+    return ResultPlan(columns, reads_hidden=old.reads_hidden or new.reads_hidden, unresolved=new.unresolved)

@@ -22,11 +22,12 @@ log = logging.getLogger("pgguard.masking")
 def masking_refusal(exc: Exception) -> Decision:
     """The refusal of a statement masking cannot guarantee: its reason, or, for a statement it
     could not analyse at all, a plain one (and the trace in the gateway's log)."""
-    if not isinstance(exc, MaskingRefused):
+    refused = exc if isinstance(exc, MaskingRefused) else None
+    if refused is None:
         log.warning("masking could not analyse a statement; refused", exc_info=True)
-        exc = MaskingRefused("pgguard cannot establish what this statement returns")
-    return Decision(False, None, "masking", str(exc),
-                    "select the column's masked value, or ask for a role cleared for it")
+        refused = MaskingRefused("pgguard cannot establish what this statement returns")
+    return Decision(False, None, "masking", str(refused),
+                    refused.hint or "select the column's masked value, or ask for a role cleared for it")
 
 
 class MaskingConfig:
@@ -57,6 +58,8 @@ class MaskingConfig:
         return ResultMasking(clearance, SessionRelations(guard, catalog, self.rules).lineages, catalog,
                              lambda: len(guard.search_paths))
 
+
+_RETRY = "pgguard is reading the catalog again: retry in a moment"
 
 # Statement texts whose lineage a session keeps; all are dropped when there are more.
 _KEPT_LINEAGES = 64
@@ -103,6 +106,11 @@ class SessionRelations(Relations):
         return found
 
     def resolve(self, schema: str | None, name: str) -> str | None:
+        if self.catalog().behind and not self.guard.may_run_ddl:
+            # Another session's DDL may have made the name a view over other columns, or made it a view:
+            # read raw until the snapshot shows it (roles that may run DDL: what they make they may read).
+            raise MaskingRefused(f"DDL ran since pgguard read the catalog, and it cannot tell what {name} reads"
+                                 " until it has read it again", _RETRY)
         known = self.catalog().relation_columns
         candidates = self.guard.resolve(Name(schema, name)) if schema is None else [f"{schema}.{name}"]
         existing = [candidate for candidate in candidates if candidate in known]
@@ -124,6 +132,13 @@ class SessionRelations(Relations):
             # made outside the gateway?): have it read again, so that the next
             # statement sees what this one could not.
             self.guard.unknown("relation", Name(schema, name))
+            if not self.guard.may_run_ddl:
+                # No detector knows another session's statement text: a view over pg_stat_activity that the
+                # snapshot does not show yet would return it raw. Roles that may run DDL make tables of their
+                # own (temporary ones no snapshot shows) and read them at once: those keep every detector.
+                raise MaskingRefused(f"relation {name} is unknown to pgguard, which cannot tell what it may"
+                                     " return (created since pgguard read the catalog, or misspelt)",
+                                     f"{_RETRY}; check the name")
             return None
         return existing[0]
 

@@ -153,6 +153,9 @@ class Catalog:
     text_types: frozenset[int] = frozenset()
     # One more for each reading whose contents differ from the reading before (versioned()); 0: none read.
     version: int = 0
+    # A session of the gateway ran DDL since this snapshot was read: what a name is, and what a view
+    # reads, may have changed (a view over pg_stat_activity.query in place of one over another column).
+    behind: bool = False
 
     @cached_property
     def writes_further(self) -> frozenset[str]:
@@ -265,7 +268,7 @@ FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')
 ORDER BY c.oid, a.attnum"""
 
 # Types whose input, output, receive and send functions are PostgreSQL's own for text (citext's are).
@@ -436,14 +439,21 @@ async def read_catalog(target: TargetConfig, login: Login, context: ssl.SSLConte
     return catalog.with_reaches(*reached)
 
 
+_SEARCH_PATH = ("SELECT pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting('search_path'), 'UTF8'),"
+                " 'hex')")
+
+
 async def session_search_path(upstream: Upstream) -> str:
     """The search path a session's upstream backend starts with, asked before the client's first statement:
-    the defaults of its login and database, and the startup packet's, are the server's to combine."""
+    the defaults of its login and database, and the startup packet's, are the server's to combine.
+
+    Asked in hex of UTF-8, as the catalog's names are read: the startup packet may set a client_encoding
+    in which a schema's name would read as another's (`"Ã©"` in LATIN1 is the bytes of `é` in UTF-8)."""
     try:
-        (value,), = await _rows(upstream, "SHOW search_path")
+        (value,), = await _rows(upstream, _SEARCH_PATH)
+        return bytes.fromhex(value or "").decode()
     except (RuntimeError, ValueError) as exc:
         raise fatal("42501", f"pgguard: cannot read the session's search_path: {exc}") from exc
-    return value or ""
 
 
 async def _rows(upstream: Upstream, sql: str) -> list[list[str | None]]:
@@ -467,7 +477,7 @@ _versions = itertools.count(1)
 def versioned(new: Catalog, old: Catalog | None) -> Catalog:
     """`new`, numbered as `old` if the database's objects did not change in between, else anew: a session
     decides its prepared statements again once the objects they may reach changed (SessionGuard.stale)."""
-    if old is not None and replace(new, loaded_at=old.loaded_at, version=old.version) == old:
+    if old is not None and replace(new, loaded_at=old.loaded_at, version=old.version, behind=old.behind) == old:
         return replace(new, version=old.version)
     return replace(new, version=next(_versions))
 
@@ -480,14 +490,22 @@ class Catalogs:
         self._stale: set[str] = set()
         # When each target's last read failed, and why.
         self._failed: dict[str, tuple[float, CatalogUnavailable]] = {}
+        # When a session of the gateway last ran DDL, or ended a transaction that did, by target.
+        self._changed: dict[str, float] = {}
         self._sources: dict[str, tuple[TargetConfig, Login, ssl.SSLContext | None]] = {}
         self._lock = trio.Lock()
 
     def current(self, target: str) -> Catalog:
         return self._current.get(target, EMPTY)
 
-    def mark_stale(self, target: str) -> None:
+    def mark_stale(self, target: str, changed: bool = False) -> None:
+        """Have the snapshot read again; `changed`: DDL ran, so until then the current one is `behind`."""
         self._stale.add(target)
+        if changed:
+            self._changed[target] = time.monotonic()
+            current = self._current.get(target)
+            if current is not None:
+                self._current[target] = replace(current, behind=True)
 
     def _fresh(self, name: str) -> Catalog | None:
         catalog = self._current.get(name)
@@ -523,6 +541,8 @@ class Catalogs:
                 if last is None:
                     raise
                 return last
+            if self._changed.get(target.name, -1.0) >= catalog.loaded_at:  # DDL ran while it was read
+                catalog = replace(catalog, behind=True)
             self._current[target.name] = catalog = versioned(catalog, last)
             return catalog
 

@@ -213,7 +213,8 @@ def split_identifiers(text: str, separator: str = ",") -> list[str] | None:
     """A list of identifiers as PostgreSQL's SplitIdentifierString reads it; None if malformed.
 
     Unquoted names are folded to lower case (ASCII only, as PostgreSQL does);
-    quoted ones keep their case, with "" standing for one quote.
+    quoted ones keep their case, with "" standing for one quote. An empty
+    quoted name is one too (`SET search_path = '', public` makes `"", public`).
     """
     names: list[str] = []
     pos, end = 0, len(text)
@@ -231,8 +232,6 @@ def split_identifiers(text: str, separator: str = ",") -> list[str] | None:
                 if text[pos:pos + 1] != '"':
                     break
                 name, pos = name + '"', pos + 1
-            if not name:
-                return None
         else:
             start = pos
             while pos < end and text[pos] != separator and text[pos] not in _SPACE:

@@ -169,12 +169,13 @@ def parse_search_path(values: Iterable[str]) -> tuple[str, ...]:
     """Schemas of search_path list strings, read as PostgreSQL reads them.
 
     Unquoted names fold to lower case, quoted ones keep their case and commas;
-    "$user" stays as is. A value that is not a valid list adds nothing (PostgreSQL
-    refuses it; classify refuses it first).
+    "$user" stays as is; an empty name, which no schema has, is left out. A value
+    that is not a valid list adds nothing (PostgreSQL refuses it; classify refuses
+    it first).
     """
     schemas: list[str] = []
     for value in values:
-        schemas.extend(split_identifiers(value) or ())
+        schemas.extend(schema for schema in split_identifiers(value) or () if schema)
     return tuple(schemas)
 
 
@@ -200,7 +201,7 @@ def _denial_hint(name: str) -> str | None:
 class SessionGuard:
     def __init__(self, policy: Policy, roles: list[str], login_user: str, catalog: Callable[[], Catalog],
                  search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH, *, assume_builtin: bool = False,
-                 on_ddl: Callable[[], None] = lambda: None) -> None:
+                 on_ddl: Callable[[], None] = lambda: None, on_unknown: Callable[[], None] | None = None) -> None:
         self._take(policy, roles)
         self.login_user = login_user
         # The target's current snapshot, which a refresh may replace mid-session.
@@ -231,6 +232,8 @@ class SessionGuard:
         self.assume_builtin = assume_builtin
         # Told when DDL is let through, so the catalog snapshot is re-read.
         self.on_ddl = on_ddl
+        # Told of a name the catalog does not know, so that it is read again (on_ddl, unless given).
+        self.on_unknown = on_unknown or on_ddl
         # DDL of this session that no snapshot may show yet: True while its transaction may be open (a read
         # by another connection cannot see it), then when it ended, until a snapshot read after that.
         self._ddl_open = False
@@ -323,6 +326,11 @@ class SessionGuard:
     def forget(self, name: str) -> None:
         """A Close of a prepared statement."""
         self.prepared.close(name)
+
+    @property
+    def may_run_ddl(self) -> bool:
+        """Whether some role of the session may run DDL (and so make tables, temporary ones too)."""
+        return any(DDL in scope.statements for scope in self.scopes)
 
     @property
     def replanning(self) -> bool:
@@ -804,7 +812,7 @@ class SessionGuard:
         now = time.monotonic()
         if now - self._asked.get((kind, name), -_ASK_AGAIN) >= _ASK_AGAIN:
             self._asked[(kind, name)] = now
-            self.on_ddl()
+            self.on_unknown()
 
     # -- session state ---------------------------------------------------------------
 

@@ -363,7 +363,8 @@ class Session:
                                  f"read ({exc})", "try again in a moment") from exc
         guard = SessionGuard(self.policy, [role.name for role in hello.roles], login.user,
                              lambda: self.catalogs.current(target),
-                             on_ddl=lambda: self.catalogs.mark_stale(target))
+                             on_ddl=lambda: self.catalogs.mark_stale(target, changed=True),
+                             on_unknown=lambda: self.catalogs.mark_stale(target))
         try:
             decision = guard.check_startup(startup_settings(hello.upstream_params))
         except Unsupported as exc:

@@ -16,7 +16,7 @@ import asyncpg
 import psycopg
 import pytest
 import sqlalchemy
-from helpers import psql
+from helpers import known_to, psql
 from psycopg.pq import TransactionStatus
 
 from pgguard.demo import data
@@ -195,6 +195,7 @@ def direct(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def through(gateway: RunningGateway, direct: str) -> Iterator[psycopg.Connection[Any]]:
+    known_to(gateway.dsn("analyst"), VIEW)
     with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
         yield conn
 

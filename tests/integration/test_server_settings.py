@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from helpers import known_to
 
 
 @pytest.fixture
@@ -33,6 +34,7 @@ def test_a_function_that_makes_a_read_only_session_writable_ends_it(gateway, pos
         "CREATE OR REPLACE VIEW public.innocent AS SELECT public.turn_writable() AS one;"
         "GRANT SELECT ON public.innocent TO pgguard_reader", "demo")
     try:
+        known_to(gateway.dsn("analyst"), "innocent")
         with psycopg.connect(gateway.dsn("analyst"), autocommit=True) as conn:
             with pytest.raises(psycopg.Error, match="read-only login became writable"):
                 conn.execute("SELECT * FROM innocent").fetchall()

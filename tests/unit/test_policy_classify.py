@@ -360,6 +360,7 @@ def test_a_search_path_pgguard_cannot_read_is_unsupported() -> None:
     ('"$user", public', ["$user", "public"]),
     ("  A ,b,\"C D\" ", ["a", "b", "C D"]),
     ('"a""b"', ['a"b']),
+    ('"", public', ["", "public"]),  # PostgreSQL takes an empty quoted name (SET search_path = '', public)
     ("", []),
     ("a,,b", None),
     ('"x', None),
