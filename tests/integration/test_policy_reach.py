@@ -26,7 +26,7 @@ import pytest
 from psycopg.pq import TransactionStatus
 
 from conftest import start_gateway, stop_gateway
-from helpers import fetch_all, fetch_value
+from helpers import fetch_all, fetch_value, known_to
 from rawclient import config_edit, login_as
 from pgguard.wire import backend
 from pgguard.demo import data
@@ -423,6 +423,7 @@ def test_a_statement_prepared_before_another_sessions_ddl_is_decided_again(gw: R
     with psycopg.connect(direct, autocommit=True) as conn:
         conn.execute("CREATE TABLE reach_ok.shared (id int)")
         conn.execute(f"GRANT ALL ON reach_ok.shared TO {data.SUPPORT}, {data.ENGINEER}")
+    known_to(gw.dsn("support"), "reach_ok.shared")
     before = contents(direct)["reach_hr.log"]
     insert = "INSERT INTO reach_ok.shared VALUES ($1)"
 
