@@ -124,6 +124,9 @@ class Statement:
     unfiltered: bool = False
     # TRUNCATE … CASCADE: it also empties every table that references those it names, unnamed here.
     cascades: bool = False
+    # Its DDL creates one of the session's own temporary relations (CREATE TEMP TABLE, VIEW or SEQUENCE,
+    # SELECT INTO TEMP), which no other session sees: theirs need not wait for the catalog to be read again.
+    temporary: bool = False
     # PREPARE/EXECUTE/DEALLOCATE of a named statement.
     prepares: str | None = None
     executes: str | None = None
@@ -287,6 +290,14 @@ def _relation(range_var: Node) -> Name:
     return Name(range_var.get("schemaname"), range_var["relname"])
 
 
+# The statements that create the relation they name; relpersistence "t" is TEMP (or TEMPORARY).
+_CREATES = frozenset({"CreateStmt", "ViewStmt", "CreateSeqStmt"})
+
+
+def _temporary(range_var: Node) -> bool:
+    return range_var.get("relpersistence") == "t"
+
+
 _SET_CONFIG = (Name(None, "set_config"), Name("pg_catalog", "set_config"))
 _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*")
 
@@ -397,6 +408,7 @@ class _Walker:
                 if node.get("intoClause"):
                     self.out.classes.add(DDL)
                     self.out.write(_relation(node["intoClause"]["rel"]), "ddl")
+                    self.out.temporary = _temporary(node["intoClause"]["rel"])
                 self.walk({k: v for k, v in node.items() if k not in ("intoClause", "withClause")})
             finally:
                 self.ctes.pop()
@@ -594,6 +606,7 @@ class _Walker:
         for key in ("relation", "view", "sequence"):
             if isinstance(node.get(key), dict) and "relname" in node[key]:
                 self.out.write(_relation(node[key]), "ddl")
+                self.out.temporary = kind in _CREATES and _temporary(node[key])
         if kind == "AlterTableStmt":
             subtypes = {cmd.get("AlterTableCmd", {}).get("subtype") for cmd in node.get("cmds", [])}
             self.out.alters_columns_only = subtypes <= _COLUMN_ALTERATIONS
@@ -601,8 +614,9 @@ class _Walker:
             self.out.refers.update(_relation(found) for found in _fields(node, ("pktable", "name"))
                                    if isinstance(found, dict) and "relname" in found)
         if kind == "CreateTableAsStmt":
-            self.out.write(_relation(node["into"]["IntoClause"]["rel"]
-                                     if "IntoClause" in node["into"] else node["into"]["rel"]), "ddl")
+            into = node["into"]["IntoClause"]["rel"] if "IntoClause" in node["into"] else node["into"]["rel"]
+            self.out.write(_relation(into), "ddl")
+            self.out.temporary = _temporary(into)
 
     def _absorb(self, other: Statement) -> None:
         out = self.out

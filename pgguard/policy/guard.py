@@ -241,6 +241,8 @@ class SessionGuard:
         # The tables whose reaches that DDL may have changed; None: any table's.
         self._ddl_changed: set[str] | None = set()
         self._ddl_count = 0
+        # Whether that DDL may change what other sessions see (not only the session's own temporary relations).
+        self._ddl_shared = False
         # Allowed decisions by statement (its shape's, where it has one): see decide().
         self._decided: dict[int, tuple[Statement, tuple[int, Catalog, int], Decision]] = {}
         # Names the catalog did not know, and when a new read was last asked for
@@ -274,7 +276,10 @@ class SessionGuard:
         requests.failing = False
         if idle and self._ddl_open:
             self._ddl_open, self._ddl_ended = False, time.monotonic()
-            self.on_ddl()  # a read since the DDL ran may have missed it
+            # A read since the DDL ran may have missed it; only the session's own temporary relations: no
+            # other session's snapshot is behind.
+            (self.on_ddl if self._ddl_shared else self.on_unknown)()
+            self._ddl_shared = False
         self.prepared.ready()
         self.portals.ready(idle)
         if idle:
@@ -836,7 +841,8 @@ class SessionGuard:
             else:
                 self._ddl_changed.update(qualified for name in changed for qualified in self.resolve(name))
             self._ddl_open, self._ddl_count = True, self._ddl_count + 1
-            self.on_ddl()
+            self._ddl_shared = self._ddl_shared or not statement.temporary
+            (self.on_unknown if statement.temporary else self.on_ddl)()
         for name, values in statement.settings:
             if name == "search_path":
                 self.search_paths.add(parse_search_path(values or self.reset_path))
