@@ -34,6 +34,7 @@ import asyncpg
 import psycopg
 import pytest
 from helpers import psql, without_ddl_approval
+from test_masking_catalog_texts import bobs_session
 from test_policy_session_path import LOGIN, REPORT, analysts_on, shadow  # noqa: F401  (a fixture)
 
 from pgguard.demo import data
@@ -59,10 +60,7 @@ def without_approvals(text: str) -> str:
 
 @pytest.fixture
 def bob(gateway: RunningGateway) -> Iterator[int]:
-    """Bob's session, idle after his statement (pg_stat_activity keeps its text); his upstream backend's pid."""
-    with psycopg.connect(gateway.dsn("agent"), autocommit=True) as conn:
-        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        assert conn.execute(BOBS_QUERY).fetchone() == (0,)
+    with bobs_session(gateway, BOBS_QUERY) as pid:
         yield pid
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -67,12 +68,18 @@ def demo(catalog_objects: None, gateway_factory: Callable[..., RunningGateway]) 
         'strict_inference = true', 'strict_inference = true\nallow_functions = ["public.cat_conninfo"]', 1))
 
 
+@contextmanager
+def bobs_session(gateway: RunningGateway, query: str = BOBS_QUERY) -> Iterator[int]:
+    """Bob's session, idle after `query` (pg_stat_activity keeps its text); his upstream backend's pid."""
+    with psycopg.connect(gateway.dsn("agent"), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert conn.execute(query).fetchone() == (0,)
+        yield pid
+
+
 @pytest.fixture
 def bob(demo: RunningGateway) -> Iterator[int]:
-    """Bob's session, idle after his statement (pg_stat_activity keeps its text); his upstream backend's pid."""
-    with psycopg.connect(demo.dsn("agent"), autocommit=True) as conn:
-        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        assert conn.execute(BOBS_QUERY).fetchone() == (0,)
+    with bobs_session(demo) as pid:
         yield pid
 
 
