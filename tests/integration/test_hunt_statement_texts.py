@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import psycopg
 import pytest
-from helpers import psql, without_ddl_approval
+from helpers import known_to, psql, without_ddl_approval
 from test_masking_catalog_texts import bobs_session
 from test_policy_session_path import LOGIN, REPORT, analysts_on, shadow  # noqa: F401  (a fixture)
 
@@ -259,6 +259,21 @@ def test_a_temporary_view_cannot_shadow_a_table_to_unmask_it(engineer: psycopg.C
 def test_a_temporary_view_of_visible_columns_works(engineer: psycopg.Connection[Any]) -> None:
     engineer.execute("CREATE TEMP VIEW hunt_names AS SELECT id, full_name FROM public.customers")
     assert engineer.execute("SELECT count(*) FROM hunt_names").fetchone()[0] >= 1000
+
+
+def test_an_engineers_temporary_tables_do_not_hold_up_the_analysts(
+        gateway_factory: Callable[..., RunningGateway]) -> None:
+    """DDL through the gateway puts the catalog snapshot behind, and analysts' reads are refused until it is
+    read again; a temporary table is its session's own, so an ORM making them must not cost analysts that."""
+    served = gateway_factory(without_approvals)
+    with psycopg.connect(served.dsn("engineer"), autocommit=True) as engineer, \
+            psycopg.connect(served.dsn("analyst"), autocommit=True) as analyst:
+        known_to(served.dsn("analyst"), "public.orders")  # no earlier DDL's snapshot left behind
+        count = analyst.execute("SELECT count(*) FROM orders").fetchone()
+        for made in ("CREATE TEMP TABLE hunt_scratch (a int)", "SELECT 1 AS a INTO TEMP hunt_into",
+                     "CREATE TEMP TABLE hunt_as AS SELECT 1 AS a", "CREATE TEMP SEQUENCE hunt_seq"):
+            engineer.execute(made)
+            assert analyst.execute("SELECT count(*) FROM orders").fetchone() == count, made
 
 
 # --- the search path read at login --------------------------------------------------------------------------
