@@ -154,9 +154,8 @@ class SessionRelations(Relations):
         defined = catalog.operators if operator else catalog.functions
         # What an extension the policy does not trust put in pg_catalog (xml2's xpath_table(), which runs the
         # query it builds from text) is not PostgreSQL's own: pgguard cannot follow it.
-        untrusted = [Routine(f"pg_catalog.{name}", "")] if schema in (None, *SYSTEM_SCHEMAS) and any(
-            not self.guard.policy.extensions.trusts(extension, name)
-            for extension in catalog.system_members.get(("o" if operator else "f", name), ())) else []
+        untrusted = [Routine(f"pg_catalog.{name}", "")] if schema in (None, *SYSTEM_SCHEMAS) and \
+            self.guard.untrusted_system_member("o" if operator else "f", name) is not None else []
         if schema in SYSTEM_SCHEMAS:
             return untrusted if schema in defined.get(name, ()) else None
         candidates = self.guard.user_defined(Name(schema, name), defined)

@@ -759,16 +759,20 @@ class SessionGuard:
     def _operator_problem(self, operator: Name) -> str | None:
         return self._callable_problem("operator", operator, self.catalog.operators, "")
 
+    def untrusted_system_member(self, kind: str, name: str) -> str | None:
+        """The extension, one the policy does not trust, that defines function (kind "f") or operator ("o")
+        `name` in pg_catalog (or information_schema): there it is that extension's code, not PostgreSQL's."""
+        return next((extension for extension in sorted(self.catalog.system_members.get((kind, name), ()))
+                     if not self.policy.extensions.trusts(extension, name)), None)
+
     def _system_member_problem(self, kind: str, name: Name, suffix: str) -> str | None:
-        """A name in pg_catalog (or information_schema) that an extension the policy does not trust defines
-        there: it is that extension's code, not PostgreSQL's, whatever its schema."""
         if name.schema not in (None, *SYSTEM_SCHEMAS):
             return None
-        for extension in sorted(self.catalog.system_members.get(("o" if kind == "operator" else "f", name.name), ())):
-            if not self.policy.extensions.trusts(extension, name.name):
-                why = f": {NEVER[extension]}" if extension in NEVER else ""
-                return f"{kind} pg_catalog.{name.name}{suffix} of extension {extension}, which is not trusted{why}"
-        return None
+        extension = self.untrusted_system_member("o" if kind == "operator" else "f", name.name)
+        if extension is None:
+            return None
+        why = f": {NEVER[extension]}" if extension in NEVER else ""
+        return f"{kind} pg_catalog.{name.name}{suffix} of extension {extension}, which is not trusted{why}"
 
     def trusted(self, kind: str, qualified: str) -> bool:
         """Whether every function (kind "f") or operator ("o") named `qualified` belongs to an extension the
